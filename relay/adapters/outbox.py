@@ -1,0 +1,64 @@
+"""A connection's bounded send queue: fan-out never waits on one slow client.
+
+``offer`` never blocks: past ``max_messages`` queued frames the outbox marks
+itself failed and the connection is closed with ``slow_consumer`` (the client
+resumes from its last position, so nothing is lost). ``put`` waits for room;
+only a subscriber's own catch-up uses it, since only that subscriber waits.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import anyio
+
+
+class Outbox:
+    def __init__(self, max_messages: int) -> None:
+        self.max_messages = max_messages
+        self._frames: deque[bytes] = deque()
+        self._readable = anyio.Event()
+        self._writable = anyio.Event()
+        self.failed = False
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def offer(self, frame: bytes) -> None:
+        if self.failed or self.closed:
+            return
+        if len(self._frames) >= self.max_messages:
+            self.overflow()
+            return
+        self._frames.append(frame)
+        self._readable.set()
+
+    def overflow(self) -> None:
+        self.failed = True
+        self._frames.clear()
+        self._readable.set()
+        self._writable.set()
+
+    async def put(self, frame: bytes) -> None:
+        while len(self._frames) >= self.max_messages and not (self.failed or self.closed):
+            self._writable = anyio.Event()
+            await self._writable.wait()
+        self.offer(frame)
+
+    async def get_batch(self) -> list[bytes]:
+        """Everything queued (at least one frame), or [] once failed or closed and empty."""
+        while not self._frames:
+            if self.failed or self.closed:
+                return []
+            self._readable = anyio.Event()
+            await self._readable.wait()
+        batch = list(self._frames)
+        self._frames.clear()
+        self._writable.set()
+        return batch
+
+    def close(self) -> None:
+        self.closed = True
+        self._readable.set()
+        self._writable.set()

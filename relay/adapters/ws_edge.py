@@ -1,0 +1,111 @@
+"""The WebSocket listener: ``/v1/ws`` speaks protocol v1; other paths get plain HTTP."""
+
+from __future__ import annotations
+
+import http
+import logging
+
+import anyio
+from anyio.abc import TaskStatus
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from config.schema import RelayConfig
+from relay.adapters.connection import Connection
+from relay.adapters.feed_manager import FeedManager
+from relay.adapters.log_reader import LogReader
+from relay.adapters.publisher import Publisher
+from relay.protocol.errors import CloseCode
+from relay.protocol.frames import connected_frame
+
+log = logging.getLogger("relaynet.edge")
+
+WS_PATH = "/v1/ws"
+
+
+class WsEdge:
+    def __init__(
+        self, cfg: RelayConfig, feeds: FeedManager, publisher: Publisher, recovery: LogReader
+    ) -> None:
+        self.cfg = cfg
+        self.region = cfg.region.name
+        self.relay_id = cfg.relay.id
+        self.feeds = feeds
+        self.publisher = publisher
+        self.recovery = recovery
+        self.connections: set[Connection] = set()
+        self.port: int | None = None
+        self._stop = anyio.Event()
+        self._server: Server | None = None
+
+    def connected_frame(self, connection_id: str) -> bytes:
+        return connected_frame(
+            self.region, self.relay_id, connection_id, self.cfg.relay.heartbeat_s
+        )
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == WS_PATH:
+            if self._stop.is_set():
+                return self._plain(http.HTTPStatus.SERVICE_UNAVAILABLE, "relay is shutting down\n")
+            return None
+        if path == "/v1/health":
+            return self._plain(http.HTTPStatus.OK, "ok\n")
+        return self._plain(
+            http.HTTPStatus.NOT_FOUND, f"relaynet: WebSocket endpoint is {WS_PATH}\n"
+        )
+
+    @staticmethod
+    def _plain(status: http.HTTPStatus, body: str) -> Response:
+        headers = Headers([("Content-Type", "text/plain; charset=utf-8")])
+        return Response(status.value, status.phrase, headers, body.encode())
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        conn = Connection(self, ws)
+        self.connections.add(conn)
+        try:
+            await conn.serve()
+        finally:
+            self.connections.discard(conn)
+
+    async def run(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        relay = self.cfg.relay
+        heartbeat = relay.heartbeat_s
+        async with serve(
+            self._handle,
+            relay.host,
+            relay.port,
+            process_request=self._process_request,
+            max_size=self.cfg.limits.max_frame_bytes,
+            ping_interval=heartbeat,
+            ping_timeout=heartbeat,
+            close_timeout=2,
+            compression=None,  # so the same encoded frame goes to every subscriber cheaply
+            server_header="relaynet",
+        ) as server:
+            self._server = server
+            self.port = server.sockets[0].getsockname()[1]
+            log.info(
+                "relay %s (%s) listening on ws://%s:%d%s",
+                self.relay_id, self.region, relay.host, self.port, WS_PATH,
+            )  # fmt: skip
+            task_status.started(self.port)
+            await self._stop.wait()
+            await self._drain(server)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _drain(self, server: Server) -> None:
+        """Stop accepting, let in-flight publishes be acked, then close with 1001."""
+        server.close(close_connections=False)
+        for conn in list(self.connections):
+            conn.close_with(CloseCode.GOING_AWAY, "going_away")
+        with anyio.move_on_after(self.cfg.relay.shutdown_grace_s):
+            while self.connections:
+                await anyio.sleep(0.02)
+        if self.connections:
+            log.warning("%d connections did not close in time", len(self.connections))
+        with anyio.move_on_after(2):
+            await server.wait_closed()

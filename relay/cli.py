@@ -1,0 +1,114 @@
+"""``relaynet``: run a relay, check a config file, run benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import anyio
+
+from config.loader import ConfigError, load_config
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("websockets.server", "nats"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _cmd_relay(args: argparse.Namespace) -> int:
+    from relay.node import RelayNode
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    _setup_logging(args.verbose)
+    node = RelayNode(cfg)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def on_signals() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for signum in signals:
+                        logging.getLogger("relaynet").info(
+                            "%s: shutting down", signal.Signals(signum).name
+                        )
+                        node.stop()
+                        return
+
+            tg.start_soon(on_signals)
+            await tg.start(node.run)
+            print(f"relaynet relay {cfg.relay.id} ({cfg.region.name}) ready on {node.url}",
+                  flush=True)  # fmt: skip
+            await node.run_finished()
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    return 0
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from config.summary import describe
+
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{args.file}: OK")
+    print(describe(cfg))
+    return 0
+
+
+def _cmd_bench_fanout(args: argparse.Namespace) -> int:
+    from relay.bench.fanout import run_fanout
+
+    _setup_logging(False)
+    logging.getLogger("relaynet").setLevel(logging.WARNING)
+    return anyio.run(run_fanout, args.subscribers, args.seconds, args.rate, args.size)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relaynet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    relay = sub.add_parser("relay", help="run one relay of a region")
+    relay.add_argument("--config", required=True, help="region config file (TOML)")
+    relay.add_argument("-v", "--verbose", action="store_true")
+    relay.set_defaults(func=_cmd_relay)
+
+    config = sub.add_parser("config", help="config file tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate a config file and print it")
+    check.add_argument("file")
+    check.set_defaults(func=_cmd_config_check)
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    fanout = bench_sub.add_parser("fanout", help="one publisher, N subscribers, one relay")
+    fanout.add_argument("--subscribers", type=int, default=100)
+    fanout.add_argument("--seconds", type=float, default=5.0)
+    fanout.add_argument("--rate", type=int, default=0, help="target msgs/s (0 = as fast as acks)")
+    fanout.add_argument("--size", type=int, default=100, help="payload bytes")
+    fanout.set_defaults(func=_cmd_bench_fanout)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

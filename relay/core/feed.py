@@ -1,0 +1,221 @@
+"""ChannelFeed: one relay's view of one channel's log, and its local subscribers.
+
+Theory of operation
+-------------------
+A relay holds ONE live NATS subscription per channel it serves, whatever the
+number of local subscribers. The live subscription carries JetStream's
+republish of every stored message, each tagged with its stream sequence and
+the stream sequence of the previous message on the same channel
+(``Nats-Last-Sequence``). So the feed can tell, with a comparison, whether it
+has seen everything up to a message:
+
+* ``verified_seq``: every stream sequence up to here has been accounted for;
+* a live message whose predecessor is ``<= verified_seq`` is next in order;
+* one whose predecessor is later means core NATS dropped something (a slow
+  subscription, a reconnect): the feed buffers live traffic and asks the node
+  to read the missing stretch from the stream (``FillGap``), then resumes.
+
+Subscribers attach either live (from the current head) or "catching up": they
+were away and sent a position. The node reads their missed messages from the
+stream up to the head captured at attach time while the feed keeps their live
+traffic in a pending list; ``finish_catch_up`` hands over the pending frames
+and makes them live in one synchronous step, so the seam is exact: nothing is
+lost and nothing is sent twice. A subscriber's ``floor`` (its resume position)
+also filters live traffic it already has, which matters when its position is
+ahead of this relay's region in some entry.
+
+No I/O happens here: sinks are non-blocking (``offer``) and decide themselves
+what to do when full (the slow-consumer policy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from federation.vclock import EMPTY, VectorClock
+from relay.core.channels import Channel
+from relay.protocol.frames import StoredMessage, message_frame
+
+
+class Sink(Protocol):
+    def offer(self, frame: bytes) -> None:
+        """Queue a frame without waiting; on overflow the sink disconnects itself."""
+
+    def overflow(self) -> None:
+        """The subscriber fell too far behind while catching up."""
+
+
+@dataclass
+class LogEntry:
+    seq: int
+    last_seq: int  # stream sequence of the previous message on this channel (0: none known)
+    channel: Channel
+    msg: StoredMessage
+    _frame: bytes | None = field(default=None, repr=False)
+
+    @property
+    def position(self) -> VectorClock:
+        return VectorClock(self.msg.pos)
+
+    @property
+    def frame(self) -> bytes:
+        if self._frame is None:
+            self._frame = message_frame(self.channel, self.msg)
+        return self._frame
+
+    def covered_by(self, position: VectorClock) -> bool:
+        return position.covers(self.msg.origin, self.msg.ts)
+
+
+@dataclass(frozen=True)
+class FillGap:
+    """Read stored messages of the channel with ``after_seq < seq < before_seq``."""
+
+    after_seq: int
+    before_seq: int
+
+
+@dataclass(frozen=True)
+class AttachedLive:
+    position: VectorClock
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """Read the stream from the subscriber's position up to ``upto_seq`` inclusive."""
+
+    upto_seq: int
+    head_position: VectorClock
+
+
+@dataclass
+class _Special:
+    sink: Sink
+    floor: VectorClock | None
+    pending: list[bytes] | None  # not None while catching up
+
+
+class ChannelFeed:
+    def __init__(self, channel: Channel, max_pending: int) -> None:
+        self.channel = channel
+        self.max_pending = max_pending
+        self.ready = False
+        self.head_seq = 0
+        self.head_position: VectorClock = EMPTY
+        self.verified_seq = 0
+        self._early: list[LogEntry] = []
+        self._filling: list[LogEntry] | None = None
+        self._plain: dict[Hashable, Sink] = {}
+        self._special: dict[Hashable, _Special] = {}
+
+    # --- the log side ----------------------------------------------------------------
+
+    def start(self, head_seq: int, head_position: VectorClock) -> FillGap | None:
+        """The head as read from the stream after the live subscription was made."""
+        self.head_seq = self.verified_seq = head_seq
+        self.head_position = head_position
+        self.ready = True
+        early, self._early = self._early, []
+        gap: FillGap | None = None
+        for entry in early:
+            gap = self.on_live(entry) or gap
+        return gap
+
+    def on_live(self, entry: LogEntry) -> FillGap | None:
+        if not self.ready:
+            self._early.append(entry)
+            return None
+        if self._filling is not None:
+            self._filling.append(entry)
+            return None
+        if entry.seq <= self.verified_seq:
+            return None  # already seen (the subscription raced the head read, or a refill)
+        if entry.last_seq > self.verified_seq:
+            self._filling = [entry]
+            return FillGap(after_seq=self.verified_seq, before_seq=entry.seq)
+        self._apply(entry)
+        return None
+
+    def on_fill(self, entries: list[LogEntry], before_seq: int) -> FillGap | None:
+        """Stored messages for the last FillGap, in stream order; then drain the buffer."""
+        for entry in entries:
+            if self.verified_seq < entry.seq < before_seq:
+                self._apply(entry)
+        self.verified_seq = max(self.verified_seq, before_seq - 1)
+        buffered, self._filling = self._filling or [], None
+        for i, entry in enumerate(buffered):
+            gap = self.on_live(entry)
+            if gap is not None:
+                assert self._filling is not None
+                self._filling.extend(buffered[i + 1 :])
+                return gap
+        return None
+
+    def check_head(self, stored_head_seq: int) -> FillGap | None:
+        """After NATS reconnected: the live feed may have missed messages silently."""
+        if not self.ready or self._filling is not None or stored_head_seq <= self.verified_seq:
+            return None
+        self._filling = []
+        return FillGap(after_seq=self.verified_seq, before_seq=stored_head_seq + 1)
+
+    def _apply(self, entry: LogEntry) -> None:
+        self.head_seq = self.verified_seq = entry.seq
+        self.head_position = self.head_position.merge(entry.msg.pos)
+        if not self._plain and not self._special:
+            return
+        frame = entry.frame
+        for sink in list(self._plain.values()):
+            sink.offer(frame)
+        for key, sub in list(self._special.items()):
+            if sub.floor is not None and entry.covered_by(sub.floor):
+                continue
+            if sub.pending is not None:
+                sub.pending.append(frame)
+                if len(sub.pending) > self.max_pending:
+                    del self._special[key]
+                    sub.sink.overflow()
+            else:
+                sub.sink.offer(frame)
+                self._maybe_plain(key, sub)
+
+    # --- the subscriber side ---------------------------------------------------------
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._plain) + len(self._special)
+
+    def attach(self, key: Hashable, sink: Sink, position: VectorClock | None) -> AttachedLive | CatchUp:
+        if not self.ready:
+            raise RuntimeError("attach before the feed knows its head")
+        if position is None:
+            self._plain[key] = sink
+            return AttachedLive(self.head_position)
+        if self.head_position <= position:
+            # Nothing stored that the client lacks; it may be ahead in some entry (floor).
+            self._special[key] = _Special(sink, position, None)
+            self._maybe_plain(key, self._special[key])
+            return AttachedLive(self.head_position.merge(position))
+        self._special[key] = _Special(sink, position, [])
+        return CatchUp(self.head_seq, self.head_position)
+
+    def finish_catch_up(self, key: Hashable) -> bool:
+        """Flush what arrived live during the catch-up and go live; False if detached."""
+        sub = self._special.get(key)
+        if sub is None or sub.pending is None:
+            return False
+        pending, sub.pending = sub.pending, None
+        for frame in pending:
+            sub.sink.offer(frame)
+        self._maybe_plain(key, sub)
+        return True
+
+    def detach(self, key: Hashable) -> None:
+        self._plain.pop(key, None)
+        self._special.pop(key, None)
+
+    def _maybe_plain(self, key: Hashable, sub: _Special) -> None:
+        if sub.pending is None and (sub.floor is None or sub.floor <= self.head_position):
+            del self._special[key]
+            self._plain[key] = sub.sink

@@ -1,0 +1,118 @@
+"""Composition root: one relay of one region.
+
+Start order: (embedded nats-server) -> NATS connection -> streams -> feeds ->
+WebSocket edge. Shutdown runs the other way: the edge drains first (acks for
+in-flight publishes are sent before clients are closed with 1001), then the
+NATS connection drains, then the embedded server stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import anyio
+import nats
+from anyio.abc import TaskStatus
+from nats.aio.client import Client as NatsClient
+
+from config.schema import RelayConfig
+from relay.adapters.embedded_nats import EmbeddedNats
+from relay.adapters.feed_manager import FeedManager
+from relay.adapters.log_reader import LogReader
+from relay.adapters.nats_broker import NatsBroker
+from relay.adapters.publisher import Publisher
+from relay.adapters.ws_edge import WsEdge
+
+log = logging.getLogger("relaynet.node")
+
+
+class RelayNode:
+    def __init__(self, cfg: RelayConfig) -> None:
+        self.cfg = cfg
+        self.nats_url: str | None = None
+        self.edge: WsEdge | None = None
+        self._stop = anyio.Event()
+        self._finished = anyio.Event()
+
+    @property
+    def port(self) -> int:
+        assert self.edge is not None and self.edge.port is not None, "relay not started"
+        return self.edge.port
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.cfg.relay.host}:{self.port}/v1/ws"
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, task_status: TaskStatus[RelayNode] = anyio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.cfg
+        async with contextlib.AsyncExitStack() as stack:
+            if cfg.nats.url == "embedded":
+                embedded = EmbeddedNats(
+                    host=cfg.nats.embedded_host,
+                    port=cfg.nats.embedded_port,
+                    store_dir=cfg.nats.store_dir,
+                    server_name=f"relaynet-{cfg.region.name}-{cfg.relay.id}",
+                )
+                self.nats_url = await stack.enter_async_context(embedded)
+            else:
+                self.nats_url = cfg.nats.url
+            async with anyio.create_task_group() as tg:
+                nc = await self._connect(tg)
+                stack.push_async_callback(self._close_nats, nc)
+                broker = NatsBroker(nc, cfg)
+                await broker.ensure_streams()
+                feeds = FeedManager(broker, max_pending=cfg.limits.outbox_max_messages)
+                self._feeds = feeds
+                await tg.start(feeds.run)
+                edge = WsEdge(cfg, feeds, Publisher(broker), LogReader(broker))
+                self.edge = edge
+                await tg.start(edge.run)
+                task_status.started(self)
+                await self._stop.wait()
+                edge.stop()
+                with anyio.move_on_after(cfg.relay.shutdown_grace_s + 3):
+                    await edge.publisher.wait_idle()
+                    while edge.connections:
+                        await anyio.sleep(0.02)
+                tg.cancel_scope.cancel()
+        log.info("relay %s stopped", cfg.relay.id)
+        self._finished.set()
+
+    async def run_finished(self) -> None:
+        await self._finished.wait()
+
+    async def _connect(self, tg: anyio.abc.TaskGroup) -> NatsClient:
+        assert self.nats_url is not None
+
+        async def reconnected() -> None:
+            log.warning("NATS connection re-established; resyncing live feeds")
+            tg.start_soon(self._feeds.resync)
+
+        async def disconnected() -> None:
+            log.warning("NATS connection lost; reconnecting")
+
+        async def error(exc: Exception) -> None:
+            log.warning("NATS: %s", exc)
+
+        return await nats.connect(
+            servers=self.nats_url.split(","),
+            name=f"relaynet-{self.cfg.relay.id}",
+            connect_timeout=self.cfg.nats.connect_timeout_s,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            reconnected_cb=reconnected,
+            disconnected_cb=disconnected,
+            error_cb=error,
+        )
+
+    @staticmethod
+    async def _close_nats(nc: NatsClient) -> None:
+        with anyio.move_on_after(5, shield=True):
+            try:
+                await nc.drain()
+            except Exception:  # noqa: BLE001 - already closed or never fully connected
+                await nc.close()

@@ -1,0 +1,56 @@
+"""Error codes sent in ``error`` frames and close codes, with their retry policy.
+
+Three kinds of failure are kept apart:
+
+* the peer misbehaved -> an ``error`` frame (or, for floods, a close code); never an
+  exception that reaches the server loop;
+* we misused our own API -> a plain exception (a bug: it should crash the test);
+* the world failed (NATS down, timeouts) -> ``internal`` / ``unavailable`` with
+  ``temporary`` true so clients know to retry.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+
+
+class ErrorCode(StrEnum):
+    BAD_JSON = "bad_json"
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_OP = "unknown_op"
+    INVALID_CHANNEL = "invalid_channel"
+    TOO_LARGE = "too_large"
+    NOT_SUBSCRIBED = "not_subscribed"
+    ALREADY_SUBSCRIBED = "already_subscribed"
+    LIMIT_EXCEEDED = "limit_exceeded"
+    POSITION_EXPIRED = "position_expired"
+    RATE_LIMITED = "rate_limited"
+    SLOW_CONSUMER = "slow_consumer"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+
+
+# Errors worth retrying unchanged after a pause: the request was fine, the world was not.
+TEMPORARY_ERRORS = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL, ErrorCode.RATE_LIMITED})
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes. 4000-4499: reconnect (and resume); 4500-4999: do not."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # relay shutting down: reconnect, to another relay if you have one
+    MESSAGE_TOO_BIG = 1009  # frame above limits.max_frame_bytes (sent by the WebSocket layer)
+    INTERNAL_ERROR = 1011
+    SLOW_CONSUMER = 4000  # outbox overflowed: reconnect and resume from your last position
+    UNAVAILABLE = 4001  # relay lost its NATS connection: reconnect, maybe elsewhere
+    TOO_MANY_ERRORS = 4500  # the client keeps sending bad frames: fix the client
+
+
+class ProtocolError(Exception):
+    """A client frame we refuse; becomes an ``error`` frame, the connection stays open."""
+
+    def __init__(self, code: ErrorCode, message: str, ref: str | int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.ref = ref

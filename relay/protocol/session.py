@@ -1,0 +1,154 @@
+"""ServerSession: the per-connection protocol state machine, without I/O.
+
+Theory of operation
+-------------------
+The WebSocket layer feeds every received frame to ``receive()`` with the
+current time and gets back a list of actions:
+
+* a request (``Subscribe``, ``Unsubscribe``, ``Publish``, ``History``) that the
+  node must carry out against NATS, then report back through
+  ``subscribe_succeeded`` / ``subscribe_failed``;
+* ``Reply(frame)``: bytes to queue for the client (errors, pongs, unsubscribed);
+* ``Close(code, reason)``: end the connection (only for a flood of bad frames).
+
+Bad input never raises out of here: it becomes an ``error`` frame. The session
+tracks which channels are subscribed (or being subscribed) so that it can
+refuse double subscriptions and unsubscribes of unknown channels, and counts
+recent errors so that one misbehaving client cannot keep a relay busy.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from relay.core.channels import Channel
+from relay.protocol.errors import CloseCode, ErrorCode, ProtocolError
+from relay.protocol.frames import (
+    ClientFrame,
+    History,
+    Ping,
+    Publish,
+    Subscribe,
+    Unsubscribe,
+    decode_client_frame,
+    error_frame,
+    pong_frame,
+    unsubscribed_frame,
+)
+
+ERROR_WINDOW_S = 60.0
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    max_subscriptions: int
+    max_errors_per_minute: int
+    # Per namespace; the session asks rather than holding the config tree.
+    max_message_bytes: Callable[[Channel], int]
+
+
+@dataclass(frozen=True)
+class Reply:
+    frame: bytes
+
+
+@dataclass(frozen=True)
+class Close:
+    code: CloseCode
+    reason: str
+
+
+Request = Subscribe | Unsubscribe | Publish | History
+Action = Request | Reply | Close
+
+
+class SubState(enum.Enum):
+    SUBSCRIBING = "subscribing"
+    SUBSCRIBED = "subscribed"
+
+
+class ServerSession:
+    def __init__(self, limits: SessionLimits) -> None:
+        self._limits = limits
+        self._subs: dict[Channel, SubState] = {}
+        self._errors: deque[float] = deque()
+        self.closed = False
+
+    @property
+    def channels(self) -> dict[Channel, SubState]:
+        return self._subs
+
+    def receive(self, raw: str | bytes, now: float, *, binary: bool = False) -> list[Action]:
+        if self.closed:
+            return []
+        try:
+            if binary:
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST, "binary frames are not supported; send JSON text"
+                )
+            frame = decode_client_frame(raw)
+            return self._handle(frame)
+        except ProtocolError as exc:
+            return self._error(exc, now)
+
+    def _handle(self, frame: ClientFrame) -> list[Action]:
+        if isinstance(frame, Ping):
+            return [Reply(pong_frame(frame.ref))]
+        channel = Channel(frame.channel)
+        if isinstance(frame, Subscribe):
+            if channel in self._subs:
+                raise ProtocolError(
+                    ErrorCode.ALREADY_SUBSCRIBED, f"already subscribed to {channel}", frame.ref
+                )
+            if len(self._subs) >= self._limits.max_subscriptions:
+                raise ProtocolError(
+                    ErrorCode.LIMIT_EXCEEDED,
+                    f"at most {self._limits.max_subscriptions} subscriptions per connection",
+                    frame.ref,
+                )
+            self._subs[channel] = SubState.SUBSCRIBING
+            return [frame]
+        if isinstance(frame, Unsubscribe):
+            if channel not in self._subs:
+                raise ProtocolError(
+                    ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {channel}", frame.ref
+                )
+            del self._subs[channel]
+            return [frame, Reply(unsubscribed_frame(frame.ref, channel))]
+        if isinstance(frame, Publish):
+            limit = self._limits.max_message_bytes(channel)
+            if len(frame.data) > limit:
+                raise ProtocolError(
+                    ErrorCode.TOO_LARGE,
+                    f"data is {len(frame.data)} bytes; the limit for {channel} is {limit}",
+                    frame.ref,
+                )
+            return [frame]
+        return [frame]
+
+    def subscribe_succeeded(self, channel: Channel) -> bool:
+        """Returns False if the client unsubscribed meanwhile (the node must detach)."""
+        if self._subs.get(channel) is SubState.SUBSCRIBING:
+            self._subs[channel] = SubState.SUBSCRIBED
+            return True
+        return False
+
+    def subscribe_failed(self, channel: Channel) -> None:
+        if self._subs.get(channel) is SubState.SUBSCRIBING:
+            del self._subs[channel]
+
+    def drop_subscription(self, channel: Channel) -> None:
+        self._subs.pop(channel, None)
+
+    def _error(self, exc: ProtocolError, now: float) -> list[Action]:
+        self._errors.append(now)
+        while self._errors and self._errors[0] <= now - ERROR_WINDOW_S:
+            self._errors.popleft()
+        actions: list[Action] = [Reply(error_frame(exc.code, exc.message, exc.ref))]
+        if len(self._errors) > self._limits.max_errors_per_minute:
+            self.closed = True
+            actions.append(Close(CloseCode.TOO_MANY_ERRORS, "too_many_errors"))
+        return actions
