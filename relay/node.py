@@ -99,7 +99,7 @@ class RelayNode:
             log.warning("NATS: %s", exc)
 
         return await nats.connect(
-            servers=self.nats_url.split(","),
+            servers=[u.strip() for u in self.nats_url.split(",")],
             name=f"relaynet-{self.cfg.relay.id}",
             connect_timeout=self.cfg.nats.connect_timeout_s,
             max_reconnect_attempts=-1,

@@ -1,0 +1,489 @@
+"""Schema of a relaynet region config file (TOML), as pydantic v2 models.
+
+Pure data: no I/O here. ``config.loader`` reads the file, applies ``RELAYNET_*`` environment
+overrides and turns validation errors into readable ``ConfigError`` issues.
+
+All models are strict (TOML already has types, so ``port = "8701"`` is an error rather than a
+silent coercion), reject unknown keys, and are frozen (hashable, safe to share across tasks).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+__all__ = [
+    "CROSS_FIELD_ERROR_TYPE",
+    "DEFAULT_NAMESPACE",
+    "DEFAULT_NAMESPACE_NAME",
+    "FIELD_ERROR_TYPE",
+    "FRAME_OVERHEAD_BYTES",
+    "PATTERN_DESCRIPTIONS",
+    "AuthSection",
+    "LimitsSection",
+    "NamespaceRule",
+    "NatsSection",
+    "PeerSection",
+    "RegionSection",
+    "RelayConfig",
+    "RelaySection",
+]
+
+REGION_NAME_PATTERN = r"^[a-z](?:[a-z0-9-]{0,30}[a-z0-9])?$"
+RELAY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+NAMESPACE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+NAMESPACE_PREFIX_PATTERN = r"^[A-Za-z0-9_\-:@/=+!~.,]{0,100}$"
+
+#: Human-readable text for each pattern, used in error messages and the config reference.
+PATTERN_DESCRIPTIONS: dict[str, str] = {
+    REGION_NAME_PATTERN: (
+        "a region name: 1-32 lowercase letters, digits or '-', starting with a letter "
+        "and not ending with '-'"
+    ),
+    RELAY_ID_PATTERN: (
+        "a relay id: 1-64 letters, digits, '_' or '-', starting with a letter or digit"
+    ),
+    NAMESPACE_NAME_PATTERN: (
+        "a namespace name: 1-32 lowercase letters, digits or '_', starting with a letter"
+    ),
+    NAMESPACE_PREFIX_PATTERN: (
+        'a channel prefix: "" or up to 100 letters, digits and characters from "_-:@/=+!~.,"'
+    ),
+}
+
+#: Error ``type`` of custom field errors; their ``msg`` is the readable "expected" text.
+FIELD_ERROR_TYPE = "relaynet_field"
+#: Error ``type`` of ``RelayConfig``'s cross-field check. Its ``ctx["problems"]`` is a tuple of
+#: ``(field_path, value, expected)`` triples, e.g. ``("namespaces[1].prefix", "chat:", "...")``.
+CROSS_FIELD_ERROR_TYPE = "relaynet_cross_field"
+
+#: Bytes of a WebSocket frame reserved for the envelope around a publish's ``data``.
+FRAME_OVERHEAD_BYTES = 1024
+
+DEFAULT_NAMESPACE_NAME = "default"
+
+
+def _check_url(value: str, schemes: tuple[str, ...]) -> str:
+    """Raise a field error unless ``value`` is ``<scheme>://host...`` with an allowed scheme."""
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not value.startswith(parts.scheme + "://"):
+        wanted = " or ".join(f"{s}://" for s in schemes)
+        raise PydanticCustomError(FIELD_ERROR_TYPE, f"a URL starting with {wanted}")
+    if not parts.hostname:
+        raise PydanticCustomError(FIELD_ERROR_TYPE, f"a {parts.scheme}:// URL with a host name")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        raise PydanticCustomError(
+            FIELD_ERROR_TYPE, f"a {parts.scheme}:// URL with a port from 0 to 65535"
+        ) from None
+    return value
+
+
+def _split_nats_urls(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(","))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class RegionSection(_Section):
+    """``[region]``: which region this relay serves."""
+
+    name: str = Field(
+        pattern=REGION_NAME_PATTERN,
+        description=(
+            "Name of the region this relay belongs to, e.g. `us-east`. Every relay of a region "
+            "uses the same name; peers refer to the region by this name."
+        ),
+    )
+
+
+class RelaySection(_Section):
+    """``[relay]``: this relay process and its WebSocket listener."""
+
+    id: str = Field(
+        pattern=RELAY_ID_PATTERN,
+        description=(
+            "Identifier of this relay process, unique across all regions (e.g. `us-east-1`). "
+            "Shows up in logs and in the `connected` frame."
+        ),
+    )
+    host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Address the WebSocket server listens on (`0.0.0.0` for all interfaces).",
+    )
+    port: int = Field(
+        default=8701,
+        ge=0,
+        le=65535,
+        description="TCP port of the WebSocket server; 0 picks a free port (used by tests).",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description=(
+            "URL clients and peers use to reach this relay (`ws://` or `wss://`), e.g. behind "
+            "a proxy. Unset: `ws://<host>:<port>/v1/ws`."
+        ),
+    )
+    heartbeat_s: float = Field(
+        default=15.0,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "Seconds between server pings to each client; sent to clients in the `connected` frame."
+        ),
+    )
+    shutdown_grace_s: float = Field(
+        default=5.0,
+        ge=0,
+        allow_inf_nan=False,
+        description=(
+            "Seconds a stopping relay waits for connections to drain before closing them."
+        ),
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_url(value, ("ws", "wss"))
+
+    @property
+    def effective_public_url(self) -> str:
+        """``public_url`` if set, else the URL of the listen address (IPv6 hosts bracketed)."""
+        if self.public_url is not None:
+            return self.public_url
+        host = self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"ws://{host}:{self.port}/v1/ws"
+
+
+class NatsSection(_Section):
+    """``[nats]``: the NATS JetStream server that stores and fans out messages."""
+
+    url: str = Field(
+        default="embedded",
+        description=(
+            '`"embedded"`: the relay starts its own nats-server (see `embedded_*` and '
+            "`store_dir`). Otherwise the URL of an existing server (`nats://` or `tls://`); "
+            "several comma-separated URLs of one cluster are allowed."
+        ),
+    )
+    embedded_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description='Address the embedded nats-server listens on (only with `url = "embedded"`).',
+    )
+    embedded_port: int = Field(
+        default=4222,
+        ge=0,
+        le=65535,
+        description=(
+            "Client port of the embedded nats-server; 0 picks a free port. Other relays of the "
+            "region and peer regions connect here."
+        ),
+    )
+    store_dir: str = Field(
+        default=".relaynet/data",
+        min_length=1,
+        description=(
+            "JetStream store directory of the embedded nats-server. A relative path is relative "
+            "to the current working directory of the relay process, not to the config file."
+        ),
+    )
+    duplicate_window_s: float = Field(
+        default=120.0,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "JetStream deduplication window in seconds: a publish id seen again within this "
+            "window is stored only once (safe client retries, federation loops)."
+        ),
+    )
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="JetStream stream replicas; more than 1 needs a NATS cluster of that size.",
+    )
+    connect_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds to wait for the NATS connection at startup before giving up.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_nats_url(cls, value: str) -> str:
+        if value == "embedded":
+            return value
+        for part in _split_nats_urls(value):
+            if not part:
+                raise PydanticCustomError(
+                    FIELD_ERROR_TYPE, '"embedded" or comma-separated URLs without empty entries'
+                )
+            if not part.startswith(("nats://", "tls://")):
+                raise PydanticCustomError(
+                    FIELD_ERROR_TYPE, '"embedded" or URLs starting with nats:// or tls://'
+                )
+            _check_url(part, ("nats", "tls"))
+        return value
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when the relay runs its own nats-server."""
+        return self.url == "embedded"
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        """The URLs of ``url`` split on commas and stripped; empty when embedded."""
+        return () if self.is_embedded else _split_nats_urls(self.url)
+
+
+class NamespaceRule(_Section):
+    """``[[namespaces]]``: storage and size rules for channels whose name starts with a prefix."""
+
+    name: str = Field(
+        pattern=NAMESPACE_NAME_PATTERN,
+        description=(
+            "Name of the namespace; part of its JetStream stream name, so it must be unique."
+        ),
+    )
+    prefix: str = Field(
+        pattern=NAMESPACE_PREFIX_PATTERN,
+        description=(
+            'Channels starting with this prefix belong to the namespace (`""` matches every '
+            "channel). The longest matching prefix wins; channels matching none use an implicit "
+            '`default` namespace with prefix `""` and default limits.'
+        ),
+    )
+    history_max_age_s: float = Field(
+        default=86400.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds a message stays in the channel history.",
+    )
+    history_max_messages: int = Field(
+        default=1000,
+        ge=1,
+        description="Messages kept in the history of each channel; older ones are dropped.",
+    )
+    max_message_bytes: int = Field(
+        default=65536,
+        ge=1,
+        le=1048576,
+        description=(
+            "Largest allowed publish, measured as the size of its JSON-encoded `data`. Must be "
+            f"at most `limits.max_frame_bytes` - {FRAME_OVERHEAD_BYTES}."
+        ),
+    )
+
+
+#: The implicit catch-all namespace used when no configured rule has prefix ``""``.
+DEFAULT_NAMESPACE = NamespaceRule(name=DEFAULT_NAMESPACE_NAME, prefix="")
+
+
+class AuthSection(_Section):
+    """``[auth]``: how clients authenticate."""
+
+    mode: Literal["anonymous"] = Field(
+        default="anonymous",
+        description='Client authentication; `"anonymous"` accepts every client.',
+    )
+
+
+class PeerSection(_Section):
+    """``[[peers]]``: another region this region federates with."""
+
+    region: str = Field(
+        pattern=REGION_NAME_PATTERN,
+        description="Region name of the peer (its `[region] name`).",
+    )
+    edge_url: str = Field(
+        description="WebSocket URL of a relay in the peer region (`ws://` or `wss://`).",
+    )
+    nats_url: str = Field(
+        description="URL of the peer region's NATS server (`nats://` or `tls://`).",
+    )
+
+    @field_validator("edge_url")
+    @classmethod
+    def _check_edge_url(cls, value: str) -> str:
+        return _check_url(value, ("ws", "wss"))
+
+    @field_validator("nats_url")
+    @classmethod
+    def _check_peer_nats_url(cls, value: str) -> str:
+        return _check_url(value, ("nats", "tls"))
+
+
+class LimitsSection(_Section):
+    """``[limits]``: per-connection resource limits."""
+
+    max_frame_bytes: int = Field(
+        default=1048576,
+        ge=1024,
+        le=16777216,
+        description=(
+            "Largest WebSocket frame accepted from a client; a bigger frame closes the "
+            "connection with code 1009."
+        ),
+    )
+    outbox_max_messages: int = Field(
+        default=1024,
+        ge=1,
+        description=(
+            "Size of each connection's bounded send queue; a client that lets it overflow is "
+            "disconnected with `slow_consumer`."
+        ),
+    )
+    max_subscriptions: int = Field(
+        default=1000,
+        ge=1,
+        description="Channels one connection may subscribe to at the same time.",
+    )
+    max_errors_per_minute: int = Field(
+        default=100,
+        ge=1,
+        description="Bad frames a client may send per minute before it is disconnected.",
+    )
+
+
+class RelayConfig(_Section):
+    """A whole region config file."""
+
+    region: RegionSection = Field(description="The region this relay belongs to. Required.")
+    relay: RelaySection = Field(description="This relay process and its WebSocket listener.")
+    nats: NatsSection = Field(
+        default_factory=NatsSection,
+        description="The NATS JetStream server that stores and fans out messages.",
+    )
+    namespaces: tuple[NamespaceRule, ...] = Field(
+        default=(),
+        strict=False,  # TOML arrays arrive as lists
+        description=(
+            "Channel namespaces: history and size rules by channel prefix. One JetStream stream "
+            "per namespace."
+        ),
+    )
+    auth: AuthSection = Field(default_factory=AuthSection, description="How clients authenticate.")
+    peers: tuple[PeerSection, ...] = Field(
+        default=(),
+        strict=False,  # TOML arrays arrive as lists
+        description="Other regions this region exchanges messages with.",
+    )
+    limits: LimitsSection = Field(
+        default_factory=LimitsSection, description="Per-connection resource limits."
+    )
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> Self:
+        problems: list[tuple[str, Any, str]] = []
+        has_catch_all = any(rule.prefix == "" for rule in self.namespaces)
+        names: dict[str, int] = {}
+        prefixes: dict[str, int] = {}
+        max_bytes = self.limits.max_frame_bytes - FRAME_OVERHEAD_BYTES
+        for i, rule in enumerate(self.namespaces):
+            if rule.name in names:
+                problems.append(
+                    (
+                        f"namespaces[{i}].name",
+                        rule.name,
+                        f"a unique namespace name (namespaces[{names[rule.name]}] has it too)",
+                    )
+                )
+            else:
+                names[rule.name] = i
+            if rule.name == DEFAULT_NAMESPACE_NAME and not has_catch_all:
+                problems.append(
+                    (
+                        f"namespaces[{i}].name",
+                        rule.name,
+                        f"a name other than {DEFAULT_NAMESPACE_NAME!r} (reserved for the implicit "
+                        'catch-all namespace unless this rule has prefix "")',
+                    )
+                )
+            if rule.prefix in prefixes:
+                problems.append(
+                    (
+                        f"namespaces[{i}].prefix",
+                        rule.prefix,
+                        f"a unique prefix (namespaces[{prefixes[rule.prefix]}] has it too)",
+                    )
+                )
+            else:
+                prefixes[rule.prefix] = i
+            if rule.max_message_bytes > max_bytes:
+                problems.append(
+                    (
+                        f"namespaces[{i}].max_message_bytes",
+                        rule.max_message_bytes,
+                        f"at most {max_bytes} (limits.max_frame_bytes "
+                        f"{self.limits.max_frame_bytes} - {FRAME_OVERHEAD_BYTES})",
+                    )
+                )
+        if not has_catch_all and DEFAULT_NAMESPACE.max_message_bytes > max_bytes:
+            needed = DEFAULT_NAMESPACE.max_message_bytes + FRAME_OVERHEAD_BYTES
+            problems.append(
+                (
+                    "limits.max_frame_bytes",
+                    self.limits.max_frame_bytes,
+                    f"at least {needed} (the implicit default namespace allows "
+                    f"{DEFAULT_NAMESPACE.max_message_bytes}-byte messages; add a [[namespaces]] "
+                    'rule with prefix = "" and a smaller max_message_bytes)',
+                )
+            )
+        peer_regions: dict[str, int] = {}
+        for i, peer in enumerate(self.peers):
+            if peer.region == self.region.name:
+                problems.append(
+                    (
+                        f"peers[{i}].region",
+                        peer.region,
+                        f"a region other than this relay's own region {self.region.name!r}",
+                    )
+                )
+            elif peer.region in peer_regions:
+                problems.append(
+                    (
+                        f"peers[{i}].region",
+                        peer.region,
+                        f"a unique peer region (peers[{peer_regions[peer.region]}] has it too)",
+                    )
+                )
+            else:
+                peer_regions[peer.region] = i
+        if problems:
+            summary = "; ".join(
+                f"{path}: expected {exp}, got {val!r}" for path, val, exp in problems
+            )
+            raise PydanticCustomError(
+                CROSS_FIELD_ERROR_TYPE,
+                "{summary}",
+                {"summary": summary, "problems": tuple(problems)},
+            )
+        return self
+
+    def namespace_for(self, channel: str) -> NamespaceRule:
+        """The rule with the longest prefix ``channel`` starts with, else ``DEFAULT_NAMESPACE``."""
+        best: NamespaceRule | None = None
+        for rule in self.namespaces:
+            if channel.startswith(rule.prefix) and (
+                best is None or len(rule.prefix) > len(best.prefix)
+            ):
+                best = rule
+        return DEFAULT_NAMESPACE if best is None else best
+
+    @property
+    def all_namespaces(self) -> tuple[NamespaceRule, ...]:
+        """Configured rules, plus ``DEFAULT_NAMESPACE`` last if no rule has prefix ``""``."""
+        if any(rule.prefix == "" for rule in self.namespaces):
+            return self.namespaces
+        return (*self.namespaces, DEFAULT_NAMESPACE)

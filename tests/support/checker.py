@@ -1,0 +1,43 @@
+"""Proves ordering guarantees from whole received sequences, not spot checks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def check_contiguous(
+    received: Sequence[dict[str, Any]], region: str, start_after: int = 0
+) -> list[str]:
+    """One region: positions must run start_after+1, start_after+2, ... with no gap or repeat."""
+    problems: list[str] = []
+    expected = start_after + 1
+    seen_ids: set[str] = set()
+    for i, frame in enumerate(received):
+        got = frame["position"].get(region, 0)
+        if frame["id"] in seen_ids:
+            problems.append(f"#{i}: id {frame['id']} delivered twice")
+        seen_ids.add(frame["id"])
+        if got != expected:
+            kind = "repeat" if got < expected else "gap"
+            problems.append(f"#{i}: {kind}: position {got}, expected {expected}")
+            expected = got
+        expected += 1
+    return problems
+
+
+def check_publisher_order(received: Sequence[dict[str, Any]]) -> list[str]:
+    """Messages whose data is {"pub": P, "n": k}: each publisher's k must increase by one."""
+    last: dict[str, int] = {}
+    problems = []
+    for frame in received:
+        data = frame["data"]
+        pub, n = data["pub"], data["n"]
+        if n != last.get(pub, -1) + 1:
+            problems.append(f"publisher {pub}: got n={n} after {last.get(pub)}")
+        last[pub] = n
+    return problems
+
+
+def ids(received: Sequence[dict[str, Any]]) -> list[str]:
+    return [frame["id"] for frame in received]

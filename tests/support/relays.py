@@ -1,0 +1,109 @@
+"""Relays for tests: in-process (RelayNode in the test's event loop) or as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from config.schema import RelayConfig
+from relay.node import RelayNode
+
+# Waits in tests scale with this factor (slow machines set it higher); never fixed sleeps.
+TIMEOUT_FACTOR = float(os.environ.get("RELAYNET_TEST_TIMEOUT_FACTOR", "1"))
+
+
+def timeout(seconds: float) -> float:
+    return seconds * TIMEOUT_FACTOR
+
+
+def make_config(
+    *,
+    nats_url: str,
+    region: str = "us-east",
+    relay_id: str = "r1",
+    port: int = 0,
+    namespaces: list[dict[str, Any]] | None = None,
+    limits: dict[str, Any] | None = None,
+    relay: dict[str, Any] | None = None,
+    nats: dict[str, Any] | None = None,
+) -> RelayConfig:
+    data: dict[str, Any] = {
+        "region": {"name": region},
+        "relay": {"id": relay_id, "host": "127.0.0.1", "port": port, "shutdown_grace_s": 2.0,
+                  **(relay or {})},
+        "nats": {"url": nats_url, **(nats or {})},
+    }  # fmt: skip
+    if namespaces is not None:
+        data["namespaces"] = namespaces
+    if limits is not None:
+        data["limits"] = limits
+    return RelayConfig.model_validate(data)
+
+
+@asynccontextmanager
+async def running_relays(*configs: RelayConfig) -> AsyncIterator[list[RelayNode]]:
+    """Start relays in this event loop; stop them (gracefully) on exit."""
+    nodes = [RelayNode(cfg) for cfg in configs]
+    async with anyio.create_task_group() as tg:
+        for node in nodes:
+            await tg.start(node.run)
+        try:
+            yield nodes
+        finally:
+            for node in nodes:
+                node.stop()
+
+
+def config_file(path: Path, cfg: RelayConfig) -> Path:
+    """Write a config as TOML for a relay subprocess (only the fields tests set)."""
+    lines = [
+        "[region]", f'name = "{cfg.region.name}"',
+        "[relay]", f'id = "{cfg.relay.id}"', f'host = "{cfg.relay.host}"',
+        f"port = {cfg.relay.port}", f"shutdown_grace_s = {cfg.relay.shutdown_grace_s}",
+        "[nats]", f'url = "{cfg.nats.url}"', f'store_dir = "{cfg.nats.store_dir}"',
+        f"embedded_port = {cfg.nats.embedded_port}",
+        "[limits]", f"outbox_max_messages = {cfg.limits.outbox_max_messages}",
+    ]  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@contextmanager
+def relay_process(config: Path, log: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``relaynet relay --config`` as a child process; yields (process, ws url)."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "relay.cli", "relay", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + timeout(20)
+        url = ""
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline().decode()
+            if not line:
+                break
+            if "ready on " in line:
+                url = line.rsplit("ready on ", 1)[1].strip()
+                break
+        if not url:
+            raise RuntimeError(f"relay did not start:\n{log.read_text()}")
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
