@@ -71,7 +71,7 @@ class ProtocolClient:
             await self._done.wait()
 
     async def request(self, frame: dict[str, Any], seconds: float = 10) -> dict[str, Any]:
-        ref = next(self._refs)
+        ref = f"c{next(self._refs)}"
         await self.ws.send(json.dumps({**frame, "ref": ref}))
         await self.wait_for(lambda: ref in self._replies, seconds)
         return self._replies.pop(ref)
