@@ -48,8 +48,9 @@ def _cmd_relay(args: argparse.Namespace) -> int:
 
             tg.start_soon(on_signals)
             await tg.start(node.run)
-            print(f"relaynet relay {cfg.relay.id} ({cfg.region.name}) ready on {node.url}",
-                  flush=True)  # fmt: skip
+            print(
+                f"relaynet relay {cfg.relay.id} ({cfg.region.name}) ready on {node.url}", flush=True
+            )
             await node.run_finished()
             tg.cancel_scope.cancel()
 
@@ -75,7 +76,8 @@ def _cmd_bench_fanout(args: argparse.Namespace) -> int:
 
     _setup_logging(False)
     logging.getLogger("relaynet").setLevel(logging.WARNING)
-    return anyio.run(run_fanout, args.subscribers, args.seconds, args.rate, args.size)
+    code: int = anyio.run(run_fanout, args.subscribers, args.seconds, args.rate, args.size)
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -74,10 +74,9 @@ class RelayNode:
                 task_status.started(self)
                 await self._stop.wait()
                 edge.stop()
+                # Connections end only after their in-flight publishes are acked.
                 with anyio.move_on_after(cfg.relay.shutdown_grace_s + 3):
-                    await edge.publisher.wait_idle()
-                    while edge.connections:
-                        await anyio.sleep(0.02)
+                    await edge.stopped.wait()
                 tg.cancel_scope.cancel()
         log.info("relay %s stopped", cfg.relay.id)
         self._finished.set()
@@ -114,5 +113,5 @@ class RelayNode:
         with anyio.move_on_after(5, shield=True):
             try:
                 await nc.drain()
-            except Exception:  # noqa: BLE001 - already closed or never fully connected
+            except Exception:
                 await nc.close()

@@ -23,6 +23,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from relay.adapters.nats_broker import BrokerUnavailable
+from relay.adapters.outbox import Outbox
 from relay.core.channels import Channel
 from relay.core.feed import AttachedLive, ChannelFeed
 from relay.core.recovery import PositionExpired
@@ -39,7 +40,6 @@ from relay.protocol.frames import (
     subscribed_frame,
 )
 from relay.protocol.session import Close, Reply, ServerSession, SessionLimits
-from relay.adapters.outbox import Outbox
 
 if TYPE_CHECKING:
     from relay.adapters.ws_edge import WsEdge
@@ -200,9 +200,7 @@ class Connection:
             await self._unsubscribe(channel)
             return
         self.outbox.offer(
-            subscribed_frame(
-                request.ref, channel, attached.head_position.merge(position), True
-            )
+            subscribed_frame(request.ref, channel, attached.head_position.merge(position), True)
         )
         while first is not None:
             for entry in first:

@@ -86,22 +86,29 @@ class EmbeddedNats:
         self._log_file = self.store_dir / "nats-server.log"
         args = [
             binary,
-            "--addr", self.host,
-            "--port", str(self.port if self.port else -1),
+            "--addr",
+            self.host,
+            "--port",
+            str(self.port if self.port else -1),
             "--jetstream",
-            "--store_dir", str(self.store_dir),
-            "--server_name", self.server_name,
-            "--ports_file_dir", self._ports_dir,
-            "--log", str(self._log_file),
+            "--store_dir",
+            str(self.store_dir),
+            "--server_name",
+            self.server_name,
+            "--ports_file_dir",
+            self._ports_dir,
+            "--log",
+            str(self._log_file),
             *self.extra_args,
-        ]  # fmt: skip
+        ]
         log.info("starting embedded nats-server: %s", " ".join(args))
-        self.process = subprocess.Popen(
+        # Popen, not anyio.open_process: PR_SET_PDEATHSIG needs preexec_fn. Spawning is quick.
+        self.process = subprocess.Popen(  # noqa: ASYNC220
             args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads started yet in the child
+            preexec_fn=_die_with_parent,
             # Its own session: a terminal's Ctrl-C reaches the relay only, which drains its
             # clients and then stops the server, rather than losing NATS under them.
             start_new_session=True,
@@ -149,12 +156,12 @@ class EmbeddedNats:
         proc = self.process
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-            with anyio.move_on_after(10, shield=True):
-                while proc.poll() is None:
-                    await anyio.sleep(0.02)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            with anyio.CancelScope(shield=True):
+                try:
+                    await anyio.to_thread.run_sync(proc.wait, 10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    await anyio.to_thread.run_sync(proc.wait)
             log.info("embedded nats-server stopped (exit %s)", proc.returncode)
         if self._ports_dir:
             shutil.rmtree(self._ports_dir, ignore_errors=True)

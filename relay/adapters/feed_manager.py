@@ -95,7 +95,7 @@ class FeedManager:
         if handle.sub is not None:
             try:
                 await handle.sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - connection already gone; nothing to clean up
+            except Exception:
                 log.debug("unsubscribe of %s failed", channel, exc_info=True)
 
     def _on_live(self, handle: _Handle, entry: LogEntry) -> None:

@@ -8,8 +8,8 @@ channel in the order it sent them.
 
 from __future__ import annotations
 
-import msgspec
 import anyio
+import msgspec
 
 from relay.adapters.nats_broker import NatsBroker, StoreResult
 from relay.core.channels import Channel
@@ -18,17 +18,12 @@ from relay.core.channels import Channel
 class Publisher:
     def __init__(self, broker: NatsBroker) -> None:
         self.broker = broker
+        # channel -> (FIFO lock, number of publishes holding or waiting for it)
         self._locks: dict[Channel, tuple[anyio.Lock, list[int]]] = {}
-        self.inflight = 0
-        self._idle = anyio.Event()
-        self._idle.set()
 
     async def publish(self, channel: Channel, message_id: str, data: msgspec.Raw) -> StoreResult:
         lock, users = self._locks.setdefault(channel, (anyio.Lock(), [0]))
         users[0] += 1
-        self.inflight += 1
-        if self.inflight == 1:
-            self._idle = anyio.Event()
         try:
             async with lock:
                 return await self.broker.store(channel, message_id, data)
@@ -36,9 +31,3 @@ class Publisher:
             users[0] -= 1
             if users[0] == 0:
                 del self._locks[channel]
-            self.inflight -= 1
-            if self.inflight == 0:
-                self._idle.set()
-
-    async def wait_idle(self) -> None:
-        await self._idle.wait()

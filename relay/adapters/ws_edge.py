@@ -37,6 +37,8 @@ class WsEdge:
         self.connections: set[Connection] = set()
         self.port: int | None = None
         self._stop = anyio.Event()
+        self.stopped = anyio.Event()
+        self._all_closed = anyio.Event()
         self._server: Server | None = None
 
     def connected_frame(self, connection_id: str) -> bytes:
@@ -68,6 +70,8 @@ class WsEdge:
             await conn.serve()
         finally:
             self.connections.discard(conn)
+            if not self.connections:
+                self._all_closed.set()
 
     async def run(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         relay = self.cfg.relay
@@ -88,11 +92,16 @@ class WsEdge:
             self.port = server.sockets[0].getsockname()[1]
             log.info(
                 "relay %s (%s) listening on ws://%s:%d%s",
-                self.relay_id, self.region, relay.host, self.port, WS_PATH,
-            )  # fmt: skip
+                self.relay_id,
+                self.region,
+                relay.host,
+                self.port,
+                WS_PATH,
+            )
             task_status.started(self.port)
             await self._stop.wait()
             await self._drain(server)
+        self.stopped.set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -102,9 +111,10 @@ class WsEdge:
         server.close(close_connections=False)
         for conn in list(self.connections):
             conn.close_with(CloseCode.GOING_AWAY, "going_away")
-        with anyio.move_on_after(self.cfg.relay.shutdown_grace_s):
-            while self.connections:
-                await anyio.sleep(0.02)
+        if self.connections:
+            self._all_closed = anyio.Event()
+            with anyio.move_on_after(self.cfg.relay.shutdown_grace_s):
+                await self._all_closed.wait()
         if self.connections:
             log.warning("%d connections did not close in time", len(self.connections))
         with anyio.move_on_after(2):

@@ -24,7 +24,7 @@ from typing import NewType
 Channel = NewType("Channel", str)
 
 MAX_CHANNEL_LENGTH = 200
-_CHANNEL_RE = re.compile(r"^[A-Za-z0-9_\-:@/=+!~.,]{1,%d}$" % MAX_CHANNEL_LENGTH)
+_CHANNEL_RE = re.compile(rf"^[A-Za-z0-9_\-:@/=+!~.,]{{1,{MAX_CHANNEL_LENGTH}}}$")
 _ALLOWED_DESCRIPTION = "1-200 characters from A-Z a-z 0-9 _ - : @ / = + ! ~ . ,"
 
 

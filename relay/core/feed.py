@@ -186,7 +186,9 @@ class ChannelFeed:
     def subscriber_count(self) -> int:
         return len(self._plain) + len(self._special)
 
-    def attach(self, key: Hashable, sink: Sink, position: VectorClock | None) -> AttachedLive | CatchUp:
+    def attach(
+        self, key: Hashable, sink: Sink, position: VectorClock | None
+    ) -> AttachedLive | CatchUp:
         if not self.ready:
             raise RuntimeError("attach before the feed knows its head")
         if position is None:

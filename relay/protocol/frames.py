@@ -67,7 +67,7 @@ _decoder: Final = msgspec.json.Decoder(ClientFrame)
 def decode_client_frame(raw: str | bytes) -> ClientFrame:
     """Parse and validate one client frame, or raise ``ProtocolError``."""
     try:
-        frame = _decoder.decode(raw)
+        frame: ClientFrame = _decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise _explain(raw, exc) from None
     except msgspec.DecodeError as exc:
@@ -110,9 +110,7 @@ def parse_position(raw: dict[str, int] | None, ref: Ref, name: str) -> VectorClo
 def _explain(raw: str | bytes, exc: msgspec.ValidationError) -> ProtocolError:
     obj: Any = msgspec.json.decode(raw)  # valid JSON: typed decoding got past the parser
     if not isinstance(obj, dict):
-        return ProtocolError(
-            ErrorCode.BAD_REQUEST, 'a frame is a JSON object with an "op" field'
-        )
+        return ProtocolError(ErrorCode.BAD_REQUEST, 'a frame is a JSON object with an "op" field')
     ref = obj.get("ref")
     if not isinstance(ref, str | int) or isinstance(ref, bool):
         ref = None
@@ -163,9 +161,7 @@ class MessageFrame(msgspec.Struct, tag="message", tag_field="op"):
 
 def message_frame(channel: Channel, msg: StoredMessage) -> bytes:
     """Encoded once per message per relay; the same bytes go to every subscriber."""
-    return msgspec.json.encode(
-        MessageFrame(channel, msg.id, msg.data, msg.origin, msg.ts, msg.pos)
-    )
+    return msgspec.json.encode(MessageFrame(channel, msg.id, msg.data, msg.origin, msg.ts, msg.pos))
 
 
 def _frame(op: str, ref: Ref, **fields: object) -> bytes:
@@ -211,10 +207,12 @@ def pong_frame(ref: Ref) -> bytes:
     return _frame("pong", ref)
 
 
-def error_frame(
-    code: ErrorCode, message: str, ref: Ref = None, **details: object
-) -> bytes:
+def error_frame(code: ErrorCode, message: str, ref: Ref = None, **details: object) -> bytes:
     return _frame(
-        "error", ref, code=code.value, message=message, temporary=code in TEMPORARY_ERRORS,
+        "error",
+        ref,
+        code=code.value,
+        message=message,
+        temporary=code in TEMPORARY_ERRORS,
         **details,
     )

@@ -40,9 +40,9 @@ async def test_sigterm_flushes_acks_closes_1001_stops_nats_and_data_survives(
         assert processes_mentioning(str(store)), "embedded nats-server should be running"
         async with protocol_client(url) as client:
             for n in range(300):  # pipelined: many publishes in flight at SIGTERM
-                await client.send_raw(json.dumps(
-                    {"op": "publish", "channel": "chat:keep", "id": f"m{n}", "data": n}
-                ))  # fmt: skip
+                await client.send_raw(
+                    json.dumps({"op": "publish", "channel": "chat:keep", "id": f"m{n}", "data": n})
+                )
             await client.wait_for(lambda: any(f["op"] == "ack" for f in client.frames))
             os.kill(proc.pid, signal.SIGTERM)
             await client.wait_closed()
@@ -54,9 +54,7 @@ async def test_sigterm_flushes_acks_closes_1001_stops_nats_and_data_survives(
     # Same store, new process: everything acknowledged is still there, nothing else.
     with relay_process(path, tmp_path / "relay2.log") as (proc, url):
         async with protocol_client(url) as client:
-            page = await client.request(
-                {"op": "history", "channel": "chat:keep", "limit": 1000}
-            )
+            page = await client.request({"op": "history", "channel": "chat:keep", "limit": 1000})
             stored = [m["id"] for m in page["messages"]]
             assert stored == acked
         os.kill(proc.pid, signal.SIGTERM)

@@ -43,11 +43,15 @@ async def resilient_publisher(urls: list[str], name: str, acked: list[str]) -> N
 
 async def test_sigkill_mid_stream_then_resume_elsewhere(nats_url: str, tmp_path: Path) -> None:
     killed_cfg = make_config(nats_url=nats_url, relay_id="doomed")
-    with relay_process(config_file(tmp_path / "doomed.toml", killed_cfg), tmp_path / "doomed.log") as (
+    with relay_process(
+        config_file(tmp_path / "doomed.toml", killed_cfg), tmp_path / "doomed.log"
+    ) as (
         proc,
         doomed_url,
     ):
-        async with running_relays(make_config(nats_url=nats_url, relay_id="survivor")) as (survivor,):
+        async with running_relays(make_config(nats_url=nats_url, relay_id="survivor")) as (
+            survivor,
+        ):
             received: list[dict[str, Any]] = []
             acked: list[str] = []
             async with anyio.create_task_group() as tg:

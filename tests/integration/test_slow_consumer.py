@@ -39,9 +39,15 @@ async def test_slow_consumer_is_disconnected_and_resumes_without_loss(nats_url: 
             async with protocol_client(relay.url) as pub:
                 # Pipelined publishes: acks come back while the slow one stops reading.
                 for n in range(TOTAL):
-                    await pub.send_raw(json.dumps(
-                        {"op": "publish", "channel": "chat:flood", "data": {"n": n, "pad": PAYLOAD}}
-                    ))  # fmt: skip
+                    await pub.send_raw(
+                        json.dumps(
+                            {
+                                "op": "publish",
+                                "channel": "chat:flood",
+                                "data": {"n": n, "pad": PAYLOAD},
+                            }
+                        )
+                    )
                 await pub.wait_for(lambda: sum(f["op"] == "ack" for f in pub.frames) == TOTAL, 60)
 
             await fast.wait_messages("chat:flood", TOTAL, 60)

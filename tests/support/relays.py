@@ -38,10 +38,15 @@ def make_config(
 ) -> RelayConfig:
     data: dict[str, Any] = {
         "region": {"name": region},
-        "relay": {"id": relay_id, "host": "127.0.0.1", "port": port, "shutdown_grace_s": 2.0,
-                  **(relay or {})},
+        "relay": {
+            "id": relay_id,
+            "host": "127.0.0.1",
+            "port": port,
+            "shutdown_grace_s": 2.0,
+            **(relay or {}),
+        },
         "nats": {"url": nats_url, **(nats or {})},
-    }  # fmt: skip
+    }
     if namespaces is not None:
         data["namespaces"] = namespaces
     if limits is not None:
@@ -66,13 +71,20 @@ async def running_relays(*configs: RelayConfig) -> AsyncIterator[list[RelayNode]
 def config_file(path: Path, cfg: RelayConfig) -> Path:
     """Write a config as TOML for a relay subprocess (only the fields tests set)."""
     lines = [
-        "[region]", f'name = "{cfg.region.name}"',
-        "[relay]", f'id = "{cfg.relay.id}"', f'host = "{cfg.relay.host}"',
-        f"port = {cfg.relay.port}", f"shutdown_grace_s = {cfg.relay.shutdown_grace_s}",
-        "[nats]", f'url = "{cfg.nats.url}"', f'store_dir = "{cfg.nats.store_dir}"',
+        "[region]",
+        f'name = "{cfg.region.name}"',
+        "[relay]",
+        f'id = "{cfg.relay.id}"',
+        f'host = "{cfg.relay.host}"',
+        f"port = {cfg.relay.port}",
+        f"shutdown_grace_s = {cfg.relay.shutdown_grace_s}",
+        "[nats]",
+        f'url = "{cfg.nats.url}"',
+        f'store_dir = "{cfg.nats.store_dir}"',
         f"embedded_port = {cfg.nats.embedded_port}",
-        "[limits]", f"outbox_max_messages = {cfg.limits.outbox_max_messages}",
-    ]  # fmt: skip
+        "[limits]",
+        f"outbox_max_messages = {cfg.limits.outbox_max_messages}",
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 

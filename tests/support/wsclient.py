@@ -79,7 +79,9 @@ class ProtocolClient:
     async def send_raw(self, raw: str | bytes) -> None:
         await self.ws.send(raw)
 
-    async def subscribe(self, channel: str, position: dict[str, int] | None = None) -> dict[str, Any]:
+    async def subscribe(
+        self, channel: str, position: dict[str, int] | None = None
+    ) -> dict[str, Any]:
         frame: dict[str, Any] = {"op": "subscribe", "channel": channel}
         if position is not None:
             frame["position"] = position

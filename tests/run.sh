@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs everything the tests need (into .venv) and runs the whole suite:
+# lint, type checks, unit tests, integration tests against real nats-server processes.
+# Extra arguments go to pytest, e.g. `tests/run.sh -k resume -x`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+echo "== ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+echo "== mypy"
+.venv/bin/mypy
+echo "== pytest"
+exec .venv/bin/python -m pytest "$@"
