@@ -92,7 +92,8 @@ class RelayNode:
             tg.start_soon(self._feeds.resync)
 
         async def disconnected() -> None:
-            log.warning("NATS connection lost; reconnecting")
+            if not self._stop.is_set():  # on shutdown the drain disconnects on purpose
+                log.warning("NATS connection lost; reconnecting")
 
         async def error(exc: Exception) -> None:
             log.warning("NATS: %s", exc)

@@ -1,11 +1,12 @@
 """One client connection: the ServerSession driven by a WebSocket, and what it asks for.
 
-Three tasks per connection: the reader (frames -> session -> actions), the
-writer (outbox -> socket, all queued frames at once), and short-lived request
-tasks (publish, subscribe with catch-up, history). Requests run concurrently
-so that a slow catch-up does not hold up a publish, yet a connection's
-publishes to one channel are stored in the order they were sent: each takes
-the channel's FIFO lock in the Publisher before it starts to wait on NATS.
+Three kinds of task per connection: the reader (frames -> session -> actions),
+the writer (outbox -> socket), and short-lived request tasks (publish,
+subscribe with catch-up, history). Requests run concurrently so that a slow
+catch-up does not hold up a publish, yet a connection's publishes to one
+channel are stored in the order they were sent: each takes the channel's FIFO
+lock in the Publisher before it waits on NATS. Unsubscribe is handled inline
+by the reader, so no message of the channel can follow the "unsubscribed".
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Hashable
+from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 import anyio
@@ -47,6 +48,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("relaynet.conn")
 _ids = itertools.count(1)
 
+MAX_REQUESTS_IN_FLIGHT = 256
+
+
+class _SubscriptionKey:
+    """Identity of one subscription in a ChannelFeed: a late catch-up of an earlier
+    subscription to the same channel can never flush into, or detach, a newer one."""
+
+    __slots__ = ()
+
 
 class Connection:
     def __init__(self, edge: WsEdge, ws: ServerConnection) -> None:
@@ -62,24 +72,17 @@ class Connection:
             )
         )
         self.outbox = Outbox(limits.outbox_max_messages)
-        self.key: Hashable = self.id
-        self.feeds: dict[Channel, ChannelFeed] = {}
+        self.subscriptions: dict[Channel, tuple[ChannelFeed, _SubscriptionKey]] = {}
+        # The subscription each channel's latest subscribe request is for.
+        self._wanted: dict[Channel, _SubscriptionKey] = {}
         self._close: tuple[int, str] | None = None
         self._requests: TaskGroup | None = None
         # Bounds the requests one connection has in flight; past it the reader waits.
-        self._inflight = anyio.Semaphore(256)
+        self._inflight = anyio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
         self.reader_scope = anyio.CancelScope()
 
-    # Sink protocol, for the feeds.
-    def offer(self, frame: bytes) -> None:
-        self.outbox.offer(frame)
-
-    def overflow(self) -> None:
-        self.outbox.overflow()
-
     async def serve(self) -> None:
-        edge = self.edge
-        self.outbox.offer(edge.connected_frame(self.id))
+        self.outbox.offer(self.edge.connected_frame(self.id))
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._writer)
@@ -87,10 +90,18 @@ class Connection:
                     self._requests = requests
                     with self.reader_scope:
                         await self._reader()
-                # Requests in flight (publishes awaiting their ack) finish before we close.
+                # Requests in flight (publishes awaiting their ack) have finished: now the
+                # writer may send what is left and close.
                 self.outbox.close()
         finally:
-            await self._detach_all()
+            for channel in list(self.subscriptions):
+                self._drop(channel)
+
+    def close_with(self, code: int, reason: str) -> None:
+        """Stop reading; requests in flight still finish and their replies are sent."""
+        if self._close is None:
+            self._close = (code, reason)
+        self.reader_scope.cancel()
 
     async def _reader(self) -> None:
         try:
@@ -102,27 +113,24 @@ class Connection:
                     elif isinstance(action, Close):
                         self.close_with(action.code, action.reason)
                         return
+                    elif isinstance(action, Unsubscribe):
+                        self._wanted.pop(Channel(action.channel), None)
+                        self._drop(Channel(action.channel))
                     else:
                         await self._inflight.acquire()
                         assert self._requests is not None
-                        self._requests.start_soon(self._run_request, action)
+                        key = _SubscriptionKey()
+                        if isinstance(action, Subscribe):
+                            self._wanted[Channel(action.channel)] = key
+                        self._requests.start_soon(self._run_request, action, key)
                 if self.outbox.failed:
                     return
         except ConnectionClosed:
             pass
 
-    def close_with(self, code: int, reason: str) -> None:
-        """Stop reading; requests in flight still finish and their replies are sent."""
-        if self._close is None:
-            self._close = (code, reason)
-        self.reader_scope.cancel()
-
     async def _writer(self) -> None:
         try:
-            while True:
-                batch = await self.outbox.get_batch()
-                if not batch:
-                    break
+            while batch := await self.outbox.get_batch():
                 for frame in batch:
                     await self.ws.send(frame, text=True)
         except ConnectionClosed:
@@ -136,28 +144,35 @@ class Connection:
         with anyio.move_on_after(2, shield=True):
             await self.ws.close(code, reason)
 
-    async def _run_request(self, request: Subscribe | Unsubscribe | Publish | History) -> None:
+    async def _run_request(
+        self, request: Subscribe | Publish | History, key: _SubscriptionKey
+    ) -> None:
         try:
             if isinstance(request, Publish):
                 await self._publish(request)
             elif isinstance(request, Subscribe):
-                await self._subscribe(request)
-            elif isinstance(request, Unsubscribe):
-                await self._unsubscribe(Channel(request.channel))
+                await self._subscribe(request, key)
             else:
                 await self._history(request)
         except BrokerUnavailable as exc:
             log.warning("request failed, NATS unavailable: %s", exc)
-            if isinstance(request, Subscribe):
-                await self._unsubscribe(Channel(request.channel))
+            self._fail_subscribe(request, key)
             self.outbox.offer(error_frame(ErrorCode.UNAVAILABLE, str(exc), request.ref))
         except Exception:
             log.exception("internal error handling %s", type(request).__name__)
-            if isinstance(request, Subscribe):
-                await self._unsubscribe(Channel(request.channel))
+            self._fail_subscribe(request, key)
             self.outbox.offer(error_frame(ErrorCode.INTERNAL, "internal error", request.ref))
         finally:
             self._inflight.release()
+
+    def _fail_subscribe(
+        self, request: Subscribe | Publish | History, key: _SubscriptionKey
+    ) -> None:
+        channel = Channel(request.channel)
+        if isinstance(request, Subscribe) and self._wanted.get(channel) is key:
+            del self._wanted[channel]
+            self.session.subscribe_failed(channel)
+            self._drop(channel, key)
 
     async def _publish(self, request: Publish) -> None:
         channel = Channel(request.channel)
@@ -165,63 +180,69 @@ class Connection:
         result = await self.edge.publisher.publish(channel, message_id, request.data)
         self.outbox.offer(ack_frame(request.ref, message_id, channel, result.position))
 
-    async def _subscribe(self, request: Subscribe) -> None:
+    async def _subscribe(self, request: Subscribe, key: _SubscriptionKey) -> None:
         channel = Channel(request.channel)
         position = parse_position(request.position, request.ref, "position")
         feed = await self.edge.feeds.acquire(channel)
-        self.feeds[channel] = feed
-        attached = feed.attach(self.key, self, position)
-        if isinstance(attached, AttachedLive):
-            if self.session.subscribe_succeeded(channel):
-                self.outbox.offer(
-                    subscribed_frame(request.ref, channel, attached.position, position is not None)
-                )
-            else:
-                await self._unsubscribe(channel)
+        if self._wanted.get(channel) is not key:  # unsubscribed (maybe resubscribed) meanwhile
+            self.edge.feeds.release(channel)
             return
-        assert position is not None
-        try:
-            batches = self.edge.recovery.missed(channel, position, attached.upto_seq)
-            first = await anext(batches, None)
-        except PositionExpired as exc:
-            await self._unsubscribe(channel)
+        self.subscriptions[channel] = (feed, key)
+        attached = feed.attach(key, self.outbox, position)
+        if isinstance(attached, AttachedLive):
+            self.session.subscribe_succeeded(channel)
             self.outbox.offer(
-                error_frame(
-                    ErrorCode.POSITION_EXPIRED,
-                    "messages after this position are no longer stored; "
-                    "subscribe again from 'earliest' (or without a position for live only)",
-                    request.ref,
-                    channel=channel,
-                    earliest=exc.earliest.to_dict(),
-                )
+                subscribed_frame(request.ref, channel, attached.position, position is not None)
             )
             return
-        if not self.session.subscribe_succeeded(channel):
-            await self._unsubscribe(channel)
-            return
-        self.outbox.offer(
-            subscribed_frame(request.ref, channel, attached.head_position.merge(position), True)
-        )
-        while first is not None:
-            for entry in first:
-                await self.outbox.put(entry.frame)
-            first = await anext(batches, None)
-        feed.finish_catch_up(self.key)
+        assert position is not None
+        async with aclosing(self.edge.recovery.missed(channel, position, attached.upto_seq)) as it:
+            try:
+                batch = await anext(it, None)
+            except PositionExpired as exc:
+                self._wanted.pop(channel, None)
+                self.session.subscribe_failed(channel)
+                self._drop(channel, key)
+                self.outbox.offer(
+                    error_frame(
+                        ErrorCode.POSITION_EXPIRED,
+                        "messages after this position are no longer stored; subscribe again "
+                        "from 'earliest' (or without a position for live only)",
+                        request.ref,
+                        channel=channel,
+                        earliest=exc.earliest.to_dict(),
+                    )
+                )
+                return
+            if not self.session.subscribe_succeeded(channel):
+                self._drop(channel, key)
+                return
+            head = attached.head_position.merge(position)
+            self.outbox.offer(subscribed_frame(request.ref, channel, head, True))
+            while batch is not None:
+                for entry in batch:
+                    if not self._is_current(channel, key):
+                        return  # unsubscribed during the catch-up
+                    await self.outbox.put(entry.frame)
+                batch = await anext(it, None)
+        feed.finish_catch_up(key)
 
-    async def _unsubscribe(self, channel: Channel) -> None:
-        self.session.drop_subscription(channel)
-        feed = self.feeds.pop(channel, None)
-        if feed is not None:
-            feed.detach(self.key)
-            await self.edge.feeds.release(channel)
+    def _is_current(self, channel: Channel, key: _SubscriptionKey) -> bool:
+        current = self.subscriptions.get(channel)
+        return current is not None and current[1] is key
+
+    def _drop(self, channel: Channel, key: _SubscriptionKey | None = None) -> None:
+        """Detach from the channel's feed now; the NATS side is released in the background."""
+        current = self.subscriptions.get(channel)
+        if current is None or (key is not None and current[1] is not key):
+            return
+        del self.subscriptions[channel]
+        feed, current_key = current
+        feed.detach(current_key)
+        self.edge.feeds.release(channel)
 
     async def _history(self, request: History) -> None:
         channel = Channel(request.channel)
         before = parse_position(request.before, request.ref, "before")
         frames, more = await self.edge.recovery.history(channel, request.limit, before)
         self.outbox.offer(history_frame(request.ref, channel, frames, more))
-
-    async def _detach_all(self) -> None:
-        with anyio.CancelScope(shield=True):
-            for channel in list(self.feeds):
-                await self._unsubscribe(channel)

@@ -59,7 +59,7 @@ class FeedManager:
             except BaseException as exc:
                 handle.failed = exc
                 handle.ready.set()
-                await self.release(channel)
+                self.release(channel)
                 raise
             finally:
                 handle.ready.set()
@@ -67,7 +67,7 @@ class FeedManager:
         handle.users += 1
         await handle.ready.wait()
         if handle.failed is not None:
-            await self.release(channel)
+            self.release(channel)
             raise BrokerUnavailable(f"could not open channel {channel}: {handle.failed}")
         return handle.feed
 
@@ -84,7 +84,8 @@ class FeedManager:
             gap = handle.feed.start(last.seq, last.position)
         self._schedule_fill(handle, gap)
 
-    async def release(self, channel: Channel) -> None:
+    def release(self, channel: Channel) -> None:
+        """Synchronous, so a connection can drop a subscription between two frames."""
         handle = self._handles.get(channel)
         if handle is None:
             return
@@ -92,11 +93,15 @@ class FeedManager:
         if handle.users > 0:
             return
         del self._handles[channel]
-        if handle.sub is not None:
-            try:
-                await handle.sub.unsubscribe()
-            except Exception:
-                log.debug("unsubscribe of %s failed", channel, exc_info=True)
+        if handle.sub is not None and self._tg is not None:
+            self._tg.start_soon(self._unsubscribe, channel, handle.sub)
+
+    @staticmethod
+    async def _unsubscribe(channel: Channel, sub: Subscription) -> None:
+        try:
+            await sub.unsubscribe()
+        except Exception:  # the NATS connection is already gone: nothing left to clean up
+            log.debug("unsubscribe of %s failed", channel, exc_info=True)
 
     def _on_live(self, handle: _Handle, entry: LogEntry) -> None:
         if self._handles.get(handle.feed.channel) is not handle:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from federation.vclock import VectorClock
 from relay.adapters.nats_broker import NatsBroker
@@ -17,7 +17,7 @@ class LogReader:
 
     async def missed(
         self, channel: Channel, position: VectorClock, upto_seq: int
-    ) -> AsyncIterator[list[LogEntry]]:
+    ) -> AsyncGenerator[list[LogEntry], None]:
         """Entries up to ``upto_seq`` that ``position`` does not cover, in log order.
 
         Raises PositionExpired before yielding anything if retention already removed

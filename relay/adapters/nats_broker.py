@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -195,7 +195,7 @@ class NatsBroker:
 
     async def read_range(
         self, channel: Channel, from_seq: int, upto_seq: int
-    ) -> AsyncIterator[list[LogEntry]]:
+    ) -> AsyncGenerator[list[LogEntry], None]:
         """Stored messages of the channel with from_seq <= seq <= upto_seq, in batches."""
         stream, subject = self._where(channel)
         api = f"$JS.API.DIRECT.GET.{stream}"

@@ -129,6 +129,9 @@ class ServerSession:
             return [frame]
         return [frame]
 
+    def is_subscribing(self, channel: Channel) -> bool:
+        return self._subs.get(channel) is SubState.SUBSCRIBING
+
     def subscribe_succeeded(self, channel: Channel) -> bool:
         """Returns False if the client unsubscribed meanwhile (the node must detach)."""
         if self._subs.get(channel) is SubState.SUBSCRIBING:
