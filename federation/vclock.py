@@ -23,7 +23,7 @@ from typing import NewType
 
 RegionId = NewType("RegionId", str)
 
-_REGION_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+_REGION_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 # Counters come from JSON; JavaScript clients can only represent integers up to 2**53 exactly.
 MAX_COUNTER = 2**53 - 1
 
@@ -48,7 +48,7 @@ class VectorClock(Mapping[str, int]):
         if not isinstance(raw, dict):
             raise ClockError("a position is an object mapping region names to counters")
         for key, value in raw.items():
-            if not isinstance(key, str) or not _REGION_RE.match(key):
+            if not isinstance(key, str) or not _REGION_RE.fullmatch(key):
                 raise ClockError(f"bad region name {key!r} in position")
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ClockError(f"counter for {key!r} must be an integer")

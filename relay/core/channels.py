@@ -24,7 +24,7 @@ from typing import NewType
 Channel = NewType("Channel", str)
 
 MAX_CHANNEL_LENGTH = 200
-_CHANNEL_RE = re.compile(rf"^[A-Za-z0-9_\-:@/=+!~.,]{{1,{MAX_CHANNEL_LENGTH}}}$")
+_CHANNEL_RE = re.compile(rf"[A-Za-z0-9_\-:@/=+!~.,]{{1,{MAX_CHANNEL_LENGTH}}}")
 _ALLOWED_DESCRIPTION = "1-200 characters from A-Z a-z 0-9 _ - : @ / = + ! ~ . ,"
 
 
@@ -35,7 +35,7 @@ class InvalidChannel(ValueError):
 def validate_channel(name: object) -> Channel:
     if not isinstance(name, str):
         raise InvalidChannel("channel must be a string")
-    if not _CHANNEL_RE.match(name):
+    if not _CHANNEL_RE.fullmatch(name):  # not match(): '$' would let a final newline in
         raise InvalidChannel(f"invalid channel name {name[:60]!r}: use {_ALLOWED_DESCRIPTION}")
     return Channel(name)
 

@@ -20,7 +20,7 @@ from relay.protocol.errors import TEMPORARY_ERRORS, ErrorCode, ProtocolError
 
 Ref = str | int | None
 
-_MESSAGE_ID_RE: Final = re.compile(r"^[\x21-\x7e]{1,128}$")
+_MESSAGE_ID_RE: Final = re.compile(r"[\x21-\x7e]{1,128}")
 MAX_REF_LENGTH: Final = 128
 DEFAULT_HISTORY_LIMIT: Final = 100
 MAX_HISTORY_LIMIT: Final = 1000
@@ -70,8 +70,8 @@ def decode_client_frame(raw: str | bytes) -> ClientFrame:
         frame: ClientFrame = _decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise _explain(raw, exc) from None
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(ErrorCode.BAD_JSON, f"frame is not valid JSON: {exc}") from None
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+        raise _bad_json(exc) from None
     if isinstance(frame.ref, str) and len(frame.ref) > MAX_REF_LENGTH:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"ref longer than {MAX_REF_LENGTH} characters")
     if isinstance(frame, Ping):
@@ -81,7 +81,7 @@ def decode_client_frame(raw: str | bytes) -> ClientFrame:
     except InvalidChannel as exc:
         raise ProtocolError(ErrorCode.INVALID_CHANNEL, str(exc), frame.ref) from None
     if isinstance(frame, Publish):
-        if frame.id is not None and not _MESSAGE_ID_RE.match(frame.id):
+        if frame.id is not None and not _MESSAGE_ID_RE.fullmatch(frame.id):
             raise ProtocolError(
                 ErrorCode.BAD_REQUEST,
                 "id must be 1-128 printable ASCII characters without spaces",
@@ -107,12 +107,27 @@ def parse_position(raw: dict[str, int] | None, ref: Ref, name: str) -> VectorClo
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"{name}: {exc}", ref) from None
 
 
+def _bad_json(exc: BaseException) -> ProtocolError:
+    if isinstance(exc, RecursionError):
+        return ProtocolError(ErrorCode.BAD_JSON, "frame is nested too deeply")
+    return ProtocolError(ErrorCode.BAD_JSON, f"frame is not valid JSON: {exc}")
+
+
 def _explain(raw: str | bytes, exc: msgspec.ValidationError) -> ProtocolError:
-    obj: Any = msgspec.json.decode(raw)  # valid JSON: typed decoding got past the parser
+    # Typed decoding may stop at a wrong type before it reaches a syntax error further on,
+    # so the frame can still turn out not to be JSON at all.
+    try:
+        obj: Any = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as bad:
+        return _bad_json(bad)
     if not isinstance(obj, dict):
         return ProtocolError(ErrorCode.BAD_REQUEST, 'a frame is a JSON object with an "op" field')
     ref = obj.get("ref")
-    if not isinstance(ref, str | int) or isinstance(ref, bool):
+    if (
+        not isinstance(ref, str | int)
+        or isinstance(ref, bool)
+        or (isinstance(ref, str) and len(ref) > MAX_REF_LENGTH)
+    ):
         ref = None
     op = obj.get("op")
     if not isinstance(op, str):

@@ -1,0 +1,270 @@
+"""ServerSession: the per-connection protocol state machine, driven with a fake clock."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from relay.core.channels import Channel
+from relay.protocol.errors import CloseCode, ErrorCode
+from relay.protocol.frames import History, Publish, Subscribe, Unsubscribe
+from relay.protocol.session import (
+    ERROR_WINDOW_S,
+    Action,
+    Close,
+    Reply,
+    ServerSession,
+    SessionLimits,
+    SubState,
+)
+
+
+def _limit(channel: Channel) -> int:
+    return 8 if channel.startswith("small") else 1000
+
+
+def make(max_subscriptions: int = 3, max_errors: int = 5) -> ServerSession:
+    return ServerSession(SessionLimits(max_subscriptions, max_errors, _limit))
+
+
+def frame(**fields: object) -> str:
+    return json.dumps(fields)
+
+
+def only_reply(actions: list[Action]) -> dict[str, Any]:
+    assert len(actions) == 1
+    assert isinstance(actions[0], Reply)
+    body: dict[str, Any] = json.loads(actions[0].frame)
+    return body
+
+
+def error_of(actions: list[Action]) -> dict[str, Any]:
+    body = only_reply(actions)
+    assert body["op"] == "error"
+    return body
+
+
+def test_ping_pong() -> None:
+    s = make()
+    assert only_reply(s.receive(frame(op="ping", ref=1), 0.0)) == {"op": "pong", "ref": 1}
+    assert only_reply(s.receive(frame(op="ping"), 0.0)) == {"op": "pong"}
+
+
+def test_subscribe_returns_request_then_already_subscribed() -> None:
+    s = make()
+    actions = s.receive(frame(op="subscribe", channel="c", ref=1), 0.0)
+    assert actions == [Subscribe(channel="c", position=None, ref=1)]
+    assert s.channels == {"c": SubState.SUBSCRIBING}
+    err = error_of(s.receive(frame(op="subscribe", channel="c", ref=2), 1.0))
+    assert err["code"] == "already_subscribed"
+    assert err["ref"] == 2
+    assert err["temporary"] is False
+    # also once the subscription is established
+    assert s.subscribe_succeeded(Channel("c"))
+    err = error_of(s.receive(frame(op="subscribe", channel="c", position={"r1": 1}), 2.0))
+    assert err["code"] == "already_subscribed"
+
+
+def test_subscribe_with_position_passes_it_through() -> None:
+    s = make()
+    [req] = s.receive(frame(op="subscribe", channel="c", position={"r1": 4}), 0.0)
+    assert isinstance(req, Subscribe)
+    assert req.position == {"r1": 4}
+
+
+def test_max_subscriptions() -> None:
+    s = make(max_subscriptions=2)
+    assert isinstance(s.receive(frame(op="subscribe", channel="a"), 0.0)[0], Subscribe)
+    assert isinstance(s.receive(frame(op="subscribe", channel="b"), 0.0)[0], Subscribe)
+    err = error_of(s.receive(frame(op="subscribe", channel="c", ref="x"), 0.0))
+    assert err["code"] == "limit_exceeded"
+    assert err["ref"] == "x"
+    assert set(s.channels) == {"a", "b"}
+    # freeing a slot allows a new subscription
+    s.receive(frame(op="unsubscribe", channel="a"), 0.0)
+    assert isinstance(s.receive(frame(op="subscribe", channel="c"), 0.0)[0], Subscribe)
+
+
+def test_unsubscribe_unknown() -> None:
+    s = make()
+    err = error_of(s.receive(frame(op="unsubscribe", channel="c", ref=7), 0.0))
+    assert err["code"] == "not_subscribed"
+    assert err["ref"] == 7
+
+
+def test_unsubscribe_known() -> None:
+    s = make()
+    s.receive(frame(op="subscribe", channel="c"), 0.0)
+    s.subscribe_succeeded(Channel("c"))
+    actions = s.receive(frame(op="unsubscribe", channel="c", ref=3), 0.0)
+    assert len(actions) == 2
+    assert actions[0] == Unsubscribe(channel="c", ref=3)
+    assert isinstance(actions[1], Reply)
+    assert json.loads(actions[1].frame) == {"op": "unsubscribed", "ref": 3, "channel": "c"}
+    assert s.channels == {}
+    err = error_of(s.receive(frame(op="unsubscribe", channel="c"), 0.0))
+    assert err["code"] == "not_subscribed"
+
+
+def test_unsubscribe_while_subscribing_then_success_reports_false() -> None:
+    s = make()
+    s.receive(frame(op="subscribe", channel="c"), 0.0)
+    actions = s.receive(frame(op="unsubscribe", channel="c"), 0.0)
+    assert isinstance(actions[0], Unsubscribe)
+    assert s.subscribe_succeeded(Channel("c")) is False  # node must detach
+    assert s.channels == {}
+
+
+def test_publish_within_limit_is_a_request() -> None:
+    s = make()
+    [req] = s.receive('{"op":"publish","channel":"small","data":"123456"}', 0.0)  # 8 bytes
+    assert isinstance(req, Publish)
+    assert bytes(req.data) == b'"123456"'
+
+
+def test_publish_too_large_uses_the_per_channel_limit() -> None:
+    s = make()
+    raw = '{"op":"publish","channel":"small.x","data":"1234567","ref":5}'  # 9 bytes
+    err = error_of(s.receive(raw, 0.0))
+    assert err["code"] == "too_large"
+    assert err["ref"] == 5
+    assert "9" in err["message"] and "8" in err["message"]
+    assert "small.x" in err["message"]
+    # the same data is fine on a channel with a larger limit
+    [req] = s.receive('{"op":"publish","channel":"big","data":"1234567"}', 0.0)
+    assert isinstance(req, Publish)
+
+
+def test_publish_does_not_require_a_subscription() -> None:
+    s = make()
+    [req] = s.receive(frame(op="publish", channel="c", data={"a": 1}), 0.0)
+    assert isinstance(req, Publish)
+    assert s.channels == {}
+
+
+def test_history_is_a_request() -> None:
+    s = make()
+    [req] = s.receive(frame(op="history", channel="c", limit=5, ref=1), 0.0)
+    assert req == History(channel="c", limit=5, before=None, ref=1)
+
+
+@pytest.mark.parametrize("raw", [b'{"op":"ping"}', '{"op":"ping"}'])
+def test_binary_frame_is_bad_request(raw: str | bytes) -> None:
+    s = make()
+    err = error_of(s.receive(raw, 0.0, binary=True))
+    assert err["code"] == "bad_request"
+    assert "ref" not in err
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("nope", "bad_json"),
+        ('{"op":"bogus","ref":1}', "unknown_op"),
+        ('{"op":"subscribe","channel":"a b"}', "invalid_channel"),
+        ('{"op":"subscribe"}', "bad_request"),
+        # truncated input whose typed decoding fails first: must still be an error frame
+        ("[1,", "bad_json"),
+        ('{"op":"nope",', "bad_json"),
+    ],
+)
+def test_bad_frames_become_error_replies(raw: str, code: str) -> None:
+    s = make()
+    err = error_of(s.receive(raw, 0.0))
+    assert err["code"] == code
+    assert not s.closed
+
+
+def test_error_flood_closes() -> None:
+    s = make(max_errors=3)
+    for i in range(3):
+        assert len(s.receive("garbage", float(i))) == 1
+    actions = s.receive("garbage", 3.0)
+    assert len(actions) == 2
+    assert error_of(actions[:1])["code"] == "bad_json"
+    assert actions[1] == Close(CloseCode.TOO_MANY_ERRORS, "too_many_errors")
+    assert s.closed
+    assert s.receive(frame(op="ping"), 4.0) == []
+    assert s.receive("garbage", 5.0) == []
+    assert s.receive(frame(op="ping"), 1000.0) == []
+
+
+def test_flood_counts_every_kind_of_error() -> None:
+    s = make(max_errors=2)
+    s.receive(frame(op="unsubscribe", channel="c"), 0.0)
+    s.receive(b"bin", 0.1, binary=True)
+    actions = s.receive(frame(op="bogus"), 0.2)
+    assert isinstance(actions[-1], Close)
+
+
+def test_successful_frames_do_not_count() -> None:
+    s = make(max_errors=1)
+    s.receive("garbage", 0.0)
+    for t in range(50):
+        assert only_reply(s.receive(frame(op="ping"), 0.1 + t / 10)) == {"op": "pong"}
+    assert not s.closed
+    assert isinstance(s.receive("garbage", 10.0)[-1], Close)  # the second error
+
+
+def test_errors_spread_over_more_than_a_minute_do_not_close() -> None:
+    s = make(max_errors=3)
+    now = 0.0
+    for _ in range(40):
+        actions = s.receive("garbage", now)
+        assert not any(isinstance(a, Close) for a in actions)
+        now += ERROR_WINDOW_S / 3 + 0.01  # at most 3 errors in any 60 s window
+    assert not s.closed
+
+
+def test_old_errors_leave_the_window() -> None:
+    s = make(max_errors=3)
+    for t in (0.0, 1.0, 2.0):
+        s.receive("garbage", t)
+    # 61 s later the first three are outside the window
+    for t in (61.0, 62.0, 63.0):
+        assert not any(isinstance(a, Close) for a in s.receive("garbage", t))
+    assert isinstance(s.receive("garbage", 63.5)[-1], Close)
+
+
+def test_subscribe_succeeded_transitions() -> None:
+    s = make()
+    assert s.subscribe_succeeded(Channel("c")) is False  # never asked
+    s.receive(frame(op="subscribe", channel="c"), 0.0)
+    assert s.subscribe_succeeded(Channel("c")) is True
+    assert s.channels == {"c": SubState.SUBSCRIBED}
+    assert s.subscribe_succeeded(Channel("c")) is False  # already subscribed
+
+
+def test_subscribe_failed_forgets_only_a_pending_subscription() -> None:
+    s = make()
+    s.receive(frame(op="subscribe", channel="a"), 0.0)
+    s.receive(frame(op="subscribe", channel="b"), 0.0)
+    s.subscribe_succeeded(Channel("b"))
+    s.subscribe_failed(Channel("a"))
+    s.subscribe_failed(Channel("b"))  # established: unaffected
+    s.subscribe_failed(Channel("zzz"))  # unknown: no-op
+    assert s.channels == {"b": SubState.SUBSCRIBED}
+    # after a failure the client may try again
+    assert isinstance(s.receive(frame(op="subscribe", channel="a"), 0.0)[0], Subscribe)
+
+
+def test_drop_subscription() -> None:
+    s = make()
+    s.receive(frame(op="subscribe", channel="a"), 0.0)
+    s.subscribe_succeeded(Channel("a"))
+    s.receive(frame(op="subscribe", channel="b"), 0.0)
+    s.drop_subscription(Channel("a"))
+    s.drop_subscription(Channel("b"))
+    s.drop_subscription(Channel("c"))  # unknown: no-op
+    assert s.channels == {}
+    err = error_of(s.receive(frame(op="unsubscribe", channel="a"), 0.0))
+    assert err["code"] == "not_subscribed"
+
+
+def test_error_code_enum_values_reach_the_wire() -> None:
+    s = make()
+    err = error_of(s.receive(frame(op="unsubscribe", channel="c", ref="r"), 0.0))
+    assert err["code"] == ErrorCode.NOT_SUBSCRIBED.value
+    assert err["message"]
