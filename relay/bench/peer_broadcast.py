@@ -48,8 +48,9 @@ _decode = msgspec.json.Decoder(_Request).decode
 _encode = msgspec.json.encode
 
 
-async def _send(ws: ServerConnection, frame: dict[str, object]) -> None:
-    await ws.send(_encode(frame), text=True)
+async def _reply(ws: ServerConnection, op: str, ref: str | int | None, **fields: object) -> None:
+    frame: dict[str, object] = {"op": op} if ref is None else {"op": op, "ref": ref}
+    await ws.send(_encode(frame | fields), text=True)
 
 
 class BroadcastServer:
@@ -61,7 +62,7 @@ class BroadcastServer:
 
     async def handle(self, ws: ServerConnection) -> None:
         subscribed: set[str] = set()
-        await _send(ws, {"op": "connected", "relay": "peer-broadcast"})
+        await _reply(ws, "connected", None, relay="peer-broadcast")
         try:
             async for raw in ws:
                 await self._dispatch(ws, raw, subscribed)
@@ -79,25 +80,28 @@ class BroadcastServer:
         try:
             request = _decode(raw)
         except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
-            await _send(ws, {"op": "error", "code": "bad_request", "message": str(exc)})
+            await _reply(ws, "error", None, code="bad_request", message=str(exc))
             return
+        channel = request.channel
         if request.op == "publish":
-            await _send(ws, {"op": "ack", "ref": request.ref, "channel": request.channel})
-            self._broadcast(request)
+            message_id = str(next(self._ids))
+            await _reply(ws, "ack", request.ref, id=message_id, channel=channel)
+            self._broadcast(channel, message_id, request.data)
         elif request.op == "subscribe":
-            self.channels.setdefault(request.channel, set()).add(ws)
-            subscribed.add(request.channel)
-            await _send(ws, {"op": "subscribed", "ref": request.ref, "channel": request.channel})
+            self.channels.setdefault(channel, set()).add(ws)
+            subscribed.add(channel)
+            await _reply(ws, "subscribed", request.ref, channel=channel)
         else:
-            await _send(ws, {"op": "error", "code": "unknown_op", "ref": request.ref})
+            message = "this server knows only subscribe and publish"
+            await _reply(ws, "error", request.ref, code="unknown_op", message=message)
 
-    def _broadcast(self, request: _Request) -> None:
-        members = self.channels.get(request.channel)
+    def _broadcast(self, channel: str, message_id: str, data: msgspec.Raw) -> None:
+        members = self.channels.get(channel)
         if not members:
             return
         # Encoded once; broadcast() writes the same bytes to every socket without waiting.
-        frame = _Message(request.channel, str(next(self._ids)), request.data, "peer", {}, {})
-        broadcast(members, _encode(frame), text=True)
+        frame = _encode(_Message(channel, message_id, data, "peer", {}, {}))
+        broadcast(members, frame, text=True)
 
 
 async def serve_until_signalled(host: str, port: int) -> None:
@@ -109,7 +113,7 @@ async def serve_until_signalled(host: str, port: int) -> None:
     # compression=None as in the relay's edge, so both servers send the same bytes.
     async with serve(server.handle, host, port, compression=None, max_size=2**20) as ws_server:
         bound = ws_server.sockets[0].getsockname()[1]
-        print(f"peer-broadcast ready on ws://{host}:{bound}", flush=True)
+        print(f"ready on ws://{host}:{bound}", flush=True)
         await stop.wait()
 
 

@@ -38,6 +38,9 @@ CASES: list[tuple[str | bytes, str]] = [
     ('{"op": "unsubscribe", "channel": "chat:never"}', "not_subscribed"),
     (json.dumps({"op": "publish", "channel": "chat:big", "data": BIG}), "too_large"),
     (json.dumps({"op": "publish", "channel": "dash:big", "data": "y" * 20_000}), "too_large"),
+    ('{"op": "subscribe", "channel": "chat:x\\n"}', "invalid_channel"),
+    ('{"op": "publish", "channel": "chat:x", "data": ' + "[" * 5000 + "]" * 5000 + "}", "bad_json"),
+    ('{"op": "fly", "channel": 7,', "bad_json"),
 ]
 
 
