@@ -22,6 +22,7 @@ import anyio
 from anyio.abc import TaskGroup
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from relay.adapters.nats_broker import BrokerUnavailable
 from relay.adapters.outbox import Outbox
@@ -49,6 +50,8 @@ log = logging.getLogger("relaynet.conn")
 _ids = itertools.count(1)
 
 MAX_REQUESTS_IN_FLIGHT = 256
+# Above this many bytes waiting in the transport, frames go through the outbox.
+DIRECT_WRITE_LIMIT_BYTES = 64 * 1024
 
 
 class _SubscriptionKey:
@@ -71,7 +74,7 @@ class Connection:
                 max_message_bytes=lambda ch: edge.cfg.namespace_for(ch).max_message_bytes,
             )
         )
-        self.outbox = Outbox(limits.outbox_max_messages)
+        self.outbox = Outbox(limits.outbox_max_messages, self._write_now)
         self.subscriptions: dict[Channel, tuple[ChannelFeed, _SubscriptionKey]] = {}
         # The subscription each channel's latest subscribe request is for.
         self._wanted: dict[Channel, _SubscriptionKey] = {}
@@ -133,6 +136,7 @@ class Connection:
             while batch := await self.outbox.get_batch():
                 for frame in batch:
                     await self.ws.send(frame, text=True)
+                self.outbox.batch_sent()
         except ConnectionClosed:
             self.outbox.close()  # wakes a catch-up waiting for room
             self.reader_scope.cancel()
@@ -143,6 +147,17 @@ class Connection:
         code, reason = self._close or (CloseCode.GOING_AWAY, "going_away")
         with anyio.move_on_after(2, shield=True):
             await self.ws.close(code, reason)
+
+    def _write_now(self, frame: bytes) -> bool:
+        """What websockets' broadcast() does, but only while the socket keeps up."""
+        ws = self.ws
+        if ws.protocol.state is not State.OPEN or ws.send_in_progress is not None:
+            return False
+        if ws.transport.get_write_buffer_size() > DIRECT_WRITE_LIMIT_BYTES:
+            return False  # backed up: queue it, the writer waits for the socket to drain
+        ws.protocol.send_text(frame)
+        ws.send_data()
+        return True
 
     async def _run_request(
         self, request: Subscribe | Publish | History, key: _SubscriptionKey
