@@ -76,7 +76,10 @@ def _cmd_bench_fanout(args: argparse.Namespace) -> int:
 
     _setup_logging(False)
     logging.getLogger("relaynet").setLevel(logging.WARNING)
-    code: int = anyio.run(run_fanout, args.subscribers, args.seconds, args.rate, args.size)
+    try:
+        code: int = anyio.run(run_fanout, args.subscribers, args.seconds, args.rate, args.size)
+    except KeyboardInterrupt:  # the benchmark has already stopped what it started
+        return 130
     return code
 
 

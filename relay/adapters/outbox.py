@@ -18,9 +18,7 @@ import anyio
 
 
 class Outbox:
-    def __init__(
-        self, max_messages: int, write_now: Callable[[bytes], bool] | None = None
-    ) -> None:
+    def __init__(self, max_messages: int, write_now: Callable[[bytes], bool] | None = None) -> None:
         self.max_messages = max_messages
         # Writes a frame to the socket if it can without waiting; False if it cannot.
         self._write_now = write_now
@@ -37,9 +35,9 @@ class Outbox:
     def offer(self, frame: bytes) -> None:
         if self.failed or self.closed:
             return
-        if not self._frames and not self._sending and self._write_now is not None:
-            if self._write_now(frame):
-                return
+        direct = not self._frames and not self._sending and self._write_now is not None
+        if direct and self._write_now is not None and self._write_now(frame):
+            return
         if len(self._frames) >= self.max_messages:
             self.overflow()
             return
