@@ -1,12 +1,13 @@
-"""The region log on NATS JetStream: streams, publishing, reading, the live feed.
+"""The relay's side of the region log on NATS JetStream: streams, local publishes,
+reads for resume and history, and the live feed.
 
 One stream per namespace rule (``RLY_<REGION>_<NAMESPACE>``) so each rule keeps
-its own retention. A relay writes a message with compare-and-set on the
-channel's subject (``Nats-Expected-Last-Subject-Sequence``): the per-channel
-counter in the vector timestamp is then unique without a coordinator, and
-``Nats-Msg-Id`` makes a repeated publish id an acknowledged duplicate. The
-stream republishes what it stored to ``rlyl.…``: the relays' live feed sees
-only stored messages, in stream order, each naming its predecessor.
+its own retention. Local publishes are appended with the compare-and-set of
+``federation.adapters.region_log`` (the same path federation uses for remote
+messages), so the per-channel counter in the vector timestamp is unique
+without a coordinator. The stream republishes what it stored to ``rlyl.…``:
+the relays' live feed sees only stored messages, in stream order, each naming
+its predecessor.
 """
 
 from __future__ import annotations
@@ -25,22 +26,22 @@ from nats.aio.subscription import Subscription
 from nats.js.api import DiscardPolicy, RePublish, StorageType, StreamConfig
 
 from config.schema import NamespaceRule, RelayConfig
-from federation.vclock import EMPTY, VectorClock
+from federation.adapters.region_log import Head, LogUnavailable, RegionLog
+from federation.vclock import VectorClock
 from relay.core import channels
 from relay.core.channels import Channel
 from relay.core.feed import LogEntry
-from relay.protocol.frames import StoredMessage, decode_stored, encode_stored
+from relay.protocol.frames import StoredMessage, decode_stored
 
 log = logging.getLogger("relaynet.broker")
 
-ERR_WRONG_LAST_SEQUENCE = 10071
 ERR_STREAM_NAME_IN_USE = 10058
 MAX_CAS_ATTEMPTS = 100
 READ_BATCH = 256
 
 
-class BrokerUnavailable(Exception):
-    """NATS did not answer in time; the request may be retried."""
+# NATS did not answer in time; the request may be retried.
+BrokerUnavailable = LogUnavailable
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,14 @@ class NatsBroker:
         self.js = nc.jetstream(timeout=cfg.nats.connect_timeout_s)
         self.cfg = cfg
         self.region = cfg.region.name
-        # Last (seq, position) we know per channel: a hint for the next compare-and-set.
-        self._heads: dict[Channel, tuple[int, VectorClock]] = {}
+        self.log = RegionLog(
+            nc,
+            self.region,
+            lambda channel: cfg.namespace_for(channel).name,
+            cfg.nats.connect_timeout_s,
+        )
+        # The last head we know per channel: a hint for the next compare-and-set.
+        self._heads: dict[Channel, Head] = {}
 
     # --- streams -----------------------------------------------------------------------
 
@@ -93,13 +100,6 @@ class NatsBroker:
 
     # --- addressing --------------------------------------------------------------------
 
-    def _where(self, channel: Channel) -> tuple[str, str]:
-        rule = self.cfg.namespace_for(channel)
-        return (
-            channels.stream_name(self.region, rule.name),
-            channels.store_subject(self.region, rule.name, channel),
-        )
-
     def live_subject(self, channel: Channel) -> str:
         rule = self.cfg.namespace_for(channel)
         return channels.live_subject(self.region, rule.name, channel)
@@ -108,96 +108,56 @@ class NatsBroker:
 
     def note_head(self, channel: Channel, seq: int, position: VectorClock) -> None:
         known = self._heads.get(channel)
-        if known is None or known[0] < seq:
-            self._heads[channel] = (seq, position)
-
-    def forget_head(self, channel: Channel) -> None:
-        self._heads.pop(channel, None)
+        if known is None or known.seq < seq:
+            self._heads[channel] = Head(seq, position)
 
     async def store(self, channel: Channel, message_id: str, data: msgspec.Raw) -> StoreResult:
         """Append a locally published message; idempotent per (channel, id)."""
-        stream, subject = self._where(channel)
-        head = self._heads.get(channel)
-        if head is None:
-            head = await self._read_head(channel)
+        head = self._heads.get(channel) or await self._read_head(channel)
+        msg_id = channels.dedupe_key(channel, message_id)
         for _ in range(MAX_CAS_ATTEMPTS):
-            last_seq, position = head
-            ts = position.increment(self.region)
-            body = encode_stored(
-                StoredMessage(message_id, data, self.region, ts.to_dict(), ts.to_dict())
-            )
-            headers = {
-                "Nats-Msg-Id": channels.dedupe_key(channel, message_id),
-                "Nats-Expected-Last-Subject-Sequence": str(last_seq),
-            }
-            try:
-                ack = await self.js.publish(subject, body, stream=stream, headers=headers)
-            except nats.js.errors.APIError as exc:
-                if exc.err_code == ERR_WRONG_LAST_SEQUENCE:
-                    head = await self._read_head(channel)
-                    continue
-                raise
-            except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError) as exc:
-                raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
-            if ack.duplicate:
-                original = await self.entry(channel, ack.seq)
-                return StoreResult(ack.seq, original.position, duplicate=True)
-            self.note_head(channel, ack.seq, ts)
-            return StoreResult(ack.seq, ts, duplicate=False)
+            ts = head.position.increment(self.region).to_dict()
+            entry = StoredMessage(message_id, data, self.region, ts, ts)
+            appended = await self.log.append(channel, entry, msg_id, head.seq)
+            if appended is None:  # someone appended in between: decide again on the new head
+                head = await self._read_head(channel)
+                continue
+            if appended.duplicate:
+                original = await self.log.entry(channel, appended.seq)
+                return StoreResult(appended.seq, VectorClock(original.pos), duplicate=True)
+            self.note_head(channel, appended.seq, VectorClock(ts))
+            return StoreResult(appended.seq, VectorClock(ts), duplicate=False)
         raise BrokerUnavailable(f"channel {channel} is contended; gave up after retries")
 
-    async def _read_head(self, channel: Channel) -> tuple[int, VectorClock]:
-        last = await self.last_entry(channel)
-        head = (last.seq, last.position) if last else (0, EMPTY)
+    async def _read_head(self, channel: Channel) -> Head:
+        head = await self.log.head(channel)
         self._heads[channel] = head
         return head
 
     # --- reading -----------------------------------------------------------------------
 
-    def _entry(self, channel: Channel, seq: int, last_seq: int, body: bytes) -> LogEntry:
-        return LogEntry(seq=seq, last_seq=last_seq, channel=channel, msg=decode_stored(body))
-
-    async def _direct(self, stream: str, req: dict[str, object], subject: str | None) -> Msg | None:
-        api = f"$JS.API.DIRECT.GET.{stream}"
-        if subject is not None:
-            api = f"{api}.{subject}"
-        try:
-            msg = await self.nc.request(api, json.dumps(req).encode() if req else b"", timeout=5)
-        except nats.errors.TimeoutError as exc:
-            raise BrokerUnavailable("JetStream direct get timed out") from exc
-        status = (msg.headers or {}).get("Status")
-        if status == "404":
-            return None
-        if status:
-            raise BrokerUnavailable(f"direct get failed: {status} {msg.headers}")
-        return msg
-
-    def _lift(self, channel: Channel, msg: Msg) -> LogEntry:
+    def _lift(self, channel: Channel, msg: Msg, last_seq: int = 0) -> LogEntry:
         headers = msg.headers or {}
-        return self._entry(channel, int(headers["Nats-Sequence"]), 0, msg.data)
+        return LogEntry(
+            seq=int(headers["Nats-Sequence"]),
+            last_seq=last_seq,
+            channel=channel,
+            msg=decode_stored(msg.data),
+        )
 
     async def last_entry(self, channel: Channel) -> LogEntry | None:
-        stream, subject = self._where(channel)
-        msg = await self._direct(stream, {}, subject)
+        msg = await self.log.direct_get(channel, None)
         return self._lift(channel, msg) if msg else None
 
     async def entry_at_or_after(self, channel: Channel, seq: int) -> LogEntry | None:
-        stream, subject = self._where(channel)
-        msg = await self._direct(stream, {"seq": max(seq, 1), "next_by_subj": subject}, None)
+        msg = await self.log.direct_get(channel, {"seq": max(seq, 1), "next_by_subj": ""})
         return self._lift(channel, msg) if msg else None
-
-    async def entry(self, channel: Channel, seq: int) -> LogEntry:
-        stream, _ = self._where(channel)
-        msg = await self._direct(stream, {"seq": seq}, None)
-        if msg is None:
-            raise BrokerUnavailable(f"message {seq} vanished from {stream}")
-        return self._lift(channel, msg)
 
     async def read_range(
         self, channel: Channel, from_seq: int, upto_seq: int
     ) -> AsyncGenerator[list[LogEntry], None]:
         """Stored messages of the channel with from_seq <= seq <= upto_seq, in batches."""
-        stream, subject = self._where(channel)
+        stream, subject = self.log.where(channel)
         api = f"$JS.API.DIRECT.GET.{stream}"
         seq = max(from_seq, 1)
         while seq <= upto_seq:
@@ -256,12 +216,7 @@ class NatsBroker:
         async def callback(msg: Msg) -> None:
             headers = msg.headers or {}
             try:
-                entry = self._entry(
-                    channel,
-                    int(headers["Nats-Sequence"]),
-                    int(headers.get("Nats-Last-Sequence", "0")),
-                    msg.data,
-                )
+                entry = self._lift(channel, msg, int(headers.get("Nats-Last-Sequence", "0")))
             except (KeyError, ValueError, msgspec.DecodeError):
                 log.warning("ignoring malformed live message on %s", msg.subject)
                 return

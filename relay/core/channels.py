@@ -1,25 +1,25 @@
-"""Channel names, and how they map onto NATS subjects and JetStream streams.
+"""Channel names: what a client may name, validated in one place.
 
-One pure module owns the mapping so that every relay of a region, and later
-every region, computes the same subject for the same channel.
-
-A channel name is 1-200 characters from ``A-Z a-z 0-9 _ - : @ / = + ! ~ . ,``.
-A NATS subject token cannot hold ``.``, so ``.`` is written ``%2E`` (``%`` is
-not allowed in names, which keeps the encoding injective and reversible).
-
-Subjects
-    ``rly.v1.<region>.<namespace>.<encoded-channel>``   stored messages (stream input)
-    ``rlyl.v1.<region>.<namespace>.<encoded-channel>``  JetStream's republish of what
-                                                       was stored: the live feed
-Streams
-    ``RLY_<REGION>_<NAMESPACE>`` one per namespace rule, so each rule has its own
-    retention (max age, max messages per channel).
+A channel name is 1-200 characters from ``A-Z a-z 0-9 _ - : @ / = + ! ~ . ,``;
+how a channel maps onto NATS subjects and streams is the region log's format,
+``federation.logformat``, re-exported here for the relay's convenience.
 """
 
 from __future__ import annotations
 
 import re
 from typing import NewType
+
+from federation.logformat import (
+    decode_token,
+    dedupe_key,
+    encode_token,
+    live_subject,
+    live_subjects,
+    store_subject,
+    stream_name,
+    stream_subjects,
+)
 
 Channel = NewType("Channel", str)
 
@@ -40,34 +40,17 @@ def validate_channel(name: object) -> Channel:
     return Channel(name)
 
 
-def encode_token(channel: Channel) -> str:
-    return channel.replace(".", "%2E")
-
-
-def decode_token(token: str) -> Channel:
-    return Channel(token.replace("%2E", "."))
-
-
-def stream_name(region: str, namespace: str) -> str:
-    return f"RLY_{region.upper()}_{namespace.upper()}"
-
-
-def stream_subjects(region: str, namespace: str) -> str:
-    return f"rly.v1.{region}.{namespace}.>"
-
-
-def live_subjects(region: str, namespace: str) -> str:
-    return f"rlyl.v1.{region}.{namespace}.>"
-
-
-def store_subject(region: str, namespace: str, channel: Channel) -> str:
-    return f"rly.v1.{region}.{namespace}.{encode_token(channel)}"
-
-
-def live_subject(region: str, namespace: str, channel: Channel) -> str:
-    return f"rlyl.v1.{region}.{namespace}.{encode_token(channel)}"
-
-
-def dedupe_key(channel: Channel, message_id: str) -> str:
-    """``Nats-Msg-Id`` value: ids are scoped per channel, and neither part holds a space."""
-    return f"{channel} {message_id}"
+__all__ = [
+    "MAX_CHANNEL_LENGTH",
+    "Channel",
+    "InvalidChannel",
+    "decode_token",
+    "dedupe_key",
+    "encode_token",
+    "live_subject",
+    "live_subjects",
+    "store_subject",
+    "stream_name",
+    "stream_subjects",
+    "validate_channel",
+]

@@ -14,6 +14,10 @@ from typing import Any, Final
 
 import msgspec
 
+# The stored record is the region log's format, shared with federation (re-exported).
+from federation.logformat import StoredMessage as StoredMessage
+from federation.logformat import decode_stored as decode_stored
+from federation.logformat import encode_stored as encode_stored
 from federation.vclock import ClockError, VectorClock
 from relay.core.channels import Channel, InvalidChannel, validate_channel
 from relay.protocol.errors import TEMPORARY_ERRORS, ErrorCode, ProtocolError
@@ -139,27 +143,6 @@ def _explain(raw: str | bytes, exc: msgspec.ValidationError) -> ProtocolError:
 
 
 # --- stored in JetStream ----------------------------------------------------------------
-
-
-class StoredMessage(msgspec.Struct, frozen=True):
-    """The body of a message in a region's stream."""
-
-    id: str
-    data: msgspec.Raw
-    origin: str
-    ts: dict[str, int]
-    pos: dict[str, int]
-
-
-_stored_decoder: Final = msgspec.json.Decoder(StoredMessage)
-
-
-def encode_stored(msg: StoredMessage) -> bytes:
-    return msgspec.json.encode(msg)
-
-
-def decode_stored(body: bytes) -> StoredMessage:
-    return _stored_decoder.decode(body)
 
 
 # --- server -> client -------------------------------------------------------------------

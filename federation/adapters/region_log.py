@@ -1,0 +1,126 @@
+"""Appending to this region's log: compare-and-set on the channel's subject.
+
+Local publishes (the relay) and remote messages (federation) are appended the
+same way: the writer reads the channel's head (stream sequence and applied
+vector), builds the entry from it, and publishes with
+``Nats-Expected-Last-Subject-Sequence`` set to the head's sequence. JetStream
+stores it only if nobody appended in between; otherwise the writer re-reads the
+head and decides again. That is what makes any number of writers per region
+safe: a per-channel counter is never handed out twice, and a remote message is
+never applied twice (the second writer finds it covered by the new head).
+
+``Nats-Msg-Id`` (channel + publish id) turns a repeated id into an acknowledged
+duplicate. JetStream checks the expected sequence before the id, so a
+duplicate ack always means: the head was as expected, and the id is already in
+the log (as another entry).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from federation import logformat
+from federation.logformat import StoredMessage
+from federation.vclock import EMPTY, VectorClock
+
+ERR_WRONG_LAST_SEQUENCE = 10071
+
+
+class LogUnavailable(Exception):
+    """NATS/JetStream did not answer in time; the operation may be retried."""
+
+
+@dataclass(frozen=True)
+class Head:
+    seq: int  # stream sequence of the channel's last entry (0: none)
+    position: VectorClock  # applied vector after it
+
+
+@dataclass(frozen=True)
+class Appended:
+    seq: int
+    duplicate: bool  # the id was already in the log; nothing was stored
+
+
+class RegionLog:
+    def __init__(
+        self,
+        nc: NatsClient,
+        region: str,
+        namespace_of: Callable[[str], str],
+        timeout_s: float = 5.0,
+    ) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=timeout_s)
+        self.region = region
+        self.namespace_of = namespace_of
+        self.timeout_s = timeout_s
+
+    def where(self, channel: str) -> tuple[str, str]:
+        namespace = self.namespace_of(channel)
+        return (
+            logformat.stream_name(self.region, namespace),
+            logformat.store_subject(self.region, namespace, channel),
+        )
+
+    async def direct_get(self, channel: str, req: dict[str, object] | None) -> Msg | None:
+        """JetStream direct get: the last entry of the channel (req None) or by request."""
+        stream, subject = self.where(channel)
+        api = f"$JS.API.DIRECT.GET.{stream}"
+        if req is None:
+            api = f"{api}.{subject}"
+        elif "next_by_subj" in req:
+            req = {**req, "next_by_subj": subject}
+        try:
+            msg = await self.nc.request(
+                api, json.dumps(req).encode() if req else b"", timeout=self.timeout_s
+            )
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise LogUnavailable(f"direct get on {stream} failed: {exc!r}") from exc
+        status = (msg.headers or {}).get("Status")
+        if status == "404":
+            return None
+        if status:
+            raise LogUnavailable(f"direct get on {stream} failed: {status}")
+        return msg
+
+    async def head(self, channel: str) -> Head:
+        msg = await self.direct_get(channel, None)
+        if msg is None:
+            return Head(0, EMPTY)
+        seq = int((msg.headers or {})["Nats-Sequence"])
+        return Head(seq, VectorClock(logformat.decode_stored(msg.data).pos))
+
+    async def entry(self, channel: str, seq: int) -> StoredMessage:
+        msg = await self.direct_get(channel, {"seq": seq})
+        if msg is None:
+            raise LogUnavailable(f"entry {seq} of {channel} vanished")
+        return logformat.decode_stored(msg.data)
+
+    async def append(
+        self, channel: str, msg: StoredMessage, msg_id: str, expected_seq: int
+    ) -> Appended | None:
+        """Append if the channel's head is still ``expected_seq``; None if it moved."""
+        stream, subject = self.where(channel)
+        headers = {
+            "Nats-Msg-Id": msg_id,
+            "Nats-Expected-Last-Subject-Sequence": str(expected_seq),
+        }
+        try:
+            ack = await self.js.publish(
+                subject, logformat.encode_stored(msg), stream=stream, headers=headers
+            )
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == ERR_WRONG_LAST_SEQUENCE:
+                return None
+            raise
+        except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError) as exc:
+            raise LogUnavailable(f"publish to {stream} failed: {exc!r}") from exc
+        return Appended(ack.seq, bool(ack.duplicate))
