@@ -42,7 +42,7 @@ ENV_PREFIX: Final = "RELAYNET_"
 #: ``RELAYNET_*`` variables that are not config overrides (``RELAYNET_CONFIG``: the file path).
 RESERVED_ENV_VARS: frozenset[str] = frozenset({"RELAYNET_CONFIG"})
 #: Table sections whose scalar fields ``RELAYNET_<SECTION>_<FIELD>`` may override.
-OVERRIDABLE_SECTIONS: Final = ("region", "relay", "nats", "auth", "limits")
+OVERRIDABLE_SECTIONS: Final = ("region", "relay", "nats", "auth", "limits", "federation")
 _ARRAY_SECTIONS: Final = ("namespaces", "peers")
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "FRAME_OVERHEAD_BYTES",
     "PATTERN_DESCRIPTIONS",
     "AuthSection",
+    "FederationSection",
     "LimitsSection",
     "NamespaceRule",
     "NatsSection",
@@ -356,6 +357,44 @@ class LimitsSection(_Section):
     )
 
 
+class FederationSection(_Section):
+    """``[federation]``: how this region exchanges messages with its ``[[peers]]``."""
+
+    run_in_relay: bool = Field(
+        default=True,
+        description=(
+            "Run the federation links inside this relay process (when there are peers). "
+            "Any number of relays of a region may do so: a lease lets one of them serve each "
+            "peer link at a time, and appends are idempotent anyway. Set false to run "
+            "`relaynet federate --config FILE` separately."
+        ),
+    )
+    ack_wait_s: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "Seconds a peer waits for this region to confirm a message before sending it "
+            "again (bounds catch-up after a link drops mid-delivery)."
+        ),
+    )
+    lease_ttl_s: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "Seconds a federation instance holds a peer link without renewing its lease; "
+            "another instance takes the link over after this when one dies."
+        ),
+    )
+    max_buffered: int = Field(
+        default=10000,
+        ge=1,
+        description=(
+            "Remote messages per channel that may wait for their causal predecessors; "
+            "beyond it the link pauses (the peer keeps them)."
+        ),
+    )
+
+
 class RelayConfig(_Section):
     """A whole region config file."""
 
@@ -381,6 +420,10 @@ class RelayConfig(_Section):
     )
     limits: LimitsSection = Field(
         default_factory=LimitsSection, description="Per-connection resource limits."
+    )
+    federation: FederationSection = Field(
+        default_factory=FederationSection,
+        description="How this region exchanges messages with its peers.",
     )
 
     @model_validator(mode="after")

@@ -201,7 +201,7 @@ BAD_CONFIGS = [
     pytest.param(
         'colour = "red"\n' + MINIMAL,
         "colour",
-        "no such field (known fields: region, relay, nats, namespaces, auth, peers, limits)",
+        "no such field (known fields: region, relay, nats, namespaces, auth, peers, limits, federation)",
         "red",
         id="unknown-top-level-key",
     ),
@@ -673,8 +673,9 @@ def test_reference_lists_every_section_and_field() -> None:
         "[auth]",
         "[[peers]]",
         "[limits]",
+        "[federation]",
     ]
-    assert text.count("| field | type | default | description |") == 7
+    assert text.count("| field | type | default | description |") == 8
     for model in (RegionSection, RelaySection, NatsSection, NamespaceRule, PeerSection):
         for name in model.model_fields:
             assert f"| `{name}` |" in text
