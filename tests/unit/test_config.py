@@ -201,7 +201,8 @@ BAD_CONFIGS = [
     pytest.param(
         'colour = "red"\n' + MINIMAL,
         "colour",
-        "no such field (known fields: region, relay, nats, namespaces, auth, peers, limits, federation)",
+        "no such field (known fields: region, relay, nats, namespaces, auth, peers, limits, "
+        "federation)",
         "red",
         id="unknown-top-level-key",
     ),
@@ -646,7 +647,7 @@ def test_config_error_str_is_one_line_per_issue(tmp_path: Path) -> None:
         assert issue.expected in match.group(2)
     assert (
         lines[0] == f"{path}: x.y: expected no such section (overridable sections: region, "
-        "relay, nats, auth, limits), got 'z' (from environment RELAYNET_X_Y)"
+        "relay, nats, auth, limits, federation), got 'z' (from environment RELAYNET_X_Y)"
     )
     assert f"{path}: relay.port: expected an integer from 0 to 65535, got 70000" in lines
     assert err.path == str(path)
