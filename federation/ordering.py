@@ -83,13 +83,19 @@ class ChannelOrderBuffer(Generic[P]):
         self._waiting[key] = msg
         return True
 
+    def drop_covered(self, applied: VectorClock) -> list[Stamped[P]]:
+        """Forget (and return) waiting messages that ``applied`` already covers."""
+        covered = [m for m in self._waiting.values() if is_applied(m.ts, m.origin, applied)]
+        for m in covered:
+            del self._waiting[(m.origin, m.seq)]
+        return covered
+
     def next_ready(self, applied: VectorClock) -> Stamped[P] | None:
         """A message causally ready against ``applied`` (lowest origin first), or None.
 
         Messages that ``applied`` already covers are dropped on the way.
         """
-        for key in [k for k, m in self._waiting.items() if is_applied(m.ts, m.origin, applied)]:
-            del self._waiting[key]
+        self.drop_covered(applied)
         candidates = [m for m in self._waiting.values() if is_ready(m.ts, m.origin, applied)]
         if not candidates:
             return None

@@ -17,6 +17,7 @@ from anyio.abc import TaskStatus
 from nats.aio.client import Client as NatsClient
 
 from config.schema import RelayConfig
+from federation.service import FederationService
 from relay.adapters.embedded_nats import EmbeddedNats
 from relay.adapters.feed_manager import FeedManager
 from relay.adapters.log_reader import LogReader
@@ -32,6 +33,7 @@ class RelayNode:
         self.cfg = cfg
         self.nats_url: str | None = None
         self.edge: WsEdge | None = None
+        self.federation: FederationService | None = None
         self._stop = anyio.Event()
         self._finished = anyio.Event()
 
@@ -68,6 +70,9 @@ class RelayNode:
                 feeds = FeedManager(broker, max_pending=cfg.limits.outbox_max_messages)
                 self._feeds = feeds
                 await tg.start(feeds.run)
+                if cfg.peers and cfg.federation.run_in_relay:
+                    self.federation = FederationService(cfg, nc, instance_id=cfg.relay.id)
+                    await tg.start(self.federation.run)
                 edge = WsEdge(cfg, feeds, Publisher(broker), LogReader(broker))
                 self.edge = edge
                 await tg.start(edge.run)

@@ -42,7 +42,10 @@ class FeedManager:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             task_status.started()
-            await anyio.sleep_forever()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self._tg = None  # shutting down: connections closing later need no fills
 
     @property
     def channel_count(self) -> int:

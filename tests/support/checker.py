@@ -41,3 +41,28 @@ def check_publisher_order(received: Sequence[dict[str, Any]]) -> list[str]:
 
 def ids(received: Sequence[dict[str, Any]]) -> list[str]:
     return [frame["id"] for frame in received]
+
+
+def check_causal(received: Sequence[dict[str, Any]]) -> list[str]:
+    """Every message after everything it causally depends on (its ts), each exactly once.
+
+    Uses only what the subscriber saw: the i-th message from origin o must have
+    ts[o] == i, and every other entry of its ts must already be reached.
+    """
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    for i, frame in enumerate(received):
+        origin, ts = frame["origin"], frame["ts"]
+        own = ts[origin]
+        if own != seen.get(origin, 0) + 1:
+            problems.append(f"#{i}: {origin}:{own} after {origin}:{seen.get(origin, 0)}")
+        for region, count in ts.items():
+            if region != origin and count > seen.get(region, 0):
+                problems.append(f"#{i}: {origin}:{own} before its dependency {region}:{count}")
+        seen[origin] = max(seen.get(origin, 0), own)
+    return problems
+
+
+def check_happened_before(received: Sequence[dict[str, Any]], before: str, after: str) -> bool:
+    order = [frame["id"] for frame in received]
+    return order.index(before) < order.index(after)

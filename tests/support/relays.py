@@ -35,6 +35,8 @@ def make_config(
     limits: dict[str, Any] | None = None,
     relay: dict[str, Any] | None = None,
     nats: dict[str, Any] | None = None,
+    peers: list[dict[str, Any]] | None = None,
+    federation: dict[str, Any] | None = None,
 ) -> RelayConfig:
     data: dict[str, Any] = {
         "region": {"name": region},
@@ -51,6 +53,10 @@ def make_config(
         data["namespaces"] = namespaces
     if limits is not None:
         data["limits"] = limits
+    if peers is not None:
+        data["peers"] = peers
+    if federation is not None:
+        data["federation"] = federation
     return RelayConfig.model_validate(data)
 
 

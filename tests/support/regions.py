@@ -1,0 +1,65 @@
+"""Several regions on loopback: a nats-server per region, relays, federation between them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import ExitStack, asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+from config.schema import RelayConfig
+from relay.node import RelayNode
+from tests.support.nats import nats_server
+from tests.support.relays import make_config, running_relays
+
+REGIONS = ("us-east", "eu-west", "ap-south")
+FAST_FEDERATION = {"ack_wait_s": 2.0, "lease_ttl_s": 1.5}
+
+
+@contextmanager
+def region_nats(tmp_path: Path, regions: Sequence[str] = REGIONS) -> Iterator[dict[str, str]]:
+    with ExitStack() as stack:
+        yield {r: stack.enter_context(nats_server(tmp_path / f"nats-{r}")) for r in regions}
+
+
+def region_configs(
+    nats_urls: dict[str, str],
+    *,
+    peer_urls: dict[tuple[str, str], str] | None = None,
+    relays_per_region: int = 1,
+    **overrides: Any,
+) -> list[RelayConfig]:
+    """One config per relay. ``peer_urls[(a, b)]`` is the URL region a uses to reach b's
+    NATS (a proxy, in partition tests); by default b's NATS itself."""
+    configs = []
+    for region, url in nats_urls.items():
+        peers = [
+            {
+                "region": peer,
+                "edge_url": "ws://127.0.0.1:1/v1/ws",
+                "nats_url": (peer_urls or {}).get((region, peer), peer_url),
+            }
+            for peer, peer_url in nats_urls.items()
+            if peer != region
+        ]
+        for i in range(relays_per_region):
+            configs.append(
+                make_config(
+                    nats_url=url,
+                    region=region,
+                    relay_id=f"{region}-{i + 1}",
+                    peers=peers,
+                    federation=FAST_FEDERATION,
+                    **overrides,
+                )
+            )
+    return configs
+
+
+@asynccontextmanager
+async def running_regions(configs: list[RelayConfig]) -> AsyncIterator[dict[str, list[RelayNode]]]:
+    async with running_relays(*configs) as nodes:
+        by_region: dict[str, list[RelayNode]] = {}
+        for node in nodes:
+            by_region.setdefault(node.cfg.region.name, []).append(node)
+        yield by_region
