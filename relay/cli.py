@@ -58,6 +58,51 @@ def _cmd_relay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_federate(args: argparse.Namespace) -> int:
+    import os
+
+    import nats
+
+    from federation.service import FederationService
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if not cfg.peers:
+        print(f"{args.config}: no [[peers]]: nothing to federate", file=sys.stderr)
+        return 1
+    _setup_logging(args.verbose)
+    url = cfg.nats.url
+    if url == "embedded":  # the region's relay runs the server; connect to it
+        url = f"nats://{cfg.nats.embedded_host}:{cfg.nats.embedded_port}"
+
+    async def main() -> None:
+        nc = await nats.connect(
+            servers=[u.strip() for u in url.split(",")],
+            name=f"relaynet-federate-{cfg.region.name}",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                service = FederationService(cfg, nc, f"{cfg.relay.id}-federate-{os.getpid()}")
+                await tg.start(service.run)
+                print(f"relaynet federate {cfg.region.name} ready: peers "
+                      + ", ".join(p.region for p in cfg.peers), flush=True)  # fmt: skip
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        break
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await nc.drain()
+
+    anyio.run(main)
+    return 0
+
+
 def _cmd_config_check(args: argparse.Namespace) -> int:
     from config.summary import describe
 
@@ -91,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     relay.add_argument("--config", required=True, help="region config file (TOML)")
     relay.add_argument("-v", "--verbose", action="store_true")
     relay.set_defaults(func=_cmd_relay)
+
+    federate = sub.add_parser(
+        "federate", help="run only the federation links of a region (see [federation])"
+    )
+    federate.add_argument("--config", required=True, help="region config file (TOML)")
+    federate.add_argument("-v", "--verbose", action="store_true")
+    federate.set_defaults(func=_cmd_federate)
 
     config = sub.add_parser("config", help="config file tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)

@@ -32,6 +32,7 @@ def region_configs(
     """One config per relay. ``peer_urls[(a, b)]`` is the URL region a uses to reach b's
     NATS (a proxy, in partition tests); by default b's NATS itself."""
     configs = []
+    federation = {**FAST_FEDERATION, **overrides.pop("federation", {})}
     for region, url in nats_urls.items():
         peers = [
             {
@@ -49,7 +50,7 @@ def region_configs(
                     region=region,
                     relay_id=f"{region}-{i + 1}",
                     peers=peers,
-                    federation=FAST_FEDERATION,
+                    federation=federation,
                     **overrides,
                 )
             )

@@ -125,3 +125,29 @@ def relay_process(config: Path, log: Path) -> Iterator[tuple[subprocess.Popen[by
             proc.wait()
         if proc.stdout:
             proc.stdout.close()
+
+
+@contextmanager
+def federate_process(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``relaynet federate --config`` as a child process, stopped with SIGTERM (exit 0)."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "relay.cli", "federate", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        if "ready" not in line:
+            raise RuntimeError(f"federate did not start:\n{log.read_text()}")
+        yield proc
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout(10)) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
