@@ -14,31 +14,41 @@ from pathlib import Path
 from relay.adapters.embedded_nats import find_nats_server
 
 
-@contextmanager
-def nats_server(store_dir: Path, port: int = -1) -> Iterator[str]:
-    store_dir.mkdir(parents=True, exist_ok=True)
-    ports_dir = store_dir / "ports"
-    ports_dir.mkdir(exist_ok=True)
-    proc = subprocess.Popen(
-        [
-            find_nats_server(),
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--jetstream",
-            "--store_dir",
-            str(store_dir),
-            "--ports_file_dir",
-            str(ports_dir),
-            "--log",
-            str(store_dir / "nats.log"),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+class NatsProcess:
+    """One nats-server with JetStream; can be killed and restarted on the same port/store."""
+
+    def __init__(self, store_dir: Path, port: int = -1) -> None:
+        self.store_dir = store_dir
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self) -> str:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        ports_dir = self.store_dir / "ports"
+        ports_dir.mkdir(exist_ok=True)
+        for stale in ports_dir.glob("*.ports"):
+            stale.unlink()
+        proc = subprocess.Popen(
+            [
+                find_nats_server(),
+                "--addr",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--jetstream",
+                "--store_dir",
+                str(self.store_dir),
+                "--ports_file_dir",
+                str(ports_dir),
+                "--log",
+                str(self.store_dir / "nats.log"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.proc = proc
         deadline = time.monotonic() + 10
         ports_file = ports_dir / f"nats-server_{proc.pid}.ports"
         while True:
@@ -46,19 +56,36 @@ def nats_server(store_dir: Path, port: int = -1) -> Iterator[str]:
                 raise RuntimeError(f"nats-server exited with {proc.returncode}")
             if ports_file.exists():
                 try:
-                    url = str(json.loads(ports_file.read_text())["nats"][0])
+                    self.url = str(json.loads(ports_file.read_text())["nats"][0])
                     break
                 except (ValueError, KeyError, IndexError):
                     pass
             if time.monotonic() > deadline:
                 raise RuntimeError("nats-server did not start")
             time.sleep(0.01)
-        yield url
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
+        self.port = int(self.url.rsplit(":", 1)[1])  # a restart keeps the port
+        return self.url
+
+    def kill(self) -> None:
+        """SIGKILL: what a crash looks like (acked data is in the store's files)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
             try:
-                proc.wait(10)
+                self.proc.wait(10)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                self.proc.kill()
+                self.proc.wait()
+
+
+@contextmanager
+def nats_server(store_dir: Path, port: int = -1) -> Iterator[str]:
+    server = NatsProcess(store_dir, port)
+    try:
+        yield server.start()
+    finally:
+        server.stop()

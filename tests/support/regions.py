@@ -7,7 +7,10 @@ from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from config.schema import RelayConfig
+from federation.linkproxy import LinkProxy
 from relay.node import RelayNode
 from tests.support.nats import nats_server
 from tests.support.relays import make_config, running_relays
@@ -64,3 +67,28 @@ async def running_regions(configs: list[RelayConfig]) -> AsyncIterator[dict[str,
         for node in nodes:
             by_region.setdefault(node.cfg.region.name, []).append(node)
         yield by_region
+
+
+@asynccontextmanager
+async def link_proxies(
+    nats_urls: dict[str, str], latency_ms: float = 0.0
+) -> AsyncIterator[dict[tuple[str, str], LinkProxy]]:
+    """A proxy for every directed link: ``proxies[(a, b)]`` carries a's reads of b's NATS."""
+    async with anyio.create_task_group() as tg:
+        proxies: dict[tuple[str, str], LinkProxy] = {}
+        for a in nats_urls:
+            for b, url in nats_urls.items():
+                if a == b:
+                    continue
+                host, port = url.removeprefix("nats://").rsplit(":", 1)
+                proxy = LinkProxy(host, int(port), latency_ms=latency_ms, name=f"{a}<-{b}")
+                await tg.start(proxy.run)
+                proxies[(a, b)] = proxy
+        try:
+            yield proxies
+        finally:
+            tg.cancel_scope.cancel()
+
+
+def proxy_urls(proxies: dict[tuple[str, str], LinkProxy]) -> dict[tuple[str, str], str]:
+    return {link: f"nats://127.0.0.1:{proxy.port}" for link, proxy in proxies.items()}
