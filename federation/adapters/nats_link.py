@@ -72,10 +72,15 @@ class PeerLink:
                     max_outstanding_pings=2,
                 )
             except Exception as exc:
-                log.info("peer %s unreachable (%r); retrying", self.peer_region, exc)
+                # Say it once per outage, not at every retry.
+                (log.info if delay == 0.1 else log.debug)(
+                    "peer %s unreachable (%r); retrying", self.peer_region, exc
+                )
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
+            if delay != 0.1:
+                log.info("peer %s reachable again", self.peer_region)
             delay = 0.1
             self.connected = True
             try:
