@@ -21,6 +21,7 @@ from federation.service import FederationService
 from relay.adapters.embedded_nats import EmbeddedNats
 from relay.adapters.feed_manager import FeedManager
 from relay.adapters.log_reader import LogReader
+from relay.adapters.metrics import RelayCollector, make_registry, render
 from relay.adapters.nats_broker import NatsBroker
 from relay.adapters.publisher import Publisher
 from relay.adapters.ws_edge import WsEdge
@@ -34,6 +35,7 @@ class RelayNode:
         self.nats_url: str | None = None
         self.edge: WsEdge | None = None
         self.federation: FederationService | None = None
+        self._feeds: FeedManager | None = None
         self._stop = anyio.Event()
         self._finished = anyio.Event()
 
@@ -75,6 +77,16 @@ class RelayNode:
                     await tg.start(self.federation.run)
                 edge = WsEdge(cfg, feeds, Publisher(broker), LogReader(broker))
                 self.edge = edge
+                registry = make_registry(
+                    RelayCollector(
+                        cfg.region.name,
+                        cfg.relay.id,
+                        lambda: self.edge,
+                        lambda: self._feeds,
+                        lambda: self.federation,
+                    )
+                )
+                edge.metrics = lambda: render(registry)
                 await tg.start(edge.run)
                 task_status.started(self)
                 await self._stop.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http
 import logging
+from collections.abc import Callable
 
 import anyio
 from anyio.abc import TaskStatus
@@ -35,6 +36,7 @@ class WsEdge:
         self.publisher = publisher
         self.recovery = recovery
         self.connections: set[Connection] = set()
+        self.metrics: Callable[[], bytes] | None = None
         self.port: int | None = None
         self._stop = anyio.Event()
         self.stopped = anyio.Event()
@@ -54,6 +56,9 @@ class WsEdge:
             return None
         if path == "/v1/health":
             return self._plain(http.HTTPStatus.OK, "ok\n")
+        if path == "/metrics" and self.metrics is not None:
+            headers = Headers([("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
+            return Response(200, "OK", headers, self.metrics())
         return self._plain(
             http.HTTPStatus.NOT_FOUND, f"relaynet: WebSocket endpoint is {WS_PATH}\n"
         )
