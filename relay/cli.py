@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import anyio
 
 from config.loader import ConfigError, load_config
+from config.schema import RelayConfig
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -23,13 +24,20 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _load(path: str) -> RelayConfig | None:
+    """The config, or None after printing every problem with it."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
 def _cmd_relay(args: argparse.Namespace) -> int:
     from relay.node import RelayNode
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    cfg = _load(args.config)
+    if cfg is None:
         return 1
     _setup_logging(args.verbose)
     node = RelayNode(cfg)
@@ -65,10 +73,8 @@ def _cmd_federate(args: argparse.Namespace) -> int:
 
     from federation.service import FederationService
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    cfg = _load(args.config)
+    if cfg is None:
         return 1
     if not cfg.peers:
         print(f"{args.config}: no [[peers]]: nothing to federate", file=sys.stderr)
@@ -106,10 +112,8 @@ def _cmd_federate(args: argparse.Namespace) -> int:
 def _cmd_config_check(args: argparse.Namespace) -> int:
     from config.summary import describe
 
-    try:
-        cfg = load_config(args.file)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    cfg = _load(args.file)
+    if cfg is None:
         return 1
     print(f"{args.file}: OK")
     print(describe(cfg))

@@ -106,7 +106,8 @@ class RelayNode:
 
         async def reconnected() -> None:
             log.warning("NATS connection re-established; resyncing live feeds")
-            tg.start_soon(self._feeds.resync)
+            if self._feeds is not None:
+                tg.start_soon(self._feeds.resync)
 
         async def disconnected() -> None:
             if not self._stop.is_set():  # on shutdown the drain disconnects on purpose

@@ -96,29 +96,29 @@ def config_file(path: Path, cfg: RelayConfig) -> Path:
 
 
 @contextmanager
-def relay_process(config: Path, log: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """``relaynet relay --config`` as a child process; yields (process, ws url)."""
+def cli_process(
+    args: list[str], log: Path, ready: str
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``python -m relay.cli ARGS`` as a child process, once it printed a line containing
+    ``ready``; yields (process, that line). SIGKILLed on exit if still running."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "relay.cli", "relay", "--config", str(config)],
+            [sys.executable, "-m", "relay.cli", *args],
             stdout=subprocess.PIPE,
             stderr=out,
             stdin=subprocess.DEVNULL,
         )
     try:
         assert proc.stdout is not None
+        line = ""
         deadline = time.monotonic() + timeout(20)
-        url = ""
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and ready not in line:
             line = proc.stdout.readline().decode()
             if not line:
                 break
-            if "ready on " in line:
-                url = line.rsplit("ready on ", 1)[1].strip()
-                break
-        if not url:
-            raise RuntimeError(f"relay did not start:\n{log.read_text()}")
-        yield proc, url
+        if ready not in line:
+            raise RuntimeError(f"{args[0]} did not start:\n{log.read_text()}")
+        yield proc, line.strip()
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
@@ -128,26 +128,16 @@ def relay_process(config: Path, log: Path) -> Iterator[tuple[subprocess.Popen[by
 
 
 @contextmanager
+def relay_process(config: Path, log: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``relaynet relay --config`` as a child process; yields (process, ws url)."""
+    with cli_process(["relay", "--config", str(config)], log, "ready on ") as (proc, line):
+        yield proc, line.rsplit("ready on ", 1)[1]
+
+
+@contextmanager
 def federate_process(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """``relaynet federate --config`` as a child process, stopped with SIGTERM (exit 0)."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "relay.cli", "federate", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=out,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        if "ready" not in line:
-            raise RuntimeError(f"federate did not start:\n{log.read_text()}")
+    with cli_process(["federate", "--config", str(config)], log, "ready") as (proc, _):
         yield proc
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout(10)) == 0, log.read_text()
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
