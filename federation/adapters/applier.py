@@ -146,4 +146,7 @@ class Applier:
     @staticmethod
     async def _settle(state: _Channel, msg: Stamped[StoredMessage]) -> None:
         for ack in state.acks.pop((msg.origin, msg.seq), []):
-            await ack()
+            try:
+                await ack()
+            except Exception as exc:  # link gone, or acked twice: the peer resends, we drop it
+                log.debug("ack of %s:%d failed: %r", msg.origin, msg.seq, exc)

@@ -27,7 +27,9 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from federation import logformat
-from federation.adapters.applier import Applier
+from federation.adapters.applier import Ack, Applier
+from federation.adapters.region_log import LogUnavailable
+from federation.logformat import StoredMessage
 
 log = logging.getLogger("relaynet.federation")
 
@@ -126,10 +128,25 @@ class PeerLink:
                 try:
                     stored = logformat.decode_stored(msg.data)
                     channel = logformat.channel_of(msg.subject)
-                except (msgspec.DecodeError, IndexError):
-                    log.error("peer %s: undecodable entry on %s; skipped", stream, msg.subject)
+                    if stored.ts.get(stored.origin, 0) < 1:
+                        raise ValueError("no sequence for its own origin")
+                except (msgspec.DecodeError, IndexError, ValueError) as exc:
+                    # Not something any relaynet writes: say so loudly, do not stall the link.
+                    log.error("peer %s: malformed entry on %s (%s); skipped", stream,
+                              msg.subject, exc)  # fmt: skip
                     await msg.ack()
                     continue
-                # The causal buffer is full: back off until it drains (rare; bounded memory).
-                while not await self.applier.offer(channel, stored, msg.ack):  # noqa: ASYNC110
-                    await anyio.sleep(0.5)
+                await self._offer(channel, stored, msg.ack)
+
+    async def _offer(self, channel: str, stored: StoredMessage, ack: Ack) -> None:
+        """Hand one message to the applier, waiting out a full buffer or our own NATS."""
+        delay = 0.1
+        while True:
+            try:
+                if await self.applier.offer(channel, stored, ack):
+                    return
+                log.debug("channel %s: causal buffer full; waiting", channel)
+            except LogUnavailable as exc:  # this region's NATS is slow or away: retry
+                log.warning("channel %s: cannot append yet (%s); retrying", channel, exc)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 2.0)
