@@ -82,7 +82,7 @@ class RegionLog:
             msg = await self.nc.request(
                 api, json.dumps(req).encode() if req else b"", timeout=self.timeout_s
             )
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+        except nats.errors.Error as exc:  # timeout, no responders, reconnecting, closed …
             raise LogUnavailable(f"direct get on {stream} failed: {exc!r}") from exc
         status = (msg.headers or {}).get("Status")
         if status == "404":
@@ -121,6 +121,6 @@ class RegionLog:
             if exc.err_code == ERR_WRONG_LAST_SEQUENCE:
                 return None
             raise
-        except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError) as exc:
+        except nats.errors.Error as exc:  # timeout, no stream response, reconnecting …
             raise LogUnavailable(f"publish to {stream} failed: {exc!r}") from exc
         return Appended(ack.seq, bool(ack.duplicate))

@@ -12,6 +12,7 @@ its predecessor.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator, Callable
@@ -157,34 +158,39 @@ class NatsBroker:
         self, channel: Channel, from_seq: int, upto_seq: int
     ) -> AsyncGenerator[list[LogEntry], None]:
         """Stored messages of the channel with from_seq <= seq <= upto_seq, in batches."""
-        stream, subject = self.log.where(channel)
-        api = f"$JS.API.DIRECT.GET.{stream}"
         seq = max(from_seq, 1)
         while seq <= upto_seq:
-            inbox = self.nc.new_inbox()
-            sub = await self.nc.subscribe(inbox)
-            batch: list[LogEntry] = []
             try:
-                req = {"seq": seq, "next_by_subj": subject, "batch": READ_BATCH}
-                await self.nc.publish(api, json.dumps(req).encode(), reply=inbox)
-                while True:
-                    try:
-                        msg = await sub.next_msg(timeout=5)
-                    except nats.errors.TimeoutError as exc:
-                        raise BrokerUnavailable("JetStream batch read timed out") from exc
-                    headers = msg.headers or {}
-                    if headers.get("Status"):  # 204 end of batch, 404 nothing (more)
-                        break
-                    entry = self._lift(channel, msg)
-                    if entry.seq <= upto_seq:
-                        batch.append(entry)
-            finally:
-                await sub.unsubscribe()
+                batch = await self._read_batch(channel, seq, upto_seq)
+            except nats.errors.Error as exc:  # timeout, reconnecting, closed …
+                raise BrokerUnavailable(f"reading {channel} failed: {exc!r}") from exc
             if batch:
                 yield batch
             if len(batch) < READ_BATCH:
                 return
             seq = batch[-1].seq + 1
+
+    async def _read_batch(self, channel: Channel, seq: int, upto_seq: int) -> list[LogEntry]:
+        """One batched direct get (nats-server 2.11+): up to READ_BATCH entries from seq."""
+        stream, subject = self.log.where(channel)
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        batch: list[LogEntry] = []
+        try:
+            req = {"seq": seq, "next_by_subj": subject, "batch": READ_BATCH}
+            await self.nc.publish(
+                f"$JS.API.DIRECT.GET.{stream}", json.dumps(req).encode(), reply=inbox
+            )
+            while True:
+                msg = await sub.next_msg(timeout=5)
+                if (msg.headers or {}).get("Status"):  # 204 end of batch, 404 nothing (more)
+                    return batch
+                entry = self._lift(channel, msg)
+                if entry.seq <= upto_seq:
+                    batch.append(entry)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
 
     async def first_seq_where(
         self,
