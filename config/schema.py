@@ -285,6 +285,16 @@ class NamespaceRule(_Section):
             f"at most `limits.max_frame_bytes` - {FRAME_OVERHEAD_BYTES}."
         ),
     )
+    ordering: Literal["causal", "total"] = Field(
+        default="causal",
+        description=(
+            '`"causal"`: every region delivers a channel in an order consistent with causality '
+            '(regions may interleave concurrent messages differently). `"total"`: every region '
+            "delivers the channel in one identical order, at the cost of waiting until every "
+            "region has been heard from (a down region stalls these channels). All regions "
+            "must agree."
+        ),
+    )
 
 
 #: The implicit catch-all namespace used when no configured rule has prefix ``""``.
@@ -383,6 +393,15 @@ class FederationSection(_Section):
         description=(
             "Seconds a federation instance holds a peer link without renewing its lease; "
             "another instance takes the link over after this when one dies."
+        ),
+    )
+    progress_delay_ms: float = Field(
+        default=10.0,
+        ge=0,
+        description=(
+            "Total-order channels: how soon after applying a remote message this region "
+            "announces (with a hidden progress entry) that it has passed it, so other regions "
+            "can deliver it. Lower is faster; higher batches announcements."
         ),
     )
     max_buffered: int = Field(

@@ -9,9 +9,13 @@ Subjects
     ``rly.v1.<region>.<namespace>.<token>``   a region's log for a channel (stream input)
     ``rlyl.v1.<region>.<namespace>.<token>``  JetStream's republish of what was stored:
                                              the relays' live feed
+    ``rlyt.v1.<region>.<namespace>.<token>``  total-order namespaces only: the channel's
+                                             delivery log, in the order every region shares
 Streams
     ``RLY_<REGION>_<NAMESPACE>`` one per namespace rule, so each rule keeps its own
-    retention (max age, max messages per channel).
+    retention (max age, max messages per channel). In a total-order namespace this
+    causal log is what publishes and federation write; ``RLY_<REGION>_<NAMESPACE>_T``
+    holds the total-order delivery log that relays read and republish.
 
 A subject token cannot hold ``.``, so a channel's ``.`` is written ``%2E``
 (``%`` is not allowed in channel names, which keeps the encoding injective).
@@ -32,6 +36,8 @@ class StoredMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     resumes from. ``dup`` marks an entry that only advances the applied vector:
     the same publish id reached this region first from another origin (a client
     that failed over and republished), so subscribers here already have it.
+    ``null`` marks a progress entry of a total-order channel: a region saying "I
+    have passed everything before this"; never delivered.
     """
 
     id: str
@@ -40,6 +46,12 @@ class StoredMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     ts: dict[str, int]
     pos: dict[str, int]
     dup: bool = False
+    null: bool = False
+
+    @property
+    def hidden(self) -> bool:
+        """Advances positions but is never sent to subscribers."""
+        return self.dup or self.null
 
 
 _decoder: Final = msgspec.json.Decoder(StoredMessage)
@@ -79,6 +91,18 @@ def store_subject(region: str, namespace: str, channel: str) -> str:
 
 def live_subject(region: str, namespace: str, channel: str) -> str:
     return f"rlyl.v1.{region}.{namespace}.{encode_token(channel)}"
+
+
+def total_stream_name(region: str, namespace: str) -> str:
+    return f"RLY_{region.upper()}_{namespace.upper()}_T"
+
+
+def total_subjects(region: str, namespace: str) -> str:
+    return f"rlyt.v1.{region}.{namespace}.>"
+
+
+def total_subject(region: str, namespace: str, channel: str) -> str:
+    return f"rlyt.v1.{region}.{namespace}.{encode_token(channel)}"
 
 
 def channel_of(subject: str) -> str:

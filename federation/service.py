@@ -19,7 +19,7 @@ from config.schema import RelayConfig
 from federation.adapters.applier import Applier
 from federation.adapters.lease import Lease
 from federation.adapters.nats_link import PeerLink
-from federation.adapters.region_log import LogUnavailable, RegionLog
+from federation.adapters.region_log import LogUnavailable, region_log_for
 
 log = logging.getLogger("relaynet.federation")
 
@@ -32,9 +32,7 @@ class FederationService:
         self.nc = nc
         self.instance_id = instance_id
         region = cfg.region.name
-        self.region_log = RegionLog(
-            nc, region, lambda ch: cfg.namespace_for(ch).name, cfg.nats.connect_timeout_s
-        )
+        self.region_log = region_log_for(nc, cfg)
         self.applier = Applier(self.region_log, region, cfg.federation.max_buffered)
         namespaces = [rule.name for rule in cfg.all_namespaces]
         self.links = {

@@ -26,6 +26,7 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from config.schema import RelayConfig
 from federation import logformat
 from federation.logformat import StoredMessage
 from federation.vclock import EMPTY, VectorClock
@@ -56,12 +57,14 @@ class RegionLog:
         region: str,
         namespace_of: Callable[[str], str],
         timeout_s: float = 5.0,
+        total_namespaces: frozenset[str] = frozenset(),
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream(timeout=timeout_s)
         self.region = region
         self.namespace_of = namespace_of
         self.timeout_s = timeout_s
+        self.total_namespaces = total_namespaces
 
     def where(self, channel: str) -> tuple[str, str]:
         namespace = self.namespace_of(channel)
@@ -70,9 +73,25 @@ class RegionLog:
             logformat.store_subject(self.region, namespace, channel),
         )
 
-    async def direct_get(self, channel: str, req: dict[str, object] | None) -> Msg | None:
-        """JetStream direct get: the last entry of the channel (req None) or by request."""
-        stream, subject = self.where(channel)
+    def is_total(self, channel: str) -> bool:
+        return self.namespace_of(channel) in self.total_namespaces
+
+    def delivery_where(self, channel: str) -> tuple[str, str]:
+        """Where subscribers read the channel: the total-order log in total namespaces."""
+        namespace = self.namespace_of(channel)
+        if namespace not in self.total_namespaces:
+            return self.where(channel)
+        return (
+            logformat.total_stream_name(self.region, namespace),
+            logformat.total_subject(self.region, namespace, channel),
+        )
+
+    async def direct_get(
+        self, channel: str, req: dict[str, object] | None, *, delivery: bool = False
+    ) -> Msg | None:
+        """JetStream direct get: the last entry of the channel (req None) or by request,
+        from the log that is appended to (default) or the one subscribers read."""
+        stream, subject = self.delivery_where(channel) if delivery else self.where(channel)
         api = f"$JS.API.DIRECT.GET.{stream}"
         if req is None:
             api = f"{api}.{subject}"
@@ -91,8 +110,8 @@ class RegionLog:
             raise LogUnavailable(f"direct get on {stream} failed: {status}")
         return msg
 
-    async def head(self, channel: str) -> Head:
-        msg = await self.direct_get(channel, None)
+    async def head(self, channel: str, *, delivery: bool = False) -> Head:
+        msg = await self.direct_get(channel, None, delivery=delivery)
         if msg is None:
             return Head(0, EMPTY)
         seq = int((msg.headers or {})["Nats-Sequence"])
@@ -105,10 +124,16 @@ class RegionLog:
         return logformat.decode_stored(msg.data)
 
     async def append(
-        self, channel: str, msg: StoredMessage, msg_id: str, expected_seq: int
+        self,
+        channel: str,
+        msg: StoredMessage,
+        msg_id: str,
+        expected_seq: int,
+        *,
+        delivery: bool = False,
     ) -> Appended | None:
         """Append if the channel's head is still ``expected_seq``; None if it moved."""
-        stream, subject = self.where(channel)
+        stream, subject = self.delivery_where(channel) if delivery else self.where(channel)
         headers = {
             "Nats-Msg-Id": msg_id,
             "Nats-Expected-Last-Subject-Sequence": str(expected_seq),
@@ -124,3 +149,14 @@ class RegionLog:
         except nats.errors.Error as exc:  # timeout, no stream response, reconnecting …
             raise LogUnavailable(f"publish to {stream} failed: {exc!r}") from exc
         return Appended(ack.seq, bool(ack.duplicate))
+
+
+def region_log_for(nc: NatsClient, cfg: RelayConfig) -> RegionLog:
+    """The region log as a config describes it (relays and federation must agree)."""
+    return RegionLog(
+        nc,
+        cfg.region.name,
+        lambda channel: cfg.namespace_for(channel).name,
+        cfg.nats.connect_timeout_s,
+        frozenset(rule.name for rule in cfg.all_namespaces if rule.ordering == "total"),
+    )

@@ -36,7 +36,7 @@ class LogReader:
         if start is None:
             return
         async for batch in self.broker.read_range(channel, start.seq, upto_seq):
-            wanted = [e for e in batch if not e.msg.dup and not e.covered_by(position)]
+            wanted = [e for e in batch if not e.msg.hidden and not e.covered_by(position)]
             if wanted:
                 yield wanted
 
@@ -66,7 +66,7 @@ class LogReader:
                 for entry in batch:
                     if entry.position.total() > end_index:
                         break
-                    if not entry.msg.dup:
+                    if not entry.msg.hidden:
                         frames.append(entry.frame)
                 if frames and len(frames) >= end_index - start_index + 1:
                     break

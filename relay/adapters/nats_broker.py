@@ -27,7 +27,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import DiscardPolicy, RePublish, StorageType, StreamConfig
 
 from config.schema import NamespaceRule, RelayConfig
-from federation.adapters.region_log import Head, LogUnavailable, RegionLog
+from federation.adapters.region_log import Head, LogUnavailable, region_log_for
 from federation.vclock import VectorClock
 from relay.core import channels
 from relay.core.channels import Channel
@@ -58,21 +58,26 @@ class NatsBroker:
         self.js = nc.jetstream(timeout=cfg.nats.connect_timeout_s)
         self.cfg = cfg
         self.region = cfg.region.name
-        self.log = RegionLog(
-            nc,
-            self.region,
-            lambda channel: cfg.namespace_for(channel).name,
-            cfg.nats.connect_timeout_s,
-        )
+        self.log = region_log_for(nc, cfg)
         # The last head we know per channel: a hint for the next compare-and-set.
         self._heads: dict[Channel, Head] = {}
 
     # --- streams -----------------------------------------------------------------------
 
-    def _stream_config(self, rule: NamespaceRule) -> StreamConfig:
+    def _stream_config(self, rule: NamespaceRule, *, total_log: bool = False) -> StreamConfig:
+        """The causal log of a namespace, or (``total_log``) its total-order delivery log.
+
+        Whichever log subscribers read is republished to the live subjects."""
+        if total_log:
+            name = channels.total_stream_name(self.region, rule.name)
+            subjects = channels.total_subjects(self.region, rule.name)
+        else:
+            name = channels.stream_name(self.region, rule.name)
+            subjects = channels.stream_subjects(self.region, rule.name)
+        delivered = total_log or rule.ordering == "causal"
         return StreamConfig(
-            name=channels.stream_name(self.region, rule.name),
-            subjects=[channels.stream_subjects(self.region, rule.name)],
+            name=name,
+            subjects=[subjects],
             storage=StorageType.FILE,
             max_age=rule.history_max_age_s,
             max_msgs_per_subject=rule.history_max_messages,
@@ -81,23 +86,25 @@ class NatsBroker:
             duplicate_window=self.cfg.nats.duplicate_window_s,
             num_replicas=self.cfg.nats.replicas,
             allow_direct=True,
-            republish=RePublish(
-                src=channels.stream_subjects(self.region, rule.name),
-                dest=channels.live_subjects(self.region, rule.name),
-            ),
+            republish=RePublish(src=subjects, dest=channels.live_subjects(self.region, rule.name))
+            if delivered
+            else None,
         )
 
     async def ensure_streams(self) -> None:
         for rule in self.cfg.all_namespaces:
-            config = self._stream_config(rule)
-            try:
-                await self.js.add_stream(config)
-            except nats.js.errors.BadRequestError as exc:
-                if exc.err_code != ERR_STREAM_NAME_IN_USE:
-                    raise
-                # Exists with other limits (the config changed): bring it in line.
-                await self.js.update_stream(config)
-            log.info("stream %s ready", config.name)
+            configs = [self._stream_config(rule)]
+            if rule.ordering == "total":
+                configs.append(self._stream_config(rule, total_log=True))
+            for config in configs:
+                try:
+                    await self.js.add_stream(config)
+                except nats.js.errors.BadRequestError as exc:
+                    if exc.err_code != ERR_STREAM_NAME_IN_USE:
+                        raise
+                    # Exists with other limits (the config changed): bring it in line.
+                    await self.js.update_stream(config)
+                log.info("stream %s ready", config.name)
 
     # --- addressing --------------------------------------------------------------------
 
@@ -146,12 +153,17 @@ class NatsBroker:
             msg=decode_stored(msg.data),
         )
 
+    # Reads serve subscribers, so they go to the delivery log (the total-order one in
+    # total namespaces); only publishing appends to the causal log.
+
     async def last_entry(self, channel: Channel) -> LogEntry | None:
-        msg = await self.log.direct_get(channel, None)
+        msg = await self.log.direct_get(channel, None, delivery=True)
         return self._lift(channel, msg) if msg else None
 
     async def entry_at_or_after(self, channel: Channel, seq: int) -> LogEntry | None:
-        msg = await self.log.direct_get(channel, {"seq": max(seq, 1), "next_by_subj": ""})
+        msg = await self.log.direct_get(
+            channel, {"seq": max(seq, 1), "next_by_subj": ""}, delivery=True
+        )
         return self._lift(channel, msg) if msg else None
 
     async def read_range(
@@ -172,7 +184,7 @@ class NatsBroker:
 
     async def _read_batch(self, channel: Channel, seq: int, upto_seq: int) -> list[LogEntry]:
         """One batched direct get (nats-server 2.11+): up to READ_BATCH entries from seq."""
-        stream, subject = self.log.where(channel)
+        stream, subject = self.log.delivery_where(channel)
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
         batch: list[LogEntry] = []

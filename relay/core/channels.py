@@ -19,6 +19,8 @@ from federation.logformat import (
     store_subject,
     stream_name,
     stream_subjects,
+    total_stream_name,
+    total_subjects,
 )
 
 Channel = NewType("Channel", str)
@@ -52,5 +54,7 @@ __all__ = [
     "store_subject",
     "stream_name",
     "stream_subjects",
+    "total_stream_name",
+    "total_subjects",
     "validate_channel",
 ]

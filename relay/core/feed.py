@@ -163,8 +163,8 @@ class ChannelFeed:
     def _apply(self, entry: LogEntry) -> None:
         self.head_seq = self.verified_seq = entry.seq
         self.head_position = self.head_position.merge(entry.msg.pos)
-        if entry.msg.dup or (not self._plain and not self._special):
-            return  # a dup entry only advances the position: its message came by another origin
+        if entry.msg.hidden or (not self._plain and not self._special):
+            return  # hidden entries (dup, null) only advance the position
         frame = entry.frame
         for sink in list(self._plain.values()):
             sink.offer(frame)
