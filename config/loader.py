@@ -40,7 +40,9 @@ __all__ = [
 
 ENV_PREFIX: Final = "RELAYNET_"
 #: ``RELAYNET_*`` variables that are not config overrides (``RELAYNET_CONFIG``: the file path).
-RESERVED_ENV_VARS: frozenset[str] = frozenset({"RELAYNET_CONFIG"})
+RESERVED_ENV_VARS: Final = frozenset(
+    {"RELAYNET_CONFIG", "RELAYNET_NATS_SERVER", "RELAYNET_TEST_TIMEOUT_FACTOR"}
+)
 #: Table sections whose scalar fields ``RELAYNET_<SECTION>_<FIELD>`` may override.
 OVERRIDABLE_SECTIONS: Final = ("region", "relay", "nats", "auth", "limits", "federation")
 _ARRAY_SECTIONS: Final = ("namespaces", "peers")

@@ -132,6 +132,19 @@ def _cmd_bench_fanout(args: argparse.Namespace) -> int:
     return code
 
 
+def _cmd_bench_federation(args: argparse.Namespace) -> int:
+    from relay.bench.federation import run_federation_bench
+
+    _setup_logging(False)
+    logging.getLogger("relaynet").setLevel(logging.WARNING)
+    logging.getLogger("federation").setLevel(logging.WARNING)  # in-process LinkProxy lines
+    try:
+        code: int = anyio.run(run_federation_bench, args.latency_ms, args.seconds, args.rate)
+    except KeyboardInterrupt:  # the benchmark has already stopped what it started
+        return 130
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relaynet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -162,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     fanout.add_argument("--rate", type=int, default=0, help="target msgs/s (0 = as fast as acks)")
     fanout.add_argument("--size", type=int, default=100, help="payload bytes")
     fanout.set_defaults(func=_cmd_bench_fanout)
+    fed = bench_sub.add_parser("federation", help="three regions on loopback, links with latency")
+    fed.add_argument("--latency-ms", type=float, default=50.0, help="one-way latency per link")
+    fed.add_argument("--seconds", type=float, default=5.0)
+    fed.add_argument("--rate", type=int, default=0, help="msgs/s of the fixed-rate phase (0 = 100)")
+    fed.set_defaults(func=_cmd_bench_federation)
     return parser
 
 
