@@ -24,6 +24,7 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from federation import logformat
@@ -33,7 +34,7 @@ from federation.logformat import StoredMessage
 
 log = logging.getLogger("relaynet.federation")
 
-FETCH_BATCH = 256
+MAX_ACK_PENDING = 20_000
 
 
 class PeerLink:
@@ -53,7 +54,7 @@ class PeerLink:
         self.namespaces = list(namespaces)
         self.applier = applier
         self.ack_wait_s = ack_wait_s
-        self.durable = f"fed_{region}"
+        self.durable = f"fed-{region}"
         self.connected = False
         self.received = 0
 
@@ -99,44 +100,47 @@ class PeerLink:
         stream = logformat.stream_name(self.peer_region, namespace)
         while True:
             try:
-                await js.add_consumer(
-                    stream,
-                    ConsumerConfig(
-                        durable_name=self.durable,
+                # A push consumer: the peer sends each message as soon as it is stored, so a
+                # message crosses the link in one trip (a pull costs a request round trip).
+                sub = await js.subscribe(
+                    logformat.stream_subjects(self.peer_region, namespace),
+                    stream=stream,
+                    durable=self.durable,
+                    manual_ack=True,
+                    flow_control=True,
+                    idle_heartbeat=2.0,
+                    config=ConsumerConfig(
                         ack_policy=AckPolicy.EXPLICIT,
                         deliver_policy=DeliverPolicy.ALL,
                         ack_wait=self.ack_wait_s,
-                        max_ack_pending=20_000,
+                        max_ack_pending=MAX_ACK_PENDING,
                     ),
+                    pending_msgs_limit=2 * MAX_ACK_PENDING,
                 )
-                psub = await js.pull_subscribe_bind(durable=self.durable, stream=stream)
                 break
-            except Exception as exc:  # peer not up yet, or its stream not created yet
+            except Exception as exc:  # peer or its stream not up yet; an old holder still bound
                 log.debug("peer %s stream %s not ready: %r", self.peer_region, stream, exc)
                 await anyio.sleep(0.5)
-        while True:
-            try:
-                msgs = await psub.fetch(FETCH_BATCH, timeout=1)
-            except nats.errors.TimeoutError:
-                continue
-            except Exception as exc:  # the link dropped: nats-py reconnects underneath
-                log.debug("fetch from %s failed: %r", stream, exc)
-                await anyio.sleep(0.2)
-                continue
-            for msg in msgs:
-                self.received += 1
-                try:
-                    stored = logformat.decode_stored(msg.data)
-                    channel = logformat.channel_of(msg.subject)
-                    if stored.ts.get(stored.origin, 0) < 1:
-                        raise ValueError("no sequence for its own origin")
-                except (msgspec.DecodeError, IndexError, ValueError) as exc:
-                    # Not something any relaynet writes: say so loudly, do not stall the link.
-                    log.error("peer %s: malformed entry on %s (%s); skipped", stream,
-                              msg.subject, exc)  # fmt: skip
-                    await msg.ack()
-                    continue
-                await self._offer(channel, stored, msg.ack)
+        try:
+            async for msg in sub.messages:
+                await self._handle(stream, msg)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await sub.unsubscribe()
+
+    async def _handle(self, stream: str, msg: Msg) -> None:
+        self.received += 1
+        try:
+            stored = logformat.decode_stored(msg.data)
+            channel = logformat.channel_of(msg.subject)
+            if stored.ts.get(stored.origin, 0) < 1:
+                raise ValueError("no sequence for its own origin")
+        except (msgspec.DecodeError, IndexError, ValueError) as exc:
+            # Not something any relaynet writes: say so loudly, do not stall the link.
+            log.error("peer %s: malformed entry on %s (%s); skipped", stream, msg.subject, exc)
+            await msg.ack()
+            return
+        await self._offer(channel, stored, msg.ack)
 
     async def _offer(self, channel: str, stored: StoredMessage, ack: Ack) -> None:
         """Hand one message to the applier, waiting out a full buffer or our own NATS."""
