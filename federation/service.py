@@ -10,6 +10,8 @@ whichever instance, link or path brings it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -20,6 +22,7 @@ from federation.adapters.applier import Applier
 from federation.adapters.lease import Lease
 from federation.adapters.nats_link import PeerLink
 from federation.adapters.region_log import LogUnavailable, region_log_for
+from federation.adapters.sequencer import Sequencer
 
 log = logging.getLogger("relaynet.federation")
 
@@ -46,6 +49,12 @@ class FederationService:
             )
             for peer in cfg.peers
         }
+        total = [rule.name for rule in cfg.all_namespaces if rule.ordering == "total"]
+        self.sequencer = (
+            Sequencer(nc, self.region_log, [region, *(p.region for p in cfg.peers)], total)
+            if total
+            else None
+        )
         self.leases = {
             peer.region: Lease(
                 nc,
@@ -56,25 +65,47 @@ class FederationService:
             )
             for peer in cfg.peers
         }
+        self.sequencer_lease = Lease(
+            nc,
+            bucket=f"RLY_FED_{region.upper()}",
+            key="sequencer",
+            owner=instance_id,
+            ttl_s=cfg.federation.lease_ttl_s,
+        )
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
-            for peer in self.links:
+            for peer, link in self.links.items():
                 tg.start_soon(self.leases[peer].run)
-                tg.start_soon(self._serve_while_leased, peer)
+                tg.start_soon(self._serve_while_leased, self.leases[peer], link.run)
+            if self.sequencer is not None:
+                tg.start_soon(self.sequencer_lease.run)
+                tg.start_soon(self._serve_while_leased, self.sequencer_lease, self.sequencer.run)
+                tg.start_soon(self._announce_progress)
             tg.start_soon(self._recheck)
             task_status.started()
 
-    async def _serve_while_leased(self, peer: str) -> None:
-        lease, link = self.leases[peer], self.links[peer]
+    @staticmethod
+    async def _serve_while_leased(
+        lease: Lease, serve: Callable[[], Coroutine[Any, Any, None]]
+    ) -> None:
         while True:
             while not lease.held:
                 await lease.wait_changed()
             async with anyio.create_task_group() as tg:
-                tg.start_soon(link.run)
+                tg.start_soon(serve)
                 while lease.held:
                     await lease.wait_changed()
                 tg.cancel_scope.cancel()
+
+    async def _announce_progress(self) -> None:
+        delay = self.cfg.federation.progress_delay_ms / 1000
+        while True:
+            await anyio.sleep(delay)
+            try:
+                await self.applier.announce_progress()
+            except LogUnavailable as exc:
+                log.debug("progress: %r", exc)
 
     async def _recheck(self) -> None:
         while True:

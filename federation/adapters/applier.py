@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
+import msgspec
 
 from federation import logformat
 from federation.adapters.region_log import Head, RegionLog
@@ -35,6 +36,7 @@ log = logging.getLogger("relaynet.federation")
 
 Ack = Callable[[], Awaitable[None]]
 MAX_CAS_ATTEMPTS = 100
+NULL_DATA = msgspec.Raw(b"null")
 
 
 @dataclass
@@ -43,6 +45,8 @@ class _Channel:
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     head: Head | None = None
     acks: dict[tuple[str, int], list[Ack]] = field(default_factory=dict)
+    # Total order: we applied a remote message and have not yet said we passed it.
+    owes_progress: bool = False
 
 
 @dataclass
@@ -50,6 +54,7 @@ class ApplierStats:
     applied: int = 0
     duplicates_dropped: int = 0
     dup_entries: int = 0
+    progress_entries: int = 0
     buffered_peak: int = 0
 
 
@@ -102,6 +107,35 @@ class Applier:
                 state.head = await self.log.head(channel)
                 await self._drain(channel, state)
 
+    async def announce_progress(self) -> None:
+        """Total-order channels: append a null entry after remote messages we applied, so
+        every region learns that we have passed them and can deliver them."""
+        for channel, state in list(self._channels.items()):
+            if not state.owes_progress:
+                continue
+            async with state.lock:
+                state.owes_progress = False
+                for _ in range(MAX_CAS_ATTEMPTS):
+                    last = await self.log.direct_get(channel, None)
+                    if last is None:
+                        break
+                    stored = logformat.decode_stored(last.data)
+                    if stored.origin == self.region:
+                        break  # our own entry already follows what we applied
+                    head = Head(int((last.headers or {})["Nats-Sequence"]), VectorClock(stored.pos))
+                    ts = head.position.increment(self.region)
+                    own = ts.get(self.region)
+                    null = StoredMessage(
+                        f"~{self.region}:{own}", NULL_DATA, self.region, ts.to_dict(),
+                        ts.to_dict(), null=True,
+                    )  # fmt: skip
+                    msg_id = logformat.dedupe_key(channel, null.id)
+                    appended = await self.log.append(channel, null, msg_id, head.seq)
+                    if appended is not None:
+                        self.stats.progress_entries += 1
+                        state.head = Head(appended.seq, ts)
+                        break
+
     async def _drain(self, channel: str, state: _Channel) -> None:
         assert state.head is not None
         attempts = 0
@@ -122,19 +156,25 @@ class Applier:
             state.head = appended
             state.buffer.applied(ready)
             self.stats.applied += 1
+            if not ready.payload.null and self.log.is_total(channel):
+                state.owes_progress = True
             await self._settle(state, ready)
 
     async def _append(self, channel: str, head: Head, msg: StoredMessage) -> Head | None:
         position = head.position.with_entry(msg.origin, msg.ts[msg.origin])
         # A peer's dup entry is decided afresh here: this region may not have the other copy.
-        entry = StoredMessage(msg.id, msg.data, msg.origin, msg.ts, position.to_dict())
+        entry = StoredMessage(
+            msg.id, msg.data, msg.origin, msg.ts, position.to_dict(), null=msg.null
+        )
         result = await self.log.append(
             channel, entry, logformat.dedupe_key(channel, msg.id), head.seq
         )
         if result is not None and result.duplicate:
             # The id is in our log already, from another origin: advance, do not redeliver.
             # Keeps the data: a region reading this entry may lack the other copy.
-            dup = StoredMessage(msg.id, msg.data, msg.origin, msg.ts, position.to_dict(), dup=True)
+            dup = StoredMessage(
+                msg.id, msg.data, msg.origin, msg.ts, position.to_dict(), dup=True, null=msg.null
+            )
             seq_key = f"{logformat.dedupe_key(channel, msg.id)} @{msg.origin}:{msg.ts[msg.origin]}"
             result = await self.log.append(channel, dup, seq_key, head.seq)
             if result is not None:

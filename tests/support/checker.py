@@ -66,3 +66,14 @@ def check_causal(received: Sequence[dict[str, Any]]) -> list[str]:
 def check_happened_before(received: Sequence[dict[str, Any]], before: str, after: str) -> bool:
     order = [frame["id"] for frame in received]
     return order.index(before) < order.index(after)
+
+
+def check_total_order(received: Sequence[dict[str, Any]]) -> list[str]:
+    """Sorted by (vector total, origin): the order every region must share. Sorting by the
+    total also respects causality, since a causal successor has a larger vector."""
+    problems = []
+    keys = [(sum(f["ts"].values()), f["origin"]) for f in received]
+    for i in range(1, len(keys)):
+        if keys[i] <= keys[i - 1]:
+            problems.append(f"#{i}: key {keys[i]} after {keys[i - 1]}")
+    return problems
