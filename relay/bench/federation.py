@@ -88,8 +88,9 @@ REGIONS = ("us-east", "eu-west", "ap-south")
 HOME = "us-east"  # where the publisher is
 LINK = ("eu-west", HOME)  # eu-west's reads of us-east's NATS: the link phase 3 also uses
 LATENCY_CHANNEL = "bench:fed"
+TOTAL_CHANNEL = "total:fed"  # in a namespace with ordering = "total"
 THROUGHPUT_CHANNELS = tuple(f"bench:fed-{i}" for i in range(8))
-ALL_CHANNELS = (LATENCY_CHANNEL, *THROUGHPUT_CHANNELS)
+ALL_CHANNELS = (LATENCY_CHANNEL, TOTAL_CHANNEL, *THROUGHPUT_CHANNELS)
 DEFAULT_RATE = 100  # msgs/s of the fixed-rate phases when --rate is 0
 MAX_MESSAGES = 100_000  # per phase, whatever --seconds and --rate say
 DRAIN_CAP_S = 60.0  # after publishing stops, the longest wait (+ seconds) for acks and deliveries
@@ -216,6 +217,10 @@ def _relay_config(region: str, nats_url: str, peer_urls: dict[str, str]) -> str:
         "outbox_max_messages = 100000",  # this measures links, not the slow-consumer policy
         "[federation]",
         f"ack_wait_s = {ACK_WAIT_S}",
+        "[[namespaces]]",
+        'name = "total"',
+        'prefix = "total:"',
+        'ordering = "total"',
     ]
     for peer, url in peer_urls.items():
         lines += [
@@ -747,6 +752,7 @@ class Report:
     rate: int
     warm_up_s: float
     latency: PhaseResult
+    total: PhaseResult
     throughput: PhaseResult
     order: OrderCheck
     bare: BareResult
@@ -783,6 +789,9 @@ async def _measure(
             fixed = await _relaynet_phase(
                 url, receivers, proxies, opened, (LATENCY_CHANNEL,), seconds, rate, pids.values()
             )
+            total = await _relaynet_phase(
+                url, receivers, proxies, opened, (TOTAL_CHANNEL,), seconds, rate, pids.values()
+            )
             burst = await _relaynet_phase(
                 url, receivers, proxies, opened, THROUGHPUT_CHANNELS, seconds, 0, pids.values()
             )
@@ -797,6 +806,7 @@ async def _measure(
         rate=rate,
         warm_up_s=warm_up_s,
         latency=fixed,
+        total=total,
         throughput=burst,
         order=order,
         bare=bare,
@@ -935,8 +945,13 @@ def _phase_common(phase: PhaseResult) -> list[str]:
     return lines
 
 
+def _cost(region: str, causal: PhaseResult, total: PhaseResult) -> str:
+    c, t = causal.regions[region].latency_ms, total.regions[region].latency_ms
+    return f"{region} {_ms(t[0] - c[0])} / {_ms(t[1] - c[1])}"
+
+
 def format_report(r: Report) -> str:
-    fixed, burst, bare, order = r.latency, r.throughput, r.bare, r.order
+    fixed, total, burst, bare, order = r.latency, r.total, r.throughput, r.bare, r.order
     remote = [region for region in REGIONS if region != HOME]
     lines = [
         f"== relaynet federation: {len(REGIONS)} regions on loopback, "
@@ -945,7 +960,7 @@ def format_report(r: Report) -> str:
         "each; publisher in us-east",
         f"links                 6 LinkProxy (one per directed link), requested {r.latency_ms:g} ms "
         "one way",
-        "ordering              causal (total order is not built yet)",
+        f"ordering              causal on {fixed.channels[0]}, total on {total.channels[0]}",
         f"warm-up               links carried a message on every channel to every region "
         f"{r.warm_up_s:.2f} s after the relays were ready",
         "",
@@ -954,6 +969,14 @@ def format_report(r: Report) -> str:
         *_phase_common(fixed),
         "publish -> deliver (-L: minus the requested one-way latency, what relaynet adds)",
         *_region_table(fixed, r.latency_ms, rates=False),
+        "",
+        f"-- 1b. the same in total order: {total.rate} msgs/s for {total.seconds:g} s on "
+        f'{total.channels[0]} (ordering = "total") --',
+        *_phase_common(total),
+        "publish -> deliver (-L: minus the requested one-way latency)",
+        *_region_table(total, r.latency_ms, rates=False),
+        "total order costs, p50 / p99 (total - causal, ms):   "
+        + "   ".join(_cost(region, fixed, total) for region in REGIONS),
         "",
         f"-- 2. what one link carries: {ACK_WINDOW} unacked publishes at most, "
         f"{len(burst.channels)} channels round-robin, {burst.seconds:g} s --",
