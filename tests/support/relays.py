@@ -17,12 +17,8 @@ import anyio
 from config.schema import RelayConfig
 from relay.node import RelayNode
 
-# Waits in tests scale with this factor (slow machines set it higher); never fixed sleeps.
-TIMEOUT_FACTOR = float(os.environ.get("RELAYNET_TEST_TIMEOUT_FACTOR", "1"))
-
-
-def timeout(seconds: float) -> float:
-    return seconds * TIMEOUT_FACTOR
+# Waits in tests scale with RELAYNET_TEST_TIMEOUT_FACTOR (slow machines set it higher).
+from relay.simulate.client import timeout as timeout
 
 
 def make_config(
