@@ -13,6 +13,8 @@ import anyio
 from config.loader import ConfigError, load_config
 from config.schema import RelayConfig
 
+DEFAULT_REGIONS = "us-east,eu-west,ap-south"
+
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
@@ -109,6 +111,47 @@ def _cmd_federate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from relay.simulate.spec import SpecError, parse_matrix, parse_regions, uniform
+    from relay.simulate.spec import parse_duration_ms as duration
+
+    try:
+        if args.latency_matrix:
+            path = Path(args.latency_matrix)
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                raise SpecError(
+                    f"--latency-matrix {path}: cannot read it ({exc.strerror})"
+                ) from None
+            spec = parse_matrix(text, str(path))
+            if args.regions and parse_regions(args.regions) != spec.regions:
+                raise SpecError(f"--regions does not match the regions of {path}; give one")
+        else:
+            spec = uniform(parse_regions(args.regions or DEFAULT_REGIONS), duration(args.latency))
+    except SpecError as exc:
+        print(f"relaynet simulate: {exc}", file=sys.stderr)
+        return 2
+    from relay.simulate.runner import run_simulation
+
+    _setup_logging(args.verbose)
+    if not args.verbose:
+        logging.getLogger("relaynet").setLevel(logging.WARNING)
+        logging.getLogger("federation").setLevel(logging.WARNING)
+    try:
+        code: int = anyio.run(
+            run_simulation, spec, args.relays_per_region, args.refresh, args.duration
+        )
+    except RuntimeError as exc:  # no Docker engine, a port taken, a relay that will not start
+        print(f"relaynet simulate: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
 def _cmd_config_check(args: argparse.Namespace) -> int:
     from config.summary import describe
 
@@ -160,6 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
     federate.add_argument("--config", required=True, help="region config file (TOML)")
     federate.add_argument("-v", "--verbose", action="store_true")
     federate.set_defaults(func=_cmd_federate)
+
+    simulate = sub.add_parser(
+        "simulate", help="several regions on this machine: NATS containers, relays, links"
+    )
+    simulate.add_argument("--regions", help=f"comma-separated (default {DEFAULT_REGIONS})")
+    simulate.add_argument("--latency", default="50ms", help="one-way latency of every link")
+    simulate.add_argument("--latency-matrix", help="file: one-way latency per directed link")
+    simulate.add_argument("--relays-per-region", type=int, default=1)
+    simulate.add_argument("--refresh", type=float, default=2.0, help="status table interval")
+    simulate.add_argument("--duration", type=float, help="stop after this many seconds")
+    simulate.add_argument("-v", "--verbose", action="store_true")
+    simulate.set_defaults(func=_cmd_simulate)
 
     config = sub.add_parser("config", help="config file tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)

@@ -16,5 +16,13 @@ echo "== ruff"
 .venv/bin/ruff format --check .
 echo "== mypy"
 .venv/bin/mypy
+echo "== docker engine (for tests/simulate)"
+if [ "${CI:-}" = true ]; then
+    tests/docker_engine.sh
+else
+    tests/docker_engine.sh || echo "(no Docker engine: tests/simulate will be skipped)" >&2
+fi
+export TESTCONTAINERS_RYUK_DISABLED=true
+export TESTCONTAINERS_HOST_OVERRIDE=127.0.0.1
 echo "== pytest"
 exec .venv/bin/python -m pytest "$@"

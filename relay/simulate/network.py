@@ -1,0 +1,370 @@
+"""RelayNetwork: a multi-region relaynet on one machine, for demos and for tests.
+
+Per region: a NATS (JetStream) container started with testcontainers (host
+networking on its own loopback port) and relay processes; per directed
+inter-region link: a delay/cut proxy (``federation.linkproxy``) that carries
+one region's federation reads of the other's NATS. Everything stays on
+127.0.0.1. Partitions, latency changes, region kills and restarts act on those
+real parts; nothing is mocked.
+
+Use it as an async context manager (``async with RelayNetwork(spec) as net``)
+or, from synchronous code and the pytest fixture, through ``BlockingRelayNetwork``
+which runs the same object on an event loop in a background thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from federation.linkproxy import LinkProxy
+from relay.adapters.embedded_nats import _die_with_parent
+from relay.simulate import containers
+from relay.simulate.client import ProtocolClient, protocol_client
+from relay.simulate.spec import NetworkSpec, SpecError
+
+log = logging.getLogger("relaynet.simulate")
+
+RELAY_START_TIMEOUT_S = 30.0
+
+
+@dataclass
+class _Relay:
+    relay_id: str
+    port: int
+    config: Path
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/ws"
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class _Region:
+    name: str
+    nats: containers.NatsContainer
+    relays: list[_Relay] = field(default_factory=list)
+    down: bool = False
+
+
+def _relay_toml(
+    region: str,
+    relay: _Relay,
+    nats_url: str,
+    peers: Sequence[tuple[str, str, str]],
+    namespaces: Sequence[dict[str, Any]],
+) -> str:
+    lines = [
+        "[region]", f"name = {json.dumps(region)}",
+        "[relay]", f"id = {json.dumps(relay.relay_id)}", 'host = "127.0.0.1"',
+        f"port = {relay.port}", "shutdown_grace_s = 2.0",
+        "[nats]", f"url = {json.dumps(nats_url)}",
+        # Quick hand-overs and redeliveries: a simulation is about seeing effects soon.
+        "[federation]", "ack_wait_s = 2.0", "lease_ttl_s = 1.5",
+    ]  # fmt: skip
+    for rule in namespaces:
+        lines.append("[[namespaces]]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in rule.items()]
+    for peer, edge_url, peer_nats_url in peers:
+        lines += [
+            "[[peers]]", f"region = {json.dumps(peer)}",
+            f"edge_url = {json.dumps(edge_url)}", f"nats_url = {json.dumps(peer_nats_url)}",
+        ]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+class RelayNetwork:
+    def __init__(
+        self,
+        spec: NetworkSpec,
+        *,
+        relays_per_region: int = 1,
+        namespaces: Sequence[dict[str, Any]] = (),
+        workdir: Path | None = None,
+    ) -> None:
+        if relays_per_region < 1:
+            raise SpecError("relays_per_region must be at least 1")
+        self.spec = spec
+        self.relays_per_region = relays_per_region
+        self.namespaces = list(namespaces)
+        self.session = uuid.uuid4().hex[:8]
+        self._own_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"relaynet-sim-{self.session}-"))
+        self.regions: dict[str, _Region] = {}
+        self.proxies: dict[tuple[str, str], LinkProxy] = {}
+        self._tg: TaskGroup | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> RelayNetwork:
+        reason = await anyio.to_thread.run_sync(containers.docker_available)
+        if reason is not None:
+            raise RuntimeError(reason)
+        self._stack = contextlib.AsyncExitStack()
+        await self._stack.__aenter__()
+        try:
+            self._stack.push_async_callback(self._teardown)
+            self._tg = await self._stack.enter_async_context(anyio.create_task_group())
+            await self._start()
+        except BaseException:
+            await self._stack.__aexit__(*sys.exc_info())
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        await self._stack.__aexit__(*exc)
+
+    async def _start(self) -> None:
+        assert self._tg is not None
+        image = await anyio.to_thread.run_sync(containers.ensure_nats_image)
+        for name in self.spec.regions:
+            store = self.workdir / name / "nats"
+            store.mkdir(parents=True, exist_ok=True)
+            nats = containers.NatsContainer(
+                name,
+                client_port=containers.free_port(),
+                monitor_port=containers.free_port(),
+                store_dir=store,
+                image=image,
+                session=self.session,
+            )
+            self.regions[name] = _Region(name, nats)
+        for region in self.regions.values():
+            await anyio.to_thread.run_sync(region.nats.start)
+        for (a, b), latency in self.spec.latency_ms.items():
+            target = self.regions[b].nats
+            proxy = LinkProxy("127.0.0.1", target.client_port, latency_ms=latency, name=f"{a}<-{b}")
+            await self._tg.start(proxy.run)
+            self.proxies[(a, b)] = proxy
+        for region in self.regions.values():
+            for i in range(self.relays_per_region):
+                relay_id = f"{region.name}-{i + 1}"
+                region.relays.append(
+                    _Relay(
+                        relay_id,
+                        containers.free_port(),
+                        self.workdir / region.name / f"{relay_id}.toml",
+                        self.workdir / region.name / f"{relay_id}.log",
+                    )
+                )
+        for region in self.regions.values():
+            self._write_configs(region)
+        with anyio.fail_after(RELAY_START_TIMEOUT_S):
+            async with anyio.create_task_group() as tg:
+                for region in self.regions.values():
+                    for relay in region.relays:
+                        tg.start_soon(anyio.to_thread.run_sync, self._spawn_relay, relay)
+        log.info("network %s up: %s", self.session, ", ".join(self.edges().values()))
+
+    def _write_configs(self, region: _Region) -> None:
+        peers = [
+            (
+                peer,
+                self.regions[peer].relays[0].url,
+                f"nats://127.0.0.1:{self.proxies[(region.name, peer)].port}",
+            )
+            for peer in self.spec.regions
+            if peer != region.name
+        ]
+        for relay in region.relays:
+            relay.config.write_text(
+                _relay_toml(region.name, relay, region.nats.url, peers, self.namespaces)
+            )
+
+    @staticmethod
+    def _spawn_relay(relay: _Relay) -> None:
+        with open(relay.log, "ab") as out:
+            relay.proc = subprocess.Popen(
+                [sys.executable, "-m", "relay.cli", "relay", "--config", str(relay.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=out,
+                preexec_fn=_die_with_parent,
+                start_new_session=True,
+            )
+        assert relay.proc.stdout is not None
+        deadline = time.monotonic() + RELAY_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            line = relay.proc.stdout.readline().decode()
+            if not line:
+                break
+            if "ready on " in line:
+                relay.proc.stdout.close()
+                return
+        tail = relay.log.read_text(errors="replace").splitlines()[-10:]
+        raise RuntimeError(f"relay {relay.relay_id} did not start:\n" + "\n".join(tail))
+
+    @staticmethod
+    def _stop_relay(relay: _Relay, sig: int = signal.SIGTERM) -> None:
+        proc = relay.proc
+        if proc is None or proc.poll() is not None:
+            return
+        os.kill(proc.pid, sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    async def _teardown(self) -> None:
+        with anyio.CancelScope(shield=True):
+            for region in self.regions.values():
+                for relay in region.relays:
+                    await anyio.to_thread.run_sync(self._stop_relay, relay)
+            for region in self.regions.values():
+                with contextlib.suppress(Exception):
+                    await anyio.to_thread.run_sync(region.nats.remove)
+            await anyio.to_thread.run_sync(containers.remove_leftovers, self.session)
+            if self._own_workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # --- what tests use -------------------------------------------------------------------
+
+    def edge(self, region: str) -> str:
+        return self._region(region).relays[0].url
+
+    def edges(self) -> dict[str, str]:
+        return {name: self.edge(name) for name in self.regions}
+
+    @asynccontextmanager
+    async def client(self, near: str) -> AsyncIterator[ProtocolClient]:
+        async with protocol_client(self.edge(near)) as client:
+            yield client
+
+    def partition(self, a: str, b: str) -> None:
+        """Cut the link between two regions, both ways (connections reset, none accepted)."""
+        for link in ((a, b), (b, a)):
+            self._proxy(link).cut()
+
+    def hold(self, a: str, b: str) -> None:
+        """A silent partition: bytes stop flowing, connections stay open."""
+        for link in ((a, b), (b, a)):
+            self._proxy(link).hold()
+
+    def heal(self) -> None:
+        for proxy in self.proxies.values():
+            proxy.heal()
+
+    def set_latency(self, a: str, b: str, ms: float) -> None:
+        if ms < 0:
+            raise SpecError(f"latency {a} <-> {b} must not be negative (got {ms})")
+        for link in ((a, b), (b, a)):
+            self._proxy(link).set_latency(ms)
+
+    async def kill_region(self, region: str) -> None:
+        """SIGKILL the region's relays and its NATS: a region burning down."""
+        target = self._region(region)
+        for relay in target.relays:
+            await anyio.to_thread.run_sync(self._stop_relay, relay, signal.SIGKILL)
+        await anyio.to_thread.run_sync(target.nats.kill)
+        target.down = True
+
+    async def restart_region(self, region: str) -> None:
+        """Bring a region back: the same NATS container (and store), then its relays."""
+        target = self._region(region)
+        for relay in target.relays:
+            await anyio.to_thread.run_sync(self._stop_relay, relay)
+        await anyio.to_thread.run_sync(target.nats.start_again)
+        with anyio.fail_after(RELAY_START_TIMEOUT_S):
+            for relay in target.relays:
+                await anyio.to_thread.run_sync(self._spawn_relay, relay)
+        target.down = False
+
+    def status(self) -> list[dict[str, Any]]:
+        """One row per directed link: state, requested and measured latency."""
+        rows = []
+        for (a, b), proxy in self.proxies.items():
+            measured = proxy.measured_latency_ms()
+            rows.append(
+                {
+                    "link": f"{a} <- {b}",
+                    "state": "down" if self.regions[b].down else proxy.state,
+                    "requested_ms": proxy.latency_ms,
+                    "measured_ms": None if measured is None else measured[0],
+                }
+            )
+        return rows
+
+    def _region(self, name: str) -> _Region:
+        try:
+            return self.regions[name]
+        except KeyError:
+            known = ", ".join(self.regions)
+            raise SpecError(f"unknown region {name!r} (this network has: {known})") from None
+
+    def _proxy(self, link: tuple[str, str]) -> LinkProxy:
+        self._region(link[0])
+        self._region(link[1])
+        if link not in self.proxies:
+            raise SpecError(f"no link between {link[0]} and itself")
+        return self.proxies[link]
+
+
+class BlockingRelayNetwork:
+    """The same network for synchronous code: runs it on a loop in a background thread."""
+
+    def __init__(self, network: RelayNetwork, portal: BlockingPortal) -> None:
+        self.network = network
+        self._portal = portal
+
+    def edge(self, region: str) -> str:
+        return self.network.edge(region)
+
+    def edges(self) -> dict[str, str]:
+        return self.network.edges()
+
+    def partition(self, a: str, b: str) -> None:
+        self._portal.call(self.network.partition, a, b)
+
+    def hold(self, a: str, b: str) -> None:
+        self._portal.call(self.network.hold, a, b)
+
+    def heal(self) -> None:
+        self._portal.call(self.network.heal)
+
+    def set_latency(self, a: str, b: str, ms: float) -> None:
+        self._portal.call(self.network.set_latency, a, b, ms)
+
+    def kill_region(self, region: str) -> None:
+        self._portal.call(self.network.kill_region, region)
+
+    def restart_region(self, region: str) -> None:
+        self._portal.call(self.network.restart_region, region)
+
+    def status(self) -> list[dict[str, Any]]:
+        return self._portal.call(self.network.status)
+
+
+@contextlib.contextmanager
+def relay_network(spec: NetworkSpec, **kwargs: Any) -> Iterator[BlockingRelayNetwork]:
+    """A plain (synchronous) context manager, for any test runner."""
+    with start_blocking_portal() as portal:
+        network = RelayNetwork(spec, **kwargs)
+        with portal.wrap_async_context_manager(network):
+            yield BlockingRelayNetwork(network, portal)
