@@ -100,7 +100,7 @@ class World:
 STEP = st.tuples(
     st.sampled_from(["publish", "deliver", "catch-up", "null"]),
     st.integers(0, len(REGIONS) - 1),  # the region acting
-    st.integers(0, 10_000),  # which entry, or which peer, (modulo how many exist)
+    st.integers(0, 10_000),  # which entry, peer or debtor (modulo how many there are)
     st.none() | st.sampled_from(DEDUPE_IDS),  # a publish's dedupe id
 )
 
@@ -108,9 +108,12 @@ STEP = st.tuples(
 def simulate(data: st.DataObject, *, check_every_add: bool = False) -> World:
     max_ids = data.draw(st.sampled_from([1, 2, 10_000]), label="max_ids")
     # One draw for the whole schedule: drawing step by step costs more than the test.
-    # (Lists average about five elements; fix the length to get long schedules too.)
-    steps = data.draw(st.integers(0, 60), label="steps")
-    schedule = data.draw(st.lists(STEP, min_size=steps, max_size=steps), label="schedule")
+    # Lists average about five elements; a list of bursts gives long schedules too, and
+    # the shrinker can still delete steps one by one.
+    bursts = data.draw(
+        st.lists(st.lists(STEP, min_size=2, max_size=14), max_size=6), label="schedule"
+    )
+    schedule = [step for burst in bursts for step in burst]
     rng = data.draw(st.randoms(use_true_random=False), label="link order")
     world = World(max_ids, check_every_add)
     regions = [world.regions[name] for name in REGIONS]
