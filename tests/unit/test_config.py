@@ -705,4 +705,3 @@ def test_readme_reference_block_is_up_to_date() -> None:
     assert block.strip() == render_reference().strip(), (
         "README config reference is stale: regenerate it with `python -m config.reference`"
     )
-
