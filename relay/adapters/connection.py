@@ -232,8 +232,8 @@ class Connection:
             if not self.session.subscribe_succeeded(channel):
                 self._drop(channel, key)
                 return
-            head = attached.head_position.merge(position)
-            self.outbox.offer(subscribed_frame(request.ref, channel, head, True))
+            # Your own position: the replay that follows takes you from there.
+            self.outbox.offer(subscribed_frame(request.ref, channel, position, True))
             while batch is not None:
                 for entry in batch:
                     if not self._is_current(channel, key):

@@ -1,0 +1,507 @@
+"""ClientSession: what a client must remember across connections, without I/O.
+
+Theory of operation
+-------------------
+The I/O layer owns the WebSocket (and the choice of region). It hands every
+received text frame to ``receive()`` and gets back events (nouns:
+``Message``, ``Acked``, ``PositionExpired``...); it sends the bytes that
+``subscribe()``, ``unsubscribe()`` and ``publish()`` return; and on every new
+connection, in whichever region, it sends what ``on_reconnect()`` returns.
+When a connection closes, ``close_policy(code)`` says whether to come back.
+
+Two things survive a reconnect:
+
+* **Subscriptions and positions.** For each channel the session keeps the
+  position it has processed up to and resubscribes with it, so the relay
+  replays exactly what was missed. The position only grows: it is the
+  pointwise maximum of the positions of the messages processed, because after
+  a failover another region's log may order concurrent messages differently,
+  and adopting a message's position as is could move an entry backwards and
+  let an already delivered message through again. A message the position
+  already covers (``position[origin] >= ts[origin]``) is dropped, as is a
+  message whose id was recently delivered on the channel (the same publish
+  retried in two regions is stored once per region, under the same id).
+  The application never sees a duplicate.
+* **Unacknowledged publishes.** Each publish gets an idempotency id that does
+  not depend on the connection (a random prefix and a counter) and stays
+  pending until its ``ack``. ``on_reconnect()`` publishes every pending one
+  again with the same id: the relay deduplicates by id within its window, so a
+  publish whose ack was lost is not stored twice.
+
+Malformed server frames never raise: they become a ``BadFrame`` event; frames
+with an ``op`` this version does not know are ignored (the protocol lets
+servers add ops and fields). Misusing the API (subscribing twice, invalid JSON
+data) raises ``ValueError``: that is a bug in the caller.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import msgspec
+
+from federation.vclock import ClockError, VectorClock
+from relay.protocol.errors import CloseCode, ErrorCode
+
+Ref = str | int | None
+ClosePolicy = Literal["reconnect", "stop"]
+
+# How many (channel, id) pairs to remember for dropping a message stored twice under one id.
+DEFAULT_ID_MEMORY: Final = 4096
+# Printable ASCII without spaces, like the ids themselves (PROTOCOL.md: 1-128 characters).
+_ID_PREFIX_RE: Final = re.compile(r"[\x21-\x7e]{1,100}")
+# 96 random bits: ids are deduplicated per channel across every client, so they must not collide.
+_PREFIX_BITS: Final = 96
+
+
+# --- events ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Connected:
+    region: str
+    relay: str
+    connection_id: str
+    heartbeat_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Subscribed:
+    channel: str
+    position: VectorClock
+    recovered: bool
+
+
+@dataclass(frozen=True)
+class Message:
+    channel: str
+    id: str
+    data_json: bytes
+    origin: str
+    ts: VectorClock
+    position: VectorClock
+
+
+@dataclass(frozen=True)
+class Acked:
+    id: str
+    channel: str
+    position: VectorClock
+
+
+@dataclass(frozen=True)
+class ErrorReceived:
+    code: str
+    message: str
+    ref: Ref
+    temporary: bool
+    # What the failed request was about, when the session sent it.
+    channel: str | None = None
+    publish_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PositionExpired:
+    """The relay no longer stores everything after our position: subscribe again from
+    ``earliest`` (accepting the gap) or without a position (live only)."""
+
+    channel: str
+    earliest: VectorClock
+
+
+@dataclass(frozen=True)
+class BadFrame:
+    reason: str
+
+
+Event = Connected | Subscribed | Message | Acked | ErrorReceived | PositionExpired | BadFrame
+
+
+# --- close codes -------------------------------------------------------------------------
+
+# Standard codes (RFC 6455) that PROTOCOL.md does not list. A peer that found our frames
+# malformed or unacceptable will find them so again; anything else is worth another try.
+_STOP_CODES: Final = frozenset(
+    {
+        CloseCode.NORMAL,
+        1002,  # protocol error
+        1003,  # unsupported data
+        1007,  # invalid payload (not UTF-8)
+        1008,  # policy violation
+        1010,  # mandatory extension
+    }
+)
+
+
+def close_policy(code: int) -> ClosePolicy:
+    """What to do after the connection closed with ``code`` (PROTOCOL.md, close codes).
+
+    1000 is a deliberate end; 4500-4999 mean "do not reconnect until something
+    changes". 1001 (going away), 1006 (connection lost), 1009 (frame too large:
+    the connection is fine, that frame is not), 1011 and 4000-4499 mean
+    reconnect, with backoff, and resume. Unknown codes reconnect: the backoff
+    bounds the cost of being wrong, giving up does not.
+    """
+    if 4500 <= code <= 4999 or code in _STOP_CODES:
+        return "stop"
+    return "reconnect"
+
+
+# --- wire format -------------------------------------------------------------------------
+
+
+class _SubscribeOut(msgspec.Struct, tag="subscribe", tag_field="op", omit_defaults=True):
+    channel: str
+    ref: int
+    position: dict[str, int] | None = None
+
+
+class _UnsubscribeOut(msgspec.Struct, tag="unsubscribe", tag_field="op"):
+    channel: str
+    ref: int
+
+
+class _PublishOut(msgspec.Struct, tag="publish", tag_field="op"):
+    channel: str
+    id: str
+    data: msgspec.Raw  # the caller's JSON bytes, spliced in unchanged
+    ref: int
+
+
+class _ConnectedIn(msgspec.Struct, tag="connected", tag_field="op"):
+    region: str
+    relay: str
+    connection_id: str
+    heartbeat_s: float | None = None
+
+
+class _SubscribedIn(msgspec.Struct, tag="subscribed", tag_field="op"):
+    channel: str
+    position: dict[str, int]
+    recovered: bool = False
+    ref: Ref = None
+
+
+class _MessageIn(msgspec.Struct, tag="message", tag_field="op"):
+    channel: str
+    id: str
+    data: msgspec.Raw
+    origin: str
+    ts: dict[str, int]
+    position: dict[str, int]
+
+
+class _AckIn(msgspec.Struct, tag="ack", tag_field="op"):
+    id: str
+    channel: str
+    position: dict[str, int]
+    ref: Ref = None
+
+
+class _ErrorIn(msgspec.Struct, tag="error", tag_field="op"):
+    code: str
+    message: str = ""
+    temporary: bool = False
+    ref: Ref = None
+    channel: str | None = None
+    earliest: dict[str, int] | None = None
+
+
+_ServerFrame = _ConnectedIn | _SubscribedIn | _MessageIn | _AckIn | _ErrorIn
+_HANDLED_OPS: Final = frozenset({"connected", "subscribed", "message", "ack", "error"})
+_decoder: Final = msgspec.json.Decoder(_ServerFrame)
+
+
+# --- state -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Channel:
+    # The application wants this channel: it is subscribed, or will be on the next connection.
+    wanted: bool = True
+    # Processed up to here; None before the first `subscribed` or message.
+    position: VectorClock | None = None
+    # The relay cannot serve `position` any more: resuming from it would only fail again.
+    expired: bool = False
+    # Ref of the subscribe sent on the current connection; None when not subscribed on it.
+    ref: int | None = None
+
+
+@dataclass(frozen=True)
+class _Request:
+    op: Literal["subscribe", "unsubscribe", "publish"]
+    channel: str
+    publish_id: str | None = None
+
+
+class ClientSession:
+    def __init__(
+        self,
+        rng: random.Random,
+        *,
+        id_prefix: str | None = None,
+        id_memory: int = DEFAULT_ID_MEMORY,
+    ) -> None:
+        if id_prefix is None:
+            id_prefix = f"{rng.getrandbits(_PREFIX_BITS):0{_PREFIX_BITS // 4}x}"
+        elif not _ID_PREFIX_RE.fullmatch(id_prefix):
+            raise ValueError("id_prefix must be 1-100 printable ASCII characters without spaces")
+        if id_memory < 1:
+            raise ValueError("id_memory must be >= 1")
+        self.id_prefix = id_prefix
+        self._id_memory = id_memory
+        self._next_ref = 1
+        self._next_id = 1
+        self._channels: dict[str, _Channel] = {}
+        self._pending: dict[str, tuple[str, bytes]] = {}  # id -> (channel, data), in send order
+        self._requests: dict[int, _Request] = {}  # ref -> what we sent, on this connection
+        self._seen: dict[tuple[str, str], None] = {}  # (channel, id), oldest first
+
+    close_policy = staticmethod(close_policy)
+
+    # --- queries --------------------------------------------------------------------------
+
+    @property
+    def channels(self) -> list[str]:
+        """Channels the application is subscribed to (or that will be resubscribed)."""
+        return [name for name, state in self._channels.items() if state.wanted]
+
+    def position(self, channel: str) -> VectorClock | None:
+        """Where the application is in ``channel``: what to persist to resume after a restart."""
+        state = self._channels.get(channel)
+        return state.position if state is not None else None
+
+    @property
+    def pending(self) -> dict[str, str]:
+        """Unacknowledged publishes: id -> channel, in the order they were made."""
+        return {message_id: channel for message_id, (channel, _) in self._pending.items()}
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight: a safe point to move to another region."""
+        return not self._pending
+
+    # --- commands -------------------------------------------------------------------------
+
+    def subscribe(self, channel: str, position: Mapping[str, int] | None = None) -> bytes:
+        """Frame subscribing to ``channel``.
+
+        Without ``position`` the session resumes from where it is in the channel if
+        it has been there before (and that position has not expired), else live.
+        With ``position`` (a persisted one, or ``earliest`` after ``PositionExpired``)
+        it starts there; messages it has already delivered are still dropped.
+        """
+        state = self._channels.get(channel)
+        if state is not None and state.wanted and state.ref is not None:
+            raise ValueError(f"already subscribed to {channel!r}")
+        start = VectorClock.parse(dict(position)) if position is not None else None
+        if state is None:
+            state = self._channels[channel] = _Channel()
+        state.wanted = True
+        if start is None:
+            return self._subscribe_frame(channel, state, self._resume_from(state))
+        # Keep what was already delivered covered, so that starting earlier repeats nothing.
+        state.position = start if state.position is None else state.position.merge(start)
+        state.expired = False
+        return self._subscribe_frame(channel, state, start)
+
+    def unsubscribe(self, channel: str) -> bytes:
+        """Frame unsubscribing; the session forgets the channel and its position."""
+        state = self._channels.get(channel)
+        if state is None or not state.wanted:
+            raise ValueError(f"not subscribed to {channel!r}")
+        del self._channels[channel]
+        ref = self._ref()
+        self._requests[ref] = _Request("unsubscribe", channel)
+        return msgspec.json.encode(_UnsubscribeOut(channel, ref))
+
+    def forget(self, channel: str) -> None:
+        """Drop what is known about a channel that is not subscribed (e.g. after it expired)."""
+        state = self._channels.get(channel)
+        if state is not None and state.wanted:
+            raise ValueError(f"{channel!r} is subscribed: unsubscribe instead")
+        self._channels.pop(channel, None)
+
+    def publish(self, channel: str, data_json: bytes) -> tuple[str, bytes]:
+        """Assign an idempotency id, remember the publish until acked, return (id, frame)."""
+        try:
+            msgspec.json.decode(data_json)
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"data is not valid JSON: {exc}") from None
+        message_id = f"{self.id_prefix}-{self._next_id}"
+        self._next_id += 1
+        self._pending[message_id] = (channel, bytes(data_json))
+        return message_id, self._publish_frame(message_id)
+
+    def on_reconnect(self) -> list[bytes]:
+        """Frames for a new connection, in any region: resubscribe, then publish again.
+
+        Subscriptions go first so that the replies to the republished messages do
+        not race with the replay; pending publishes keep their order and ids.
+        """
+        # Replies to requests of the old connection will never come.
+        self._requests.clear()
+        frames: list[bytes] = []
+        for channel, state in self._channels.items():
+            state.ref = None
+            if state.wanted:
+                frames.append(self._subscribe_frame(channel, state, self._resume_from(state)))
+        frames.extend(self._publish_frame(message_id) for message_id in self._pending)
+        return frames
+
+    def republish_pending(self) -> list[bytes]:
+        """Frames publishing every pending message again on the current connection
+        (after a temporary error such as ``unavailable``); the ids make it safe."""
+        return [self._publish_frame(message_id) for message_id in self._pending]
+
+    # --- server frames --------------------------------------------------------------------
+
+    def receive(self, frame_text: str | bytes) -> list[Event]:
+        try:
+            frame = _decoder.decode(frame_text)
+        except msgspec.ValidationError as exc:
+            return self._undecodable(frame_text, exc)
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+            return [BadFrame(f"frame is not valid JSON: {exc}")]
+        try:
+            if isinstance(frame, _MessageIn):
+                return self._message(frame)
+            if isinstance(frame, _AckIn):
+                return self._ack(frame)
+            if isinstance(frame, _SubscribedIn):
+                return self._subscribed(frame)
+            if isinstance(frame, _ErrorIn):
+                return self._error(frame)
+            return [Connected(frame.region, frame.relay, frame.connection_id, frame.heartbeat_s)]
+        except ClockError as exc:
+            return [BadFrame(f"{type(frame).__struct_config__.tag}: {exc}")]
+
+    def _message(self, frame: _MessageIn) -> list[Event]:
+        state = self._channels.get(frame.channel)
+        if state is None or not state.wanted:
+            return []  # unsubscribed meanwhile: the relay has not processed it yet
+        ts = _clock("ts", frame.ts)
+        position = _clock("position", frame.position)
+        if ts.get(frame.origin) < 1:
+            return [BadFrame(f"message {frame.id!r}: ts has no entry for its origin")]
+        if state.position is not None and state.position.covers(frame.origin, ts):
+            return []  # delivered before this reconnect / failover
+        state.position = position if state.position is None else state.position.merge(position)
+        key = (frame.channel, frame.id)
+        if key in self._seen:
+            return []  # the same publish stored in another region too; the position still moves
+        self._seen[key] = None
+        if len(self._seen) > self._id_memory:
+            del self._seen[next(iter(self._seen))]
+        return [Message(frame.channel, frame.id, bytes(frame.data), frame.origin, ts, position)]
+
+    def _ack(self, frame: _AckIn) -> list[Event]:
+        if isinstance(frame.ref, int):
+            self._requests.pop(frame.ref, None)
+        # The ack's position is where the message was stored, not where this client has read
+        # to: the push of our own message may still be on its way, so it must not move ours.
+        position = _clock("position", frame.position)
+        if self._pending.pop(frame.id, None) is None:
+            return []  # a second ack after a republish: the first one was reported
+        return [Acked(frame.id, frame.channel, position)]
+
+    def _subscribed(self, frame: _SubscribedIn) -> list[Event]:
+        if isinstance(frame.ref, int):
+            self._requests.pop(frame.ref, None)
+        state = self._channels.get(frame.channel)
+        if state is None or not state.wanted or (frame.ref is not None and frame.ref != state.ref):
+            return []  # answers a subscribe the application has since withdrawn
+        position = _clock("position", frame.position)
+        # Live: reading starts at the channel's current position, so that is where we are.
+        # Recovered: the reply carries the channel's head, and the replay that follows is
+        # what gets us there; adopting it now would drop the whole replay as duplicates.
+        if not frame.recovered:
+            state.position = position if state.position is None else state.position.merge(position)
+            state.expired = False
+        return [Subscribed(frame.channel, position, frame.recovered)]
+
+    def _error(self, frame: _ErrorIn) -> list[Event]:
+        request = self._requests.pop(frame.ref, None) if isinstance(frame.ref, int) else None
+        if request is None:
+            return [ErrorReceived(frame.code, frame.message, frame.ref, frame.temporary)]
+        if request.op == "subscribe":
+            state = self._channels.get(request.channel)
+            if state is None or not state.wanted or state.ref != frame.ref:
+                return []  # answers a subscribe the application has since withdrawn
+            if frame.code == ErrorCode.POSITION_EXPIRED:
+                earliest = _clock("earliest", frame.earliest if frame.earliest is not None else {})
+                # The relay did not subscribe us. Which way to go on (accept the gap from
+                # `earliest`, or live only) is the application's call; until then there is
+                # nothing to restore on a reconnect.
+                state.wanted = False
+                state.expired = True
+                state.ref = None
+                return [PositionExpired(request.channel, earliest)]
+            if frame.code != ErrorCode.ALREADY_SUBSCRIBED:
+                state.ref = None
+                # A temporary failure is retried on the next connection (or by subscribing
+                # again now); a permanent one would fail the same way every time.
+                state.wanted = frame.temporary
+        elif request.op == "publish" and not frame.temporary:
+            assert request.publish_id is not None
+            self._pending.pop(request.publish_id, None)  # resending it would be refused again
+        return [
+            ErrorReceived(
+                frame.code,
+                frame.message,
+                frame.ref,
+                frame.temporary,
+                request.channel,
+                request.publish_id,
+            )
+        ]
+
+    def _undecodable(self, raw: str | bytes, exc: msgspec.ValidationError) -> list[Event]:
+        # A frame that is not one of ours may just be from a newer relay: only a known op
+        # with the wrong shape is a broken frame.
+        try:
+            generic = msgspec.json.decode(raw)
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as bad:
+            return [BadFrame(f"frame is not valid JSON: {bad}")]
+        if not isinstance(generic, dict) or not isinstance(generic.get("op"), str):
+            return [BadFrame('a frame is a JSON object with an "op" field')]
+        if generic["op"] in _HANDLED_OPS:
+            return [BadFrame(f"{generic['op']}: {exc}")]
+        return []
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _ref(self) -> int:
+        ref = self._next_ref
+        self._next_ref += 1
+        return ref
+
+    @staticmethod
+    def _resume_from(state: _Channel) -> VectorClock | None:
+        return None if state.expired else state.position
+
+    def _subscribe_frame(
+        self, channel: str, state: _Channel, position: VectorClock | None
+    ) -> bytes:
+        ref = self._ref()
+        state.ref = ref
+        self._requests[ref] = _Request("subscribe", channel)
+        body = position.to_dict() if position is not None else None
+        return msgspec.json.encode(_SubscribeOut(channel, ref, body))
+
+    def _publish_frame(self, message_id: str) -> bytes:
+        channel, data = self._pending[message_id]
+        ref = self._ref()
+        self._requests[ref] = _Request("publish", channel, message_id)
+        return msgspec.json.encode(_PublishOut(channel, message_id, msgspec.Raw(data), ref))
+
+
+def _clock(field: str, raw: dict[str, int]) -> VectorClock:
+    try:
+        return VectorClock.parse(raw)
+    except ClockError as exc:
+        raise ClockError(f"{field}: {exc}") from None

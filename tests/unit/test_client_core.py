@@ -1,0 +1,624 @@
+"""The client's pure core: backoff schedule, region choice, and the session state machine."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from federation.vclock import VectorClock
+from relay.client.backoff import Backoff
+from relay.client.routing import Choice, Edge, choose, should_move_back
+from relay.client.session import (
+    Acked,
+    BadFrame,
+    ClientSession,
+    Connected,
+    ErrorReceived,
+    Event,
+    Message,
+    PositionExpired,
+    Subscribed,
+    close_policy,
+)
+
+# --- backoff -----------------------------------------------------------------------------
+
+
+class _Top(random.Random):
+    """Always draws the upper bound, to observe the cap."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def backoff(
+    base_s: float = 0.5, max_s: float = 30.0, reset_after_s: float = 60.0, rng: Any = None
+) -> Backoff:
+    return Backoff(
+        base_s=base_s,
+        max_s=max_s,
+        reset_after_s=reset_after_s,
+        rng=rng if rng is not None else random.Random(0),
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    base=st.floats(0.001, 10.0),
+    factor=st.floats(1.0, 1000.0),
+    seed=st.integers(0, 2**32),
+    attempts=st.integers(1, 80),
+)
+def test_delays_stay_within_the_cap(base: float, factor: float, seed: int, attempts: int) -> None:
+    b = backoff(base, base * factor, rng=random.Random(seed))
+    for n in range(attempts):
+        cap = min(base * factor, base * 2**n)
+        assert b.cap() == pytest.approx(cap)
+        delay = b.next_delay()
+        assert 0.0 <= delay <= cap * (1 + 1e-12)
+        assert b.attempt == n + 1
+
+
+@given(base=st.floats(0.001, 10.0), factor=st.floats(1.0, 1e6))
+def test_cap_doubles_until_max(base: float, factor: float) -> None:
+    max_s = base * factor
+    b = backoff(base, max_s, rng=_Top())
+    delays = [b.next_delay() for _ in range(40)]
+    assert delays[0] == base
+    for prev, cur in itertools.pairwise(delays):
+        assert cur == pytest.approx(min(max_s, 2 * prev))
+    assert delays[-1] == max_s
+
+
+def test_huge_attempt_counts_do_not_overflow() -> None:
+    b = backoff(1.0, 60.0, rng=_Top())
+    assert b.cap(5000) == 60.0
+
+
+@pytest.mark.parametrize(
+    ("up_for", "reset"),
+    [(0.0, False), (59.9, False), (60.0, True), (3600.0, True)],
+)
+def test_a_connection_resets_the_schedule_only_if_it_lasted(up_for: float, reset: bool) -> None:
+    b = backoff(reset_after_s=60.0)
+    for _ in range(4):
+        b.next_delay()
+    b.connected(1000.0)
+    b.disconnected(1000.0 + up_for)
+    assert b.attempt == (0 if reset else 4)
+
+
+def test_failed_attempts_never_reset() -> None:
+    b = backoff(reset_after_s=1.0)
+    b.next_delay()
+    b.disconnected(10_000.0)  # never connected: an attempt that failed
+    b.next_delay()
+    assert b.attempt == 2
+    b.connected(0.0)
+    b.disconnected(5.0)
+    assert b.attempt == 0
+    b.next_delay()
+    b.disconnected(100.0)  # the connected time was consumed by the previous disconnect
+    assert b.attempt == 1
+
+
+def test_same_seed_same_schedule() -> None:
+    a, b = backoff(rng=random.Random(7)), backoff(rng=random.Random(7))
+    assert [a.next_delay() for _ in range(10)] == [b.next_delay() for _ in range(10)]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"base_s": 0.0},
+        {"base_s": -1.0},
+        {"max_s": 0.1},
+        {"reset_after_s": -1.0},
+        {"base_s": math.nan},
+        {"max_s": math.inf},
+    ],
+)
+def test_backoff_refuses_nonsense(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        backoff(**kwargs)
+
+
+# --- routing -----------------------------------------------------------------------------
+
+
+def edges(*specs: tuple[str, bool]) -> list[Edge]:
+    return [Edge(region, f"ws://{region}.example:8701/v1/ws", healthy) for region, healthy in specs]
+
+
+@pytest.mark.parametrize(
+    ("specs", "samples", "order"),
+    [
+        # nearest healthy first, by median
+        (
+            [("us-east", True), ("eu-west", True), ("ap-south", True)],
+            {"us-east": [80, 81, 79], "eu-west": [12, 13, 500], "ap-south": [200, 190, 210]},
+            ("eu-west", "us-east", "ap-south"),
+        ),
+        # failures do not count toward the median; all failed -> after the reachable ones
+        (
+            [("us-east", True), ("eu-west", True), ("ap-south", True)],
+            {"us-east": [None, None], "eu-west": [None, 30, None], "ap-south": [20, None]},
+            ("ap-south", "eu-west", "us-east"),
+        ),
+        # down regions last even when nearest, ordered by RTT among themselves
+        (
+            [("a", False), ("b", True), ("c", False), ("d", False)],
+            {"a": [1], "b": [100], "c": [None], "d": [5]},
+            ("b", "a", "d", "c"),
+        ),
+        # healthy but unprobed after the reachable ones, before the unreachable ones
+        (
+            [("z", True), ("y", True), ("x", True), ("w", False)],
+            {"z": [40], "x": [None]},
+            ("z", "y", "x", "w"),
+        ),
+        # equal medians: the region name decides
+        (
+            [("us-west", True), ("us-east", True)],
+            {"us-west": [10, 20], "us-east": [15, 15]},
+            ("us-east", "us-west"),
+        ),
+        ([], {"us-east": [1]}, ()),
+    ],
+)
+def test_failover_order(
+    specs: list[tuple[str, bool]],
+    samples: dict[str, list[float | None]],
+    order: tuple[str, ...],
+) -> None:
+    assert choose(edges(*specs), samples).order == order
+
+
+def test_medians_and_reasons_quote_the_numbers() -> None:
+    choice = choose(
+        edges(("us-east", True), ("eu-west", True), ("ap-south", False), ("sa-east", True)),
+        {
+            "us-east": [10.0, 14.6, 12.3, 11.0, 13.0],
+            "eu-west": [80.1, None, 79.0, 90.0],
+            "ap-south": [5.0],
+            "sa-east": [None] * 5,
+        },
+    )
+    assert choice.order == ("us-east", "eu-west", "sa-east", "ap-south")
+    assert choice.rtt_ms == {"us-east": 12.3, "eu-west": 80.1, "ap-south": 5.0, "sa-east": None}
+    assert choice.reasons["us-east"] == "nearest healthy: median 12.3 ms over 5 probes"
+    assert choice.reasons["eu-west"] == "healthy: median 80.1 ms over 3 probes (1 of 4 failed)"
+    assert choice.reasons["sa-east"].startswith("unreachable: all 5 probes failed")
+    assert choice.reasons["ap-south"] == (
+        "down according to the directory; median 5.0 ms over 1 probes"
+    )
+    assert choice.nearest == "us-east"
+
+
+def test_directory_details() -> None:
+    # Several edges of one region: usable if any is; samples of unlisted regions are ignored.
+    choice = choose(
+        [
+            Edge("us-east", "ws://a/v1/ws", False),
+            Edge("us-east", "ws://b/v1/ws", True),
+            Edge("eu-west", "ws://c/v1/ws", True),
+        ],
+        {"us-east": [50], "eu-west": [60], "mars": [1]},
+    )
+    assert choice.order == ("us-east", "eu-west")
+    assert set(choice.rtt_ms) == set(choice.reasons) == {"us-east", "eu-west"}
+    assert Edge.from_health("r", "u", "unknown").healthy
+    assert Edge.from_health("r", "u", "up").healthy
+    assert not Edge.from_health("r", "u", "down").healthy
+    with pytest.raises(ValueError):
+        Edge.from_health("r", "u", "sideways")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="finite"):
+        choose(edges(("a", True)), {"a": [math.nan]})
+
+
+_regions = st.lists(
+    st.from_regex(r"[a-z]{1,3}-[0-9]", fullmatch=True), min_size=0, max_size=6, unique=True
+)
+_sample = st.one_of(st.none(), st.floats(0.0, 1000.0))
+
+
+@given(data=st.data(), regions=_regions)
+def test_order_properties(data: st.DataObject, regions: list[str]) -> None:
+    specs = [(r, data.draw(st.booleans())) for r in regions]
+    samples = {
+        r: data.draw(st.lists(_sample, max_size=5))
+        for r in [*regions, "elsewhere"]
+        if data.draw(st.booleans())
+    }
+    choice = choose(edges(*specs), samples)
+    assert sorted(choice.order) == sorted(regions)
+    healthy = {r for r, ok in specs if ok}
+    preferred = [r for r in choice.order if r in healthy and choice.rtt_ms[r] is not None]
+    # Healthy and reachable come first, nearest first.
+    assert list(choice.order[: len(preferred)]) == preferred
+    keys = [(choice.rtt_ms[r], r) for r in preferred]
+    assert keys == sorted(keys)
+    # Every region that is down comes after every healthy one.
+    ranks = {r: i for i, r in enumerate(choice.order)}
+    for up in healthy:
+        for down in set(regions) - healthy:
+            assert ranks[up] < ranks[down]
+    # Deterministic: the order of the input does not matter.
+    again = choose(list(reversed(edges(*specs))), dict(reversed(list(samples.items()))))
+    assert again == choice
+
+
+def _choice(**rtt: float | None) -> Choice:
+    specs = [(r.replace("_", "-"), v is not None) for r, v in rtt.items()]
+    samples = {r.replace("_", "-"): [v] for r, v in rtt.items() if v is not None}
+    return choose(edges(*specs), samples)
+
+
+@pytest.mark.parametrize(
+    ("policy", "idle", "current", "moves"),
+    [
+        ("stay", True, "eu-west", False),
+        ("when-idle", False, "eu-west", False),
+        ("when-idle", True, "eu-west", True),
+        ("immediately", False, "eu-west", True),
+        ("immediately", False, "us-east", False),  # already on the nearest
+        ("immediately", False, "ap-south", True),  # current is down
+    ],
+)
+def test_should_move_back(policy: Any, idle: bool, current: str, moves: bool) -> None:
+    choice = _choice(us_east=10.0, eu_west=90.0, ap_south=None)
+    assert should_move_back(current, choice, policy=policy, idle=idle) is moves
+
+
+def test_no_move_for_a_gain_within_probe_noise() -> None:
+    choice = _choice(us_east=10.0, us_west=12.0)
+    assert not should_move_back("us-west", choice, policy="immediately", idle=True)
+    assert should_move_back("us-west", choice, policy="immediately", idle=True, min_gain_ms=1.0)
+    # Nowhere better to go: everything is down.
+    assert not should_move_back("a", _choice(a=None, b=None), policy="immediately", idle=True)
+
+
+# --- session: helpers --------------------------------------------------------------------
+
+US, EU = "us-east", "eu-west"
+
+
+def msg(
+    channel: str,
+    mid: str,
+    origin: str,
+    ts: dict[str, int],
+    position: dict[str, int],
+    data: str = '{"n":1}',
+) -> str:
+    return (
+        f'{{"op":"message","channel":"{channel}","id":"{mid}","data":{data},'
+        f'"origin":"{origin}","ts":{json.dumps(ts)},"position":{json.dumps(position)}}}'
+    )
+
+
+def single(channel: str, n: int, region: str = US) -> str:
+    """The n-th message of a one-region channel."""
+    return msg(channel, f"m{n}", region, {region: n}, {region: n}, data=f'{{"n":{n}}}')
+
+
+def decoded(frame: bytes) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(frame)
+    return body
+
+
+def reply(request: bytes, op: str, **fields: Any) -> str:
+    return json.dumps({"op": op, "ref": decoded(request)["ref"], **fields})
+
+
+def delivered(events: list[Event]) -> list[str]:
+    return [e.id for e in events if isinstance(e, Message)]
+
+
+def session(seed: int = 1) -> ClientSession:
+    return ClientSession(random.Random(seed))
+
+
+# --- session: the reconnect story --------------------------------------------------------
+
+
+def test_reconnect_story() -> None:
+    s = session()
+    assert s.receive(
+        '{"op":"connected","region":"us-east","relay":"us-east-1",'
+        '"connection_id":"us-east-1-7-1f0c9a2e","heartbeat_s":15.0}'
+    ) == [Connected(US, "us-east-1", "us-east-1-7-1f0c9a2e", 15.0)]
+
+    sub = s.subscribe("chat:lobby")
+    assert decoded(sub) == {"op": "subscribe", "channel": "chat:lobby", "ref": 1}
+    events = s.receive(
+        reply(sub, "subscribed", channel="chat:lobby", position={US: 40}, recovered=False)
+    )
+    assert events == [Subscribed("chat:lobby", VectorClock({US: 40}), False)]
+
+    got = [e for n in (41, 42) for e in s.receive(single("chat:lobby", n))]
+    assert got[0] == Message(
+        "chat:lobby", "m41", b'{"n":41}', US, VectorClock({US: 41}), VectorClock({US: 41})
+    )
+    assert delivered(got) == ["m41", "m42"]
+
+    first_id, first = s.publish("chat:lobby", b'{"text": "hi"}')
+    second_id, second = s.publish("chat:lobby", b'["raw",  1]')
+    assert decoded(first) == {
+        "op": "publish",
+        "channel": "chat:lobby",
+        "id": first_id,
+        "data": {"text": "hi"},
+        "ref": 2,
+    }
+    assert b'"data":["raw",  1]' in second  # spliced, not re-encoded
+    assert s.receive(reply(first, "ack", id=first_id, channel="chat:lobby", position={US: 43})) == [
+        Acked(first_id, "chat:lobby", VectorClock({US: 43}))
+    ]
+    assert s.pending == {second_id: "chat:lobby"}
+    assert not s.idle
+
+    # The connection drops before the second publish is acknowledged.
+    frames_sent = s.on_reconnect()
+    assert [decoded(f) for f in frames_sent] == [
+        {"op": "subscribe", "channel": "chat:lobby", "position": {US: 42}, "ref": 4},
+        {
+            "op": "publish",
+            "channel": "chat:lobby",
+            "id": second_id,
+            "data": ["raw", 1],
+            "ref": 5,
+        },
+    ]
+
+    # Another relay replays from 41 (at least once, not exactly once): 41 and 42 are dropped.
+    resumed = reply(
+        frames_sent[0], "subscribed", channel="chat:lobby", position={US: 44}, recovered=True
+    )
+    events = s.receive(resumed)
+    assert events == [Subscribed("chat:lobby", VectorClock({US: 44}), True)]
+    replay = [e for n in (41, 42, 43, 44) for e in s.receive(single("chat:lobby", n))]
+    assert delivered(replay) == ["m43", "m44"]
+    assert s.position("chat:lobby") == VectorClock({US: 44})
+
+    ack = reply(frames_sent[1], "ack", id=second_id, channel="chat:lobby", position={US: 44})
+    assert s.receive(ack) == [Acked(second_id, "chat:lobby", VectorClock({US: 44}))]
+    assert s.idle
+    # Acked publishes are not sent again.
+    assert [decoded(f)["op"] for f in s.on_reconnect()] == ["subscribe"]
+
+
+def test_ids_are_stable_and_unique() -> None:
+    a, b = session(seed=3), session(seed=3)
+    ids = [a.publish("c", b"1")[0] for _ in range(3)]
+    assert ids == [b.publish("c", b"1")[0] for _ in range(3)]
+    prefix = ids[0].rsplit("-", 1)[0]
+    assert ids == [f"{prefix}-1", f"{prefix}-2", f"{prefix}-3"]
+    assert len(prefix) == 24
+    assert session(seed=4).publish("c", b"1")[0] != ids[0]
+    assert ClientSession(random.Random(0), id_prefix="c7").publish("c", b"1")[0] == "c7-1"
+    with pytest.raises(ValueError):
+        ClientSession(random.Random(0), id_prefix="has space")
+
+
+def test_recovered_subscribed_does_not_skip_the_replay() -> None:
+    s = session()
+    sub = s.subscribe("c", position={US: 10})
+    # The reply carries the channel's head, the replay of 11..12 follows it.
+    s.receive(reply(sub, "subscribed", channel="c", position={US: 12}, recovered=True))
+    events = [e for n in (11, 12) for e in s.receive(single("c", n))]
+    assert delivered(events) == ["m11", "m12"]
+
+
+def test_live_subscription_adopts_the_current_position() -> None:
+    s = session()
+    sub = s.subscribe("c")
+    s.receive(reply(sub, "subscribed", channel="c", position={US: 5}, recovered=False))
+    assert s.position("c") == VectorClock({US: 5})
+    assert delivered(s.receive(single("c", 5))) == []  # before we subscribed
+    assert decoded(s.on_reconnect()[0])["position"] == {US: 5}
+
+
+def test_failover_keeps_the_position_from_moving_backwards() -> None:
+    # us-east's log: u1, e1; eu-west's log (concurrent messages, other order): e1, u1, e2.
+    s = session()
+    s.subscribe("c", position={})
+    assert delivered(s.receive(msg("c", "u1", US, {US: 1}, {US: 1}))) == ["u1"]
+    assert delivered(s.receive(msg("c", "e1", EU, {EU: 1}, {US: 1, EU: 1}))) == ["e1"]
+    # Failover to eu-west, which applied u1 after e1: it replays from there, and the
+    # position of e1 in its log ({eu-west: 1}) must not make us forget u1.
+    assert decoded(s.on_reconnect()[0])["position"] == {US: 1, EU: 1}
+    events = [
+        *s.receive(msg("c", "e1", EU, {EU: 1}, {EU: 1})),
+        *s.receive(msg("c", "u1", US, {US: 1}, {US: 1, EU: 1})),
+        *s.receive(msg("c", "e2", EU, {US: 1, EU: 2}, {US: 1, EU: 2})),
+    ]
+    assert delivered(events) == ["e2"]
+    assert s.position("c") == VectorClock({US: 1, EU: 2})
+
+
+def test_the_same_publish_stored_in_two_regions_is_delivered_once() -> None:
+    s = ClientSession(random.Random(0), id_memory=2)
+    s.subscribe("c", position={})
+    s.subscribe("d", position={})
+    assert delivered(s.receive(msg("c", "k-1", US, {US: 1}, {US: 1}))) == ["k-1"]
+    # The retry after a failover was stored again by eu-west under the same id.
+    assert delivered(s.receive(msg("c", "k-1", EU, {EU: 1}, {US: 1, EU: 1}))) == []
+    assert s.position("c") == VectorClock({US: 1, EU: 1})  # still moves past it
+    # Same id on another channel is another message.
+    assert delivered(s.receive(msg("d", "k-1", US, {US: 1}, {US: 1}))) == ["k-1"]
+    # The memory is bounded: the oldest id is forgotten.
+    s.receive(msg("c", "k-2", US, {US: 2}, {US: 2, EU: 1}))
+    assert delivered(s.receive(msg("c", "k-1", EU, {EU: 2}, {US: 2, EU: 2}))) == ["k-1"]
+
+
+def test_position_expired() -> None:
+    s = session()
+    sub = s.subscribe("c", position={US: 3})
+    events = s.receive(
+        reply(sub, "error", code="position_expired", message="gone", channel="c", earliest={US: 7})
+    )
+    assert events == [PositionExpired("c", VectorClock({US: 7}))]
+    assert s.channels == []
+    assert s.on_reconnect() == []  # nothing to restore until the application decides
+    assert delivered(s.receive(single("c", 8))) == []
+
+    # Resubscribing without a position goes live, not back to the expired position.
+    assert "position" not in decoded(s.subscribe("c"))
+    assert "position" not in decoded(s.on_reconnect()[0])
+    # Accepting the gap: start from `earliest`.
+    s2 = session()
+    sub = s2.subscribe("c", position={US: 3})
+    s2.receive(reply(sub, "error", code="position_expired", message="", earliest={US: 7}))
+    again = s2.subscribe("c", position={US: 7})
+    assert decoded(again)["position"] == {US: 7}
+    assert delivered(s2.receive(single("c", 8))) == ["m8"]
+
+
+def test_publish_errors() -> None:
+    s = session()
+    big_id, big = s.publish("c", b'"xxxxxxxx"')
+    slow_id, slow = s.publish("c", b"1")
+    events = s.receive(
+        reply(big, "error", code="too_large", message="data is 10 bytes", temporary=False)
+    )
+    assert events == [
+        ErrorReceived("too_large", "data is 10 bytes", 1, False, channel="c", publish_id=big_id)
+    ]
+    s.receive(reply(slow, "error", code="unavailable", message="no NATS", temporary=True))
+    # The refused one is not resent; the temporary failure is, now or on the next connection.
+    assert s.pending == {slow_id: "c"}
+    assert [decoded(f)["id"] for f in s.republish_pending()] == [slow_id]
+    assert [decoded(f)["id"] for f in s.on_reconnect()] == [slow_id]
+
+
+def test_subscribe_errors() -> None:
+    s = session()
+    bad = s.subscribe("bad channel")
+    busy = s.subscribe("busy")
+    s.receive(reply(bad, "error", code="invalid_channel", message="no", temporary=False))
+    s.receive(reply(busy, "error", code="unavailable", message="later", temporary=True))
+    assert s.channels == ["busy"]  # retried on the next connection
+    assert decoded(s.subscribe("busy"))["channel"] == "busy"  # or right now
+    with pytest.raises(ValueError, match="already subscribed"):
+        s.subscribe("busy")
+
+
+def test_unsubscribe_forgets_the_channel() -> None:
+    s = session()
+    s.subscribe("c", position={})
+    s.receive(single("c", 1))
+    frame = decoded(s.unsubscribe("c"))
+    assert frame == {"op": "unsubscribe", "channel": "c", "ref": 2}
+    assert delivered(s.receive(single("c", 2))) == []  # in flight before the relay saw it
+    assert s.position("c") is None
+    assert "position" not in decoded(s.subscribe("c"))
+    with pytest.raises(ValueError, match="not subscribed"):
+        s.unsubscribe("other")
+
+
+def test_replies_to_withdrawn_requests_are_ignored() -> None:
+    s = session()
+    old = s.subscribe("c")
+    s.unsubscribe("c")
+    s.subscribe("c")
+    assert s.receive(reply(old, "subscribed", channel="c", position={US: 9})) == []
+    assert s.position("c") is None
+
+
+def test_api_misuse_raises() -> None:
+    s = session()
+    with pytest.raises(ValueError, match="JSON"):
+        s.publish("c", b"{not json")
+    with pytest.raises(ValueError):
+        s.subscribe("c", position={"US": 1})
+
+
+@pytest.mark.parametrize(
+    ("raw", "events"),
+    [
+        ('{"op":"pong","ref":3}', []),  # known but not interesting
+        ('{"op":"from_the_future","x":1}', []),  # newer relay
+        (
+            '{"op":"connected","region":"r","relay":"r-1","connection_id":"x","new":1}',
+            [Connected("r", "r-1", "x", None)],
+        ),
+        ("[]", [BadFrame('a frame is a JSON object with an "op" field')]),
+    ],
+)
+def test_unknown_frames_are_ignored(raw: str, events: list[Event]) -> None:
+    assert session().receive(raw) == events
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "{nope",
+        b"\xff",
+        '{"op":"message","channel":"c"}',
+        msg("c", "m", US, {"US": 1}, {US: 1}),
+        msg("c", "m", US, {EU: 1}, {US: 1}),  # ts without its origin
+        '{"op":"ack","id":1,"channel":"c","position":{}}',
+    ],
+)
+def test_bad_server_frames_never_raise(raw: str | bytes) -> None:
+    s = session()
+    s.subscribe("c", position={})
+    events = s.receive(raw)
+    assert len(events) == 1
+    assert isinstance(events[0], BadFrame)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_no_gap_and_no_duplicate_across_reconnects(data: st.DataObject) -> None:
+    """Each connection replays from any point at or before where we were (at least once),
+    and stops anywhere: the application sees the log exactly once, in order."""
+    log_length = data.draw(st.integers(1, 30))
+    s = session()
+    s.subscribe("c", position={})
+    seen: list[str] = []
+    for _ in range(data.draw(st.integers(1, 6))):
+        s.on_reconnect()
+        position = s.position("c")
+        resume = position.get(US) if position is not None else 0
+        start = data.draw(st.integers(0, resume), label="replay from")
+        stop = data.draw(st.integers(start, log_length), label="stop at")
+        for n in range(start + 1, stop + 1):
+            seen += delivered(s.receive(single("c", n)))
+        if stop >= resume:
+            assert seen == [f"m{n}" for n in range(1, stop + 1)]
+    assert len(seen) == len(set(seen))
+
+
+# --- close codes -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "policy"),
+    [
+        (1000, "stop"),
+        (1001, "reconnect"),  # going_away
+        (1006, "reconnect"),  # connection lost without a close frame
+        (1009, "reconnect"),  # the frame was too big, not the connection
+        (1011, "reconnect"),
+        (1012, "reconnect"),
+        (1002, "stop"),
+        (1008, "stop"),
+        (4000, "reconnect"),  # slow_consumer
+        (4001, "reconnect"),  # unavailable
+        (4499, "reconnect"),
+        (4500, "stop"),  # too_many_errors
+        (4999, "stop"),
+    ],
+)
+def test_close_policy(code: int, policy: str) -> None:
+    assert close_policy(code) == policy
+    assert ClientSession.close_policy(code) == policy
