@@ -105,6 +105,11 @@ def total_subject(region: str, namespace: str, channel: str) -> str:
     return f"rlyt.v1.{region}.{namespace}.{encode_token(channel)}"
 
 
+def heartbeat_subject(region: str) -> str:
+    """Core NATS, every second, on the region's own NATS (and forwarded by its peers)."""
+    return f"rlyh.v1.{region}"
+
+
 def channel_of(subject: str) -> str:
     """The channel of a log subject (``rly.v1.<region>.<namespace>.<token>``)."""
     return decode_token(subject.split(".", 4)[4])

@@ -9,7 +9,10 @@ whichever instance, link or path brings it.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -18,6 +21,7 @@ from anyio.abc import TaskStatus
 from nats.aio.client import Client as NatsClient
 
 from config.schema import RelayConfig
+from federation import logformat
 from federation.adapters.applier import Applier
 from federation.adapters.lease import Lease
 from federation.adapters.nats_link import PeerLink
@@ -27,6 +31,7 @@ from federation.adapters.sequencer import Sequencer
 log = logging.getLogger("relaynet.federation")
 
 RECHECK_INTERVAL_S = 0.5
+HEARTBEAT_INTERVAL_S = 1.0
 
 
 class FederationService:
@@ -46,6 +51,7 @@ class FederationService:
                 namespaces=namespaces,
                 applier=self.applier,
                 ack_wait_s=cfg.federation.ack_wait_s,
+                forward_heartbeat=self._forward_heartbeat,
             )
             for peer in cfg.peers
         }
@@ -83,7 +89,21 @@ class FederationService:
                 tg.start_soon(self._serve_while_leased, self.sequencer_lease, self.sequencer.run)
                 tg.start_soon(self._announce_progress)
             tg.start_soon(self._recheck)
+            tg.start_soon(self._beat)
             task_status.started()
+
+    async def _beat(self) -> None:
+        """Say we are alive, on our own NATS; peers' links forward it to their regions."""
+        subject = logformat.heartbeat_subject(self.cfg.region.name)
+        while True:
+            payload = json.dumps({"region": self.cfg.region.name, "t": time.time()}).encode()
+            with contextlib.suppress(Exception):  # NATS away: silence is the signal
+                await self.nc.publish(subject, payload)
+            await anyio.sleep(HEARTBEAT_INTERVAL_S)
+
+    async def _forward_heartbeat(self, subject: str, payload: bytes) -> None:
+        with contextlib.suppress(Exception):
+            await self.nc.publish(subject, payload)
 
     @staticmethod
     async def _serve_while_leased(

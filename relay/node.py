@@ -18,6 +18,7 @@ from nats.aio.client import Client as NatsClient
 
 from config.schema import RelayConfig
 from federation.service import FederationService
+from relay.adapters.directory import EdgeDirectory
 from relay.adapters.embedded_nats import EmbeddedNats
 from relay.adapters.feed_manager import FeedManager
 from relay.adapters.log_reader import LogReader
@@ -77,6 +78,8 @@ class RelayNode:
                     await tg.start(self.federation.run)
                 edge = WsEdge(cfg, feeds, Publisher(broker), LogReader(broker))
                 self.edge = edge
+                edge.directory = EdgeDirectory(cfg)
+                await edge.directory.start(nc)
                 registry = make_registry(
                     RelayCollector(
                         cfg.region.name,

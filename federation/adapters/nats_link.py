@@ -16,7 +16,7 @@ the applier.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 import msgspec
@@ -47,6 +47,7 @@ class PeerLink:
         namespaces: Sequence[str],
         applier: Applier,
         ack_wait_s: float,
+        forward_heartbeat: Callable[[str, bytes], Awaitable[None]] | None = None,
     ) -> None:
         self.region = region
         self.peer_region = peer_region
@@ -54,6 +55,7 @@ class PeerLink:
         self.namespaces = list(namespaces)
         self.applier = applier
         self.ack_wait_s = ack_wait_s
+        self.forward_heartbeat = forward_heartbeat
         self.durable = f"fed-{region}"
         self.connected = False
         self.received = 0
@@ -87,6 +89,11 @@ class PeerLink:
             delay = 0.1
             self.connected = True
             try:
+                if self.forward_heartbeat is not None:
+                    # Heard over the link itself: a cut link marks the peer down here.
+                    await nc.subscribe(
+                        logformat.heartbeat_subject(self.peer_region), cb=self._heartbeat
+                    )
                 async with anyio.create_task_group() as tg:
                     for namespace in self.namespaces:
                         tg.start_soon(self._pump, nc, namespace)
@@ -94,6 +101,10 @@ class PeerLink:
                 self.connected = False
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                     await nc.close()
+
+    async def _heartbeat(self, msg: Msg) -> None:
+        if self.forward_heartbeat is not None:
+            await self.forward_heartbeat(msg.subject, msg.data)
 
     async def _pump(self, nc: NatsClient, namespace: str) -> None:
         js = nc.jetstream(timeout=5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http
+import json
 import logging
 from collections.abc import Callable
 
@@ -14,6 +15,7 @@ from websockets.http11 import Request, Response
 
 from config.schema import RelayConfig
 from relay.adapters.connection import Connection
+from relay.adapters.directory import EdgeDirectory
 from relay.adapters.feed_manager import FeedManager
 from relay.adapters.log_reader import LogReader
 from relay.adapters.publisher import Publisher
@@ -37,6 +39,7 @@ class WsEdge:
         self.recovery = recovery
         self.connections: set[Connection] = set()
         self.metrics: Callable[[], bytes] | None = None
+        self.directory: EdgeDirectory | None = None
         self.port: int | None = None
         self._stop = anyio.Event()
         self.stopped = anyio.Event()
@@ -56,6 +59,18 @@ class WsEdge:
             return None
         if path == "/v1/health":
             return self._plain(http.HTTPStatus.OK, "ok\n")
+        if path == "/v1/ping":  # the cheapest answer there is: clients time it
+            return self._plain(http.HTTPStatus.OK, "pong\n")
+        if path == "/v1/edges" and self.directory is not None:
+            headers = Headers(
+                [
+                    ("Content-Type", "application/json"),
+                    ("Access-Control-Allow-Origin", "*"),  # the browser client probes edges
+                    ("Cache-Control", "no-store"),
+                ]
+            )
+            body = json.dumps(self.directory.edges()).encode()
+            return Response(200, "OK", headers, body)
         if path == "/metrics" and self.metrics is not None:
             headers = Headers([("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
             return Response(200, "OK", headers, self.metrics())
@@ -65,7 +80,9 @@ class WsEdge:
 
     @staticmethod
     def _plain(status: http.HTTPStatus, body: str) -> Response:
-        headers = Headers([("Content-Type", "text/plain; charset=utf-8")])
+        headers = Headers(
+            [("Content-Type", "text/plain; charset=utf-8"), ("Access-Control-Allow-Origin", "*")]
+        )
         return Response(status.value, status.phrase, headers, body.encode())
 
     async def _handle(self, ws: ServerConnection) -> None:
