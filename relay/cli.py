@@ -152,6 +152,20 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return code
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from relay.demo import run_demo
+
+    _setup_logging(args.verbose)
+    if not args.verbose:
+        for name in ("relaynet", "federation"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        code: int = anyio.run(run_demo, args.duration)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
 def _cmd_config_check(args: argparse.Namespace) -> int:
     from config.summary import describe
 
@@ -203,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     federate.add_argument("--config", required=True, help="region config file (TOML)")
     federate.add_argument("-v", "--verbose", action="store_true")
     federate.set_defaults(func=_cmd_federate)
+
+    demo = sub.add_parser("demo", help="three regions on this machine, with demo pages")
+    demo.add_argument("--duration", type=float, help="stop after this many seconds")
+    demo.add_argument("-v", "--verbose", action="store_true")
+    demo.set_defaults(func=_cmd_demo)
 
     simulate = sub.add_parser(
         "simulate", help="several regions on this machine: NATS containers, relays, links"

@@ -75,6 +75,7 @@ class PeerLink:
                     # A silently dropped link must be noticed in seconds, not minutes.
                     ping_interval=2,
                     max_outstanding_pings=2,
+                    error_cb=self._link_error,
                 )
             except Exception as exc:
                 # Say it once per outage, not at every retry.
@@ -101,6 +102,10 @@ class PeerLink:
                 self.connected = False
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                     await nc.close()
+
+    async def _link_error(self, exc: Exception) -> None:
+        # A peer being away is the normal life of a link; nats-py would log a traceback.
+        log.debug("link to %s: %r", self.peer_region, exc)
 
     async def _heartbeat(self, msg: Msg) -> None:
         if self.forward_heartbeat is not None:

@@ -6,6 +6,7 @@ import http
 import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import anyio
 from anyio.abc import TaskStatus
@@ -25,6 +26,8 @@ from relay.protocol.frames import connected_frame
 log = logging.getLogger("relaynet.edge")
 
 WS_PATH = "/v1/ws"
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+STATIC_FILES = {"/": "index.html", "/v1/client.js": "client.js", "/demo.js": "demo.js"}
 
 
 class WsEdge:
@@ -71,12 +74,31 @@ class WsEdge:
             )
             body = json.dumps(self.directory.edges()).encode()
             return Response(200, "OK", headers, body)
+        if path in STATIC_FILES:
+            return self._static(STATIC_FILES[path])
         if path == "/metrics" and self.metrics is not None:
             headers = Headers([("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
             return Response(200, "OK", headers, self.metrics())
         return self._plain(
             http.HTTPStatus.NOT_FOUND, f"relaynet: WebSocket endpoint is {WS_PATH}\n"
         )
+
+    @staticmethod
+    def _static(name: str) -> Response:
+        """The browser client and the demo page, shipped inside the package."""
+        try:
+            body = (WEB_DIR / name).read_bytes()
+        except OSError:
+            return WsEdge._plain(http.HTTPStatus.NOT_FOUND, f"{name} is not installed\n")
+        kind = "text/html" if name.endswith(".html") else "application/javascript"
+        headers = Headers(
+            [
+                ("Content-Type", f"{kind}; charset=utf-8"),
+                ("Access-Control-Allow-Origin", "*"),
+                ("Cache-Control", "no-cache"),
+            ]
+        )
+        return Response(200, "OK", headers, body)
 
     @staticmethod
     def _plain(status: http.HTTPStatus, body: str) -> Response:
