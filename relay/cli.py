@@ -1,4 +1,4 @@
-"""``relaynet``: run a relay, check a config file, run benchmarks."""
+"""``relaynet``: run relays, a demo or a simulation; talk to a network; check configs; benchmark."""
 
 from __future__ import annotations
 
@@ -254,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     fed.add_argument("--seconds", type=float, default=5.0)
     fed.add_argument("--rate", type=int, default=0, help="msgs/s of the fixed-rate phase (0 = 100)")
     fed.set_defaults(func=_cmd_bench_federation)
+    from relay.client.cli import register as register_client_commands
+
+    register_client_commands(sub)
     return parser
 
 
