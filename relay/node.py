@@ -78,8 +78,6 @@ class RelayNode:
                     await tg.start(self.federation.run)
                 edge = WsEdge(cfg, feeds, Publisher(broker), LogReader(broker))
                 self.edge = edge
-                edge.directory = EdgeDirectory(cfg)
-                await edge.directory.start(nc)
                 registry = make_registry(
                     RelayCollector(
                         cfg.region.name,
@@ -91,6 +89,10 @@ class RelayNode:
                 )
                 edge.metrics = lambda: render(registry)
                 await tg.start(edge.run)
+                # Served only once bound: with port 0 the directory must show the real port.
+                directory = EdgeDirectory(cfg, cfg.relay.public_url or self.url)
+                await directory.start(nc)
+                edge.directory = directory
                 task_status.started(self)
                 await self._stop.wait()
                 edge.stop()

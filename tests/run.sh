@@ -16,6 +16,10 @@ echo "== ruff"
 .venv/bin/ruff format --check .
 echo "== mypy"
 .venv/bin/mypy
+echo "== chromium (for tests/browser)"
+if [ ! -x /usr/bin/chromium ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 echo "== docker engine (for tests/simulate)"
 if [ "${CI:-}" = true ]; then
     tests/docker_engine.sh

@@ -24,8 +24,10 @@ DOWN_AFTER_S = 3.5
 
 
 class EdgeDirectory:
-    def __init__(self, cfg: RelayConfig) -> None:
+    def __init__(self, cfg: RelayConfig, own_url: str | None = None) -> None:
         self.cfg = cfg
+        # The URL this relay is reachable at (the bound port when the config said 0).
+        self.own_url = own_url or cfg.relay.effective_public_url
         self._last_seen: dict[str, float] = {}
         self._sub: Subscription | None = None
 
@@ -48,9 +50,7 @@ class EdgeDirectory:
     def edges(self) -> dict[str, Any]:
         now = time.monotonic()
         own = self.cfg.region.name
-        rows: list[dict[str, Any]] = [
-            {"region": own, "url": self.cfg.relay.effective_public_url, "health": "up"}
-        ]
+        rows: list[dict[str, Any]] = [{"region": own, "url": self.own_url, "health": "up"}]
         for peer in self.cfg.peers:
             seen = self._last_seen.get(peer.region)
             rows.append(

@@ -58,7 +58,7 @@ async def test_edges_show_health_from_heartbeats(tmp_path: Path) -> None:
                 directory = await edges(east.url)
                 assert directory["region"] == "us-east"
                 assert [e["region"] for e in directory["edges"]] == list(REGIONS)
-                assert directory["edges"][0]["url"] == east.cfg.relay.effective_public_url
+                assert directory["edges"][0]["url"] == east.url  # the bound port, not 0
                 await until_health(east.url, "eu-west", "up")
                 await until_health(east.url, "ap-south", "up")
                 # us-east can no longer hear eu-west: down within seconds; up after the heal.

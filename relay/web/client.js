@@ -1,0 +1,1433 @@
+// relaynet browser client: protocol v1 (relay/PROTOCOL.md) over a plain WebSocket.
+//
+// A dependency-free ES module, served by every relay at GET /v1/client.js:
+//
+//   import { connect } from "/v1/client.js";
+//   const client = await connect(["ws://relay-a:8701/v1/ws"], { probes: 3 });
+//   client.subscribe("chat:lobby", (m) => console.log(m.origin, m.ts, m.data));
+//   const ack = await client.publish("chat:lobby", { text: "hi" });
+//
+// Theory of operation
+// -------------------
+// Every rule is a port of the Python reference: the pure core in relay/client/ (backoff.py,
+// routing.py, session.py; same names where possible) and the I/O around it as the Python
+// SDK does it (relay/client/connection.py).
+//
+// * Where to connect. The client fetches the edge directory (GET /v1/edges) from the first
+//   source that serves one (the seeds, then every edge known so far), probes every edge
+//   `probes` times with GET /v1/ping, and `choose` orders the regions: healthy and reachable
+//   by median RTT, then healthy but unprobed, then healthy but unreachable, then the regions
+//   the directory reports down; ties by name. `client.choice` = {order, rttMs, reasons,
+//   healthy}; `client.survey` also has the directory, the samples per edge and the candidate
+//   edges in the order to try them. The relay that served the directory stays its region's
+//   last-resort edge; relays without /v1/edges still work (each seed its own pseudo-region).
+// * When to try again (full jitter). After a drop the client waits a delay drawn from
+//   [0, min(maxMs, baseMs * 2^attempt)] and goes back to the same edge first, then to the next
+//   ones in the failover order. A round in which every edge failed ends with a fresh survey;
+//   after 2 such rounds the state is "suspended" and rounds are spaced further apart (a second
+//   backoff from maxMs up to 6 * maxMs). The attempt count goes back to zero only after a
+//   connection stayed up resetAfterMs.
+// * What to say on a new connection (session). Every channel is resubscribed from the
+//   position the client processed (the pointwise maximum of the positions of the messages it
+//   processed), in whichever region; a message the position covers (position[origin] >=
+//   ts[origin]) or whose id was recently delivered is dropped. Every unacknowledged publish is
+//   sent again with its id (96 random bits in hex, "-", a counter) until acked.
+// * Whether to come back. Close codes 1000 and 4500-4999 (and the RFC 6455 codes that say our
+//   frames were unacceptable) end the client: "closed" for 1000, else "failed"; every other
+//   code reconnects.
+// * Moving back (options.moveBack "when-idle" / "immediately"; default "stay"): every
+//   refreshMs the client surveys again and leaves for a nearer healthy region at a safe point.
+// * Liveness. Browsers answer the relay's WebSocket pings but cannot see them: after
+//   heartbeat_s without a frame the client sends a protocol ping, and gives the connection up
+//   when heartbeat_s more pass without any frame.
+//
+// Connection states (client.on("state", (state, info) => ...)):
+//   connecting    an attempt is under way (or the first survey)
+//   connected     a relay sent its `connected` frame; subscriptions and pending publishes resent
+//   disconnected  the connection dropped; attempts follow (the "retry" event says when)
+//   suspended     every edge failed 2 rounds in a row; attempts go on, further apart
+//   failed        the relay closed with a code that says not to come back; publishes rejected
+//   closed        client.close() was called, or the relay closed normally (1000)
+// While not connected, publish() and subscribe() are queued and go out on the next connection.
+
+export const PROTOCOL_VERSION = 1;
+
+const DEFAULT_OPTIONS = Object.freeze({
+  // The Python SDK's defaults (relay/client/connection.py, connect()).
+  probes: 3, // RTT probes per edge; the median decides
+  probeTimeoutMs: 2000, // each directory request and each probe
+  openTimeoutMs: 5000, // the WebSocket handshake, then again for the `connected` frame
+  baseMs: 200,
+  maxMs: 5000,
+  resetAfterMs: 10000,
+  moveBack: "stay", // "stay" | "when-idle" | "immediately"
+  regions: null, // only these regions of the directory (e.g. ["eu-west"]); null: every region
+  refreshMs: 30000, // how often to survey again while connected (moveBack other than "stay")
+  connectTimeoutMs: 30000, // connect(): reject (and close) if not connected by then; 0 = never
+  onExpired: "stop", // position_expired: "stop" (the subscription ends), "earliest" or "live"
+  // The relay closes the connection (1009) on a bigger frame: its default limits.max_frame_bytes.
+  maxFrameBytes: 1048576,
+  idMemory: 4096,
+  random: Math.random,
+});
+
+// --- vector clocks ---------------------------------------------------------------------------
+
+const REGION_RE = /^[a-z][a-z0-9-]{0,31}$/;
+const MAX_COUNTER = Number.MAX_SAFE_INTEGER;
+
+/** Validate a position / vector timestamp (object region -> counter); zero entries dropped. */
+export function parseClock(raw, field = "position") {
+  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
+    throw new RelaynetError("bad_frame", `${field}: a position is an object mapping region names to counters`);
+  }
+  const out = {};
+  for (const key of Object.keys(raw).sort()) {
+    const value = raw[key];
+    if (!REGION_RE.test(key)) throw new RelaynetError("bad_frame", `${field}: bad region name ${JSON.stringify(key)}`);
+    if (!Number.isInteger(value) || value < 0 || value > MAX_COUNTER) {
+      throw new RelaynetError("bad_frame", `${field}: counter for ${JSON.stringify(key)} must be an integer in range`);
+    }
+    if (value !== 0) out[key] = value;
+  }
+  return out;
+}
+
+/** Pointwise maximum: the least position that covers both. */
+export function mergePositions(a, b) {
+  const out = { ...a };
+  for (const [region, value] of Object.entries(b)) {
+    if (value > (out[region] ?? 0)) out[region] = value;
+  }
+  return sortedClock(out);
+}
+
+/** True when the message from `origin` stamped `ts` is already included in `position`. */
+export function covers(position, origin, ts) {
+  return (position[origin] ?? 0) >= (ts[origin] ?? 0);
+}
+
+function sortedClock(clock) {
+  const out = {};
+  for (const key of Object.keys(clock).sort()) if (clock[key] !== 0) out[key] = clock[key];
+  return out;
+}
+
+// --- errors ----------------------------------------------------------------------------------
+
+export class RelaynetError extends Error {
+  constructor(code, message, { temporary = false, ...details } = {}) {
+    super(message);
+    this.name = "RelaynetError";
+    this.code = code;
+    this.temporary = temporary;
+    Object.assign(this, details);
+  }
+}
+
+// --- backoff (relay/client/backoff.py) ------------------------------------------------------
+
+const MAX_EXPONENT = 1000;
+
+export class Backoff {
+  constructor({ baseMs, maxMs, resetAfterMs, random = Math.random }) {
+    if (!(Number.isFinite(baseMs) && baseMs > 0)) throw new RangeError(`baseMs must be a positive number, not ${baseMs}`);
+    if (!(Number.isFinite(maxMs) && maxMs >= baseMs)) throw new RangeError(`maxMs must be a number >= baseMs (${baseMs}), not ${maxMs}`);
+    if (!(Number.isFinite(resetAfterMs) && resetAfterMs >= 0)) throw new RangeError(`resetAfterMs must be a number >= 0, not ${resetAfterMs}`);
+    this.baseMs = baseMs;
+    this.maxMs = maxMs;
+    this.resetAfterMs = resetAfterMs;
+    this._random = random;
+    this._attempt = 0;
+    this._connectedAt = null;
+  }
+
+  /** How many delays were handed out since the last reset. */
+  get attempt() {
+    return this._attempt;
+  }
+
+  /** The upper bound of the delay for `attempt` (default: the next one). */
+  cap(attempt = this._attempt) {
+    if (attempt < 0) throw new RangeError("attempt must be >= 0");
+    return Math.min(this.maxMs, this.baseMs * 2 ** Math.min(attempt, MAX_EXPONENT));
+  }
+
+  /** Milliseconds to wait before the next connection attempt; counts the attempt. */
+  nextDelay() {
+    const delay = this._random() * this.cap();
+    this._attempt += 1;
+    return delay;
+  }
+
+  connected(now) {
+    this._connectedAt = now;
+  }
+
+  /** A connection ended; a long-lived one earns a fresh schedule. */
+  disconnected(now) {
+    if (this._connectedAt !== null && now - this._connectedAt >= this.resetAfterMs) this._attempt = 0;
+    this._connectedAt = null;
+  }
+
+  reset() {
+    this._attempt = 0;
+    this._connectedAt = null;
+  }
+}
+
+// --- routing (relay/client/routing.py) -------------------------------------------------------
+
+/** Python's statistics.median: the middle value, or the mean of the two middle ones. */
+export function median(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  const n = sorted.length;
+  if (n === 0) throw new RangeError("no median for an empty list");
+  const mid = Math.floor(n / 2);
+  return n % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+/**
+ * Order the directory's regions for connecting and failing over.
+ * edges: [{region, url, health: "up"|"down"|"unknown"}] ("unknown" counts as healthy);
+ * samples: {region: [ms or null (failed probe)]}.
+ * Returns {order, rttMs, reasons, healthy}: rttMs[region] is the median of the successful
+ * probes or null. A region listed by several edges is healthy when any of them is.
+ */
+export function choose(edges, samples) {
+  const healthy = new Set();
+  const regions = [];
+  for (const edge of edges) {
+    if (!["up", "down", "unknown"].includes(edge.health)) {
+      throw new RangeError(`health must be 'up', 'down' or 'unknown', not ${JSON.stringify(edge.health)}`);
+    }
+    if (!regions.includes(edge.region)) regions.push(edge.region);
+    if (edge.health !== "down") healthy.add(edge.region);
+  }
+  const rttMs = {};
+  const probes = {};
+  for (const region of regions) {
+    const taken = Object.hasOwn(samples, region) ? samples[region] : [];
+    const ok = taken.filter((s) => s !== null && s !== undefined).map((s) => checked(region, s));
+    rttMs[region] = ok.length ? median(ok) : null;
+    probes[region] = [ok.length, taken.length];
+  }
+  const rank = (region) => {
+    const m = rttMs[region];
+    const probed = probes[region][1] > 0;
+    let group;
+    if (m !== null) group = healthy.has(region) ? 0 : 3;
+    else if (!probed) group = healthy.has(region) ? 1 : 4;
+    else group = healthy.has(region) ? 2 : 5;
+    return [group, m ?? 0, region];
+  };
+  const compare = (a, b) => {
+    const [ga, ma, na] = rank(a);
+    const [gb, mb, nb] = rank(b);
+    if (ga !== gb) return ga - gb;
+    if (ma !== mb) return ma - mb;
+    return na < nb ? -1 : na > nb ? 1 : 0;
+  };
+  const order = [...regions].sort(compare);
+  const reasons = {};
+  order.forEach((region, i) => {
+    reasons[region] = reason(rttMs[region], probes[region], healthy.has(region), i === 0);
+  });
+  return { order, rttMs, reasons, healthy: [...healthy].sort() };
+}
+
+function checked(region, sample) {
+  if (!(typeof sample === "number" && Number.isFinite(sample) && sample >= 0)) {
+    throw new RangeError(`RTT sample for ${region} must be a finite number >= 0, not ${sample}`);
+  }
+  return sample;
+}
+
+// Python's f"{x:.1f}": an exact tie (x.25, x.75) rounds half to even; toFixed rounds it up.
+function fixed1(x) {
+  const quarters = x * 4;
+  if (Number.isInteger(quarters) && quarters % 2 !== 0) {
+    const down = Math.floor(x * 10);
+    return ((down % 2 === 0 ? down : down + 1) / 10).toFixed(1);
+  }
+  return x.toFixed(1);
+}
+
+function reason(m, [ok, total], healthy, first) {
+  const failed = total - ok;
+  let over;
+  if (m !== null) {
+    over = `median ${fixed1(m)} ms over ${ok} probes`;
+    if (failed) over += ` (${failed} of ${total} failed)`;
+  } else if (total) {
+    over = `all ${total} probes failed`;
+  } else {
+    over = "not probed";
+  }
+  if (!healthy) return `down according to the directory; ${over}`;
+  if (m === null) {
+    return total ? `unreachable: ${over} (the directory says healthy)` : "healthy according to the directory, not probed";
+  }
+  return first ? `nearest healthy: ${over}` : `healthy: ${over}`;
+}
+
+// --- close codes (relay/client/session.py) ---------------------------------------------------
+
+// 1000 normal; RFC 6455 codes saying our frames were unacceptable would be so again.
+const STOP_CODES = new Set([1000, 1002, 1003, 1007, 1008, 1010]);
+
+/** "stop" for 1000, 4500-4999 and codes saying our frames are unacceptable; else "reconnect". */
+export function closePolicy(code) {
+  return (code >= 4500 && code <= 4999) || STOP_CODES.has(code) ? "stop" : "reconnect";
+}
+
+// --- session (relay/client/session.py), without I/O ------------------------------------------
+
+const HANDLED_OPS = new Set(["connected", "subscribed", "message", "ack", "error"]);
+const ID_PREFIX_RE = /^[\x21-\x7e]{1,100}$/;
+
+function randomHex(bytes) {
+  const buf = new Uint8Array(bytes);
+  globalThis.crypto.getRandomValues(buf);
+  return Array.from(buf, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+const isRef = (ref) => ref === undefined || ref === null || typeof ref === "string" || Number.isInteger(ref);
+const isStr = (v) => typeof v === "string";
+
+function shapeError(frame) {
+  // Which field of a known op has the wrong type (null when the frame is fine).
+  const need = (cond, what) => (cond ? null : what);
+  const clockish = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
+  switch (frame.op) {
+    case "connected":
+      return (
+        need(isStr(frame.region), "region") ??
+        need(isStr(frame.relay), "relay") ??
+        need(isStr(frame.connection_id), "connection_id") ??
+        need(frame.heartbeat_s == null || typeof frame.heartbeat_s === "number", "heartbeat_s")
+      );
+    case "subscribed":
+      return (
+        need(isStr(frame.channel), "channel") ??
+        need(clockish(frame.position), "position") ??
+        need(frame.recovered === undefined || typeof frame.recovered === "boolean", "recovered") ??
+        need(isRef(frame.ref), "ref")
+      );
+    case "message":
+      return (
+        need(isStr(frame.channel), "channel") ??
+        need(isStr(frame.id), "id") ??
+        need("data" in frame, "data") ??
+        need(isStr(frame.origin), "origin") ??
+        need(clockish(frame.ts), "ts") ??
+        need(clockish(frame.position), "position")
+      );
+    case "ack":
+      return need(isStr(frame.id), "id") ?? need(isStr(frame.channel), "channel") ?? need(clockish(frame.position), "position") ?? need(isRef(frame.ref), "ref");
+    case "error":
+      return (
+        need(isStr(frame.code), "code") ??
+        need(frame.message === undefined || isStr(frame.message), "message") ??
+        need(frame.temporary === undefined || typeof frame.temporary === "boolean", "temporary") ??
+        need(isRef(frame.ref), "ref") ??
+        need(frame.channel == null || isStr(frame.channel), "channel") ??
+        need(frame.earliest == null || clockish(frame.earliest), "earliest")
+      );
+    default:
+      return null;
+  }
+}
+
+/**
+ * What a client must remember across connections (a port of ClientSession). The I/O layer
+ * hands every received text frame to receive() and gets events back ({type: "connected" |
+ * "subscribed" | "message" | "acked" | "error" | "expired" | "bad_frame", ...}); it sends the
+ * strings subscribe(), unsubscribe() and publish() return, and on every new connection what
+ * onReconnect() returns.
+ */
+export class Session {
+  constructor({ idPrefix = null, idMemory = DEFAULT_OPTIONS.idMemory } = {}) {
+    if (idPrefix === null) idPrefix = randomHex(12); // 96 bits
+    else if (!ID_PREFIX_RE.test(idPrefix)) throw new RangeError("idPrefix must be 1-100 printable ASCII characters without spaces");
+    if (!(idMemory >= 1)) throw new RangeError("idMemory must be >= 1");
+    this.idPrefix = idPrefix;
+    this._idMemory = idMemory;
+    this._nextRef = 1;
+    this._nextId = 1;
+    this._channels = new Map(); // channel -> {wanted, position, expired, ref}
+    this._pending = new Map(); // id -> {channel, dataJson}, in send order
+    this._requests = new Map(); // ref -> {op, channel, publishId}, on this connection
+    this._seen = new Map(); // "channel\n id" -> true, oldest first
+  }
+
+  static closePolicy(code) {
+    return closePolicy(code);
+  }
+
+  /** Channels the application is subscribed to (or that will be resubscribed). */
+  get channels() {
+    return [...this._channels].filter(([, s]) => s.wanted).map(([name]) => name);
+  }
+
+  /** Wanted channels without a subscribe on the current connection (e.g. after a temporary error). */
+  get unsubscribed() {
+    return [...this._channels].filter(([, s]) => s.wanted && s.ref === null).map(([name]) => name);
+  }
+
+  /** Where the application is in `channel` (to persist and resume after a restart), or null. */
+  position(channel) {
+    const state = this._channels.get(channel);
+    return state && state.position ? { ...state.position } : null;
+  }
+
+  /** Unacknowledged publishes: {id: channel}, in the order they were made. */
+  get pending() {
+    return Object.fromEntries([...this._pending].map(([id, p]) => [id, p.channel]));
+  }
+
+  /** Nothing in flight: a safe point to move to another region. */
+  get idle() {
+    return this._pending.size === 0;
+  }
+
+  subscribe(channel, position = null) {
+    let state = this._channels.get(channel);
+    if (state && state.wanted && state.ref !== null) throw new Error(`already subscribed to ${JSON.stringify(channel)}`);
+    const start = position === null ? null : parseClock(position);
+    if (!state) {
+      state = { wanted: true, position: null, expired: false, ref: null };
+      this._channels.set(channel, state);
+    }
+    state.wanted = true;
+    if (start === null) return this._subscribeFrame(channel, state, this._resumeFrom(state));
+    // Keep what was already delivered covered, so that starting earlier repeats nothing.
+    state.position = state.position === null ? start : mergePositions(state.position, start);
+    state.expired = false;
+    return this._subscribeFrame(channel, state, start);
+  }
+
+  unsubscribe(channel) {
+    const state = this._channels.get(channel);
+    if (!state || !state.wanted) throw new Error(`not subscribed to ${JSON.stringify(channel)}`);
+    this._channels.delete(channel);
+    const ref = this._ref();
+    this._requests.set(ref, { op: "unsubscribe", channel });
+    return JSON.stringify({ op: "unsubscribe", channel, ref });
+  }
+
+  /** Drop what is known about a channel that is not subscribed (e.g. after it expired). */
+  forget(channel) {
+    const state = this._channels.get(channel);
+    if (state && state.wanted) throw new Error(`${JSON.stringify(channel)} is subscribed: unsubscribe instead`);
+    this._channels.delete(channel);
+  }
+
+  /** Assign an idempotency id, remember the publish until acked; returns [id, frame]. */
+  publish(channel, dataJson) {
+    JSON.parse(dataJson); // throws SyntaxError: a bug in the caller
+    const id = `${this.idPrefix}-${this._nextId}`;
+    this._nextId += 1;
+    this._pending.set(id, { channel, dataJson });
+    return [id, this._publishFrame(id)];
+  }
+
+  /** Frames for a new connection, in any region: resubscribe, then publish again. */
+  onReconnect() {
+    this._requests.clear(); // replies to requests of the old connection will never come
+    const frames = [];
+    for (const [channel, state] of this._channels) {
+      state.ref = null;
+      if (state.wanted) frames.push(this._subscribeFrame(channel, state, this._resumeFrom(state)));
+    }
+    for (const id of this._pending.keys()) frames.push(this._publishFrame(id));
+    return frames;
+  }
+
+  /** Give up a pending publish (it will not be sent again); true if it was pending. */
+  drop(id) {
+    return this._pending.delete(id);
+  }
+
+  /** The pending publish with the largest data, or null. */
+  largestPending() {
+    let best = null;
+    for (const [id, { dataJson }] of this._pending) if (best === null || dataJson.length > best[1]) best = [id, dataJson.length];
+    return best === null ? null : best[0];
+  }
+
+  /** Every pending publish again on the current connection (after a temporary error). */
+  republishPending() {
+    return [...this._pending.keys()].map((id) => this._publishFrame(id));
+  }
+
+  /** Events for one received text frame; malformed frames become a bad_frame event. */
+  receive(text) {
+    let frame;
+    try {
+      frame = JSON.parse(text);
+    } catch (exc) {
+      return [{ type: "bad_frame", reason: `frame is not valid JSON: ${exc.message}` }];
+    }
+    if (frame === null || typeof frame !== "object" || Array.isArray(frame) || typeof frame.op !== "string") {
+      return [{ type: "bad_frame", reason: 'a frame is a JSON object with an "op" field' }];
+    }
+    if (!HANDLED_OPS.has(frame.op)) return []; // a newer relay's op
+    const wrong = shapeError(frame);
+    if (wrong !== null) return [{ type: "bad_frame", reason: `${frame.op}: bad or missing ${wrong}` }];
+    try {
+      switch (frame.op) {
+        case "message":
+          return this._message(frame);
+        case "ack":
+          return this._ack(frame);
+        case "subscribed":
+          return this._subscribed(frame);
+        case "error":
+          return this._error(frame);
+        default:
+          return [
+            {
+              type: "connected",
+              region: frame.region,
+              relay: frame.relay,
+              connectionId: frame.connection_id,
+              heartbeatS: frame.heartbeat_s ?? null,
+            },
+          ];
+      }
+    } catch (exc) {
+      if (exc instanceof RelaynetError) return [{ type: "bad_frame", reason: `${frame.op}: ${exc.message}` }];
+      throw exc;
+    }
+  }
+
+  _message(frame) {
+    const state = this._channels.get(frame.channel);
+    if (!state || !state.wanted) return []; // unsubscribed meanwhile
+    const ts = parseClock(frame.ts, "ts");
+    const position = parseClock(frame.position, "position");
+    if ((ts[frame.origin] ?? 0) < 1) return [{ type: "bad_frame", reason: `message ${JSON.stringify(frame.id)}: ts has no entry for its origin` }];
+    if (state.position !== null && covers(state.position, frame.origin, ts)) return []; // delivered before
+    state.position = state.position === null ? position : mergePositions(state.position, position);
+    const key = `${frame.channel}\n${frame.id}`;
+    if (this._seen.has(key)) return []; // the same publish stored in two regions; position still moves
+    this._seen.set(key, true);
+    if (this._seen.size > this._idMemory) this._seen.delete(this._seen.keys().next().value);
+    return [{ type: "message", channel: frame.channel, id: frame.id, data: frame.data, origin: frame.origin, ts, position }];
+  }
+
+  _ack(frame) {
+    if (Number.isInteger(frame.ref)) this._requests.delete(frame.ref);
+    // The ack's position is where the message was stored, not where this client has read to.
+    const position = parseClock(frame.position, "position");
+    if (!this._pending.delete(frame.id)) return []; // a second ack after a republish
+    return [{ type: "acked", id: frame.id, channel: frame.channel, position }];
+  }
+
+  _subscribed(frame) {
+    if (Number.isInteger(frame.ref)) this._requests.delete(frame.ref);
+    const state = this._channels.get(frame.channel);
+    const ref = frame.ref ?? null;
+    if (!state || !state.wanted || (ref !== null && ref !== state.ref)) return []; // withdrawn meanwhile
+    const position = parseClock(frame.position, "position");
+    const recovered = frame.recovered ?? false;
+    // Live: reading starts at the channel's current position. Recovered: the replay that
+    // follows gets us there; adopting the position now would drop the replay as duplicates.
+    if (!recovered) {
+      state.position = state.position === null ? position : mergePositions(state.position, position);
+      state.expired = false;
+    }
+    return [{ type: "subscribed", channel: frame.channel, position, recovered }];
+  }
+
+  _error(frame) {
+    const ref = frame.ref ?? null;
+    const base = { type: "error", code: frame.code, message: frame.message ?? "", ref, temporary: frame.temporary ?? false };
+    const request = Number.isInteger(ref) ? this._requests.get(ref) : undefined;
+    if (request === undefined) return [{ ...base, channel: null, publishId: null }];
+    this._requests.delete(ref);
+    if (request.op === "subscribe") {
+      const state = this._channels.get(request.channel);
+      if (!state || !state.wanted || state.ref !== ref) return [];
+      if (frame.code === "position_expired") {
+        const earliest = parseClock(frame.earliest ?? {}, "earliest");
+        state.wanted = false;
+        state.expired = true;
+        state.ref = null;
+        return [{ type: "expired", channel: request.channel, earliest }];
+      }
+      if (frame.code !== "already_subscribed") {
+        state.ref = null;
+        state.wanted = base.temporary; // a temporary failure is retried; a permanent one is not
+      }
+    } else if (request.op === "publish" && !base.temporary) {
+      this._pending.delete(request.publishId); // resending it would be refused again
+    }
+    return [{ ...base, channel: request.channel, publishId: request.publishId ?? null }];
+  }
+
+  _ref() {
+    return this._nextRef++;
+  }
+
+  _resumeFrom(state) {
+    return state.expired ? null : state.position;
+  }
+
+  _subscribeFrame(channel, state, position) {
+    const ref = this._ref();
+    state.ref = ref;
+    this._requests.set(ref, { op: "subscribe", channel });
+    const frame = { op: "subscribe", channel, ref };
+    if (position !== null) frame.position = position;
+    return JSON.stringify(frame);
+  }
+
+  _publishFrame(id) {
+    const { channel, dataJson } = this._pending.get(id);
+    const ref = this._ref();
+    this._requests.set(ref, { op: "publish", channel, publishId: id });
+    // The caller's JSON text is spliced in unchanged.
+    return `{"op":"publish","channel":${JSON.stringify(channel)},"id":${JSON.stringify(id)},"data":${dataJson},"ref":${ref}}`;
+  }
+}
+
+// --- URLs ------------------------------------------------------------------------------------
+
+const RELAY_PATHS = ["/v1/ws", "/v1/edges", "/v1/ping"];
+
+/**
+ * A relay's HTTP base (scheme://host:port plus any path prefix) and WebSocket URL from any of
+ * its URLs: ws://, wss://, http://, https://, with or without /v1/ws, /v1/edges or /v1/ping.
+ */
+export function edgeUrls(raw) {
+  const url = new URL(String(raw).trim(), globalThis.location?.href);
+  const scheme = { "ws:": "http:", "wss:": "https:", "http:": "http:", "https:": "https:" }[url.protocol];
+  if (!scheme || !url.hostname) throw new RangeError(`${raw} is not a ws://, wss://, http:// or https:// URL of a relay`);
+  let path = url.pathname.replace(/\/+$/, "");
+  for (const suffix of RELAY_PATHS) {
+    if (path.endsWith(suffix)) {
+      path = path.slice(0, -suffix.length);
+      break;
+    }
+  }
+  return { http: `${scheme}//${url.host}${path}`, ws: `${scheme === "https:" ? "wss:" : "ws:"}//${url.host}${path}/v1/ws` };
+}
+
+// --- routing: the plan of edges, moving back (relay/client/routing.py, connection.py) --------
+
+/**
+ * Directory + RTT samples per edge URL -> {directory, samples, choice, candidates}.
+ * A region's RTT is that of its first edge (directory order) that answered a probe; within a
+ * region, edges that answered come first. candidates: [region, url] in the order to try them.
+ */
+export function plan(directory, samples) {
+  const byRegion = new Map();
+  for (const edge of directory.edges) {
+    if (!byRegion.has(edge.region)) byRegion.set(edge.region, []);
+    byRegion.get(edge.region).push(edge);
+  }
+  const reachable = (edge) => (samples[edge.url] ?? []).some((s) => s !== null && s !== undefined);
+  const regionSamples = {};
+  const inOrder = new Map();
+  for (const [region, edges] of byRegion) {
+    const sorted = [...edges.filter(reachable), ...edges.filter((e) => !reachable(e))];
+    inOrder.set(region, sorted);
+    regionSamples[region] = samples[sorted[0].url] ?? [];
+  }
+  const choice = choose(directory.edges, regionSamples);
+  const candidates = choice.order.flatMap((region) => inOrder.get(region).map((e) => [region, e.url]));
+  return { directory, samples, choice, candidates };
+}
+
+export const DEFAULT_MIN_GAIN_MS = 5.0;
+
+/**
+ * Whether to leave `current` for the nearest region now, at a safe point (routing's
+ * should_move_back): "stay" never moves; "when-idle" only with nothing in flight;
+ * "immediately" at the first safe point. The target must be healthy and reachable and, when
+ * `current` is itself usable, nearer by more than minGainMs.
+ */
+export function shouldMoveBack(current, choice, { policy = "stay", idle, minGainMs = DEFAULT_MIN_GAIN_MS } = {}) {
+  if (policy === "stay") return false;
+  if (policy === "when-idle" && !idle) return false;
+  if (policy !== "when-idle" && policy !== "immediately") throw new RangeError(`unknown move-back policy ${JSON.stringify(policy)}`);
+  const preferred = (region) => choice.healthy.includes(region) && choice.rttMs[region] !== null && choice.rttMs[region] !== undefined;
+  const target = choice.order.length ? choice.order[0] : null;
+  if (target === null || target === current || !preferred(target)) return false;
+  if (!preferred(current)) return true; // current is down or unreachable: anything usable is better
+  return choice.rttMs[current] - choice.rttMs[target] > minGainMs;
+}
+
+// --- the client ------------------------------------------------------------------------------
+
+const now = () => (globalThis.performance ? performance.now() : Date.now());
+
+// After this many rounds in which every edge failed, the client is "suspended".
+const SUSPEND_AFTER_ROUNDS = 2;
+// While suspended, rounds are spaced by up to this many times maxMs.
+const SUSPENDED_FACTOR = 6;
+
+/** Create a client and start connecting; `client.ready` resolves at the first connection. */
+export function createClient(seeds, options = {}) {
+  return new Client(seeds, options);
+}
+
+/**
+ * Connect to the nearest healthy region of the network the seeds belong to, and resolve once
+ * connected. Rejects (and closes the client) if it ends before that (a relay refusing for
+ * good) or is not connected within options.connectTimeoutMs (0: no limit).
+ */
+export async function connect(seeds, options = {}) {
+  const client = new Client(seeds, options);
+  const limit = client.options.connectTimeoutMs;
+  let timer = null;
+  try {
+    await (limit > 0
+      ? Promise.race([
+          client.ready,
+          new Promise((_, reject) => {
+            timer = setTimeout(() => reject(new RelaynetError("timeout", `not connected within ${limit} ms`)), limit);
+          }),
+        ])
+      : client.ready);
+    return client;
+  } catch (exc) {
+    client.close();
+    throw exc;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+export class Client {
+  constructor(seeds, options = {}) {
+    const list = typeof seeds === "string" ? seeds.split(",") : [...(seeds ?? [])];
+    this.seeds = list.map((s) => String(s).trim()).filter(Boolean);
+    if (!this.seeds.length) throw new RangeError("at least one seed URL is needed");
+    this._seedUrls = this.seeds.map(edgeUrls); // throws on a malformed seed
+    this.options = { ...DEFAULT_OPTIONS, ...options };
+    const o = this.options;
+    if (!(o.probes >= 1)) throw new RangeError("probes must be >= 1");
+    if (!["stay", "when-idle", "immediately"].includes(o.moveBack)) throw new RangeError(`moveBack must be stay, when-idle or immediately: ${o.moveBack}`);
+    this._WebSocket = o.WebSocket ?? globalThis.WebSocket;
+    this._fetch = o.fetch ?? globalThis.fetch.bind(globalThis);
+    this._backoff = new Backoff({ baseMs: o.baseMs, maxMs: o.maxMs, resetAfterMs: o.resetAfterMs, random: o.random });
+    this._roundBackoff = new Backoff({ baseMs: o.maxMs, maxMs: o.maxMs * SUSPENDED_FACTOR, resetAfterMs: o.resetAfterMs, random: o.random });
+    this._retryBackoff = new Backoff({ baseMs: o.baseMs, maxMs: o.maxMs, resetAfterMs: 0, random: o.random });
+    this._session = new Session({ idPrefix: o.idPrefix ?? null, idMemory: o.idMemory });
+
+    this.state = "connecting";
+    this.region = null;
+    this.relay = null;
+    this.connectionId = null;
+    this.url = null; // the edge URL of the current (or last) connection
+    this.heartbeatS = null;
+    this.survey = null; // {directory, samples (per edge URL), choice, candidates, at}
+    this.closeCode = null;
+    this.closeReason = null;
+    this.connections = 0; // how many connections were established so far
+
+    this._listeners = new Map(); // event -> Set(fn)
+    this._subs = new Map(); // channel -> {listeners, onError, ready, resolve, reject, settled}
+    this._acks = new Map(); // publish id -> {resolve, reject}
+    this._ackWaiters = new Set(); // resolved at every ack (move back "when-idle")
+    this._ws = null;
+    this._stopped = false;
+    this._timers = new Set(); // pending sleeps: {timer, resolve}
+    this._interrupt = null; // ends the current attempt or connection from our side
+    this._liveness = null;
+    this._retryTimer = null;
+    this._moveTarget = null;
+    this.ready = new Promise((resolve, reject) => {
+      this._readyResolve = resolve;
+      this._readyReject = reject;
+    });
+    this.ready.catch(() => {}); // connect() reports it; createClient() users may not await it
+    // Back online: try now rather than at the end of the backoff delay.
+    this._online = () => this._wakeAll();
+    globalThis.addEventListener?.("online", this._online);
+    // Started after the constructor so that listeners added right away see every event.
+    this._loop = Promise.resolve().then(() => this._run());
+  }
+
+  // --- public API ---------------------------------------------------------------------------
+
+  /** Routing's choice from the last survey: {order, rttMs, reasons, healthy}. */
+  get choice() {
+    return this.survey ? this.survey.choice : null;
+  }
+
+  /**
+   * Listen to "state" (state, info), "error" (RelaynetError), "expired" ({channel, earliest}),
+   * "survey" (client.survey), "retry" ({inMs}) and "connected" ({region, relay, ...});
+   * returns a function that removes the listener.
+   */
+  on(event, fn) {
+    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
+    this._listeners.get(event).add(fn);
+    return () => this.off(event, fn);
+  }
+
+  off(event, fn) {
+    this._listeners.get(event)?.delete(fn);
+  }
+
+  get idPrefix() {
+    return this._session.idPrefix;
+  }
+
+  /** Unacknowledged publishes, {id: channel}. */
+  get pending() {
+    return this._session.pending;
+  }
+
+  /** Where this client is in `channel` (persist it to resume after a reload), or null. */
+  position(channel) {
+    return this._session.position(channel);
+  }
+
+  /**
+   * Subscribe to `channel`; onMessage({channel, id, data, origin, ts, position}) gets every
+   * message once, in the region's order, across reconnects and failovers. options.position
+   * starts from a persisted position; options.onError(error) hears why the subscription ended
+   * (refused, position expired, client failed). Returns {channel, ready, position(),
+   * unsubscribe()}; ready resolves with the first `subscribed` reply.
+   */
+  subscribe(channel, onMessage, options = {}) {
+    if (typeof onMessage !== "function") throw new TypeError("subscribe(channel, onMessage): onMessage must be a function");
+    this._checkOpen();
+    let sub = this._subs.get(channel);
+    if (sub && options.position) throw new Error(`already subscribed to ${JSON.stringify(channel)}: a start position applies to a new subscription`);
+    if (!sub) {
+      sub = { listeners: new Set(), onErrors: new Set(), settled: false };
+      sub.ready = new Promise((resolve, reject) => {
+        sub.resolve = resolve;
+        sub.reject = reject;
+      });
+      sub.ready.catch(() => {});
+      this._subs.set(channel, sub);
+      this._send(this._session.subscribe(channel, options.position ?? null));
+    }
+    sub.listeners.add(onMessage);
+    if (typeof options.onError === "function") sub.onErrors.add(options.onError);
+    return {
+      channel,
+      ready: sub.ready,
+      position: () => this._session.position(channel),
+      unsubscribe: () => {
+        sub.onErrors.delete(options.onError);
+        if (!sub.listeners.delete(onMessage) || sub.listeners.size || this._subs.get(channel) !== sub) return;
+        this._subs.delete(channel);
+        if (this._session.channels.includes(channel)) this._send(this._session.unsubscribe(channel));
+        else this._session.forget(channel);
+      },
+    };
+  }
+
+  /**
+   * Publish `data` (any JSON value) with an idempotency id; resolves with the ack
+   * {id, channel, position} once the region stored it. Sent again with the same id after
+   * every reconnect (in any region) until acked; rejects on a permanent error or when the
+   * client ends. The promise has the id as `.id`.
+   */
+  publish(channel, data) {
+    if (this._stopped) return Promise.reject(new RelaynetError(this.state, `the client is ${this.state}`));
+    const dataJson = JSON.stringify(data);
+    if (dataJson === undefined) return Promise.reject(new TypeError("publish: data must be a JSON value"));
+    const bytes = new TextEncoder().encode(dataJson).length + channel.length + 160; // + the frame
+    if (bytes > this.options.maxFrameBytes) {
+      return Promise.reject(new RelaynetError("too_large", `publish frame of ~${bytes} bytes is above maxFrameBytes (${this.options.maxFrameBytes})`));
+    }
+    const [id, frame] = this._session.publish(channel, dataJson);
+    const promise = new Promise((resolve, reject) => this._acks.set(id, { resolve, reject }));
+    promise.id = id;
+    this._send(frame);
+    return promise;
+  }
+
+  /** Close the connection (1000) and end the client: state "closed"; pending publishes reject. */
+  close() {
+    this._finish("closed", new RelaynetError("closed", "client closed"));
+  }
+
+  // --- events and state ---------------------------------------------------------------------
+
+  _emit(event, ...args) {
+    for (const fn of [...(this._listeners.get(event) ?? [])]) {
+      try {
+        fn(...args);
+      } catch (exc) {
+        if (event !== "error") this._emit("error", exc);
+        else console.error("relaynet: an error listener threw", exc);
+      }
+    }
+  }
+
+  _setState(state, info = {}) {
+    if (state === this.state) return;
+    const previous = this.state;
+    this.state = state;
+    this._emit("state", state, { previous, region: this.region, relay: this.relay, ...info });
+  }
+
+  _checkOpen() {
+    if (this._stopped) throw new RelaynetError(this.state, `the client is ${this.state}`);
+  }
+
+  /** End the client: fail what waits, end the subscriptions, close the connection. */
+  _finish(state, error) {
+    if (this._stopped) return;
+    this._stopped = true;
+    globalThis.removeEventListener?.("online", this._online);
+    clearTimeout(this._retryTimer);
+    this._stopLiveness();
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) {
+      detach(ws);
+      try {
+        ws.close(1000, state === "closed" ? "client closed" : "client failed");
+      } catch {
+        // closing already
+      }
+    }
+    this._interrupt?.(null);
+    this._wakeAll();
+    for (const [, ack] of this._acks) ack.reject(error);
+    this._acks.clear();
+    for (const [channel, sub] of this._subs) this._endSub(channel, sub, state === "closed" ? null : error);
+    this._subs.clear();
+    this._setState(state, { code: error.closeCode ?? null, reason: error.message });
+    this._readyReject(error);
+  }
+
+  _endSub(channel, sub, error) {
+    if (!sub.settled) sub.reject(error ?? new RelaynetError("closed", "client closed"));
+    sub.settled = true;
+    if (error === null) return;
+    for (const fn of sub.onErrors) {
+      try {
+        fn(error);
+      } catch (exc) {
+        this._emit("error", exc);
+      }
+    }
+  }
+
+  // --- the supervisor (relay/client/connection.py) ------------------------------------------
+
+  // After a drop the client waits a jittered delay and goes back to the same edge first, then
+  // to the next ones in the failover order. A round in which every edge failed ends with a
+  // fresh survey (directory and probes, from the seeds and every edge known so far); after
+  // SUSPEND_AFTER_ROUNDS such rounds the state is "suspended" and rounds are spaced further
+  // apart by a second, slower backoff.
+  async _run() {
+    let target = null; // [region, url] of the edge we were on: try it first
+    let failedRounds = 0;
+    let pause = false; // back off before the next attempt
+    let needSurvey = true;
+    this._emit("state", this.state, { previous: null });
+    while (!this._stopped) {
+      if (needSurvey) {
+        await this._refresh();
+        needSurvey = false;
+        if (this._stopped) return;
+      }
+      const order = this._order(target);
+      let connected = false;
+      for (const [region, url] of order) {
+        if (pause) {
+          const delay = this._backoff.nextDelay();
+          this._emit("retry", { inMs: Math.round(delay), region, url });
+          await this._sleep(delay);
+          if (this._stopped) return;
+        }
+        pause = true;
+        if (this.state !== "suspended") this._setState("connecting", { url, attempt: this._backoff.attempt });
+        const outcome = await this._connection(region, url);
+        if (this._stopped) return;
+        if (outcome === null) continue;
+        connected = true;
+        failedRounds = 0;
+        this._roundBackoff.reset();
+        if (outcome.moveTo) {
+          target = outcome.moveTo;
+          pause = false; // a deliberate move, not a failure
+        } else {
+          target = [region, url];
+          this._setState("disconnected", { code: outcome.code, reason: outcome.reason });
+        }
+        break;
+      }
+      if (connected) continue;
+      // Every edge failed (or none is known): a fresh survey, and start over.
+      failedRounds += 1;
+      needSurvey = true;
+      target = null;
+      if (failedRounds >= SUSPEND_AFTER_ROUNDS) {
+        this._setState("suspended", { reason: `every edge failed ${failedRounds} rounds in a row` });
+        const delay = this._roundBackoff.nextDelay();
+        this._emit("retry", { inMs: Math.round(delay) });
+        await this._sleep(delay);
+      } else if (!order.length) {
+        await this._sleep(this._backoff.nextDelay());
+      }
+    }
+  }
+
+  _order(target) {
+    const candidates = this.survey ? this.survey.candidates.map((c) => [...c]) : [];
+    if (target === null) return candidates;
+    const rest = candidates.filter(([r, u]) => !(r === target[0] && u === target[1]));
+    return [target, ...rest];
+  }
+
+  _sleep(ms) {
+    return new Promise((resolve) => {
+      const entry = { resolve };
+      entry.timer = setTimeout(() => {
+        this._timers.delete(entry);
+        resolve();
+      }, ms);
+      this._timers.add(entry);
+    });
+  }
+
+  _wakeAll() {
+    for (const entry of this._timers) {
+      clearTimeout(entry.timer);
+      entry.resolve();
+    }
+    this._timers.clear();
+  }
+
+  // --- survey: directory, probes, plan ------------------------------------------------------
+
+  /** A new survey from the seeds and every edge known so far; the old one stays when nobody
+   * answers. */
+  async _refresh() {
+    const sources = [...this._seedUrls];
+    for (const [, url] of this.survey?.candidates ?? []) sources.push(edgeUrls(url));
+    const unique = new Map(); // one request per relay, by HTTP base
+    for (const source of sources) if (!unique.has(source.http)) unique.set(source.http, source);
+    let directory = await this._fetchDirectory([...unique.values()]);
+    const allowed = this.options.regions;
+    if (directory !== null && allowed && directory.source !== "seeds") {
+      directory = { ...directory, edges: directory.edges.filter((e) => allowed.includes(e.region)) };
+    }
+    if (directory === null || this._stopped) {
+      if (directory === null) this._emit("error", new RelaynetError("directory", "no seed or known edge answered", { temporary: true }));
+      return null;
+    }
+    const urls = [...new Set(directory.edges.map((e) => e.url))];
+    const samples = Object.fromEntries(await Promise.all(urls.map(async (url) => [url, await this._probe(url)])));
+    if (this._stopped) return null;
+    this.survey = { ...plan(directory, samples), at: Date.now() };
+    this._emit("survey", this.survey);
+    return this.survey;
+  }
+
+  /** GET with a timeout over the whole response: {status, text}; throws on network errors
+   * (error.timedOut when the timeout hit). */
+  async _get(url) {
+    const controller = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      controller.abort();
+    }, this.options.probeTimeoutMs);
+    try {
+      const response = await this._fetch(url, { cache: "no-store", credentials: "omit", mode: "cors", redirect: "error", signal: controller.signal });
+      return { status: response.status, text: await response.text() };
+    } catch (exc) {
+      throw Object.assign(new Error(String(exc?.message ?? exc)), { timedOut });
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * The edge directory of the first source (in list order) that serves one; the requests go
+   * out together. When none does but some answered HTTP (relays without /v1/edges), those
+   * become the directory, each its own pseudo-region named by its URL. null when nobody
+   * answered.
+   */
+  async _fetchDirectory(sources) {
+    const attempts = sources.map((source) => this._directoryFrom(source));
+    const answered = [];
+    for (let i = 0; i < sources.length; i++) {
+      const result = await attempts[i];
+      if (result.answered) answered.push(sources[i].ws);
+      if (result.directory) return result.directory;
+    }
+    if (!answered.length) return null;
+    const unique = [...new Set(answered)];
+    return { source: "seeds", region: null, relay: null, edges: unique.map((u) => ({ region: u, url: u, health: "unknown" })) };
+  }
+
+  async _directoryFrom(source) {
+    let response;
+    try {
+      response = await this._get(`${source.http}/v1/edges`);
+    } catch {
+      return { answered: false };
+    }
+    if (response.status !== 200) return { answered: true };
+    let doc;
+    try {
+      doc = JSON.parse(response.text);
+    } catch {
+      return { answered: true };
+    }
+    const valid =
+      doc && isStr(doc.region) && Array.isArray(doc.edges) && (doc.relay == null || isStr(doc.relay)) &&
+      doc.edges.every((e) => e && isStr(e.region) && isStr(e.url) && (e.health === undefined || isStr(e.health)));
+    if (!valid) return { answered: true };
+    const edges = [];
+    for (const item of doc.edges) {
+      let url;
+      try {
+        url = edgeUrls(item.url).ws;
+      } catch {
+        continue; // a bad edge URL
+      }
+      edges.push({ region: item.region, url, health: ["up", "down", "unknown"].includes(item.health) ? item.health : "unknown" });
+    }
+    if (!edges.some((e) => e.url === source.ws)) {
+      // The relay that answered is an edge of its own region, whatever the directory lists
+      // for it (a load balancer, a relay without public_url): its region's last resort.
+      const own = edges.filter((e) => e.region === doc.region).map((e) => e.health);
+      edges.push({ region: doc.region, url: source.ws, health: own.length ? own[0] : "up" });
+    }
+    return { answered: true, directory: { source: source.ws, region: doc.region, relay: doc.relay ?? null, edges } };
+  }
+
+  /** Up to `probes` RTT samples in ms (null for a failed probe; a timeout ends the probing of
+   * that edge). Any HTTP answer below 500 is a sample. */
+  async _probe(url) {
+    const target = `${edgeUrls(url).http}/v1/ping`;
+    const samples = [];
+    for (let i = 0; i < this.options.probes && !this._stopped; i++) {
+      const start = now();
+      let status;
+      try {
+        ({ status } = await this._get(target));
+      } catch (exc) {
+        samples.push(null);
+        if (exc.timedOut) break; // the next ones would wait as long: one is evidence enough
+        continue;
+      }
+      samples.push(status < 500 ? now() - start : null);
+    }
+    return samples;
+  }
+
+  // --- one connection -----------------------------------------------------------------------
+
+  /**
+   * Open, resume, read until it ends: {code, reason} or {moveTo}; null if it never got up
+   * (no WebSocket, or the first frame within openTimeoutMs was not `connected`).
+   */
+  _connection(region, url) {
+    return new Promise((resolve) => {
+      let ws;
+      try {
+        ws = new this._WebSocket(url);
+      } catch {
+        resolve(null);
+        return;
+      }
+      this._ws = ws;
+      let up = false;
+      let done = false;
+      let timer = null;
+      const finish = (outcome) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        if (this._ws === ws) this._ws = null;
+        this._interrupt = null;
+        this._stopLiveness();
+        if (up) this._backoff.disconnected(now());
+        if (outcome !== null && this._moveTarget !== null) {
+          outcome = { moveTo: this._moveTarget };
+          this._moveTarget = null;
+        }
+        resolve(outcome);
+      };
+      const giveUp = () => {
+        detach(ws);
+        try {
+          ws.close(1000);
+        } catch {
+          // closing already
+        }
+        finish(null);
+      };
+      timer = setTimeout(giveUp, this.options.openTimeoutMs);
+      ws.onopen = () => {
+        clearTimeout(timer);
+        timer = setTimeout(giveUp, this.options.openTimeoutMs); // for the `connected` frame
+      };
+      ws.onerror = () => {}; // a close event follows
+      ws.onmessage = (event) => {
+        if (done) return;
+        this._lastRx = now();
+        if (typeof event.data !== "string") {
+          this._emit("error", new RelaynetError("bad_frame", "binary frame from the relay"));
+          return;
+        }
+        const events = this._session.receive(event.data);
+        if (up) {
+          for (const e of events) this._handle(e);
+          return;
+        }
+        const hello = events.find((e) => e.type === "connected");
+        if (!hello) {
+          giveUp(); // the first frame of v1 is `connected`
+          return;
+        }
+        clearTimeout(timer);
+        up = true;
+        this._up(ws, hello, region, url);
+      };
+      ws.onclose = (event) => {
+        if (!up) {
+          finish(null);
+          return;
+        }
+        const reason = event.reason || (event.code === 1006 ? "connection lost" : "");
+        this.closeCode = event.code;
+        this.closeReason = reason;
+        if (this._moveTarget === null && closePolicy(event.code) === "stop") {
+          finish({ code: event.code, reason });
+          if (event.code === 1000) this._finish("closed", new RelaynetError("closed", `relay closed: ${reason}`, { closeCode: event.code }));
+          else this._finish("failed", new RelaynetError("failed", `connection closed with ${event.code} ${JSON.stringify(reason)}: not reconnecting`, { closeCode: event.code }));
+          return;
+        }
+        if (event.code === 1009) this._dropOversized();
+        finish({ code: event.code, reason });
+      };
+      // Ends this attempt or connection from our side (close(), liveness, moving back).
+      this._interrupt = (outcome) => {
+        detach(ws);
+        try {
+          ws.close(1000, outcome?.reason ?? "client closed");
+        } catch {
+          // closing already
+        }
+        finish(up ? outcome : null);
+      };
+    });
+  }
+
+  _up(ws, hello, region, url) {
+    // Every connection, the first included, starts with the session's resubscribes and
+    // republishes; frames made while disconnected are covered by them.
+    for (const frame of this._session.onReconnect()) ws.send(frame);
+    this.region = hello.region;
+    this.relay = hello.relay;
+    this.connectionId = hello.connectionId;
+    this.heartbeatS = hello.heartbeatS;
+    this.url = url;
+    this.connections += 1;
+    this._backoff.connected(now());
+    this._retryBackoff.reset();
+    this._startLiveness(ws);
+    this._setState("connected", { url, connectionId: hello.connectionId });
+    this._emit("connected", { region: this.region, relay: this.relay, connectionId: this.connectionId, url, listedAs: region });
+    this._readyResolve(this);
+    if (this.options.moveBack !== "stay") this._watchForMove(ws, hello.region);
+  }
+
+  _send(frame) {
+    // Not connected: the next connection's resubscribes and republishes cover this frame.
+    const ws = this._ws;
+    if (ws && ws.readyState === 1 && this.state === "connected") ws.send(frame);
+  }
+
+  _handle(event) {
+    switch (event.type) {
+      case "message": {
+        const sub = this._subs.get(event.channel);
+        if (!sub) return;
+        const { type: _type, ...message } = event;
+        for (const fn of [...sub.listeners]) {
+          try {
+            fn(message);
+          } catch (exc) {
+            this._emit("error", exc);
+          }
+        }
+        return;
+      }
+      case "subscribed": {
+        const sub = this._subs.get(event.channel);
+        if (sub && !sub.settled) {
+          sub.settled = true;
+          sub.resolve({ channel: event.channel, position: event.position, recovered: event.recovered });
+        }
+        return;
+      }
+      case "acked": {
+        const ack = this._acks.get(event.id);
+        this._acks.delete(event.id);
+        ack?.resolve({ id: event.id, channel: event.channel, position: event.position });
+        for (const wake of this._ackWaiters) wake();
+        return;
+      }
+      case "expired":
+        this._expired(event);
+        return;
+      case "error":
+        this._error(event);
+        return;
+      case "bad_frame":
+        this._emit("error", new RelaynetError("bad_frame", `${this.url} sent a bad frame: ${event.reason}`));
+        return;
+      default:
+    }
+  }
+
+  _expired({ channel, earliest }) {
+    this._emit("expired", { channel, earliest });
+    const sub = this._subs.get(channel);
+    if (!sub) return;
+    const policy = this.options.onExpired;
+    if (policy === "earliest" || policy === "live") {
+      this._emit("error", new RelaynetError("position_expired", `${channel}: messages before ${JSON.stringify(earliest)} are gone; going on ${policy === "live" ? "live" : "from the earliest stored"}`, { channel, earliest }));
+      this._send(this._session.subscribe(channel, policy === "live" ? null : earliest));
+      return;
+    }
+    // "stop" (as the Python SDK): the subscription ends; the application decides.
+    this._subs.delete(channel);
+    this._session.forget(channel);
+    this._endSub(channel, sub, new RelaynetError("position_expired", `${channel}: position expired; earliest still stored is ${JSON.stringify(earliest)}`, { channel, earliest }));
+  }
+
+  _error(event) {
+    const error = new RelaynetError(event.code, event.message || event.code, { temporary: event.temporary, channel: event.channel, publishId: event.publishId });
+    if (event.publishId) {
+      if (event.temporary) {
+        this._scheduleRetry(); // the session keeps it pending
+      } else {
+        const ack = this._acks.get(event.publishId);
+        this._acks.delete(event.publishId);
+        ack?.reject(error);
+      }
+      return;
+    }
+    const benign = event.code === "already_subscribed" || event.code === "not_subscribed";
+    if (event.channel && this._subs.has(event.channel) && !benign) {
+      if (event.temporary) {
+        this._scheduleRetry(); // the session still wants the channel
+      } else {
+        const sub = this._subs.get(event.channel);
+        this._subs.delete(event.channel);
+        this._endSub(event.channel, sub, error);
+      }
+      return;
+    }
+    this._emit("error", error);
+  }
+
+  /** After a temporary error: publish every pending message again (same ids) and subscribe
+   * again to channels whose subscribe failed. */
+  _scheduleRetry() {
+    if (this._retryTimer !== null || !this._ws) return;
+    const ws = this._ws;
+    this._retryTimer = setTimeout(() => {
+      this._retryTimer = null;
+      if (this._ws !== ws) return; // a new connection resends everything anyway
+      const frames = this._session.republishPending();
+      for (const channel of this._session.unsubscribed) frames.push(this._session.subscribe(channel));
+      for (const frame of frames) this._send(frame);
+    }, this._retryBackoff.nextDelay());
+  }
+
+  // 1009: a frame of ours was above the relay's limit. Resending every pending publish after the
+  // reconnect would close the next connection too: give up the largest one, the likely culprit.
+  _dropOversized() {
+    const id = this._session.largestPending();
+    if (id === null) return;
+    this._session.drop(id);
+    const error = new RelaynetError("too_large", "the relay closed the connection (1009): frame too large", { publishId: id });
+    const ack = this._acks.get(id);
+    this._acks.delete(id);
+    ack?.reject(error);
+    this._emit("error", error);
+  }
+
+  /** Move back to a nearer region at a safe point (options.moveBack). */
+  async _watchForMove(ws, region) {
+    const alive = () => this._ws === ws && !this._stopped;
+    while (alive()) {
+      await this._sleep(this.options.refreshMs);
+      if (!alive()) return;
+      const fresh = await this._refresh();
+      if (!alive()) return;
+      if (fresh === null) continue;
+      const wanted = () => shouldMoveBack(region, fresh.choice, { policy: this.options.moveBack, idle: this._session.idle });
+      if (!wanted() && !this._session.idle) await this._untilIdle(this.options.refreshMs); // when-idle: a safe point may come soon
+      if (!alive() || !wanted()) continue;
+      const nearest = fresh.choice.order[0];
+      const target = fresh.candidates.find(([r]) => r === nearest);
+      if (!target) continue;
+      this._moveTarget = [...target];
+      this._interrupt?.({ reason: "moving to a nearer region" });
+      return;
+    }
+  }
+
+  _untilIdle(ms) {
+    return new Promise((resolve) => {
+      const check = () => {
+        if (!this._session.idle) return;
+        done();
+      };
+      const timer = setTimeout(() => done(), ms);
+      const done = () => {
+        clearTimeout(timer);
+        this._ackWaiters.delete(check);
+        resolve();
+      };
+      this._ackWaiters.add(check);
+    });
+  }
+
+  // The relay pings us, but a browser cannot see WebSocket pings: after heartbeat_s without a
+  // frame ask with a protocol ping, and give the connection up when heartbeat_s more pass
+  // without any frame. Only an unanswered ping counts, so a background tab whose timers are
+  // throttled to one a minute does not drop a healthy connection.
+  _startLiveness(ws) {
+    this._stopLiveness();
+    const idleMs = (this.heartbeatS ?? 15) * 1000;
+    this._lastRx = now();
+    let pingedAt = null;
+    this._liveness = setInterval(() => {
+      if (this._ws !== ws) return;
+      const t = now();
+      if (pingedAt !== null && this._lastRx >= pingedAt) pingedAt = null; // answered
+      if (pingedAt !== null && t - pingedAt >= idleMs) {
+        this._interrupt?.({ code: 1006, reason: `no frame for ${Math.round(t - this._lastRx)} ms` });
+      } else if (pingedAt === null && t - this._lastRx >= idleMs) {
+        pingedAt = t;
+        this._send(JSON.stringify({ op: "ping" }));
+      }
+    }, Math.max(250, idleMs / 4));
+  }
+
+  _stopLiveness() {
+    clearInterval(this._liveness);
+    this._liveness = null;
+  }
+}
+
+function detach(ws) {
+  ws.onmessage = null;
+  ws.onclose = null;
+  ws.onerror = null;
+  ws.onopen = null;
+}

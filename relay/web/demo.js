@@ -1,0 +1,188 @@
+// The demo chat page served by every relay at GET /: one room (channel chat:<room>), the
+// region and relay it is on, the measured RTTs and why it picked its edge, and every message
+// with its origin region and vector timestamp.
+//
+// Query parameters: ?room=NAME (default lobby), ?seeds=ws://a/v1/ws,ws://b/v1/ws (default:
+// this page's own relay), ?name=NICK, ?regions=us-east,eu-west (connect only to these). Tests read window.relaynetDemo and data-testid elements.
+
+import { createClient } from "./v1/client.js";
+
+const params = new URLSearchParams(location.search);
+const room = params.get("room") || "lobby";
+const channel = `chat:${room}`;
+const name = params.get("name") || `guest-${Math.random().toString(16).slice(2, 6)}`;
+const seeds = (params.get("seeds") || location.origin).split(",").map((s) => s.trim()).filter(Boolean);
+// ?regions=eu-west: only these regions (on one machine every region is about as near).
+const regions = params.get("regions")?.split(",").map((s) => s.trim()).filter(Boolean) ?? null;
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, props = {}, ...children) => {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key === "class") node.className = value;
+    else node[key] = value;
+  }
+  node.append(...children);
+  return node;
+};
+const clockText = (clock) =>
+  `{${Object.entries(clock)
+    .map(([region, n]) => `${region}:${n}`)
+    .join(", ")}}`;
+
+const demo = {
+  client: null,
+  room,
+  channel,
+  name,
+  seeds,
+  regions,
+  state: "connecting",
+  stateDetail: "",
+  states: [], // every state change: {state, at, ...info}
+  messages: [], // delivered messages: {id, text, name, origin, ts, position, mine}
+  errors: [],
+  send,
+};
+window.relaynetDemo = demo;
+
+$("room").textContent = room;
+$("name").textContent = name;
+document.title = `#${room} · relaynet`;
+
+function log(text) {
+  const list = $("log");
+  list.prepend(el("li", { textContent: `${new Date().toLocaleTimeString()} ${text}` }));
+  while (list.children.length > 50) list.lastChild.remove();
+}
+
+function showState(state, info) {
+  demo.state = state;
+  demo.states.push({ state, at: Date.now(), code: info.code ?? null, reason: info.reason ?? null, region: info.region ?? null });
+  const badge = $("state");
+  badge.textContent = state;
+  badge.dataset.state = state;
+  const detail = [];
+  if (info.reason) detail.push(info.reason);
+  if (info.code) detail.push(`code ${info.code}`);
+  demo.stateDetail = detail.join(" · ");
+  $("state-detail").textContent = demo.stateDetail;
+  // Sending works in every state but the final ones: publishes wait for the next connection.
+  $("input").disabled = $("send").disabled = state === "failed" || state === "closed";
+  log(`${state}${detail.length ? ` (${detail.join(", ")})` : ""}`);
+  showWhere();
+}
+
+function showWhere() {
+  const c = demo.client;
+  $("region").textContent = c?.region ?? "–";
+  $("relay").textContent = c?.relay ?? "–";
+  const survey = c?.survey;
+  if (!survey) return;
+  const { choice, directory, samples, candidates } = survey;
+  const tbody = $("rtt");
+  tbody.replaceChildren();
+  for (const region of choice.order) {
+    // The region's RTT is that of its first candidate edge (the first that answered a probe).
+    const [, url] = candidates.find(([r]) => r === region) ?? [region, null];
+    const health = directory.edges.find((e) => e.region === region)?.health ?? "?";
+    const rtt = choice.rttMs[region];
+    tbody.append(
+      el(
+        "tr",
+        { dataset: { testid: "rtt-row", region }, class: region === c.region ? "chosen" : "", title: `${url}: ${choice.reasons[region]}` },
+        el("td", { textContent: region }),
+        el("td", { textContent: health }),
+        el("td", { textContent: rtt === null ? "–" : `${rtt.toFixed(1)} ms`, dataset: { testid: "rtt" } }),
+        el("td", { textContent: (samples[url] ?? []).map((s) => (s === null ? "✕" : s.toFixed(1))).join(" ") }),
+      ),
+    );
+  }
+  const nearest = choice.order[0];
+  const on = c.region;
+  let why = `nearest: ${nearest}, ${choice.reasons[nearest]}`;
+  if (on && on === nearest && c.state === "connected") why = `on ${on} because it is the ${choice.reasons[on]}`;
+  else if (on && c.state === "connected") why = `on ${on} (${choice.reasons[on] ?? "not in the directory"}); nearest is ${nearest}: ${choice.reasons[nearest]}`;
+  if (regions?.length) why += ` (only ${regions.join(", ")}: ?regions=)`;
+  $("choice-reason").textContent = why;
+  $("directory-from").textContent = `directory from ${directory.source} · failover order ${choice.order.join(" → ")}`;
+}
+
+function showMessage(message) {
+  const data = message.data;
+  const text = typeof data === "string" ? data : typeof data?.text === "string" ? data.text : JSON.stringify(data);
+  const who = typeof data?.name === "string" ? data.name : "?";
+  const mine = demo.client !== null && message.id.startsWith(`${demo.client.idPrefix}-`);
+  const entry = { id: message.id, text, name: who, origin: message.origin, ts: message.ts, position: message.position, mine, at: Date.now() };
+  demo.messages.push(entry);
+  const list = $("messages");
+  list.append(
+    el(
+      "li",
+      { class: mine ? "mine" : "", dataset: { testid: "message", id: message.id, origin: message.origin, ts: JSON.stringify(message.ts) } },
+      el("span", { class: "who", textContent: who }),
+      el("span", { class: "text", textContent: text, dataset: { testid: "message-text" } }),
+      el(
+        "span",
+        { class: "meta mono" },
+        "from ",
+        el("span", { textContent: message.origin, dataset: { testid: "message-origin" } }),
+        " · ts ",
+        el("span", { textContent: clockText(message.ts), dataset: { testid: "message-ts" } }),
+      ),
+    ),
+  );
+  const chat = $("chat");
+  chat.scrollTop = chat.scrollHeight;
+}
+
+/** Publish one chat line; resolves with the ack (retried across reconnects until acked). */
+function send(text) {
+  const promise = demo.client.publish(channel, { text, name });
+  const item = el("li", { textContent: `${promise.id} sending… ${text.slice(0, 40)}`, dataset: { testid: "outbox-item", id: promise.id } });
+  $("outbox").prepend(item);
+  promise.then(
+    (ack) => {
+      item.textContent = `${ack.id} acked at ${clockText(ack.position)}`;
+      item.dataset.acked = "true";
+      setTimeout(() => item.remove(), 5000);
+    },
+    (error) => {
+      item.textContent = `${promise.id} failed: ${error.message}`;
+      demo.errors.push({ code: error.code, message: error.message });
+    },
+  );
+  return promise;
+}
+
+$("composer").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const input = $("input");
+  const text = input.value.trim();
+  if (!text || !demo.client) return;
+  input.value = "";
+  send(text).catch(() => {});
+});
+
+try {
+  const client = createClient(seeds, regions?.length ? { regions } : {});
+  demo.client = client;
+  client.on("state", showState);
+  client.on("survey", showWhere);
+  client.on("retry", ({ inMs }) => {
+    $("state-detail").textContent = `${demo.stateDetail ? `${demo.stateDetail} · ` : ""}next attempt in ${inMs} ms`;
+  });
+  client.on("error", (error) => {
+    demo.errors.push({ code: error.code ?? null, message: String(error.message ?? error) });
+    log(`error ${error.code ?? ""}: ${error.message ?? error}`);
+  });
+  client.subscribe(channel, showMessage);
+  window.addEventListener("pagehide", () => client.close());
+} catch (error) {
+  demo.state = "failed";
+  demo.errors.push({ code: "setup", message: String(error.message ?? error) });
+  $("state").textContent = "failed";
+  $("state").dataset.state = "failed";
+  $("state-detail").textContent = String(error.message ?? error);
+}

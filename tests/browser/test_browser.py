@@ -1,0 +1,683 @@
+"""The browser client (relay/web/client.js) and the demo page in a real headless Chromium,
+loaded from a relay, against relays of two regions federated over real nats-servers.
+
+Every region is on loopback, so RTT probes alone cannot tell regions apart: each page gets
+network latency toward the other region's relays (its requests to them are held for a while
+before they go out, through the DevTools protocol), and the client must pick by its own
+measurements. Nothing in the page is mocked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import anyio
+import pytest
+
+from config.schema import RelayConfig
+from relay.client.backoff import Backoff
+from relay.client.routing import Edge, MoveBackPolicy, choose, should_move_back
+from relay.client.session import ClientSession, close_policy
+from relay.node import RelayNode
+from tests.browser.chromium import CHROMIUM, Browser, Page, chromium, chromium_available
+from tests.support.regions import FAST_FEDERATION, region_nats, running_regions
+from tests.support.relays import make_config, relay_process, running_relays, timeout
+
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+
+MOVE_POLICIES: list[MoveBackPolicy] = ["stay", "when-idle", "immediately"]
+FAR_MS = 100  # latency added toward the other region's relays
+
+
+@pytest.fixture(autouse=True)
+def _need_chromium() -> None:
+    if chromium_available():
+        return
+    message = f"{CHROMIUM} is missing: apt-get install -y chromium"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def free_ports(n: int) -> list[int]:
+    """Ports free on 127.0.0.1 right now (held together, so they are distinct)."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def ws_url(port: int) -> str:
+    return f"ws://127.0.0.1:{port}/v1/ws"
+
+
+def federated_configs(nats_urls: dict[str, str], ports: dict[str, list[int]]) -> list[RelayConfig]:
+    """Relays on fixed ports; each peer's edge_url is the first relay of that region, so
+    that GET /v1/edges lists edges a browser can actually reach."""
+    configs = []
+    for region, url in nats_urls.items():
+        peers = [
+            {"region": peer, "edge_url": ws_url(ports[peer][0]), "nats_url": peer_nats}
+            for peer, peer_nats in nats_urls.items()
+            if peer != region
+        ]
+        for i, port in enumerate(ports[region]):
+            configs.append(
+                make_config(
+                    nats_url=url,
+                    region=region,
+                    relay_id=f"{region}-{i + 1}",
+                    port=port,
+                    peers=peers,
+                    federation=FAST_FEDERATION,
+                )
+            )
+    return configs
+
+
+@asynccontextmanager
+async def regions(
+    tmp_path: Path, relays: dict[str, int]
+) -> AsyncIterator[tuple[dict[str, list[RelayNode]], dict[str, list[int]]]]:
+    ports_list = free_ports(sum(relays.values()))
+    ports = {r: [ports_list.pop() for _ in range(n)] for r, n in relays.items()}
+    with region_nats(tmp_path, tuple(relays)) as nats_urls:
+        async with running_regions(federated_configs(nats_urls, ports)) as nodes:
+            yield nodes, ports
+
+
+def page_url(port: int, **params: str) -> str:
+    return f"http://127.0.0.1:{port}/?{urlencode(params)}"
+
+
+async def open_chat(
+    browser: Browser,
+    port: int,
+    seeds: list[int],
+    far: list[int],
+    room: str,
+    name: str,
+    **params: str,
+) -> Page:
+    """The demo page served by the relay on ``port``, with latency toward ``far`` ports."""
+    page = await browser.new_page("about:blank")
+    for far_port in far:
+        await page.delay_requests(f"http://127.0.0.1:{far_port}/*", FAR_MS / 1000)
+    seed_list = ",".join(ws_url(p) for p in seeds)
+    await page.goto(page_url(port, room=room, seeds=seed_list, name=name, **params))
+    await page.wait_for("window.relaynetDemo?.state === 'connected'", 20, f"{name} to connect")
+    # Subscribed: the channel has a position (live subscriptions start at the channel's head).
+    await page.wait_for(
+        "relaynetDemo.client.position(relaynetDemo.channel) !== null", 10, f"{name} to subscribe"
+    )
+    return page
+
+
+async def where(page: Page) -> dict[str, Any]:
+    info = await page.evaluate(
+        "({region: relaynetDemo.client.region, relay: relaynetDemo.client.relay,"
+        " choice: relaynetDemo.client.choice, survey: relaynetDemo.client.survey,"
+        " state: relaynetDemo.state,"
+        " shown: {region: document.querySelector('[data-testid=region]').textContent,"
+        " relay: document.querySelector('[data-testid=relay]').textContent,"
+        " reason: document.querySelector('[data-testid=choice-reason]').textContent,"
+        " rows: document.querySelectorAll('[data-testid=rtt-row]').length}})"
+    )
+    assert isinstance(info, dict)
+    return info
+
+
+async def type_and_send(page: Page, text: str) -> None:
+    """Through the page's own form, as a person would."""
+    await page.evaluate(
+        "(() => { const input = document.querySelector('[data-testid=input]');"
+        f" input.value = {json.dumps(text)};"
+        " document.querySelector('[data-testid=send]').click(); })()"
+    )
+
+
+async def wait_texts(page: Page, expected: list[str], timeout_s: float, what: str) -> None:
+    wanted = json.dumps(expected)
+    await page.wait_for(
+        f"(() => {{ const have = new Set(relaynetDemo.messages.map((m) => m.text));"
+        f" return {wanted}.every((t) => have.has(t)); }})()",
+        timeout_s,
+        what,
+    )
+
+
+async def test_two_regions_chat(tmp_path: Path) -> None:
+    """(a) A page in each region picks its own region by RTT, explains why, and the two
+    exchange messages both ways; each message shows its origin and vector timestamp."""
+    async with regions(tmp_path, {"us-east": 1, "eu-west": 1}) as (_, ports):
+        east, west = ports["us-east"][0], ports["eu-west"][0]
+        async with chromium(tmp_path / "chromium.log") as browser:
+            alice = await open_chat(browser, east, [east], [west], "duo", "alice")
+            bob = await open_chat(browser, west, [west], [east], "duo", "bob")
+
+            for page, region, relay in (
+                (alice, "us-east", "us-east-1"),
+                (bob, "eu-west", "eu-west-1"),
+            ):
+                info = await where(page)
+                assert (info["region"], info["relay"]) == (region, relay)
+                assert info["shown"]["region"] == region and info["shown"]["relay"] == relay
+                choice = info["choice"]
+                assert choice["order"][0] == region
+                assert choice["reasons"][region].startswith("nearest healthy: median")
+                other = next(r for r in choice["order"] if r != region)
+                assert choice["rttMs"][other] >= FAR_MS
+                edge = next(url for r, url in info["survey"]["candidates"] if r == region)
+                assert len(info["survey"]["samples"][edge]) == 3
+                assert info["shown"]["rows"] == 2
+                assert "nearest healthy" in info["shown"]["reason"]
+
+            await type_and_send(alice, "hello from alice")
+            await wait_texts(bob, ["hello from alice"], 20, "alice's message in eu-west")
+            # Bob answers after he has seen alice's message: its ts says so.
+            await type_and_send(bob, "hi alice, bob here")
+            await wait_texts(alice, ["hi alice, bob here"], 20, "bob's message in us-east")
+            await wait_texts(alice, ["hello from alice"], 10, "alice's own message")
+            await wait_texts(bob, ["hi alice, bob here"], 10, "bob's own message")
+
+            for page in (alice, bob):
+                messages = await page.evaluate("relaynetDemo.messages")
+                by_text = {m["text"]: m for m in messages}
+                assert len(messages) == 2, messages
+                assert by_text["hello from alice"]["origin"] == "us-east"
+                assert by_text["hello from alice"]["ts"] == {"us-east": 1}
+                assert by_text["hi alice, bob here"]["origin"] == "eu-west"
+                assert by_text["hi alice, bob here"]["ts"] == {"eu-west": 1, "us-east": 1}
+                shown = await page.evaluate(
+                    "[...document.querySelectorAll('[data-testid=message]')].map((li) => ({"
+                    " text: li.querySelector('[data-testid=message-text]').textContent,"
+                    " origin: li.querySelector('[data-testid=message-origin]').textContent,"
+                    " ts: li.querySelector('[data-testid=message-ts]').textContent}))"
+                )
+                assert shown == [
+                    {"text": "hello from alice", "origin": "us-east", "ts": "{us-east:1}"},
+                    {
+                        "text": "hi alice, bob here",
+                        "origin": "eu-west",
+                        "ts": "{eu-west:1, us-east:1}",
+                    },
+                ]
+            # ?regions= restricts the directory: this page goes to the far region it was told.
+            erin = await open_chat(browser, east, [east], [west], "duo", "erin", regions="eu-west")
+            info = await where(erin)
+            assert info["region"] == "eu-west" and info["choice"]["order"] == ["eu-west"]
+            await type_and_send(erin, "erin was pinned")
+            await wait_texts(alice, ["erin was pinned"], 20, "erin's message in us-east")
+            await alice.screenshot(tmp_path / "alice.png")
+            await bob.screenshot(tmp_path / "bob.png")
+            for page in (alice, bob):
+                assert await page.evaluate("relaynetDemo.errors") == []
+
+
+async def test_reconnect_and_failover_resume(tmp_path: Path) -> None:
+    """(b) Carol's relay (the only one of us-east) stops: she fails over to eu-west and resumes
+    there; us-east comes back and her eu-west relay stops: she fails over back to us-east.
+    Everything dave (on the other eu-west relay) published meanwhile reaches her exactly once
+    and in order, and what she published while cut off reaches him exactly once."""
+    async with regions(tmp_path, {"us-east": 1, "eu-west": 2}) as (nodes, ports):
+        east = ports["us-east"][0]
+        west1, west2 = ports["eu-west"]  # the directory lists eu-west-1 for eu-west
+        east_node = nodes["us-east"][0]
+        west1_node = nodes["eu-west"][0]
+        async with AsyncExitStack() as stack:
+            browser = await stack.enter_async_context(chromium(tmp_path / "chromium.log"))
+            carol = await open_chat(browser, east, [east], [west1, west2], "failover", "carol")
+            dave = await open_chat(browser, west2, [west2], [east], "failover", "dave")
+            assert (await where(carol))["relay"] == "us-east-1"
+            assert (await where(dave))["relay"] == "eu-west-2"
+
+            sent: list[str] = []
+            carol_sent: list[str] = []
+
+            async def dave_says(n: int) -> None:
+                for _ in range(n):
+                    sent.append(f"dave {len(sent) + 1}")
+                    ack = await dave.evaluate(f"relaynetDemo.send({json.dumps(sent[-1])})")
+                    assert ack["channel"] == "chat:failover"
+
+            async def carol_says() -> None:
+                carol_sent.append(f"carol {len(carol_sent) + 1}")
+                # Not awaited: while she is cut off the publish waits for the next connection.
+                await carol.evaluate(f"relaynetDemo.send({json.dumps(carol_sent[-1])}).id")
+
+            async def cut_off(stop: RelayNode, then_on: str) -> None:
+                stop.stop()  # graceful: clients get 1001 going_away
+                await dave_says(3)
+                await carol_says()
+                await dave_says(2)
+                await carol.wait_for(
+                    "relaynetDemo.state === 'connected'"
+                    f" && relaynetDemo.client.relay === {json.dumps(then_on)}",
+                    30,
+                    f"carol on {then_on}",
+                )
+                await dave_says(2)
+                await wait_texts(carol, sent, 30, f"dave's messages on {then_on}")
+
+            await dave_says(3)
+            await wait_texts(carol, sent, 20, "the first messages in us-east")
+            await cut_off(east_node, "eu-west-1")
+            # us-east is back (same port); carol's eu-west relay goes away.
+            await stack.enter_async_context(running_relays(east_node.cfg))
+            await cut_off(west1_node, "us-east-1")
+
+            await wait_texts(dave, carol_sent, 30, "carol's messages")
+            await carol.wait_for(
+                "Object.keys(relaynetDemo.client.pending).length === 0", 10, "carol's acks"
+            )
+            assert await carol.evaluate("relaynetDemo.client.connections") == 3
+            states = [s["state"] for s in await carol.evaluate("relaynetDemo.states")]
+            assert states.count("disconnected") == 2 and states[-1] == "connected", states
+
+            # Exactly once, in order: dave's messages in carol's page, carol's in dave's.
+            got = await carol.evaluate("relaynetDemo.messages")
+            from_dave = [m for m in got if m["name"] == "dave"]
+            assert [m["text"] for m in from_dave] == sent
+            assert all(m["origin"] == "eu-west" for m in from_dave)
+            counters = [m["ts"]["eu-west"] for m in from_dave]
+            assert counters == sorted(set(counters)), counters
+            assert len({m["id"] for m in got}) == len(got)
+            got = await dave.evaluate("relaynetDemo.messages")
+            assert [m["text"] for m in got if m["name"] == "carol"] == carol_sent
+            assert len({m["id"] for m in got}) == len(got)
+            await carol.screenshot(tmp_path / "carol.png")
+
+
+async def test_hung_relay_outage_and_recovery(tmp_path: Path, nats_url: str) -> None:
+    """A browser cannot see WebSocket pings: the client notices a relay that stopped answering
+    (SIGSTOP) after twice heartbeat_s and moves to another relay; with every relay gone it is
+    suspended, and it comes back by itself when a relay of its seeds does."""
+    hung_port, spare_port = free_ports(2)
+    config = tmp_path / "hung.toml"
+    config.write_text(
+        f'[region]\nname = "us-east"\n[relay]\nid = "hung"\nhost = "127.0.0.1"\n'
+        f'port = {hung_port}\nheartbeat_s = 1.0\n[nats]\nurl = "{nats_url}"\n'
+    )
+    seeds = json.dumps([ws_url(hung_port), ws_url(spare_port)])
+    with relay_process(config, tmp_path / "hung.log") as (proc, _):
+        async with chromium(tmp_path / "chromium.log") as browser:
+            page = await browser.new_page(page_url(hung_port, room="outage"))
+            await page.evaluate(
+                "(async () => { const m = await import('/v1/client.js');"
+                f" window.c = m.createClient({seeds}, {{maxMs: 1000}});"
+                " window.states = [];"
+                " c.on('state', (s, info) => states.push([s, info.reason ?? null]));"
+                " window.got = []; c.subscribe('chat:outage', (msg) => got.push(msg.data));"
+                " await c.ready; })()"
+            )
+            assert await page.evaluate("[c.relay, c.heartbeatS]") == ["hung", 1.0]
+            await anyio.sleep(3)  # idle for 3 heartbeats: protocol pings keep it up
+            assert await page.evaluate("states.map((s) => s[0])") == ["connecting", "connected"]
+
+            spare = make_config(nats_url=nats_url, relay_id="spare", port=spare_port)
+            async with running_relays(spare):
+                os.kill(proc.pid, signal.SIGSTOP)
+                started = time.monotonic()
+                await page.wait_for("c.state === 'connected' && c.relay === 'spare'", 20, "spare")
+                # 2 heartbeats to notice, the open timeout (5 s) on the hung relay, then a new
+                # directory (after the hung seed's 2 s timeout) lists the spare relay.
+                assert time.monotonic() - started < timeout(20)
+                reasons = [r for s, r in await page.evaluate("states") if s == "disconnected"]
+                assert reasons and reasons[0].startswith("no frame for"), reasons
+                await page.evaluate("c.publish('chat:outage', 'on spare')")
+            os.kill(proc.pid, signal.SIGKILL)  # the hung relay never comes back
+            await page.wait_for("c.state === 'suspended'", 20, "suspended")
+            pending = await page.evaluate("c.publish('chat:outage', 'queued').id")
+            async with running_relays(spare):
+                await page.wait_for("c.state === 'connected'", 30, "recovery")
+                await page.wait_for("got.length === 2", 10, "the queued message")
+            assert await page.evaluate("got") == ["on spare", "queued"]
+            assert pending.endswith("-2")
+
+
+async def test_moves_back_to_a_nearer_region(tmp_path: Path) -> None:
+    """With moveBack "immediately" the client surveys again while connected and leaves for a
+    nearer region once it is up (us-east starts after the client settled on the far eu-west)."""
+    east_port, west_port = free_ports(2)
+    with region_nats(tmp_path, ("us-east", "eu-west")) as nats_urls:
+        ports = {"us-east": [east_port], "eu-west": [west_port]}
+        east_cfg, west_cfg = federated_configs(nats_urls, ports)
+        async with running_relays(west_cfg):
+            async with chromium(tmp_path / "chromium.log") as browser:
+                page = await browser.new_page("about:blank")
+                await page.delay_requests(f"http://127.0.0.1:{west_port}/*", FAR_MS / 1000)
+                await page.goto(f"http://127.0.0.1:{west_port}/v1/ping")
+                await page.evaluate(
+                    "(async () => {"
+                    f" const m = await import('http://127.0.0.1:{west_port}/v1/client.js');"
+                    f" window.c = m.createClient({json.dumps([ws_url(west_port)])},"
+                    "   {moveBack: 'immediately', refreshMs: 1000});"
+                    " window.got = []; c.subscribe('chat:move', (msg) => got.push(msg.data));"
+                    " await c.ready; })()",
+                    timeout_s=20,
+                )
+                assert await page.evaluate("c.region") == "eu-west"
+                assert (await page.evaluate("c.choice.reasons['us-east']")).startswith(
+                    "unreachable: all 3 probes failed"
+                )
+                await page.evaluate("c.publish('chat:move', 'before')")
+                async with running_relays(east_cfg):
+                    await page.wait_for(
+                        "c.state === 'connected' && c.region === 'us-east'", 20, "move"
+                    )
+                    reasons = await page.evaluate("c.choice.reasons")
+                    assert reasons["us-east"].startswith("nearest healthy")
+                    await page.evaluate("c.publish('chat:move', 'after')")
+                    await page.wait_for("got.length === 2", 20, "both messages")
+                    assert await page.evaluate("got") == ["before", "after"]
+                    assert await page.evaluate("c.connections") == 2
+
+
+def _python_case(rng: random.Random) -> tuple[list[dict[str, str]], dict[str, list[float | None]]]:
+    regions = rng.sample(
+        ["us-east", "eu-west", "ap-south", "sa-east", "af-south", "me-1"], rng.randint(0, 5)
+    )
+    edges = [
+        {
+            "region": r,
+            "url": f"ws://{r}.example/v1/ws",
+            "health": rng.choice(["up", "down", "unknown"]),
+        }
+        for r in regions
+    ]
+    samples: dict[str, list[float | None]] = {}
+    for r in [*regions, "elsewhere"]:
+        if rng.random() < 0.8:
+            samples[r] = [
+                None
+                if rng.random() < 0.3
+                else rng.choice([round(rng.uniform(0, 300), 1), 10.0, 20.0])
+                for _ in range(rng.randint(0, 5))
+            ]
+    return edges, samples
+
+
+async def test_js_core_follows_the_python_reference(tmp_path: Path, nats_url: str) -> None:
+    """The client.js that a relay serves makes the same choices as relay/client/: region
+    order, medians and reasons; moving back; backoff caps; close policy; and session decisions
+    on one script of frames (resume positions, duplicates dropped, republished ids)."""
+    rng = random.Random(20240611)
+    cases = [_python_case(rng) for _ in range(200)]
+    expected_choices = []
+    expected_moves = []
+    for edges, samples in cases:
+        c = choose([Edge.from_health(e["region"], e["url"], e["health"]) for e in edges], samples)  # type: ignore[arg-type]
+        expected_choices.append({"order": list(c.order), "rttMs": c.rtt_ms, "reasons": c.reasons})
+        expected_moves.append(
+            [
+                should_move_back(current, c, policy=policy, idle=idle)
+                for current in [*c.order, "elsewhere"]
+                for policy in MOVE_POLICIES
+                for idle in (True, False)
+            ]
+        )
+    b = Backoff(base_s=0.5, max_s=30.0, reset_after_s=60.0, rng=random.Random(1))
+    caps = [b.cap(n) * 1000 for n in range(12)]
+    codes = [1000, 1001, 1002, 1006, 1009, 1011, 4000, 4001, 4499, 4500, 4999, 3000]
+
+    script = _session_script()
+    py = ClientSession(random.Random(3), id_prefix="p")
+    py_out = _run_python_session(py, script)
+
+    async with running_relays(make_config(nats_url=nats_url)) as (relay,):
+        async with chromium(tmp_path / "chromium.log") as browser:
+            page = await browser.new_page(f"http://127.0.0.1:{relay.port}/?room=core")
+            js = await page.evaluate(
+                "(async () => { const m = await import('/v1/client.js');"
+                f" const cases = {json.dumps(cases)};"
+                " const b = new m.Backoff({baseMs: 500, maxMs: 30000, resetAfterMs: 60000});"
+                " const s = new m.Session({idPrefix: 'p'});"
+                f" const script = {json.dumps(script)};"
+                " const out = [];"
+                " for (const [kind, arg] of script) {"
+                "   if (kind === 'subscribe') out.push(['frame', JSON.parse(s.subscribe(arg))]);"
+                "   else if (kind === 'publish') { const [id, f] = s.publish(arg[0], arg[1]);"
+                "     out.push(['frame', JSON.parse(f)]); }"
+                "   else if (kind === 'reconnect')"
+                "     out.push(['frames', s.onReconnect().map((f) => JSON.parse(f))]);"
+                "   else out.push(['events', s.receive(arg).map(({type, ...e}) =>"
+                "     [type, type === 'bad_frame' ? {} : e])]);"
+                " }"
+                " return {"
+                "   choices: cases.map(([edges, samples]) => {"
+                "     const c = m.choose(edges, samples);"
+                "     return {order: c.order, rttMs: c.rttMs, reasons: c.reasons}; }),"
+                "   moves: cases.map(([edges, samples]) => {"
+                "     const c = m.choose(edges, samples);"
+                "     return [...c.order, 'elsewhere'].flatMap((current) =>"
+                f"       {json.dumps(MOVE_POLICIES)}.flatMap((policy) =>"
+                "         [true, false].map((idle) =>"
+                "           m.shouldMoveBack(current, c, {policy, idle}))));"
+                "   }),"
+                "   caps: [...Array(12).keys()].map((n) => b.cap(n)),"
+                f"   policies: {json.dumps(codes)}.map(m.closePolicy),"
+                "   session: out, pending: s.pending,"
+                "   position: s.position('chat:a'),"
+                " }; })()"
+            )
+            api = await page.evaluate(API_ROUNDTRIP, timeout_s=30)
+    assert api["where"] == ["us-east", "r1", "connected"]
+    assert api["order"] == ["us-east"]
+    assert api["reason"].startswith("nearest healthy: median")
+    assert api["got"] == [[api["ack"]["id"], {"n": 1}, "us-east", {"us-east": 1}]]
+    assert api["ack"]["channel"] == "chat:api" and api["ack"]["position"] == {"us-east": 1}
+    assert api["ack"]["id"].startswith(api["prefix"] + "-")
+    assert len(api["prefix"]) == 24  # 96 random bits in hex
+    assert api["badPublish"] == {"code": "invalid_channel", "temporary": False}
+    assert api["badSubscribe"] == "invalid_channel"
+    assert api["afterClose"] == "closed"
+    assert api["states"][-1] == "closed"
+    for i, (want, got) in enumerate(zip(expected_choices, js["choices"], strict=True)):
+        assert got == want, (i, cases[i])
+    assert js["moves"] == expected_moves
+    assert js["caps"] == caps
+    assert js["policies"] == [close_policy(c) for c in codes]
+    assert js["session"] == py_out
+    assert js["pending"] == py.pending
+    position = py.position("chat:a")
+    assert js["position"] == (position.to_dict() if position is not None else None)
+
+
+# connect(), subscribe(), publish() and close() against the relay that served the page.
+API_ROUNDTRIP = """(async () => {
+  const m = await import('/v1/client.js');
+  const c = await m.connect(location.origin, {probes: 2});
+  const states = [];
+  c.on('state', (s) => states.push(s));
+  const got = [];
+  await c.subscribe('chat:api', (msg) => got.push([msg.id, msg.data, msg.origin, msg.ts])).ready;
+  const ack = await c.publish('chat:api', {n: 1});
+  const badPublish = await c.publish('no spaces', 1).then(
+    () => null, (e) => ({code: e.code, temporary: e.temporary}));
+  const badSubscribe = await c.subscribe('no spaces', () => {}).ready.then(
+    () => null, (e) => e.code);
+  for (let i = 0; i < 200 && got.length < 1; i++) await new Promise((r) => setTimeout(r, 25));
+  const where = [c.region, c.relay, c.state];
+  c.close();
+  const afterClose = await c.publish('chat:api', 2).then(() => null, (e) => e.code);
+  return {where, order: c.choice.order, reason: c.choice.reasons[where[0]], ack, got,
+          prefix: c.idPrefix, badPublish, badSubscribe, afterClose, states};
+})()"""
+
+
+def _session_script() -> list[tuple[str, Any]]:
+    def msg(mid: str, origin: str, ts: dict[str, int], pos: dict[str, int]) -> str:
+        return json.dumps(
+            {
+                "op": "message",
+                "channel": "chat:a",
+                "id": mid,
+                "data": {"t": mid},
+                "origin": origin,
+                "ts": ts,
+                "position": pos,
+            }
+        )
+
+    return [
+        (
+            "receive",
+            json.dumps(
+                {
+                    "op": "connected",
+                    "region": "us-east",
+                    "relay": "r1",
+                    "connection_id": "c1",
+                    "heartbeat_s": 15.0,
+                }
+            ),
+        ),
+        ("subscribe", "chat:a"),
+        (
+            "receive",
+            json.dumps(
+                {
+                    "op": "subscribed",
+                    "ref": 1,
+                    "channel": "chat:a",
+                    "position": {"us-east": 2},
+                    "recovered": False,
+                }
+            ),
+        ),
+        ("receive", msg("m3", "us-east", {"us-east": 3}, {"us-east": 3})),
+        ("publish", ["chat:a", '{"text":"one"}']),
+        ("publish", ["chat:a", "[1,2]"]),
+        (
+            "receive",
+            json.dumps(
+                {
+                    "op": "ack",
+                    "ref": 2,
+                    "id": "p-1",
+                    "channel": "chat:a",
+                    "position": {"us-east": 4},
+                }
+            ),
+        ),
+        ("receive", msg("m3", "us-east", {"us-east": 3}, {"us-east": 3})),  # covered
+        ("reconnect", None),
+        (
+            "receive",
+            json.dumps(
+                {
+                    "op": "subscribed",
+                    "ref": 4,
+                    "channel": "chat:a",
+                    "position": {"us-east": 3},
+                    "recovered": True,
+                }
+            ),
+        ),
+        (
+            "receive",
+            msg("w1", "eu-west", {"eu-west": 1, "us-east": 3}, {"eu-west": 1, "us-east": 3}),
+        ),
+        # Another region's order: its position may be behind in one entry; the max is kept.
+        ("receive", msg("m4", "us-east", {"us-east": 4}, {"us-east": 4})),
+        ("receive", msg("x1", "eu-west", {"eu-west": 2}, {"eu-west": 2, "us-east": 2})),
+        ("receive", msg("x1", "us-east", {"us-east": 5}, {"us-east": 5, "eu-west": 2})),  # same id
+        (
+            "receive",
+            json.dumps(
+                {
+                    "op": "error",
+                    "ref": 5,
+                    "code": "unavailable",
+                    "message": "later",
+                    "temporary": True,
+                }
+            ),
+        ),
+        ("receive", json.dumps({"op": "error", "ref": 99, "code": "internal", "temporary": True})),
+        ("receive", "not json"),
+        ("receive", json.dumps({"op": "from-the-future"})),
+        ("receive", json.dumps({"op": "message", "channel": "chat:a"})),
+        (
+            "receive",
+            json.dumps(
+                {
+                    "op": "ack",
+                    "ref": 5,
+                    "id": "p-2",
+                    "channel": "chat:a",
+                    "position": {"us-east": 5},
+                }
+            ),
+        ),
+        (
+            "receive",
+            json.dumps(
+                {
+                    "op": "ack",
+                    "ref": 5,
+                    "id": "p-2",
+                    "channel": "chat:a",
+                    "position": {"us-east": 5},
+                }
+            ),
+        ),
+    ]
+
+
+def _run_python_session(session: ClientSession, script: list[tuple[str, Any]]) -> list[Any]:
+    """The Python session's outputs in the shape the JavaScript one reports them."""
+    out: list[Any] = []
+    for kind, arg in script:
+        if kind == "subscribe":
+            out.append(["frame", json.loads(session.subscribe(arg))])
+        elif kind == "publish":
+            _, frame = session.publish(arg[0], arg[1].encode())
+            out.append(["frame", json.loads(frame)])
+        elif kind == "reconnect":
+            out.append(["frames", [json.loads(f) for f in session.on_reconnect()]])
+        else:
+            out.append(["events", [_event(e) for e in session.receive(arg)]])
+    return out
+
+
+def _event(event: Any) -> list[Any]:
+    name = type(event).__name__
+    fields = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
+    kinds = {
+        "Connected": "connected",
+        "Subscribed": "subscribed",
+        "Message": "message",
+        "Acked": "acked",
+        "ErrorReceived": "error",
+        "PositionExpired": "expired",
+        "BadFrame": "bad_frame",
+    }
+    renames = {
+        "connection_id": "connectionId",
+        "heartbeat_s": "heartbeatS",
+        "publish_id": "publishId",
+        "data_json": "data",
+    }
+    result: dict[str, Any] = {}
+    if name == "BadFrame":
+        return ["bad_frame", {}]  # the reason's wording differs between the two
+    for key, value in fields.items():
+        if key == "data_json":
+            value = json.loads(value)
+        elif hasattr(value, "to_dict"):
+            value = value.to_dict()
+        result[renames.get(key, key)] = value
+    return [kinds[name], result]
