@@ -123,7 +123,9 @@ class PeerLink:
                     stream=stream,
                     durable=self.durable,
                     manual_ack=True,
-                    flow_control=True,
+                    # No flow control: nats-py never answers a stalled flow-control request
+                    # (Nats-Consumer-Stalled), so a link handed to another instance could stall
+                    # for good. max_ack_pending bounds what is in flight instead.
                     idle_heartbeat=2.0,
                     config=ConsumerConfig(
                         ack_policy=AckPolicy.EXPLICIT,
