@@ -73,7 +73,7 @@ class Applier:
     async def offer(self, channel: str, msg: StoredMessage, ack: Ack) -> bool:
         """Apply (or buffer) a message read from a peer; False if the buffer is full."""
         if msg.origin == self.region:
-            await ack()  # our own message, read back from a peer's log: nothing to do
+            await _ack(ack)  # our own message, read back from a peer's log: nothing to do
             return True
         state = self._channels.get(channel)
         if state is None:
@@ -90,7 +90,7 @@ class Applier:
                 return False
             if not held and key not in state.acks:
                 self.stats.duplicates_dropped += 1
-                await ack()  # already applied here
+                await _ack(ack)  # already applied here
                 return True
             state.acks.setdefault(key, []).append(ack)
             self.stats.buffered_peak = max(self.stats.buffered_peak, len(state.buffer))
@@ -186,7 +186,14 @@ class Applier:
     @staticmethod
     async def _settle(state: _Channel, msg: Stamped[StoredMessage]) -> None:
         for ack in state.acks.pop((msg.origin, msg.seq), []):
-            try:
-                await ack()
-            except Exception as exc:  # link gone, or acked twice: the peer resends, we drop it
-                log.debug("ack of %s:%d failed: %r", msg.origin, msg.seq, exc)
+            await _ack(ack)
+
+
+async def _ack(ack: Ack) -> None:
+    """Acknowledge to the peer. A link that dropped, or a message offered twice (a retry
+    after our own NATS was away) and so acked twice, only costs the peer a resend that
+    we drop; neither is a reason to stop the link."""
+    try:
+        await ack()
+    except Exception as exc:
+        log.debug("ack failed: %r", exc)

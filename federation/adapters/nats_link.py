@@ -15,6 +15,7 @@ the applier.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -156,7 +157,8 @@ class PeerLink:
         except (msgspec.DecodeError, IndexError, ValueError) as exc:
             # Not something any relaynet writes: say so loudly, do not stall the link.
             log.error("peer %s: malformed entry on %s (%s); skipped", stream, msg.subject, exc)
-            await msg.ack()
+            with contextlib.suppress(nats.errors.Error):
+                await msg.ack()
             return
         await self._offer(channel, stored, msg.ack)
 
