@@ -6,7 +6,7 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 
@@ -24,6 +24,16 @@ def _setup_logging(verbose: bool) -> None:
     )
     for noisy in ("websockets.server", "nats"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_async(func: Callable[..., Awaitable[int]], *args: object) -> int:
+    """Run an async command to its exit code; Ctrl-C is 130 without a traceback (every
+    command stops what it started on the way out)."""
+    try:
+        code: int = anyio.run(func, *args)
+    except KeyboardInterrupt:
+        return 130
+    return code
 
 
 def _load(path: str) -> RelayConfig | None:
@@ -141,15 +151,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         logging.getLogger("relaynet").setLevel(logging.WARNING)
         logging.getLogger("federation").setLevel(logging.WARNING)
     try:
-        code: int = anyio.run(
-            run_simulation, spec, args.relays_per_region, args.refresh, args.duration
-        )
+        return run_async(run_simulation, spec, args.relays_per_region, args.refresh, args.duration)
     except RuntimeError as exc:  # no Docker engine, a port taken, a relay that will not start
         print(f"relaynet simulate: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
-    return code
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -159,11 +164,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not args.verbose:
         for name in ("relaynet", "federation"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        code: int = anyio.run(run_demo, args.duration)
-    except KeyboardInterrupt:
-        return 130
-    return code
+    return run_async(run_demo, args.duration)
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
@@ -182,11 +183,7 @@ def _cmd_bench_fanout(args: argparse.Namespace) -> int:
 
     _setup_logging(False)
     logging.getLogger("relaynet").setLevel(logging.WARNING)
-    try:
-        code: int = anyio.run(run_fanout, args.subscribers, args.seconds, args.rate, args.size)
-    except KeyboardInterrupt:  # the benchmark has already stopped what it started
-        return 130
-    return code
+    return run_async(run_fanout, args.subscribers, args.seconds, args.rate, args.size)
 
 
 def _cmd_bench_federation(args: argparse.Namespace) -> int:
@@ -195,11 +192,7 @@ def _cmd_bench_federation(args: argparse.Namespace) -> int:
     _setup_logging(False)
     logging.getLogger("relaynet").setLevel(logging.WARNING)
     logging.getLogger("federation").setLevel(logging.WARNING)  # in-process LinkProxy lines
-    try:
-        code: int = anyio.run(run_federation_bench, args.latency_ms, args.seconds, args.rate)
-    except KeyboardInterrupt:  # the benchmark has already stopped what it started
-        return 130
-    return code
+    return run_async(run_federation_bench, args.latency_ms, args.seconds, args.rate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 import anyio
 import msgspec
 
+from relay.cli import run_async
 from relay.client.connection import (
     Client,
     ClientError,
@@ -255,22 +256,14 @@ def _cmd_sub(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"relaynet: {exc}", file=sys.stderr)
         return 2
-    try:
-        result: int = anyio.run(sub_command, args.channel, seeds, position)
-    except KeyboardInterrupt:
-        return 130
-    return result
+    return run_async(sub_command, args.channel, seeds, position)
 
 
 def _cmd_pub(args: argparse.Namespace) -> int:
     seeds = _seeds(args)
     if seeds is None:
         return 2
-    try:
-        result: int = anyio.run(pub_command, args.channel, args.data, seeds)
-    except KeyboardInterrupt:
-        return 130
-    return result
+    return run_async(pub_command, args.channel, args.data, seeds)
 
 
 def _cmd_edges(args: argparse.Namespace) -> int:
@@ -281,11 +274,7 @@ def _cmd_edges(args: argparse.Namespace) -> int:
     async def run() -> int:
         return await edges_command(seeds, probes=args.probes)
 
-    try:
-        result: int = anyio.run(run)
-    except KeyboardInterrupt:
-        return 130
-    return result
+    return run_async(run)
 
 
 def register(sub: Any) -> None:
