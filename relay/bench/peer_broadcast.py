@@ -27,21 +27,14 @@ import msgspec
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
+from relay.protocol.frames import MessageFrame  # the same frames the relay sends
+
 
 class _Request(msgspec.Struct):
     op: str
     channel: str = ""
     data: msgspec.Raw = msgspec.Raw(b"null")
     ref: str | int | None = None
-
-
-class _Message(msgspec.Struct, tag="message", tag_field="op"):
-    channel: str
-    id: str
-    data: msgspec.Raw
-    origin: str
-    ts: dict[str, int]
-    position: dict[str, int]
 
 
 _decode = msgspec.json.Decoder(_Request).decode
@@ -100,7 +93,7 @@ class BroadcastServer:
         if not members:
             return
         # Encoded once; broadcast() writes the same bytes to every socket without waiting.
-        frame = _encode(_Message(channel, message_id, data, "peer", {}, {}))
+        frame = _encode(MessageFrame(channel, message_id, data, "peer", {}, {}))
         broadcast(members, frame, text=True)
 
 

@@ -46,6 +46,7 @@ import msgspec
 
 from federation.vclock import ClockError, VectorClock
 from relay.protocol.errors import CloseCode, ErrorCode
+from relay.protocol.frames import MessageFrame  # the wire format, defined once
 
 Ref = str | int | None
 ClosePolicy = Literal["reconnect", "stop"]
@@ -186,15 +187,6 @@ class _SubscribedIn(msgspec.Struct, tag="subscribed", tag_field="op"):
     ref: Ref = None
 
 
-class _MessageIn(msgspec.Struct, tag="message", tag_field="op"):
-    channel: str
-    id: str
-    data: msgspec.Raw
-    origin: str
-    ts: dict[str, int]
-    position: dict[str, int]
-
-
 class _AckIn(msgspec.Struct, tag="ack", tag_field="op"):
     id: str
     channel: str
@@ -211,7 +203,7 @@ class _ErrorIn(msgspec.Struct, tag="error", tag_field="op"):
     earliest: dict[str, int] | None = None
 
 
-_ServerFrame = _ConnectedIn | _SubscribedIn | _MessageIn | _AckIn | _ErrorIn
+_ServerFrame = _ConnectedIn | _SubscribedIn | MessageFrame | _AckIn | _ErrorIn
 _HANDLED_OPS: Final = frozenset({"connected", "subscribed", "message", "ack", "error"})
 _decoder: Final = msgspec.json.Decoder(_ServerFrame)
 
@@ -368,7 +360,7 @@ class ClientSession:
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
             return [BadFrame(f"frame is not valid JSON: {exc}")]
         try:
-            if isinstance(frame, _MessageIn):
+            if isinstance(frame, MessageFrame):
                 return self._message(frame)
             if isinstance(frame, _AckIn):
                 return self._ack(frame)
@@ -380,7 +372,7 @@ class ClientSession:
         except ClockError as exc:
             return [BadFrame(f"{type(frame).__struct_config__.tag}: {exc}")]
 
-    def _message(self, frame: _MessageIn) -> list[Event]:
+    def _message(self, frame: MessageFrame) -> list[Event]:
         state = self._channels.get(frame.channel)
         if state is None or not state.wanted:
             return []  # unsubscribed meanwhile: the relay has not processed it yet
