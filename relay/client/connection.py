@@ -402,7 +402,17 @@ def _health(raw: str) -> Health:
     return cast(Health, raw) if raw in ("up", "down", "unknown") else "unknown"
 
 
-async def fetch_directory(sources: Sequence[str], *, timeout_s: float = 2.0) -> Directory | None:
+Dial = Callable[[str], str]
+"""Maps a relay URL (a seed, or an edge from the directory) to the URL actually opened."""
+
+
+def _same(url: str) -> str:
+    return url
+
+
+async def fetch_directory(
+    sources: Sequence[str], *, timeout_s: float = 2.0, dial: Dial = _same
+) -> Directory | None:
     """The edge directory of the first source that serves one.
 
     When none does but some answered HTTP (relays without /v1/edges), those
@@ -413,7 +423,9 @@ async def fetch_directory(sources: Sequence[str], *, timeout_s: float = 2.0) -> 
     for source in sources:
         endpoint = _endpoint(source)
         try:
-            status, body, _ = await _http_get(endpoint.http_base + EDGES_PATH, timeout_s=timeout_s)
+            status, body, _ = await _http_get(
+                dial(endpoint.http_base + EDGES_PATH), timeout_s=timeout_s
+            )
         except _NETWORK_ERRORS as exc:
             log.debug("directory from %s: %s", endpoint.http_base, exc or type(exc).__name__)
             continue
@@ -446,12 +458,14 @@ async def fetch_directory(sources: Sequence[str], *, timeout_s: float = 2.0) -> 
     return Directory("seeds", None, None, tuple(DirectoryEdge(u, u, "unknown") for u in unique))
 
 
-async def probe(url: str, count: int, *, timeout_s: float = 2.0) -> list[float | None]:
+async def probe(
+    url: str, count: int, *, timeout_s: float = 2.0, dial: Dial = _same
+) -> list[float | None]:
     """Up to ``count`` RTT samples in ms to the relay of ``url`` (None for a failed probe;
     probing stops after a timeout). Any HTTP answer below 500 is a sample, so relays
     without /v1/ping can be measured too.
     """
-    target = _endpoint(url).http_base + PING_PATH
+    target = dial(_endpoint(url).http_base + PING_PATH)
     samples: list[float | None] = []
     for _ in range(count):
         try:
@@ -467,13 +481,13 @@ async def probe(url: str, count: int, *, timeout_s: float = 2.0) -> list[float |
 
 
 async def probe_all(
-    urls: Sequence[str], count: int, *, timeout_s: float = 2.0
+    urls: Sequence[str], count: int, *, timeout_s: float = 2.0, dial: Dial = _same
 ) -> dict[str, list[float | None]]:
     """Probe every URL, the URLs concurrently and each one's probes one after another."""
     results: dict[str, list[float | None]] = {}
 
     async def one(url: str) -> None:
-        results[url] = await probe(url, count, timeout_s=timeout_s)
+        results[url] = await probe(url, count, timeout_s=timeout_s, dial=dial)
 
     async with anyio.create_task_group() as tg:
         for url in dict.fromkeys(urls):
@@ -509,13 +523,18 @@ def plan(directory: Directory, samples: Mapping[str, Sequence[float | None]]) ->
 
 
 async def survey(
-    sources: Sequence[str], *, probes: int = 3, timeout_s: float = 2.0
+    sources: Sequence[str], *, probes: int = 3, timeout_s: float = 2.0, dial: Dial = _same
 ) -> Survey | None:
-    """Fetch the directory from the first source that answers, probe every edge, plan."""
-    directory = await fetch_directory(sources, timeout_s=timeout_s)
+    """Fetch the directory from the first source that answers, probe every edge, plan.
+
+    URLs stay the relays' own everywhere (directory, choice, candidates); ``dial``
+    is applied only where a request is sent."""
+    directory = await fetch_directory(sources, timeout_s=timeout_s, dial=dial)
     if directory is None:
         return None
-    samples = await probe_all([e.url for e in directory.edges], probes, timeout_s=timeout_s)
+    samples = await probe_all(
+        [e.url for e in directory.edges], probes, timeout_s=timeout_s, dial=dial
+    )
     return plan(directory, samples)
 
 
@@ -679,6 +698,7 @@ class Client:
         refresh_s: float,
         probe_timeout_s: float,
         buffer: int,
+        dial: Dial,
     ) -> None:
         if not seeds:
             raise ValueError("at least one seed URL is needed")
@@ -696,6 +716,7 @@ class Client:
         self._refresh_s = refresh_s
         self._probe_timeout_s = probe_timeout_s
         self._buffer = buffer
+        self._dial = dial
         self._backoff = Backoff(
             base_s=backoff_base_s, max_s=backoff_max_s, reset_after_s=reset_after_s, rng=rng
         )
@@ -941,7 +962,10 @@ class Client:
         for source in sources:
             unique.setdefault(_endpoint(source).http_base, source)
         fresh = await survey(
-            list(unique.values()), probes=self._probes, timeout_s=self._probe_timeout_s
+            list(unique.values()),
+            probes=self._probes,
+            timeout_s=self._probe_timeout_s,
+            dial=self._dial,
         )
         if fresh is not None:
             self.survey = fresh
@@ -959,7 +983,7 @@ class Client:
                 return None
         try:
             return await ws_connect(
-                _with_token(url, token),
+                _with_token(self._dial(url), token),
                 open_timeout=OPEN_TIMEOUT_S,
                 close_timeout=CLOSE_TIMEOUT_S,
                 max_size=MAX_FRAME_BYTES,
@@ -1167,6 +1191,7 @@ async def connect(
     refresh_s: float = 30.0,
     probe_timeout_s: float = 2.0,
     buffer: int = DEFAULT_BUFFER,
+    dial: Dial | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to the nearest region of the network that ``seeds`` belong to.
 
@@ -1175,7 +1200,10 @@ async def connect(
     ``ConnectionFailed`` if the relay refuses for good before that. ``rng``
     drives the backoff jitter only (publish ids always come from the system's
     random source). ``token_provider`` is awaited before every connection
-    attempt and its result sent as the ``token`` query parameter.
+    attempt and its result sent as the ``token`` query parameter. ``dial`` maps a
+    relay's URL to the one to open instead (a client behind a proxy or NAT, or a
+    simulated client location); the directory, ``client.url`` and ``client.choice``
+    keep the relays' own URLs.
     """
     client = Client(
         [seeds] if isinstance(seeds, str) else list(seeds),
@@ -1190,6 +1218,7 @@ async def connect(
         refresh_s=refresh_s,
         probe_timeout_s=probe_timeout_s,
         buffer=buffer,
+        dial=dial if dial is not None else _same,
     )
     # Errors of the body (and ConnectionFailed before the first connection) leave as
     # themselves, not wrapped in the ExceptionGroup the task group would make of them.

@@ -556,6 +556,43 @@ async def _latency_and_move_back(
     assert check_causal(received.frames) == []
 
 
+# --- dial: a client location with its own path to every edge -------------------------------
+
+
+async def test_dial_routes_through_the_clients_own_paths(tmp_path: Path) -> None:
+    """The relays publish their own URLs; this client reaches each one through a delay
+    proxy (its own path, as from another place on the map). The choice follows the
+    proxies' latencies and still names the relays' own URLs."""
+    one_way = {REGIONS[0]: 30.0, REGIONS[1]: 0.0, REGIONS[2]: 12.0}
+    async with three_regions(tmp_path) as relays, anyio.create_task_group() as proxies:
+        via: dict[str, str] = {}
+        for region, ms in one_way.items():
+            port = relays[region].cfg.relay.port
+            proxy = LinkProxy("127.0.0.1", port, latency_ms=ms, name=f"client->{region}")
+            await proxies.start(proxy.run)
+            via[f"127.0.0.1:{port}"] = f"127.0.0.1:{proxy.port}"
+        dialled: list[str] = []
+
+        def dial(url: str) -> str:
+            for real, proxied in via.items():
+                if f"//{real}/" in url or url.endswith(f"//{real}"):
+                    dialled.append(url)
+                    return url.replace(real, proxied, 1)
+            raise AssertionError(f"dialled a URL outside the map: {url}")
+
+        with anyio.fail_after(timeout(30)):
+            async with fast_connect(relays[REGIONS[0]].url, probes=3, dial=dial) as client:
+                choice = client.choice
+                assert choice is not None
+                assert list(choice.order) == [REGIONS[1], REGIONS[2], REGIONS[0]], choice.reasons
+                assert client.region == REGIONS[1]
+                assert client.url == relays[REGIONS[1]].url  # the relay's own URL
+                far = choice.rtt_ms[REGIONS[0]]
+                assert far is not None and far >= 55, choice.reasons  # two crossings
+                assert any(u.endswith("/v1/ws") for u in dialled)  # the WebSocket too
+        proxies.cancel_scope.cancel()
+
+
 # --- the command line (directory) ----------------------------------------------------------
 
 
