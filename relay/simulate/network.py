@@ -7,6 +7,13 @@ one region's federation reads of the other's NATS. Everything stays on
 127.0.0.1. Partitions, latency changes, region kills and restarts act on those
 real parts; nothing is mocked.
 
+Clients have locations too: each region is also a place a client can be. For
+every location L and every other region R a delay proxy stands in front of each
+of R's relays with the matrix's L -> R latency (each way), and L's own relays
+are reached directly. ``dial(near=L)`` maps a relay's own URL to the one a
+client at L opens, so a routing client (``sdk_client(near=L)``) measures the
+configured map and connects to the region nearest to L.
+
 Use it as an async context manager (``async with RelayNetwork(spec) as net``)
 or, from synchronous code and the pytest fixture, through ``BlockingRelayNetwork``
 which runs the same object on an event loop in a background thread.
@@ -30,6 +37,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 from anyio.abc import TaskGroup
@@ -37,6 +45,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from federation.linkproxy import LinkProxy
 from relay.adapters.embedded_nats import _die_with_parent
+from relay.client.connection import Client, Dial, connect
 from relay.simulate import containers
 from relay.simulate.client import ProtocolClient, protocol_client
 from relay.simulate.spec import NetworkSpec, SpecError
@@ -116,6 +125,9 @@ class RelayNetwork:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"relaynet-sim-{self.session}-"))
         self.regions: dict[str, _Region] = {}
         self.proxies: dict[tuple[str, str], LinkProxy] = {}
+        # (client location, region) -> relay port -> the proxy clients at that location
+        # reach that relay through; none for a location's own region (direct).
+        self.client_paths: dict[tuple[str, str], dict[int, LinkProxy]] = {}
         self._tg: TaskGroup | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -175,12 +187,32 @@ class RelayNetwork:
                 )
         for region in self.regions.values():
             self._write_configs(region)
+        await self._start_client_paths()
         with anyio.fail_after(RELAY_START_TIMEOUT_S):
             async with anyio.create_task_group() as tg:
                 for region in self.regions.values():
                     for relay in region.relays:
                         tg.start_soon(anyio.to_thread.run_sync, self._spawn_relay, relay)
         log.info("network %s up: %s", self.session, ", ".join(self.edges().values()))
+
+    async def _start_client_paths(self) -> None:
+        """A delay proxy from every client location to every relay of every other region."""
+        assert self._tg is not None
+        for location in self.spec.regions:
+            for region in self.regions.values():
+                if region.name == location:
+                    continue
+                latency = self.spec.latency_ms[(location, region.name)]
+                paths = self.client_paths.setdefault((location, region.name), {})
+                for relay in region.relays:
+                    proxy = LinkProxy(
+                        "127.0.0.1",
+                        relay.port,
+                        latency_ms=latency,
+                        name=f"client@{location}->{relay.relay_id}",
+                    )
+                    await self._tg.start(proxy.run)
+                    paths[relay.port] = proxy
 
     def _write_configs(self, region: _Region) -> None:
         peers = [
@@ -254,11 +286,54 @@ class RelayNetwork:
 
     @asynccontextmanager
     async def client(self, near: str) -> AsyncIterator[ProtocolClient]:
+        """A bare protocol client on ``near``'s edge, directly: no routing, no latency.
+
+        For a client that picks its region by measuring the map, use ``sdk_client``."""
         async with protocol_client(self.edge(near)) as client:
             yield client
 
+    def dial(self, near: str) -> Dial:
+        """How a client at location ``near`` reaches the relays: a function mapping a
+        relay's own URL (``ws://127.0.0.1:PORT/...``, ``http://...``) to the URL it opens
+        from there. ``near``'s own relays are direct; the others go through that
+        location's delay proxies (``set_latency`` changes them too). Raises
+        ``SpecError`` for a URL that is not one of this network's relays."""
+        self._region(near)
+
+        def dial(url: str) -> str:
+            parts = urlsplit(url)
+            if parts.hostname in ("127.0.0.1", "localhost") and parts.port is not None:
+                if any(relay.port == parts.port for relay in self.regions[near].relays):
+                    return url
+                for (location, _), paths in self.client_paths.items():
+                    if location == near and parts.port in paths:
+                        netloc = f"127.0.0.1:{paths[parts.port].port}"
+                        return urlunsplit(parts._replace(netloc=netloc))
+            raise SpecError(f"{url!r} is not a relay of this network (dialled from {near})")
+
+        return dial
+
+    def seeds(self, near: str) -> list[str]:
+        """Every region's edge (its own URL), ``near``'s first: seeds for a client there."""
+        self._region(near)
+        return [self.edge(near)] + [url for name, url in self.edges().items() if name != near]
+
+    @asynccontextmanager
+    async def sdk_client(self, near: str, **kwargs: Any) -> AsyncIterator[Client]:
+        """The Python SDK as a client at location ``near`` would run it: it fetches the
+        directory, probes every edge over that location's paths and connects to the
+        nearest under the configured latencies, failing over in that order.
+        ``kwargs`` go to ``relay.client.connection.connect``. ``client.url`` and
+        ``client.choice`` name the relays' own URLs (``edges()``)."""
+        async with connect(self.seeds(near), dial=self.dial(near), **kwargs) as client:
+            yield client
+
     def partition(self, a: str, b: str) -> None:
-        """Cut the link between two regions, both ways (connections reset, none accepted)."""
+        """Cut the link between two regions, both ways (connections reset, none accepted).
+
+        Only the regions' backbone is cut: clients at location ``a`` still reach
+        ``b``'s edges (and the other way round), as a client on the open internet
+        would during a partition between two datacentres."""
         for link in ((a, b), (b, a)):
             self._proxy(link).cut()
 
@@ -272,10 +347,14 @@ class RelayNetwork:
             proxy.heal()
 
     def set_latency(self, a: str, b: str, ms: float) -> None:
+        """One-way latency between two regions, both ways: the link between them and
+        the paths of clients at ``a`` to ``b``'s edges (and at ``b`` to ``a``'s)."""
         if ms < 0:
             raise SpecError(f"latency {a} <-> {b} must not be negative (got {ms})")
         for link in ((a, b), (b, a)):
             self._proxy(link).set_latency(ms)
+            for path in self.client_paths.get(link, {}).values():
+                path.set_latency(ms)
 
     async def kill_region(self, region: str) -> None:
         """SIGKILL the region's relays and its NATS: a region burning down."""
@@ -338,6 +417,14 @@ class BlockingRelayNetwork:
 
     def edges(self) -> dict[str, str]:
         return self.network.edges()
+
+    def dial(self, near: str) -> Dial:
+        """As ``RelayNetwork.dial``: e.g. ``connect(net.seeds(near=L), dial=net.dial(near=L))``
+        in the test's own event loop (the SDK is async; there is no blocking ``sdk_client``)."""
+        return self.network.dial(near)
+
+    def seeds(self, near: str) -> list[str]:
+        return self.network.seeds(near)
 
     def partition(self, a: str, b: str) -> None:
         self._portal.call(self.network.partition, a, b)

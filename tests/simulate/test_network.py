@@ -9,10 +9,13 @@ import subprocess
 import sys
 from typing import Any
 
+import anyio
 import docker
 import pytest
 
+from relay.client.connection import ConnectionState, Subscription, data_of
 from relay.simulate import containers
+from relay.simulate.client import timeout
 from relay.simulate.network import RelayNetwork
 from relay.simulate.spec import SpecError, parse_matrix
 from tests.support.checker import check_causal, ids
@@ -103,6 +106,104 @@ async def test_operations_name_what_is_wrong() -> None:
             for r in network.status()
             if "eu-west" in r["link"] and "us-east" in r["link"]
         } == {5}
+
+
+class Changes:
+    """Bounded waits on conditions that callbacks and tasks make true (no sleeps)."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def wake(self, *_: object) -> None:
+        self._event.set()
+        self._event = anyio.Event()
+
+    async def until(self, predicate: Any, seconds: float = 30) -> None:
+        with anyio.fail_after(timeout(seconds)):
+            while not predicate():
+                await self._event.wait()
+
+
+async def consume(sub: Subscription, frames: list[dict[str, Any]], changes: Changes) -> None:
+    async for message in sub:
+        frames.append(
+            {"id": message.id, "origin": message.origin, "ts": message.ts.to_dict(),
+             "data": data_of(message)}
+        )  # fmt: skip
+        changes.wake()
+
+
+async def test_sdk_clients_route_to_the_nearest_region_under_the_configured_latencies() -> None:
+    """A routing client at each location measures the matrix over its own paths and
+    connects to its own region; the others rank by latency. Then the client at us-east
+    loses its region and fails over to the next nearest (eu-west, 30 ms before
+    ap-south's 60) while ap-south publishes: nothing lost, nothing twice."""
+    spec = parse_matrix(MATRIX)
+    fast = {"backoff_base_s": 0.05, "backoff_max_s": 0.5, "probes": 3}
+    async with RelayNetwork(spec) as network:
+        for here in spec.regions:
+            with anyio.fail_after(timeout(30)):
+                async with network.sdk_client(near=here, **fast) as client:
+                    choice = client.choice
+                    assert choice is not None
+                    by_matrix = sorted(
+                        spec.regions, key=lambda r: (spec.latency_ms.get((here, r), 0.0), r)
+                    )
+                    assert list(choice.order) == by_matrix, choice.reasons
+                    assert (client.region, client.url) == (here, network.edge(here))
+                    for there in by_matrix[1:]:  # a probe crosses the path twice
+                        rtt, one_way = choice.rtt_ms[there], spec.latency_ms[(here, there)]
+                        assert rtt is not None and rtt >= 1.8 * one_way, choice.reasons
+
+        # A latency change moves the clients' paths with the backbone: us-east falls behind.
+        network.set_latency("eu-west", "us-east", 90)
+        with anyio.fail_after(timeout(30)):
+            async with network.sdk_client(near="eu-west", **fast) as client:
+                assert client.choice is not None
+                assert client.choice.order == ("eu-west", "ap-south", "us-east")
+                rtt = client.choice.rtt_ms["us-east"]
+                assert rtt is not None and rtt >= 1.8 * 90, client.choice.reasons
+        network.set_latency("eu-west", "us-east", 30)
+
+        changes = Changes()
+        received: list[dict[str, Any]] = []
+        acked: list[str] = []
+        stop, stopped = anyio.Event(), anyio.Event()
+        with anyio.fail_after(timeout(60)):
+            async with (
+                network.sdk_client(near="us-east", on_state=changes.wake, **fast) as client,
+                network.client(near="ap-south") as publisher,
+                anyio.create_task_group() as tg,
+            ):
+                sub = await client.subscribe("chat:route")
+                tg.start_soon(consume, sub, received, changes)
+
+                async def publish() -> None:
+                    n = 0
+                    while not stop.is_set():
+                        ack = await publisher.publish("chat:route", {"pub": "south", "n": n})
+                        acked.append(ack["id"])
+                        n += 1
+                    stopped.set()
+                    changes.wake()
+
+                tg.start_soon(publish)
+                await changes.until(lambda: len(received) >= 20)
+                await network.kill_region("us-east")
+                await changes.until(
+                    lambda: client.state is ConnectionState.CONNECTED and client.region != "us-east"
+                )
+                assert client.region == "eu-west"
+                then = len(received)
+                await changes.until(lambda: len(received) >= then + 20)
+                stop.set()
+                await changes.until(lambda: stopped.is_set() and len(received) >= len(acked))
+                tg.cancel_scope.cancel()
+        got = [frame["id"] for frame in received]
+        assert len(got) == len(set(got)), "duplicate delivered"
+        assert sorted(got) == sorted(acked), "lost or unexpected messages"
+        assert [frame["data"]["n"] for frame in received] == list(range(len(acked)))
+        assert check_causal(received) == []
 
 
 def test_the_fixture_from_a_synchronous_test(relay_network: Any) -> None:
