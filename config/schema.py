@@ -336,7 +336,17 @@ class PeerSection(_Section):
 
 
 class LimitsSection(_Section):
-    """``[limits]``: per-connection resource limits."""
+    """``[limits]``: resource limits, per connection and for the relay."""
+
+    max_connections: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Connections this relay holds at most (0: no limit). Past it a new client gets a "
+            "`redirect` to another relay of the region (or the nearest healthy peer region) "
+            "and close code 1013."
+        ),
+    )
 
     max_frame_bytes: int = Field(
         default=1048576,
@@ -438,7 +448,8 @@ class RelayConfig(_Section):
         description="Other regions this region exchanges messages with.",
     )
     limits: LimitsSection = Field(
-        default_factory=LimitsSection, description="Per-connection resource limits."
+        default_factory=LimitsSection,
+        description="Resource limits, per connection and for the relay as a whole.",
     )
     federation: FederationSection = Field(
         default_factory=FederationSection,

@@ -90,8 +90,9 @@ class RelayNode:
                 edge.metrics = lambda: render(registry)
                 await tg.start(edge.run)
                 # Served only once bound: with port 0 the directory must show the real port.
-                directory = EdgeDirectory(cfg, cfg.relay.public_url or self.url)
+                directory = EdgeDirectory(cfg, cfg.relay.public_url or self.url, edge.state)
                 await directory.start(nc)
+                tg.start_soon(directory.run)
                 edge.directory = directory
                 task_status.started(self)
                 await self._stop.wait()

@@ -1,42 +1,139 @@
-"""The edge directory served at ``GET /v1/edges``: every region's public edge and health.
+"""The edge directory served at ``GET /v1/edges``: every region's edges and health.
 
-Health comes from federation heartbeats: each region's federation publishes
-``rlyh.v1.<region>`` on its own NATS every second, and the instance serving
-the link to a peer forwards that peer's heartbeats onto this region's NATS.
+Two kinds of beat arrive on ``rlyh.v1.<region>`` (core NATS, every second, on
+each region's own NATS; the instance serving the link to a peer forwards that
+peer's beats onto this region's NATS):
+
+* federation beats (``{"region", "t"}``) say a region is alive;
+* relay beats (``{"region", "relay", "url", "state", "t"}``) also say which
+  relay is reachable where and whether it takes connections (``up``), is at its
+  connection limit (``full``) or is shutting down (``draining``).
+
 A region heard from within ``DOWN_AFTER_S`` is up; one heard from before but
-not since is down (its heartbeats stopped, or the link to it is cut); one
-never heard from is unknown. This region is up while this relay answers.
+not since is down (its beats stopped, or the link to it is cut); one never
+heard from is unknown. This region is up while this relay answers. A relay
+not heard from within ``DOWN_AFTER_S`` is left out.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
+import anyio
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from config.schema import RelayConfig
+from federation import logformat
+from relay.core.redirect import KnownRelay, PeerEdge, Redirect, RelayState, redirect_target
+
+log = logging.getLogger("relaynet.directory")
 
 HEARTBEAT_SUBJECTS = "rlyh.v1.*"  # federation.logformat.heartbeat_subject(<any region>)
 DOWN_AFTER_S = 3.5
+BEAT_INTERVAL_S = 1.0
+# Beats come from our own NATS, but a peer's beats are forwarded as they are: bound
+# what one peer can make this relay remember.
+MAX_BEAT_BYTES = 4096
+MAX_RELAYS_PER_REGION = 256
+_STATES: frozenset[str] = frozenset({"up", "full", "draining"})
+
+
+@dataclass
+class _Heard:
+    relay: KnownRelay
+    at: float
+
+
+def _relay_beat(payload: bytes, region: str) -> KnownRelay | None:
+    """The relay a beat describes, or None (a federation beat, or garbage)."""
+    if len(payload) > MAX_BEAT_BYTES:
+        return None
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    relay, url, state = doc.get("relay"), doc.get("url"), doc.get("state", "up")
+    if not (isinstance(relay, str) and 0 < len(relay) <= 128):
+        return None
+    if not (isinstance(url, str) and len(url) <= 2048 and state in _STATES):
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        return None
+    return KnownRelay(region, relay, url, state)
 
 
 class EdgeDirectory:
-    def __init__(self, cfg: RelayConfig, own_url: str | None = None) -> None:
+    def __init__(
+        self,
+        cfg: RelayConfig,
+        own_url: str | None = None,
+        state: Callable[[], RelayState] = lambda: "up",
+    ) -> None:
         self.cfg = cfg
         # The URL this relay is reachable at (the bound port when the config said 0).
         self.own_url = own_url or cfg.relay.effective_public_url
+        self._state = state
         self._last_seen: dict[str, float] = {}
+        self._relays: dict[str, dict[str, _Heard]] = {}
         self._sub: Subscription | None = None
+        self._nc: NatsClient | None = None
 
     async def start(self, nc: NatsClient) -> None:
+        self._nc = nc
+
         async def heard(msg: Msg) -> None:
             region = msg.subject.rsplit(".", 1)[-1]
-            self._last_seen[region] = time.monotonic()
+            now = time.monotonic()
+            self._last_seen[region] = now
+            relay = _relay_beat(msg.data, region)
+            if relay is None or relay.relay == self.cfg.relay.id:
+                return
+            known = self._relays.setdefault(region, {})
+            if relay.relay not in known and len(known) >= MAX_RELAYS_PER_REGION:
+                self._forget_silent(known, now)
+                if len(known) >= MAX_RELAYS_PER_REGION:
+                    return
+            known[relay.relay] = _Heard(relay, now)
 
         self._sub = await nc.subscribe(HEARTBEAT_SUBJECTS, cb=heard)
+
+    async def run(self) -> None:
+        """Beat every second; a change of state (draining, full) goes out at once."""
+        while True:
+            await self.beat()
+            await anyio.sleep(BEAT_INTERVAL_S)
+
+    async def beat(self) -> None:
+        if self._nc is None:
+            return
+        payload = {
+            "region": self.cfg.region.name,
+            "relay": self.cfg.relay.id,
+            "url": self.own_url,
+            "state": self._state(),
+            "t": time.time(),
+        }
+        with contextlib.suppress(Exception):  # NATS away: silence is the signal
+            await self._nc.publish(
+                logformat.heartbeat_subject(self.cfg.region.name), json.dumps(payload).encode()
+            )
+
+    @staticmethod
+    def _forget_silent(known: dict[str, _Heard], now: float) -> None:
+        for relay_id in [k for k, h in known.items() if now - h.at > DOWN_AFTER_S]:
+            del known[relay_id]
 
     def health(self, region: str, now: float | None = None) -> str:
         if region == self.cfg.region.name:
@@ -47,18 +144,58 @@ class EdgeDirectory:
         now = time.monotonic() if now is None else now
         return "up" if now - seen <= DOWN_AFTER_S else "down"
 
+    def relays(self, now: float | None = None) -> list[KnownRelay]:
+        """Relays (other than this one) heard from recently, by region then relay id."""
+        now = time.monotonic() if now is None else now
+        heard = [
+            h.relay
+            for known in self._relays.values()
+            for h in known.values()
+            if now - h.at <= DOWN_AFTER_S
+        ]
+        return sorted(heard, key=lambda r: (r.region, r.relay))
+
+    def redirect(self, spread: int) -> Redirect | None:
+        """Where to send a client this relay will not keep."""
+        now = time.monotonic()
+        peers = [
+            PeerEdge(p.region, p.edge_url, self.health(p.region, now) == "up")
+            for p in self.cfg.peers
+        ]
+        return redirect_target(
+            self.cfg.region.name, self.cfg.relay.id, self.relays(now), peers, spread
+        )
+
     def edges(self) -> dict[str, Any]:
+        """Per region its public edge first (this relay, or the peer's configured
+        ``edge_url``), then every other relay of it that takes connections."""
         now = time.monotonic()
         own = self.cfg.region.name
-        rows: list[dict[str, Any]] = [{"region": own, "url": self.own_url, "health": "up"}]
+        relays = self.relays(now)
+        rows: list[dict[str, Any]] = [
+            {"region": own, "url": self.own_url, "health": "up", "relay": self.cfg.relay.id}
+        ]
+        rows += self._relay_rows(own, relays, {self.own_url}, "up")
         for peer in self.cfg.peers:
             seen = self._last_seen.get(peer.region)
+            health = self.health(peer.region, now)
             rows.append(
                 {
                     "region": peer.region,
                     "url": peer.edge_url,
-                    "health": self.health(peer.region, now),
+                    "health": health,
                     "last_heartbeat_s_ago": None if seen is None else round(now - seen, 3),
                 }
             )
+            rows += self._relay_rows(peer.region, relays, {peer.edge_url}, health)
         return {"region": own, "relay": self.cfg.relay.id, "edges": rows}
+
+    @staticmethod
+    def _relay_rows(
+        region: str, relays: list[KnownRelay], listed: set[str], health: str
+    ) -> list[dict[str, Any]]:
+        return [
+            {"region": region, "url": r.url, "health": health, "relay": r.relay}
+            for r in relays
+            if r.region == region and r.state == "up" and r.url not in listed
+        ]

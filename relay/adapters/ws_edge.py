@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http
+import itertools
 import json
 import logging
 from collections.abc import Callable
@@ -12,6 +13,7 @@ import anyio
 from anyio.abc import TaskStatus
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from config.schema import RelayConfig
@@ -20,8 +22,9 @@ from relay.adapters.directory import EdgeDirectory
 from relay.adapters.feed_manager import FeedManager
 from relay.adapters.log_reader import LogReader
 from relay.adapters.publisher import Publisher
+from relay.core.redirect import RelayState
 from relay.protocol.errors import CloseCode
-from relay.protocol.frames import connected_frame
+from relay.protocol.frames import connected_frame, redirect_frame
 
 log = logging.getLogger("relaynet.edge")
 
@@ -48,11 +51,32 @@ class WsEdge:
         self.stopped = anyio.Event()
         self._all_closed = anyio.Event()
         self._server: Server | None = None
+        self._spread = itertools.count()
 
     def connected_frame(self, connection_id: str) -> bytes:
         return connected_frame(
-            self.region, self.relay_id, connection_id, self.cfg.relay.heartbeat_s
+            self.region,
+            self.relay_id,
+            connection_id,
+            self.cfg.relay.heartbeat_s,
+            self.cfg.limits.max_frame_bytes,
         )
+
+    def state(self) -> RelayState:
+        """What this relay's beats tell the region (and its redirects about the others)."""
+        if self._stop.is_set():
+            return "draining"
+        limit = self.cfg.limits.max_connections
+        return "full" if limit and len(self.connections) >= limit else "up"
+
+    def _redirect(self, reason: str) -> bytes | None:
+        """A ``redirect`` frame to where a client should go instead, if anywhere."""
+        if self.directory is None:
+            return None
+        target = self.directory.redirect(next(self._spread))
+        if target is None:
+            return None
+        return redirect_frame(target.url, target.region, reason)
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
@@ -108,6 +132,10 @@ class WsEdge:
         return Response(status.value, status.phrase, headers, body.encode())
 
     async def _handle(self, ws: ServerConnection) -> None:
+        limit = self.cfg.limits.max_connections
+        if limit and len(self.connections) >= limit:
+            await self._refuse(ws)
+            return
         conn = Connection(self, ws)
         self.connections.add(conn)
         try:
@@ -116,6 +144,17 @@ class WsEdge:
             self.connections.discard(conn)
             if not self.connections:
                 self._all_closed.set()
+
+    async def _refuse(self, ws: ServerConnection) -> None:
+        """At the connection limit: say where to go instead, then 1013 (try again later)."""
+        frame = self._redirect("overloaded")
+        with anyio.move_on_after(2, shield=True):
+            try:
+                if frame is not None:
+                    await ws.send(frame, text=True)
+                await ws.close(CloseCode.TRY_AGAIN_LATER, "overloaded")
+            except ConnectionClosed:
+                pass
 
     async def run(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         relay = self.cfg.relay
@@ -151,9 +190,15 @@ class WsEdge:
         self._stop.set()
 
     async def _drain(self, server: Server) -> None:
-        """Stop accepting, let in-flight publishes be acked, then close with 1001."""
+        """Stop accepting, tell every client where to go, let in-flight publishes be
+        acked, then close with 1001."""
         server.close(close_connections=False)
+        if self.directory is not None:
+            await self.directory.beat()  # siblings stop sending clients here right away
         for conn in list(self.connections):
+            frame = self._redirect("draining")
+            if frame is not None:
+                conn.outbox.offer(frame)
             conn.close_with(CloseCode.GOING_AWAY, "going_away")
         if self.connections:
             self._all_closed = anyio.Event()

@@ -89,8 +89,10 @@ from relay.client.session import (
     Connected,
     ErrorReceived,
     Event,
+    FrameTooLarge,
     Message,
     PositionExpired,
+    Redirected,
     Subscribed,
     close_policy,
 )
@@ -105,6 +107,7 @@ __all__ = [
     "ConnectionState",
     "Directory",
     "DirectoryEdge",
+    "FrameTooLarge",
     "Message",
     "PositionExpiredError",
     "RequestRefused",
@@ -137,6 +140,11 @@ CLOSE_TIMEOUT_S: Final = 2.0
 MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
 MAX_HTTP_RESPONSE_BYTES: Final = 1024 * 1024
 DEFAULT_BUFFER: Final = 1024
+# Redirects followed in a row without staying anywhere: past this, two relays sending us
+# to each other (both full) cost a backoff like any failed attempt.
+MAX_REDIRECTS_IN_A_ROW: Final = 3
+# A relay that redirected us and does not close: leave after this.
+REDIRECT_GRACE_S: Final = 5.0
 # RFC 6455: the connection dropped without a close frame.
 ABNORMAL_CLOSURE: Final = 1006
 
@@ -678,6 +686,7 @@ class Subscription:
 class _Outcome:
     stop: bool  # the client is done (closed or failed)
     move_to: tuple[str, str] | None = None
+    redirected: bool = False  # the relay sent us away (not our own move)
 
 
 class Client:
@@ -756,6 +765,10 @@ class Client:
         self._conn_tg: TaskGroup | None = None
         self._retry_scheduled = False
         self._move_target: tuple[str, str] | None = None
+        self._redirects_in_a_row = 0
+        self._redirected = False
+        self.redirects = 0
+        """How many redirects from relays the client followed."""
 
     # --- reading ------------------------------------------------------------------------
 
@@ -927,7 +940,9 @@ class Client:
                     return
                 if outcome.move_to is not None:
                     target = outcome.move_to
-                    pause = False  # a deliberate move, not a failure
+                    pause = False  # told where to go: no reason to wait
+                    if outcome.redirected and self.state is ConnectionState.CONNECTED:
+                        self._set_state(ConnectionState.DISCONNECTED)
                 else:
                     target = (region, url)
                     self._set_state(ConnectionState.DISCONNECTED)
@@ -995,17 +1010,56 @@ class Client:
             log.info("cannot connect to %s: %s", url, exc or type(exc).__name__)
             return None
 
-    async def _handshake(self, ws: ClientConnection, url: str) -> Connected | None:
+    async def _handshake(self, ws: ClientConnection, url: str) -> Connected | Redirected | None:
+        """The relay's first frame: `connected`, or `redirect` from a relay that will not
+        keep us (at its connection limit, or shutting down)."""
         try:
             with anyio.fail_after(OPEN_TIMEOUT_S):
                 raw = await ws.recv()
         except (TimeoutError, ConnectionClosed):
             return None
         for event in self._session.receive(raw):
-            if isinstance(event, Connected):
+            if isinstance(event, Connected | Redirected):
                 return event
         log.warning("%s: the first frame was not `connected`", url)
         return None
+
+    def _redirect_target(self, event: Redirected, source: str) -> tuple[str, str] | None:
+        """Where a redirect sends us, if we follow it: a valid relay URL that our
+        directory knows, or one in a region it knows (a relay that started since)."""
+        if self._redirects_in_a_row >= MAX_REDIRECTS_IN_A_ROW:
+            log.warning(
+                "%s redirects to %s: ignored after %d redirects in a row",
+                source,
+                event.url,
+                self._redirects_in_a_row,
+            )
+            return None
+        try:
+            endpoint = _endpoint(event.url)
+        except ValueError:
+            log.warning("%s redirects to %r: not a relay URL; ignored", source, event.url)
+            return None
+        known = self.survey.candidates if self.survey is not None else ()
+        for region, url in known:
+            if _endpoint(url).http_base == endpoint.http_base:
+                return (region, url)
+        if event.region is not None and any(region == event.region for region, _ in known):
+            return (event.region, endpoint.ws_url)
+        log.warning(
+            "%s redirects to %s (%s), which the directory does not know; ignored",
+            source,
+            event.url,
+            event.region,
+        )
+        return None
+
+    def _follow(self, target: tuple[str, str], event: Redirected, source: str) -> None:
+        log.info("%s redirects to %s (%s): %s", source, target[1], target[0], event.reason)
+        self._redirects_in_a_row += 1
+        self.redirects += 1
+        self._move_target = target
+        self._redirected = True
 
     async def _connection(self, region: str, url: str) -> _Outcome | None:
         """One connection: open, resume, read until it ends. None if it never got up."""
@@ -1017,6 +1071,23 @@ class Client:
             hello = await self._handshake(ws, url)
             if hello is None:
                 return None
+            if isinstance(hello, Redirected):
+                target = self._redirect_target(hello, url)
+                if target is None:
+                    return None
+                self._follow(target, hello, url)
+                return _Outcome(stop=False, move_to=self._take_move_target(), redirected=True)
+            for message_id in self._session.drop_oversized():
+                waiter = self._pub_waiters.pop(message_id, None)
+                if waiter is not None:
+                    limit = self._session.max_frame_bytes
+                    waiter.fail(
+                        RequestRefused(
+                            ErrorCode.TOO_LARGE,
+                            f"the publish is larger than {url} accepts ({limit} bytes)",
+                            None,
+                        )
+                    )
             async with self._send_lock:
                 frames = self._session.on_reconnect()
                 try:
@@ -1029,6 +1100,7 @@ class Client:
             self.region, self.relay = hello.region, hello.relay
             self.connection_id, self.url = hello.connection_id, url
             self.connections += 1
+            self._redirects_in_a_row = 0
             self._backoff.connected(anyio.current_time())
             self._retry_backoff.reset()
             log.info("connected to %s (%s, relay %s)", url, hello.region, hello.relay)
@@ -1050,8 +1122,8 @@ class Client:
         if self._terminal is not None:
             return _Outcome(stop=True)
         if self._move_target is not None:
-            move_to, self._move_target = self._move_target, None
-            return _Outcome(stop=False, move_to=move_to)
+            redirected = self._redirected
+            return _Outcome(stop=False, move_to=self._take_move_target(), redirected=redirected)
         code = ws.close_code if ws.close_code is not None else ABNORMAL_CLOSURE
         reason = ws.close_reason or ""
         log.info("connection to %s closed: %d %s", url, code, reason)
@@ -1063,6 +1135,11 @@ class Client:
                 self._finish(ConnectionState.FAILED, ConnectionFailed(code, reason))
             return _Outcome(stop=True)
         return _Outcome(stop=False)
+
+    def _take_move_target(self) -> tuple[str, str] | None:
+        move_to, self._move_target = self._move_target, None
+        self._redirected = False
+        return move_to
 
     async def _read(self, ws: ClientConnection) -> None:
         try:
@@ -1096,8 +1173,28 @@ class Client:
             )
         elif isinstance(event, ErrorReceived):
             self._on_error(event)
+        elif isinstance(event, Redirected):
+            self._on_redirect(event)
         elif isinstance(event, BadFrame):
             log.warning("%s sent a bad frame: %s", self.url, event.reason)
+
+    def _on_redirect(self, event: Redirected) -> None:
+        """The relay is shutting down (or shedding load) and says where to go: go
+        there next instead of backing off and retrying this one. The relay closes
+        once our in-flight publishes are acked; if it does not, we leave."""
+        source = self.url or "the relay"
+        target = self._redirect_target(event, source)
+        if target is None:
+            return
+        self._follow(target, event, source)
+        ws = self._ws
+        if ws is not None and self._conn_tg is not None:
+            self._conn_tg.start_soon(self._leave_after_grace, ws)
+
+    @staticmethod
+    async def _leave_after_grace(ws: ClientConnection) -> None:
+        await anyio.sleep(REDIRECT_GRACE_S)
+        await ws.close(CloseCode.NORMAL, "redirected")
 
     def _end_subscription(self, channel: str, error: ClientError) -> None:
         waiter = self._sub_waiters.pop(channel, None)

@@ -59,6 +59,17 @@ _ID_PREFIX_RE: Final = re.compile(r"[\x21-\x7e]{1,100}")
 _PREFIX_BITS: Final = 96
 
 
+class FrameTooLarge(ValueError):
+    """A publish whose frame exceeds the relay's ``max_frame_bytes``."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"the publish frame is {size} bytes; the relay accepts frames up to {limit} bytes"
+        )
+        self.size = size
+        self.limit = limit
+
+
 # --- events ------------------------------------------------------------------------------
 
 
@@ -68,6 +79,16 @@ class Connected:
     relay: str
     connection_id: str
     heartbeat_s: float | None = None
+    max_frame_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Redirected:
+    """The relay asks us to go to ``url`` (an edge of ``region``) and will close."""
+
+    url: str
+    region: str | None
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -119,7 +140,16 @@ class BadFrame:
     reason: str
 
 
-Event = Connected | Subscribed | Message | Acked | ErrorReceived | PositionExpired | BadFrame
+Event = (
+    Connected
+    | Redirected
+    | Subscribed
+    | Message
+    | Acked
+    | ErrorReceived
+    | PositionExpired
+    | BadFrame
+)
 
 
 # --- close codes -------------------------------------------------------------------------
@@ -178,6 +208,13 @@ class _ConnectedIn(msgspec.Struct, tag="connected", tag_field="op"):
     relay: str
     connection_id: str
     heartbeat_s: float | None = None
+    max_frame_bytes: int | None = None
+
+
+class _RedirectIn(msgspec.Struct, tag="redirect", tag_field="op"):
+    url: str
+    region: str | None = None
+    reason: str = ""
 
 
 class _SubscribedIn(msgspec.Struct, tag="subscribed", tag_field="op"):
@@ -203,8 +240,8 @@ class _ErrorIn(msgspec.Struct, tag="error", tag_field="op"):
     earliest: dict[str, int] | None = None
 
 
-_ServerFrame = _ConnectedIn | _SubscribedIn | MessageFrame | _AckIn | _ErrorIn
-_HANDLED_OPS: Final = frozenset({"connected", "subscribed", "message", "ack", "error"})
+_ServerFrame = _ConnectedIn | _RedirectIn | _SubscribedIn | MessageFrame | _AckIn | _ErrorIn
+_HANDLED_OPS: Final = frozenset({"connected", "redirect", "subscribed", "message", "ack", "error"})
 _decoder: Final = msgspec.json.Decoder(_ServerFrame)
 
 
@@ -252,6 +289,8 @@ class ClientSession:
         self._pending: dict[str, tuple[str, bytes]] = {}  # id -> (channel, data), in send order
         self._requests: dict[int, _Request] = {}  # ref -> what we sent, on this connection
         self._seen: dict[tuple[str, str], None] = {}  # (channel, id), oldest first
+        # The relay's limit on a frame from us (from `connected`); None: not announced.
+        self.max_frame_bytes: int | None = None
 
     close_policy = staticmethod(close_policy)
 
@@ -319,15 +358,37 @@ class ClientSession:
         self._channels.pop(channel, None)
 
     def publish(self, channel: str, data_json: bytes) -> tuple[str, bytes]:
-        """Assign an idempotency id, remember the publish until acked, return (id, frame)."""
+        """Assign an idempotency id, remember the publish until acked, return (id, frame).
+
+        Raises ``FrameTooLarge`` when the frame would exceed the relay's announced
+        limit: the relay would close the connection (1009) every time it is sent.
+        """
         try:
             msgspec.json.decode(data_json)
         except msgspec.DecodeError as exc:
             raise ValueError(f"data is not valid JSON: {exc}") from None
         message_id = f"{self.id_prefix}-{self._next_id}"
+        size = _publish_size(channel, message_id, data_json)
+        if self.max_frame_bytes is not None and size > self.max_frame_bytes:
+            raise FrameTooLarge(size, self.max_frame_bytes)
         self._next_id += 1
         self._pending[message_id] = (channel, bytes(data_json))
         return message_id, self._publish_frame(message_id)
+
+    def drop_oversized(self) -> list[str]:
+        """Forget pending publishes too large for the relay now connected (a relay with
+        a smaller limit than the one they were made on); returns their ids."""
+        if self.max_frame_bytes is None:
+            return []
+        limit = self.max_frame_bytes
+        dropped = [
+            message_id
+            for message_id, (channel, data) in self._pending.items()
+            if _publish_size(channel, message_id, data) > limit
+        ]
+        for message_id in dropped:
+            del self._pending[message_id]
+        return dropped
 
     def on_reconnect(self) -> list[bytes]:
         """Frames for a new connection, in any region: resubscribe, then publish again.
@@ -368,7 +429,19 @@ class ClientSession:
                 return self._subscribed(frame)
             if isinstance(frame, _ErrorIn):
                 return self._error(frame)
-            return [Connected(frame.region, frame.relay, frame.connection_id, frame.heartbeat_s)]
+            if isinstance(frame, _RedirectIn):
+                return [Redirected(frame.url, frame.region, frame.reason)]
+            limit = frame.max_frame_bytes
+            self.max_frame_bytes = limit if limit is not None and limit > 0 else None
+            return [
+                Connected(
+                    frame.region,
+                    frame.relay,
+                    frame.connection_id,
+                    frame.heartbeat_s,
+                    self.max_frame_bytes,
+                )
+            ]
         except ClockError as exc:
             return [BadFrame(f"{type(frame).__struct_config__.tag}: {exc}")]
 
@@ -490,6 +563,15 @@ class ClientSession:
         ref = self._ref()
         self._requests[ref] = _Request("publish", channel, message_id)
         return msgspec.json.encode(_PublishOut(channel, message_id, msgspec.Raw(data), ref))
+
+
+def _publish_size(channel: str, message_id: str, data_json: bytes) -> int:
+    """Bytes of the publish frame, with the longest ref it can get (refs only grow)."""
+    frame = _PublishOut(channel, message_id, msgspec.Raw(data_json), _LONGEST_REF)
+    return len(msgspec.json.encode(frame))
+
+
+_LONGEST_REF: Final = 2**63
 
 
 def _clock(field: str, raw: dict[str, int]) -> VectorClock:

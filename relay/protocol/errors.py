@@ -41,6 +41,7 @@ class CloseCode(IntEnum):
     GOING_AWAY = 1001  # relay shutting down: reconnect, to another relay if you have one
     MESSAGE_TOO_BIG = 1009  # frame above limits.max_frame_bytes (sent by the WebSocket layer)
     INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013  # relay at limits.max_connections: follow the redirect, or back off
     SLOW_CONSUMER = 4000  # outbox overflowed: reconnect and resume from your last position
     UNAVAILABLE = 4001  # relay lost its NATS connection: reconnect, maybe elsewhere
     TOO_MANY_ERRORS = 4500  # the client keeps sending bad frames: fix the client

@@ -170,7 +170,9 @@ def _frame(op: str, ref: Ref, **fields: object) -> bytes:
     return msgspec.json.encode(body)
 
 
-def connected_frame(region: str, relay: str, connection_id: str, heartbeat_s: float) -> bytes:
+def connected_frame(
+    region: str, relay: str, connection_id: str, heartbeat_s: float, max_frame_bytes: int
+) -> bytes:
     return _frame(
         "connected",
         None,
@@ -178,7 +180,13 @@ def connected_frame(region: str, relay: str, connection_id: str, heartbeat_s: fl
         relay=relay,
         connection_id=connection_id,
         heartbeat_s=heartbeat_s,
+        max_frame_bytes=max_frame_bytes,
     )
+
+
+def redirect_frame(url: str, region: str, reason: str) -> bytes:
+    """Go to ``url`` (an edge of ``region``) instead; this relay is about to close."""
+    return _frame("redirect", None, url=url, region=region, reason=reason)
 
 
 def subscribed_frame(ref: Ref, channel: str, position: VectorClock, recovered: bool) -> bytes:

@@ -22,8 +22,10 @@ from relay.client.session import (
     Connected,
     ErrorReceived,
     Event,
+    FrameTooLarge,
     Message,
     PositionExpired,
+    Redirected,
     Subscribed,
     close_policy,
 )
@@ -622,3 +624,70 @@ def test_no_gap_and_no_duplicate_across_reconnects(data: st.DataObject) -> None:
 def test_close_policy(code: int, policy: str) -> None:
     assert close_policy(code) == policy
     assert ClientSession.close_policy(code) == policy
+
+
+# --- session: the relay's frame limit and redirects -----------------------------------------
+
+
+def connected(limit: int | None) -> str:
+    extra = f',"max_frame_bytes":{limit}' if limit is not None else ""
+    return f'{{"op":"connected","region":"us-east","relay":"r-1","connection_id":"x"{extra}}}'
+
+
+def test_a_publish_above_the_announced_frame_limit_is_refused_before_sending() -> None:
+    s = session()
+    assert s.receive(connected(1024)) == [Connected(US, "r-1", "x", None, 1024)]
+    fits = json.dumps("a" * 900).encode()
+    message_id, frame = s.publish("c", fits)
+    assert len(frame) <= 1024
+    with pytest.raises(FrameTooLarge) as refused:
+        s.publish("c", json.dumps("a" * 1000).encode())
+    assert refused.value.limit == 1024 and refused.value.size > 1024
+    assert "1024" in str(refused.value)
+    assert list(s.pending) == [message_id]  # the refused one is not pending
+
+
+def test_the_limit_counts_the_longest_ref_a_frame_can_get() -> None:
+    """Refs grow with every request: a frame that fits now must fit when resent later."""
+    s = session()
+    s.receive(connected(1024))
+    for size in range(850, 1024):
+        try:
+            s.publish("c", json.dumps("a" * size).encode())
+        except FrameTooLarge:
+            break
+    for _ in range(2000):
+        s.on_reconnect()  # many requests later
+    frames = s.on_reconnect()
+    assert frames and all(len(f) <= 1024 for f in frames)
+
+
+def test_pending_publishes_too_large_for_a_new_relay_are_dropped() -> None:
+    s = session()
+    s.receive(connected(None))  # an older relay: no limit announced, nothing refused
+    big, _ = s.publish("c", json.dumps("a" * 5000).encode())
+    small, _ = s.publish("c", b'"hi"')
+    assert s.drop_oversized() == []
+    s.receive(connected(2048))
+    assert s.drop_oversized() == [big]
+    assert list(s.pending) == [small]
+    assert [decoded(f)["id"] for f in s.on_reconnect()] == [small]
+
+
+@pytest.mark.parametrize(
+    ("raw", "event"),
+    [
+        (
+            '{"op":"redirect","url":"ws://b:1/v1/ws","region":"us-east","reason":"draining"}',
+            Redirected("ws://b:1/v1/ws", US, "draining"),
+        ),
+        ('{"op":"redirect","url":"ws://b:1/v1/ws"}', Redirected("ws://b:1/v1/ws", None, "")),
+    ],
+)
+def test_redirect_frames(raw: str, event: Redirected) -> None:
+    assert session().receive(raw) == [event]
+
+
+def test_a_redirect_without_a_url_is_a_bad_frame() -> None:
+    (event,) = session().receive('{"op":"redirect","region":"us-east"}')
+    assert isinstance(event, BadFrame)

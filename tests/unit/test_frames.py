@@ -33,6 +33,7 @@ from relay.protocol.frames import (
     history_frame,
     message_frame,
     pong_frame,
+    redirect_frame,
     subscribed_frame,
     unsubscribed_frame,
 )
@@ -465,13 +466,24 @@ def test_error_frame_int_ref() -> None:
 
 
 def test_connected_frame() -> None:
-    body = json.loads(connected_frame("us-east", "relay-1", "c-42", 15.0))
+    body = json.loads(connected_frame("us-east", "relay-1", "c-42", 15.0, 65536))
     assert body == {
         "op": "connected",
         "region": "us-east",
         "relay": "relay-1",
         "connection_id": "c-42",
         "heartbeat_s": 15.0,
+        "max_frame_bytes": 65536,
+    }
+
+
+def test_redirect_frame() -> None:
+    body = json.loads(redirect_frame("ws://10.0.0.2:8701/v1/ws", "us-east", "draining"))
+    assert body == {
+        "op": "redirect",
+        "url": "ws://10.0.0.2:8701/v1/ws",
+        "region": "us-east",
+        "reason": "draining",
     }
 
 
