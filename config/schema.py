@@ -343,8 +343,8 @@ class LimitsSection(_Section):
         ge=0,
         description=(
             "Connections this relay holds at most (0: no limit). Past it a new client gets a "
-            "`redirect` to another relay of the region (or the nearest healthy peer region) "
-            "and close code 1013."
+            "`redirect` to another relay of the region that takes connections, if there is "
+            "one, and close code 1013."
         ),
     )
 

@@ -33,7 +33,7 @@ from nats.aio.subscription import Subscription
 
 from config.schema import RelayConfig
 from federation import logformat
-from relay.core.redirect import KnownRelay, PeerEdge, Redirect, RelayState, redirect_target
+from relay.core.redirect import KnownRelay, RelayState, redirect_target
 
 log = logging.getLogger("relaynet.directory")
 
@@ -155,16 +155,9 @@ class EdgeDirectory:
         ]
         return sorted(heard, key=lambda r: (r.region, r.relay))
 
-    def redirect(self, spread: int) -> Redirect | None:
-        """Where to send a client this relay will not keep."""
-        now = time.monotonic()
-        peers = [
-            PeerEdge(p.region, p.edge_url, self.health(p.region, now) == "up")
-            for p in self.cfg.peers
-        ]
-        return redirect_target(
-            self.cfg.region.name, self.cfg.relay.id, self.relays(now), peers, spread
-        )
+    def redirect(self, spread: int) -> KnownRelay | None:
+        """Where to send a client this relay will not keep: a sibling, if any."""
+        return redirect_target(self.cfg.region.name, self.cfg.relay.id, self.relays(), spread)
 
     def edges(self) -> dict[str, Any]:
         """Per region its public edge first (this relay, or the peer's configured

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.adapters.directory import _relay_beat
-from relay.core.redirect import KnownRelay, PeerEdge, Redirect, redirect_target
+from relay.core.redirect import KnownRelay, redirect_target
 
 US, EU, AP = "us-east", "eu-west", "ap-south"
 
@@ -18,66 +18,45 @@ def relay(name: str, state: str = "up", region: str = US) -> KnownRelay:
     return KnownRelay(region, name, f"ws://{name}:8701/v1/ws", state)  # type: ignore[arg-type]
 
 
-PEERS = [PeerEdge(EU, "ws://eu:8701/v1/ws", True), PeerEdge(AP, "ws://ap:8701/v1/ws", True)]
-
-
-def test_a_sibling_that_takes_connections_comes_first() -> None:
+def test_a_sibling_that_takes_connections_and_nothing_else() -> None:
     relays = [
         relay("us-2", "full"),
         relay("us-3"),
         relay("us-4", "draining"),
         relay("eu-1", region=EU),
     ]
-    assert redirect_target(US, "us-1", relays, PEERS, 0) == Redirect(US, "ws://us-3:8701/v1/ws")
+    assert redirect_target(US, "us-1", relays, 0) == relay("us-3")
 
 
-def test_never_to_itself() -> None:
-    assert redirect_target(US, "us-1", [relay("us-1")], PEERS, 0) == Redirect(EU, PEERS[0].url)
+def test_never_to_itself_nor_to_another_region() -> None:
+    assert redirect_target(US, "us-1", [relay("us-1"), relay("eu-1", region=EU)], 0) is None
 
 
 def test_clients_are_spread_over_the_siblings() -> None:
     relays = [relay("us-3"), relay("us-2"), relay("us-4")]
-    targets = {redirect_target(US, "us-1", relays, PEERS, n) for n in range(6)}
-    assert targets == {Redirect(US, f"ws://us-{i}:8701/v1/ws") for i in (2, 3, 4)}
-
-
-def test_then_the_first_healthy_peer_in_config_order() -> None:
-    peers = [PeerEdge(EU, "ws://eu:8701/v1/ws", False), PeerEdge(AP, "ws://ap:8701/v1/ws", True)]
-    assert redirect_target(US, "us-1", [relay("us-2", "full")], peers, 7) == Redirect(
-        AP, "ws://ap:8701/v1/ws"
-    )
-
-
-def test_nowhere_to_go() -> None:
-    peers = [PeerEdge(EU, "ws://eu:8701/v1/ws", False)]
-    assert redirect_target(US, "us-1", [relay("us-2", "draining")], peers, 0) is None
+    targets = {redirect_target(US, "us-1", relays, n) for n in range(6)}
+    assert targets == {relay(f"us-{i}") for i in (2, 3, 4)}
 
 
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from([US, EU]),
+            st.sampled_from([US, EU, AP]),
             st.sampled_from(["a", "b", "c", "us-1"]),
             st.sampled_from(["up", "full", "draining"]),
         ),
         max_size=8,
     ),
-    st.lists(st.tuples(st.sampled_from([US, EU, AP]), st.booleans()), max_size=3),
     st.integers(0, 1000),
 )
-def test_the_target_is_always_a_place_that_takes_clients(
-    raw_relays: list[tuple[str, str, str]], raw_peers: list[tuple[str, bool]], spread: int
+def test_the_target_is_always_a_sibling_that_takes_clients(
+    raw_relays: list[tuple[str, str, str]], spread: int
 ) -> None:
     relays = [relay(name, state, region) for region, name, state in raw_relays]
-    peers = [PeerEdge(r, f"ws://{r}:1/v1/ws", ok) for r, ok in raw_peers]
-    target = redirect_target(US, "us-1", relays, peers, spread)
+    target = redirect_target(US, "us-1", relays, spread)
     siblings = [r for r in relays if r.region == US and r.relay != "us-1" and r.state == "up"]
     if siblings:
-        assert target is not None and target.region == US
-        assert target.url in {r.url for r in siblings}
-    elif any(p.healthy and p.region != US for p in peers):
-        assert target is not None and target.region != US
-        assert any(p.url == target.url and p.healthy for p in peers)
+        assert target in siblings
     else:
         assert target is None
 
