@@ -195,6 +195,22 @@ def _cmd_bench_federation(args: argparse.Namespace) -> int:
     return run_async(run_federation_bench, args.latency_ms, args.seconds, args.rate)
 
 
+def _cmd_bench_failover(args: argparse.Namespace) -> int:
+    from relay.bench.failover import run_failover_bench
+
+    _setup_logging(False)
+    for name in ("relaynet", "federation"):  # the SDK's reconnect lines, in-process LinkProxy
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return run_async(
+        run_failover_bench,
+        args.connects,
+        args.trials,
+        args.stop_trials,
+        args.rate,
+        args.latency_ms,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relaynet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -247,6 +263,22 @@ def build_parser() -> argparse.ArgumentParser:
     fed.add_argument("--seconds", type=float, default=5.0)
     fed.add_argument("--rate", type=int, default=0, help="msgs/s of the fixed-rate phase (0 = 100)")
     fed.set_defaults(func=_cmd_bench_federation)
+    failover = bench_sub.add_parser(
+        "failover", help="SDK connect time, and kill-to-resumed-delivery time across regions"
+    )
+    failover.add_argument("--connects", type=int, default=20, help="timed connects")
+    failover.add_argument("--trials", type=int, default=10, help="failovers after a SIGKILL")
+    failover.add_argument(
+        "--stop-trials", type=int, default=1, help="failovers after a SIGSTOP (frozen relay)"
+    )
+    failover.add_argument("--rate", type=int, default=50, help="msgs/s published meanwhile")
+    failover.add_argument(
+        "--latency-ms",
+        type=float,
+        default=25.0,
+        help="one-way latency from the client to the next region (twice that to the third)",
+    )
+    failover.set_defaults(func=_cmd_bench_failover)
     from relay.client.cli import register as register_client_commands
 
     register_client_commands(sub)
