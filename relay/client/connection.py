@@ -16,12 +16,15 @@ the pure client core, and this module only does the I/O around it:
   itself an edge of the region it reports, so its URL is kept as that region's
   last-resort edge even when the directory names another (a load balancer).
 * **When to try again** (``Backoff``, full jitter). After a drop the client
-  waits a jittered delay and goes back to the same edge first, then to the
-  next ones in the failover order. A round in which every edge failed ends
+  waits a jittered delay and goes back to the same edge first, then at once to
+  the next ones in the failover order. A round in which every edge failed ends
   with a fresh directory and fresh probes (from the seeds and from every edge
   known so far, so losing the seeds' region does not lose the directory).
   After ``SUSPEND_AFTER_ROUNDS`` failed rounds the state is ``suspended`` and
-  rounds are spaced further apart by a second, slower backoff.
+  rounds are spaced further apart by a second, slower backoff. A relay that
+  stops answering without closing (frozen, or a path that went silent) is
+  noticed by the keepalive: a ping every ``keepalive_s`` that must be answered
+  within as long.
 * **What to say on a new connection** (``ClientSession``). Every connection,
   the first included, starts with ``session.on_reconnect()``: every channel is
   resubscribed from the position the session has processed and every
@@ -469,22 +472,25 @@ async def fetch_directory(
 async def probe(
     url: str, count: int, *, timeout_s: float = 2.0, dial: Dial = _same
 ) -> list[float | None]:
-    """Up to ``count`` RTT samples in ms to the relay of ``url`` (None for a failed probe;
-    probing stops after a timeout). Any HTTP answer below 500 is a sample, so relays
-    without /v1/ping can be measured too.
+    """``count`` RTT samples in ms to the relay of ``url`` (None for a failed probe). Any
+    HTTP answer below 500 is a sample, so relays without /v1/ping can be measured too.
+
+    The probes run at the same time, each on its own connection: connecting then
+    waits one round trip to the farthest edge, not ``count`` of them.
     """
     target = dial(_endpoint(url).http_base + PING_PATH)
-    samples: list[float | None] = []
-    for _ in range(count):
+    samples: list[float | None] = [None] * count
+
+    async def one(i: int) -> None:
         try:
             status, _, elapsed = await _http_get(target, timeout_s=timeout_s)
-        except TimeoutError:
-            samples.append(None)
-            break  # the next ones would wait as long: one is evidence enough
         except _NETWORK_ERRORS:
-            samples.append(None)
-            continue
-        samples.append(elapsed * 1000.0 if status < 500 else None)
+            return
+        samples[i] = elapsed * 1000.0 if status < 500 else None
+
+    async with anyio.create_task_group() as tg:
+        for i in range(count):
+            tg.start_soon(one, i)
     return samples
 
 
@@ -708,6 +714,7 @@ class Client:
         probe_timeout_s: float,
         buffer: int,
         dial: Dial,
+        keepalive_s: float,
     ) -> None:
         if not seeds:
             raise ValueError("at least one seed URL is needed")
@@ -726,6 +733,9 @@ class Client:
         self._probe_timeout_s = probe_timeout_s
         self._buffer = buffer
         self._dial = dial
+        if keepalive_s <= 0:
+            raise ValueError("keepalive_s must be > 0")
+        self._keepalive_s = keepalive_s
         self._backoff = Backoff(
             base_s=backoff_base_s, max_s=backoff_max_s, reset_after_s=reset_after_s, rng=rng
         )
@@ -916,7 +926,11 @@ class Client:
     async def _supervise(self) -> None:
         target: tuple[str, str] | None = None  # the edge we were on: try it first
         failed_rounds = 0
-        pause = False  # back off before the next attempt
+        # Back off before the next attempt: after a drop, and between rounds. Not between
+        # the edges of a round: the jitter before its first attempt already spread a
+        # crowd of clients leaving the same relay, and a refused edge says nothing
+        # about the next one.
+        pause = False
         need_survey = True
         while True:
             if need_survey:
@@ -927,7 +941,7 @@ class Client:
             for region, url in order:
                 if pause:
                     await anyio.sleep(self._backoff.next_delay())
-                pause = True
+                    pause = False
                 if self.state is not ConnectionState.SUSPENDED:
                     self._set_state(ConnectionState.CONNECTING)
                 outcome = await self._connection(region, url)
@@ -945,6 +959,7 @@ class Client:
                         self._set_state(ConnectionState.DISCONNECTED)
                 else:
                     target = (region, url)
+                    pause = True
                     self._set_state(ConnectionState.DISCONNECTED)
                 break
             if connected:
@@ -953,6 +968,7 @@ class Client:
             failed_rounds += 1
             need_survey = True
             target = None
+            pause = True
             if failed_rounds >= SUSPEND_AFTER_ROUNDS:
                 self._set_state(ConnectionState.SUSPENDED)
                 await anyio.sleep(self._round_backoff.next_delay())
@@ -1002,6 +1018,8 @@ class Client:
                 open_timeout=OPEN_TIMEOUT_S,
                 close_timeout=CLOSE_TIMEOUT_S,
                 max_size=MAX_FRAME_BYTES,
+                ping_interval=self._keepalive_s,
+                ping_timeout=self._keepalive_s,
                 compression=None,
                 proxy=None,
                 user_agent_header="relaynet-client",
@@ -1289,6 +1307,7 @@ async def connect(
     probe_timeout_s: float = 2.0,
     buffer: int = DEFAULT_BUFFER,
     dial: Dial | None = None,
+    keepalive_s: float = 5.0,
 ) -> AsyncIterator[Client]:
     """Connect to the nearest region of the network that ``seeds`` belong to.
 
@@ -1300,7 +1319,9 @@ async def connect(
     attempt and its result sent as the ``token`` query parameter. ``dial`` maps a
     relay's URL to the one to open instead (a client behind a proxy or NAT, or a
     simulated client location); the directory, ``client.url`` and ``client.choice``
-    keep the relays' own URLs.
+    keep the relays' own URLs. ``keepalive_s``: a ping this often, and a
+    connection whose pong does not come within as long is given up (a frozen
+    relay is left within about twice this).
     """
     client = Client(
         [seeds] if isinstance(seeds, str) else list(seeds),
@@ -1316,6 +1337,7 @@ async def connect(
         probe_timeout_s=probe_timeout_s,
         buffer=buffer,
         dial=dial if dial is not None else _same,
+        keepalive_s=keepalive_s,
     )
     # Errors of the body (and ConnectionFailed before the first connection) leave as
     # themselves, not wrapped in the ExceptionGroup the task group would make of them.
