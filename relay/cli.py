@@ -150,8 +150,20 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger("relaynet").setLevel(logging.WARNING)
         logging.getLogger("federation").setLevel(logging.WARNING)
+    from relay.simulate.relay_image import ImageError
+
     try:
-        return run_async(run_simulation, spec, args.relays_per_region, args.refresh, args.duration)
+        return run_async(
+            run_simulation,
+            spec,
+            args.relays_per_region,
+            args.refresh,
+            args.duration,
+            args.relays_in_containers,
+        )
+    except ImageError as exc:  # checked before anything starts: nothing is left running
+        print(f"relaynet simulate: --relays-in-containers: {exc}", file=sys.stderr)
+        return 2
     except RuntimeError as exc:  # no Docker engine, a port taken, a relay that will not start
         print(f"relaynet simulate: {exc}", file=sys.stderr)
         return 1
@@ -239,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--latency", default="50ms", help="one-way latency of every link")
     simulate.add_argument("--latency-matrix", help="file: one-way latency per directed link")
     simulate.add_argument("--relays-per-region", type=int, default=1)
+    simulate.add_argument(
+        "--relays-in-containers",
+        action="store_true",
+        help="run relays in containers of the deploy/Dockerfile image (built without a "
+        "registry) instead of as local processes",
+    )
     simulate.add_argument("--refresh", type=float, default=2.0, help="status table interval")
     simulate.add_argument("--duration", type=float, help="stop after this many seconds")
     simulate.add_argument("-v", "--verbose", action="store_true")

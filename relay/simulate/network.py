@@ -46,7 +46,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from federation.linkproxy import LinkProxy
 from relay.adapters.embedded_nats import _die_with_parent
 from relay.client.connection import Client, Dial, connect
-from relay.simulate import containers
+from relay.simulate import containers, relay_image
 from relay.simulate.client import ProtocolClient, protocol_client
 from relay.simulate.spec import NetworkSpec, SpecError
 
@@ -62,6 +62,7 @@ class _Relay:
     config: Path
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    container: relay_image.RelayContainer | None = None  # with relays_in_containers
 
     @property
     def url(self) -> str:
@@ -69,6 +70,8 @@ class _Relay:
 
     @property
     def alive(self) -> bool:
+        if self.container is not None:
+            return self.container.alive
         return self.proc is not None and self.proc.poll() is None
 
 
@@ -114,12 +117,17 @@ class RelayNetwork:
         relays_per_region: int = 1,
         namespaces: Sequence[dict[str, Any]] = (),
         workdir: Path | None = None,
+        relays_in_containers: bool = False,
     ) -> None:
+        """``relays_in_containers``: each relay runs in a container of the image built from
+        deploy/Dockerfile (``relay_image.ensure_relay_image``) instead of as a process."""
         if relays_per_region < 1:
             raise SpecError("relays_per_region must be at least 1")
         self.spec = spec
         self.relays_per_region = relays_per_region
         self.namespaces = list(namespaces)
+        self.relays_in_containers = relays_in_containers
+        self._relay_tag: str | None = None
         self.session = uuid.uuid4().hex[:8]
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"relaynet-sim-{self.session}-"))
@@ -136,6 +144,8 @@ class RelayNetwork:
         reason = await anyio.to_thread.run_sync(containers.docker_available)
         if reason is not None:
             raise RuntimeError(reason)
+        if self.relays_in_containers:  # before anything starts: its errors leave nothing behind
+            self._relay_tag = await anyio.to_thread.run_sync(relay_image.ensure_relay_image)
         self._stack = contextlib.AsyncExitStack()
         await self._stack.__aenter__()
         try:
@@ -185,6 +195,17 @@ class RelayNetwork:
                         self.workdir / region.name / f"{relay_id}.log",
                     )
                 )
+                if self._relay_tag is not None:
+                    relay = region.relays[-1]
+                    relay.container = relay_image.RelayContainer(
+                        relay_id,
+                        region=region.name,
+                        port=relay.port,
+                        config=relay.config,
+                        image=self._relay_tag,
+                        session=self.session,
+                        start_timeout_s=RELAY_START_TIMEOUT_S,
+                    )
         for region in self.regions.values():
             self._write_configs(region)
         await self._start_client_paths()
@@ -231,6 +252,9 @@ class RelayNetwork:
 
     @staticmethod
     def _spawn_relay(relay: _Relay) -> None:
+        if relay.container is not None:
+            relay.container.start()  # the same container again after a stop or kill
+            return
         with open(relay.log, "ab") as out:
             relay.proc = subprocess.Popen(
                 [sys.executable, "-m", "relay.cli", "relay", "--config", str(relay.config)],
@@ -254,6 +278,12 @@ class RelayNetwork:
 
     @staticmethod
     def _stop_relay(relay: _Relay, sig: int = signal.SIGTERM) -> None:
+        if relay.container is not None:
+            if sig == signal.SIGKILL:
+                relay.container.kill()
+            else:
+                relay.container.stop()
+            return
         proc = relay.proc
         if proc is None or proc.poll() is not None:
             return
@@ -268,7 +298,11 @@ class RelayNetwork:
         with anyio.CancelScope(shield=True):
             for region in self.regions.values():
                 for relay in region.relays:
-                    await anyio.to_thread.run_sync(self._stop_relay, relay)
+                    if relay.container is None:
+                        await anyio.to_thread.run_sync(self._stop_relay, relay)
+                        continue
+                    with contextlib.suppress(Exception):  # a force-remove: a kill
+                        await anyio.to_thread.run_sync(relay.container.remove)
             for region in self.regions.values():
                 with contextlib.suppress(Exception):
                     await anyio.to_thread.run_sync(region.nats.remove)

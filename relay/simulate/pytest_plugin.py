@@ -28,7 +28,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "relay_network(regions=None, latency_ms=20, matrix=None, relays_per_region=1, "
-        "namespaces=()): the shape of the relay_network fixture's network",
+        "namespaces=(), relays_in_containers=False): the shape of the relay_network "
+        "fixture's network",
     )
 
 
@@ -63,5 +64,6 @@ def relay_network(request: pytest.FixtureRequest, relay_network_spec: NetworkSpe
         relay_network_spec,
         relays_per_region=int(options.get("relays_per_region", 1)),
         namespaces=list(options.get("namespaces", ())),
+        relays_in_containers=bool(options.get("relays_in_containers", False)),
     ) as network:
         yield network

@@ -13,9 +13,15 @@ from relay.simulate.spec import NetworkSpec
 
 
 async def run_simulation(
-    spec: NetworkSpec, relays_per_region: int, refresh_s: float, duration_s: float | None
+    spec: NetworkSpec,
+    relays_per_region: int,
+    refresh_s: float,
+    duration_s: float | None,
+    relays_in_containers: bool = False,
 ) -> int:
-    async with RelayNetwork(spec, relays_per_region=relays_per_region) as network:
+    async with RelayNetwork(
+        spec, relays_per_region=relays_per_region, relays_in_containers=relays_in_containers
+    ) as network:
         print("relaynet simulate: network up", flush=True)
         for region, url in network.edges().items():
             print(f"  {region:<12} {url}", flush=True)
