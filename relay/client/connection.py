@@ -693,6 +693,7 @@ class _Outcome:
     stop: bool  # the client is done (closed or failed)
     move_to: tuple[str, str] | None = None
     redirected: bool = False  # the relay sent us away (not our own move)
+    silent: bool = False  # the relay stopped answering our keepalive: frozen, or cut off
 
 
 class Client:
@@ -931,12 +932,14 @@ class Client:
         # crowd of clients leaving the same relay, and a refused edge says nothing
         # about the next one.
         pause = False
+        avoid: tuple[str, str] | None = None  # an edge that went silent: try it last
         need_survey = True
         while True:
             if need_survey:
                 await self._refresh()
                 need_survey = False
-            order = self._order(target)
+            order = self._order(target, avoid)
+            avoid = None
             connected = False
             for region, url in order:
                 if pause:
@@ -957,6 +960,13 @@ class Client:
                     pause = False  # told where to go: no reason to wait
                     if outcome.redirected and self.state is ConnectionState.CONNECTED:
                         self._set_state(ConnectionState.DISCONNECTED)
+                elif outcome.silent:
+                    # Its kernel may still accept connections while nothing answers:
+                    # retrying it first would only wait out the open timeout.
+                    target = None
+                    avoid = (region, url)
+                    pause = True
+                    self._set_state(ConnectionState.DISCONNECTED)
                 else:
                     target = (region, url)
                     pause = True
@@ -975,8 +985,13 @@ class Client:
             elif not order:
                 await anyio.sleep(self._backoff.next_delay())
 
-    def _order(self, target: tuple[str, str] | None) -> list[tuple[str, str]]:
+    def _order(
+        self, target: tuple[str, str] | None, avoid: tuple[str, str] | None = None
+    ) -> list[tuple[str, str]]:
         candidates = list(self.survey.candidates) if self.survey is not None else []
+        if avoid is not None and avoid in candidates:
+            candidates.remove(avoid)
+            candidates.append(avoid)
         if target is not None:
             if target in candidates:
                 candidates.remove(target)
@@ -1144,6 +1159,10 @@ class Client:
             return _Outcome(stop=False, move_to=self._take_move_target(), redirected=redirected)
         code = ws.close_code if ws.close_code is not None else ABNORMAL_CLOSURE
         reason = ws.close_reason or ""
+        sent = ws.protocol.close_sent
+        if ws.protocol.close_rcvd is None and sent is not None and sent.code == 1011:
+            log.info("%s stopped answering (%s)", url, sent.reason)
+            return _Outcome(stop=False, silent=True)
         log.info("connection to %s closed: %d %s", url, code, reason)
         if close_policy(code) == "stop":
             self.close_code, self.close_reason = code, reason

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -35,12 +37,19 @@ from relay.client.connection import (
     Subscription,
     connect,
     data_of,
+    fetch_directory,
 )
 from relay.client.session import Message
 from relay.node import RelayNode
 from tests.support.checker import check_causal, check_contiguous, ids
 from tests.support.regions import FAST_FEDERATION, REGIONS, region_nats, running_regions
-from tests.support.relays import make_config, running_relays, timeout
+from tests.support.relays import (
+    config_file,
+    make_config,
+    relay_process,
+    running_relays,
+    timeout,
+)
 from tests.support.wsclient import protocol_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -554,6 +563,55 @@ async def _latency_and_move_back(
     got = ids(received.frames)
     assert got == acked  # one publisher: its order, nothing lost, nothing twice
     assert check_causal(received.frames) == []
+
+
+# --- a frozen relay: only the keepalive can tell ------------------------------------------
+
+
+async def test_a_frozen_relay_is_left_by_keepalive_and_tried_last(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """SIGSTOP: the relay's sockets stay open and its kernel still accepts connections.
+    The keepalive notices; the client goes to the other relay at once instead of
+    waiting out an open timeout on the frozen one; nothing is lost or repeated."""
+    frozen_cfg = make_config(nats_url=nats_url, relay_id="frozen")
+    with relay_process(config_file(tmp_path / "frozen.toml", frozen_cfg), tmp_path / "f.log") as (
+        proc,
+        frozen_url,
+    ):
+        async with running_relays(make_config(nats_url=nats_url, relay_id="other")) as (other,):
+            with anyio.fail_after(timeout(15)):
+                while True:  # the frozen-to-be relay must list its sibling (beats: 1 s)
+                    directory = await fetch_directory([frozen_url])
+                    if directory and other.url in {e.url for e in directory.edges}:
+                        break
+                    await anyio.sleep(0.1)
+            states = States()
+            received = Received()
+            acked: list[str] = []
+            with anyio.fail_after(timeout(60)):
+                async with fast_connect(frozen_url, on_state=states, keepalive_s=0.5) as client:
+                    assert client.relay == "frozen"
+                    sub = await client.subscribe("chat:frozen")
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(received.consume, sub)
+                        async with anyio.create_task_group() as publishing:
+                            publishing.start_soon(
+                                publish_series, other.url, "chat:frozen", "p", 200, acked
+                            )
+                            await received.wait_count(50)
+                            os.kill(proc.pid, signal.SIGSTOP)
+                            try:
+                                await states.wait_for(ConnectionState.CONNECTED, times=2)
+                            finally:
+                                os.kill(proc.pid, signal.SIGCONT)
+                        await received.wait_count(len(acked))
+                        tg.cancel_scope.cancel()
+                    assert client.relay == "other"
+                    assert client.connections == 2
+    assert ids(received.frames) == acked
+    assert check_causal(received.frames) == []
+    assert ConnectionState.SUSPENDED not in states.seen
 
 
 # --- dial: a client location with its own path to every edge -------------------------------
