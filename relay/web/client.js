@@ -21,6 +21,17 @@
 //   healthy}; `client.survey` also has the directory, the samples per edge and the candidate
 //   edges in the order to try them. The relay that served the directory stays its region's
 //   last-resort edge; relays without /v1/edges still work (each seed its own pseudo-region).
+// * Redirects. A relay at its connection limit (instead of `connected`, then 1013) or shutting
+//   down (then 1001) may send `redirect` to a sibling: the client goes there next without a
+//   backoff pause, but only to an edge its survey knows (same HTTP base) or a relay of a region
+//   it knows, and after MAX_REDIRECTS_IN_A_ROW without a `connected` it ignores them (backoff as
+//   usual), so two full relays cannot bounce it around at full speed. `client.redirects` counts
+//   the ones followed; the "redirect" event reports each.
+// * Frame limit. `connected` says how large a frame the relay accepts (max_frame_bytes; until
+//   one does, options.maxFrameBytes): a larger publish rejects at once with "too_large" (sent,
+//   it would close the connection with 1009 after every reconnect), and a pending publish too
+//   large for a newly connected relay rejects instead of being resent. The size counts the
+//   longest ref the frame can ever get.
 // * When to try again (full jitter). After a drop the client waits a delay drawn from
 //   [0, min(maxMs, baseMs * 2^attempt)] and goes back to the same edge first, then to the next
 //   ones in the failover order. A round in which every edge failed ends with a fresh survey;
@@ -44,7 +55,8 @@
 // Connection states (client.on("state", (state, info) => ...)):
 //   connecting    an attempt is under way (or the first survey)
 //   connected     a relay sent its `connected` frame; subscriptions and pending publishes resent
-//   disconnected  the connection dropped; attempts follow (the "retry" event says when)
+//   disconnected  the connection dropped (or a relay redirected us: connecting follows at once);
+//                 attempts follow (the "retry" event says when)
 //   suspended     every edge failed 2 rounds in a row; attempts go on, further apart
 //   failed        the relay closed with a code that says not to come back; publishes rejected
 //   closed        client.close() was called, or the relay closed normally (1000)
@@ -65,7 +77,8 @@ const DEFAULT_OPTIONS = Object.freeze({
   refreshMs: 30000, // how often to survey again while connected (moveBack other than "stay")
   connectTimeoutMs: 30000, // connect(): reject (and close) if not connected by then; 0 = never
   onExpired: "stop", // position_expired: "stop" (the subscription ends), "earliest" or "live"
-  // The relay closes the connection (1009) on a bigger frame: its default limits.max_frame_bytes.
+  // The relay closes the connection (1009) on a bigger frame: its default limits.max_frame_bytes,
+  // assumed until a relay announces its own in `connected` (which then wins).
   maxFrameBytes: 1048576,
   idMemory: 4096,
   random: Math.random,
@@ -283,7 +296,7 @@ export function closePolicy(code) {
 
 // --- session (relay/client/session.py), without I/O ------------------------------------------
 
-const HANDLED_OPS = new Set(["connected", "subscribed", "message", "ack", "error"]);
+const HANDLED_OPS = new Set(["connected", "redirect", "subscribed", "message", "ack", "error"]);
 const ID_PREFIX_RE = /^[\x21-\x7e]{1,100}$/;
 
 function randomHex(bytes) {
@@ -305,7 +318,14 @@ function shapeError(frame) {
         need(isStr(frame.region), "region") ??
         need(isStr(frame.relay), "relay") ??
         need(isStr(frame.connection_id), "connection_id") ??
-        need(frame.heartbeat_s == null || typeof frame.heartbeat_s === "number", "heartbeat_s")
+        need(frame.heartbeat_s == null || typeof frame.heartbeat_s === "number", "heartbeat_s") ??
+        need(frame.max_frame_bytes == null || Number.isInteger(frame.max_frame_bytes), "max_frame_bytes")
+      );
+    case "redirect":
+      return (
+        need(isStr(frame.url), "url") ??
+        need(frame.region == null || isStr(frame.region), "region") ??
+        need(frame.reason === undefined || isStr(frame.reason), "reason")
       );
     case "subscribed":
       return (
@@ -342,12 +362,16 @@ function shapeError(frame) {
 /**
  * What a client must remember across connections (a port of ClientSession). The I/O layer
  * hands every received text frame to receive() and gets events back ({type: "connected" |
- * "subscribed" | "message" | "acked" | "error" | "expired" | "bad_frame", ...}); it sends the
- * strings subscribe(), unsubscribe() and publish() return, and on every new connection what
- * onReconnect() returns.
+ * "redirected" | "subscribed" | "message" | "acked" | "error" | "expired" | "bad_frame",
+ * ...}); it sends the strings subscribe(), unsubscribe() and publish() return, and on every
+ * new connection what onReconnect() returns (after dropOversized(), once `connected` said
+ * what the relay accepts).
+ *
+ * defaultMaxFrameBytes: the frame limit assumed while no relay has announced one (null: none,
+ * as the Python session); the `max_frame_bytes` of the last `connected` wins over it.
  */
 export class Session {
-  constructor({ idPrefix = null, idMemory = DEFAULT_OPTIONS.idMemory } = {}) {
+  constructor({ idPrefix = null, idMemory = DEFAULT_OPTIONS.idMemory, defaultMaxFrameBytes = null } = {}) {
     if (idPrefix === null) idPrefix = randomHex(12); // 96 bits
     else if (!ID_PREFIX_RE.test(idPrefix)) throw new RangeError("idPrefix must be 1-100 printable ASCII characters without spaces");
     if (!(idMemory >= 1)) throw new RangeError("idMemory must be >= 1");
@@ -359,6 +383,14 @@ export class Session {
     this._pending = new Map(); // id -> {channel, dataJson}, in send order
     this._requests = new Map(); // ref -> {op, channel, publishId}, on this connection
     this._seen = new Map(); // "channel\n id" -> true, oldest first
+    this._defaultMaxFrameBytes = defaultMaxFrameBytes;
+    // The relay's limit on a frame from us (from `connected`); null: not announced.
+    this.maxFrameBytes = null;
+  }
+
+  /** The frame limit publishes are held to: the relay's announced one, else the default. */
+  get frameLimit() {
+    return this.maxFrameBytes ?? this._defaultMaxFrameBytes;
   }
 
   static closePolicy(code) {
@@ -423,10 +455,19 @@ export class Session {
     this._channels.delete(channel);
   }
 
-  /** Assign an idempotency id, remember the publish until acked; returns [id, frame]. */
+  /**
+   * Assign an idempotency id, remember the publish until acked; returns [id, frame]. Throws
+   * RelaynetError("too_large") when the frame would exceed the frame limit: the relay would
+   * close the connection (1009) every time it is sent.
+   */
   publish(channel, dataJson) {
     JSON.parse(dataJson); // throws SyntaxError: a bug in the caller
     const id = `${this.idPrefix}-${this._nextId}`;
+    const size = publishSize(channel, id, dataJson);
+    const limit = this.frameLimit;
+    if (limit !== null && size > limit) {
+      throw new RelaynetError("too_large", `the publish frame is ${size} bytes; the relay accepts frames up to ${limit} bytes`, { size, limit });
+    }
     this._nextId += 1;
     this._pending.set(id, { channel, dataJson });
     return [id, this._publishFrame(id)];
@@ -442,6 +483,18 @@ export class Session {
     }
     for (const id of this._pending.keys()) frames.push(this._publishFrame(id));
     return frames;
+  }
+
+  /**
+   * Forget pending publishes too large for the frame limit now in force (a relay with a
+   * smaller limit than the one they were made under); returns their ids.
+   */
+  dropOversized() {
+    const limit = this.frameLimit;
+    if (limit === null) return [];
+    const dropped = [...this._pending].filter(([id, { channel, dataJson }]) => publishSize(channel, id, dataJson) > limit).map(([id]) => id);
+    for (const id of dropped) this._pending.delete(id);
+    return dropped;
   }
 
   /** Give up a pending publish (it will not be sent again); true if it was pending. */
@@ -485,7 +538,11 @@ export class Session {
           return this._subscribed(frame);
         case "error":
           return this._error(frame);
-        default:
+        case "redirect":
+          return [{ type: "redirected", url: frame.url, region: frame.region ?? null, reason: frame.reason ?? "" }];
+        default: {
+          const limit = frame.max_frame_bytes;
+          this.maxFrameBytes = Number.isInteger(limit) && limit > 0 ? limit : null;
           return [
             {
               type: "connected",
@@ -493,8 +550,10 @@ export class Session {
               relay: frame.relay,
               connectionId: frame.connection_id,
               heartbeatS: frame.heartbeat_s ?? null,
+              maxFrameBytes: this.maxFrameBytes,
             },
           ];
+        }
       }
     } catch (exc) {
       if (exc instanceof RelaynetError) return [{ type: "bad_frame", reason: `${frame.op}: ${exc.message}` }];
@@ -593,6 +652,16 @@ export class Session {
   }
 }
 
+// Bytes of a publish frame with the longest ref it can get (session.py's _LONGEST_REF, 2**63):
+// refs only grow, so a frame that fits now still fits when it is resent many requests later.
+const LONGEST_REF = "9223372036854775808";
+const utf8 = new TextEncoder();
+
+/** The size in bytes of the publish frame for (channel, id, dataJson), as the relay counts it. */
+export function publishSize(channel, id, dataJson) {
+  return utf8.encode(`{"op":"publish","channel":${JSON.stringify(channel)},"id":${JSON.stringify(id)},"data":${dataJson},"ref":${LONGEST_REF}}`).length;
+}
+
 // --- URLs ------------------------------------------------------------------------------------
 
 const RELAY_PATHS = ["/v1/ws", "/v1/edges", "/v1/ping"];
@@ -616,6 +685,28 @@ export function edgeUrls(raw) {
 }
 
 // --- routing: the plan of edges, moving back (relay/client/routing.py, connection.py) --------
+
+/**
+ * Where a relay's redirect to `url` (an edge of `region`) may send us, given the survey's
+ * candidates [[region, url], ...]: the known edge with the same HTTP base, else a relay of a
+ * region the directory knows (one that started since the survey), else null. Never a place
+ * the directory has not vouched for: a relay must not be able to send clients anywhere.
+ */
+export function redirectTarget(candidates, url, region = null) {
+  // Absolute, with a host: URL() would resolve "/v1/ws" against the page and read "ws:///v1/ws"
+  // as host "v1"; Python's urlsplit sees no host in either.
+  const authority = isStr(url) ? /^[a-z][a-z0-9+.-]*:\/\/([^/?#]*)/i.exec(url.trim()) : null;
+  if (!authority || !authority[1].replace(/^.*@/, "").replace(/:\d*$/, "")) return null;
+  let endpoint;
+  try {
+    endpoint = edgeUrls(url);
+  } catch {
+    return null;
+  }
+  for (const [known, knownUrl] of candidates) if (edgeUrls(knownUrl).http === endpoint.http) return [known, knownUrl];
+  if (region != null && candidates.some(([known]) => known === region)) return [region, endpoint.ws];
+  return null;
+}
 
 /**
  * Directory + RTT samples per edge URL -> {directory, samples, choice, candidates}.
@@ -663,6 +754,12 @@ export function shouldMoveBack(current, choice, { policy = "stay", idle, minGain
 // --- the client ------------------------------------------------------------------------------
 
 const now = () => (globalThis.performance ? performance.now() : Date.now());
+
+// Redirects followed in a row without staying anywhere: past this, two relays sending us to
+// each other (both full) cost a backoff like any failed attempt.
+const MAX_REDIRECTS_IN_A_ROW = 3;
+// A relay that redirected us and does not close: leave after this.
+const REDIRECT_GRACE_MS = 5000;
 
 // After this many rounds in which every edge failed, the client is "suspended".
 const SUSPEND_AFTER_ROUNDS = 2;
@@ -716,7 +813,7 @@ export class Client {
     this._backoff = new Backoff({ baseMs: o.baseMs, maxMs: o.maxMs, resetAfterMs: o.resetAfterMs, random: o.random });
     this._roundBackoff = new Backoff({ baseMs: o.maxMs, maxMs: o.maxMs * SUSPENDED_FACTOR, resetAfterMs: o.resetAfterMs, random: o.random });
     this._retryBackoff = new Backoff({ baseMs: o.baseMs, maxMs: o.maxMs, resetAfterMs: 0, random: o.random });
-    this._session = new Session({ idPrefix: o.idPrefix ?? null, idMemory: o.idMemory });
+    this._session = new Session({ idPrefix: o.idPrefix ?? null, idMemory: o.idMemory, defaultMaxFrameBytes: o.maxFrameBytes });
 
     this.state = "connecting";
     this.region = null;
@@ -728,6 +825,7 @@ export class Client {
     this.closeCode = null;
     this.closeReason = null;
     this.connections = 0; // how many connections were established so far
+    this.redirects = 0; // how many redirects from relays the client followed
 
     this._listeners = new Map(); // event -> Set(fn)
     this._subs = new Map(); // channel -> {listeners, onError, ready, resolve, reject, settled}
@@ -740,6 +838,9 @@ export class Client {
     this._liveness = null;
     this._retryTimer = null;
     this._moveTarget = null;
+    this._redirected = false; // _moveTarget came from a relay's redirect, not our own move
+    this._redirectsInARow = 0; // followed since the last `connected`
+    this._redirectGrace = null; // the timer that leaves a relay which redirected us
     this.ready = new Promise((resolve, reject) => {
       this._readyResolve = resolve;
       this._readyReject = reject;
@@ -761,8 +862,9 @@ export class Client {
 
   /**
    * Listen to "state" (state, info), "error" (RelaynetError), "expired" ({channel, earliest}),
-   * "survey" (client.survey), "retry" ({inMs}) and "connected" ({region, relay, ...});
-   * returns a function that removes the listener.
+   * "survey" (client.survey), "retry" ({inMs}), "connected" ({region, relay, ...}) and
+   * "redirect" ({from, url, region, reason, followed, ignored}: a relay sent us elsewhere;
+   * followed false with why in ignored); returns a function that removes the listener.
    */
   on(event, fn) {
     if (!this._listeners.has(event)) this._listeners.set(event, new Set());
@@ -776,6 +878,12 @@ export class Client {
 
   get idPrefix() {
     return this._session.idPrefix;
+  }
+
+  /** The largest frame the current (or last) relay accepts, as its `connected` announced;
+   * null before that, or from a relay that announces none (options.maxFrameBytes applies). */
+  get maxFrameBytes() {
+    return this._session.maxFrameBytes;
   }
 
   /** Unacknowledged publishes, {id: channel}. */
@@ -836,11 +944,14 @@ export class Client {
     if (this._stopped) return Promise.reject(new RelaynetError(this.state, `the client is ${this.state}`));
     const dataJson = JSON.stringify(data);
     if (dataJson === undefined) return Promise.reject(new TypeError("publish: data must be a JSON value"));
-    const bytes = new TextEncoder().encode(dataJson).length + channel.length + 160; // + the frame
-    if (bytes > this.options.maxFrameBytes) {
-      return Promise.reject(new RelaynetError("too_large", `publish frame of ~${bytes} bytes is above maxFrameBytes (${this.options.maxFrameBytes})`));
+    let id, frame;
+    try {
+      // Refused above the relay's announced max_frame_bytes (else options.maxFrameBytes): sent,
+      // it would close the connection (1009), and again after every reconnect.
+      [id, frame] = this._session.publish(channel, dataJson);
+    } catch (exc) {
+      return Promise.reject(exc);
     }
-    const [id, frame] = this._session.publish(channel, dataJson);
     const promise = new Promise((resolve, reject) => this._acks.set(id, { resolve, reject }));
     promise.id = id;
     this._send(frame);
@@ -882,6 +993,7 @@ export class Client {
     this._stopped = true;
     globalThis.removeEventListener?.("online", this._online);
     clearTimeout(this._retryTimer);
+    clearTimeout(this._redirectGrace);
     this._stopLiveness();
     const ws = this._ws;
     this._ws = null;
@@ -954,7 +1066,8 @@ export class Client {
         this._roundBackoff.reset();
         if (outcome.moveTo) {
           target = outcome.moveTo;
-          pause = false; // a deliberate move, not a failure
+          pause = false; // told where to go (or moving by choice): no reason to wait
+          if (outcome.redirected && this.state === "connected") this._setState("disconnected", { code: outcome.code ?? null, reason: outcome.reason ?? "redirected" });
         } else {
           target = [region, url];
           this._setState("disconnected", { code: outcome.code, reason: outcome.reason });
@@ -1127,8 +1240,9 @@ export class Client {
   // --- one connection -----------------------------------------------------------------------
 
   /**
-   * Open, resume, read until it ends: {code, reason} or {moveTo}; null if it never got up
-   * (no WebSocket, or the first frame within openTimeoutMs was not `connected`).
+   * Open, resume, read until it ends: {code, reason}, with {moveTo, redirected} when it ends to
+   * go elsewhere; null if it never got up (no WebSocket, or the first frame within
+   * openTimeoutMs was neither `connected` nor a `redirect` we follow).
    */
   _connection(region, url) {
     return new Promise((resolve) => {
@@ -1150,10 +1264,13 @@ export class Client {
         if (this._ws === ws) this._ws = null;
         this._interrupt = null;
         this._stopLiveness();
+        clearTimeout(this._redirectGrace);
+        this._redirectGrace = null;
         if (up) this._backoff.disconnected(now());
         if (outcome !== null && this._moveTarget !== null) {
-          outcome = { moveTo: this._moveTarget };
+          outcome = { ...outcome, moveTo: this._moveTarget, redirected: this._redirected };
           this._moveTarget = null;
+          this._redirected = false;
         }
         resolve(outcome);
       };
@@ -1184,9 +1301,27 @@ export class Client {
           for (const e of events) this._handle(e);
           return;
         }
-        const hello = events.find((e) => e.type === "connected");
+        const hello = events.find((e) => e.type === "connected" || e.type === "redirected");
         if (!hello) {
-          giveUp(); // the first frame of v1 is `connected`
+          giveUp(); // the first frame of v1 is `connected` (or `redirect`)
+          return;
+        }
+        if (hello.type === "redirected") {
+          // A relay at its connection limit says where to go instead (then closes 1013): there
+          // next, without a pause; a redirect we do not follow is a failed attempt.
+          const target = this._redirectTarget(hello, url);
+          if (target === null) {
+            giveUp();
+            return;
+          }
+          this._follow(target, hello, url);
+          detach(ws);
+          try {
+            ws.close(1000, "redirected");
+          } catch {
+            // closing already
+          }
+          finish({ code: null, reason: `redirected: ${hello.reason}` });
           return;
         }
         clearTimeout(timer);
@@ -1224,6 +1359,14 @@ export class Client {
   }
 
   _up(ws, hello, region, url) {
+    // Publishes made under a larger limit (another relay's, or the default before any relay
+    // announced one) that this relay would close the connection for: refused, not resent.
+    for (const id of this._session.dropOversized()) {
+      const limit = this._session.frameLimit;
+      const ack = this._acks.get(id);
+      this._acks.delete(id);
+      ack?.reject(new RelaynetError("too_large", `the publish is larger than ${url} accepts (${limit} bytes)`, { publishId: id, limit }));
+    }
     // Every connection, the first included, starts with the session's resubscribes and
     // republishes; frames made while disconnected are covered by them.
     for (const frame of this._session.onReconnect()) ws.send(frame);
@@ -1233,6 +1376,7 @@ export class Client {
     this.heartbeatS = hello.heartbeatS;
     this.url = url;
     this.connections += 1;
+    this._redirectsInARow = 0;
     this._backoff.connected(now());
     this._retryBackoff.reset();
     this._startLiveness(ws);
@@ -1284,11 +1428,55 @@ export class Client {
       case "error":
         this._error(event);
         return;
+      case "redirected":
+        this._onRedirect(event);
+        return;
       case "bad_frame":
         this._emit("error", new RelaynetError("bad_frame", `${this.url} sent a bad frame: ${event.reason}`));
         return;
       default:
     }
+  }
+
+  // --- redirects (connection.py: _redirect_target, _follow, _on_redirect) -------------------
+
+  /** Where a redirect sends us, if we follow it: [region, url], or null (and a "redirect"
+   * event that says why not). */
+  _redirectTarget(event, source) {
+    let ignored = null;
+    let target = null;
+    if (this._redirectsInARow >= MAX_REDIRECTS_IN_A_ROW) {
+      ignored = `ignored after ${this._redirectsInARow} redirects in a row`;
+    } else {
+      target = redirectTarget(this.survey?.candidates ?? [], event.url, event.region);
+      if (target === null) ignored = "not a relay of a region the directory knows; ignored";
+    }
+    if (ignored !== null) this._emit("redirect", { from: source, url: event.url, region: event.region, reason: event.reason, followed: false, ignored });
+    return target;
+  }
+
+  _follow(target, event, source) {
+    this._redirectsInARow += 1;
+    this.redirects += 1;
+    this._moveTarget = [...target];
+    this._redirected = true;
+    this._emit("redirect", { from: source, url: target[1], region: target[0], reason: event.reason, followed: true, ignored: null });
+  }
+
+  // The relay is shutting down (or shedding load) and says where to go: go there next instead
+  // of backing off and retrying this one. The relay closes once our in-flight publishes are
+  // acked; if it does not, we leave after REDIRECT_GRACE_MS.
+  _onRedirect(event) {
+    const source = this.url ?? "the relay";
+    const target = this._redirectTarget(event, source);
+    if (target === null) return;
+    this._follow(target, event, source);
+    const ws = this._ws;
+    clearTimeout(this._redirectGrace);
+    this._redirectGrace = setTimeout(() => {
+      this._redirectGrace = null;
+      if (this._ws === ws) this._interrupt?.({ code: 1000, reason: "redirected" });
+    }, REDIRECT_GRACE_MS);
   }
 
   _expired({ channel, earliest }) {

@@ -42,6 +42,7 @@ const demo = {
   stateDetail: "",
   states: [], // every state change: {state, at, ...info}
   messages: [], // delivered messages: {id, text, name, origin, ts, position, mine}
+  redirects: [], // every redirect a relay sent: {from, url, region, reason, followed, ignored, at}
   errors: [],
   send,
 };
@@ -140,7 +141,8 @@ function showMessage(message) {
 /** Publish one chat line; resolves with the ack (retried across reconnects until acked). */
 function send(text) {
   const promise = demo.client.publish(channel, { text, name });
-  const item = el("li", { textContent: `${promise.id} sending… ${text.slice(0, 40)}`, dataset: { testid: "outbox-item", id: promise.id } });
+  // A publish refused at once (too large for the relay) has no id.
+  const item = el("li", { textContent: `${promise.id ?? "refused"} sending… ${text.slice(0, 40)}`, dataset: { testid: "outbox-item", id: promise.id ?? "" } });
   $("outbox").prepend(item);
   promise.then(
     (ack) => {
@@ -149,7 +151,7 @@ function send(text) {
       setTimeout(() => item.remove(), 5000);
     },
     (error) => {
-      item.textContent = `${promise.id} failed: ${error.message}`;
+      item.textContent = `${promise.id ?? "refused"} failed: ${error.message}`;
       demo.errors.push({ code: error.code, message: error.message });
     },
   );
@@ -169,6 +171,11 @@ try {
   const client = createClient(seeds, regions?.length ? { regions } : {});
   demo.client = client;
   client.on("state", showState);
+  client.on("redirect", (redirect) => {
+    demo.redirects.push({ ...redirect, at: Date.now() });
+    if (redirect.followed) log(`redirected to ${redirect.url} (${redirect.region}): ${redirect.reason}`);
+    else log(`redirect to ${redirect.url} from ${redirect.from}: ${redirect.ignored}`);
+  });
   client.on("survey", showWhere);
   client.on("retry", ({ inMs }) => {
     $("state-detail").textContent = `${demo.stateDetail ? `${demo.stateDetail} · ` : ""}next attempt in ${inMs} ms`;

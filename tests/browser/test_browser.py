@@ -27,12 +27,21 @@ import pytest
 
 from config.schema import RelayConfig
 from relay.client.backoff import Backoff
+from relay.client.connection import Client, Directory, DirectoryEdge, plan
 from relay.client.routing import Edge, MoveBackPolicy, choose, should_move_back
-from relay.client.session import ClientSession, close_policy
+from relay.client.session import (
+    ClientSession,
+    FrameTooLarge,
+    Redirected,
+    _publish_size,
+    close_policy,
+)
 from relay.node import RelayNode
 from tests.browser.chromium import CHROMIUM, Browser, Page, chromium, chromium_available
+from tests.integration.test_redirect import wait_listed
 from tests.support.regions import FAST_FEDERATION, region_nats, running_regions
 from tests.support.relays import make_config, relay_process, running_relays, timeout
+from tests.support.wsclient import protocol_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -227,10 +236,11 @@ async def test_two_regions_chat(tmp_path: Path) -> None:
 
 
 async def test_reconnect_and_failover_resume(tmp_path: Path) -> None:
-    """(b) Carol's relay (the only one of us-east) stops: she fails over to eu-west and resumes
-    there; us-east comes back and her eu-west relay stops: she fails over back to us-east.
-    Everything dave (on the other eu-west relay) published meanwhile reaches her exactly once
-    and in order, and what she published while cut off reaches him exactly once."""
+    """(b) Carol's relay (the only one of us-east) stops: with no sibling to redirect her to,
+    she fails over to eu-west by her own order and resumes there; then her eu-west relay
+    stops and redirects her to its sibling (dave's eu-west-2). Everything dave published
+    meanwhile reaches her exactly once and in order, and what she published while cut off
+    reaches him exactly once."""
     async with regions(tmp_path, {"us-east": 1, "eu-west": 2}) as (nodes, ports):
         east = ports["us-east"][0]
         west1, west2 = ports["eu-west"]  # the directory lists eu-west-1 for eu-west
@@ -258,7 +268,7 @@ async def test_reconnect_and_failover_resume(tmp_path: Path) -> None:
                 await carol.evaluate(f"relaynetDemo.send({json.dumps(carol_sent[-1])}).id")
 
             async def cut_off(stop: RelayNode, then_on: str) -> None:
-                stop.stop()  # graceful: clients get 1001 going_away
+                stop.stop()  # graceful: a redirect to a sibling if any, then 1001 going_away
                 await dave_says(3)
                 await carol_says()
                 await dave_says(2)
@@ -274,9 +284,10 @@ async def test_reconnect_and_failover_resume(tmp_path: Path) -> None:
             await dave_says(3)
             await wait_texts(carol, sent, 20, "the first messages in us-east")
             await cut_off(east_node, "eu-west-1")
-            # us-east is back (same port); carol's eu-west relay goes away.
-            await stack.enter_async_context(running_relays(east_node.cfg))
-            await cut_off(west1_node, "us-east-1")
+            assert await carol.evaluate("relaynetDemo.client.redirects") == 0
+            await wait_listed(west1_node, {ws_url(west2)})
+            await cut_off(west1_node, "eu-west-2")
+            assert await carol.evaluate("relaynetDemo.client.redirects") == 1
 
             await wait_texts(dave, carol_sent, 30, "carol's messages")
             await carol.wait_for(
@@ -385,6 +396,149 @@ async def test_moves_back_to_a_nearer_region(tmp_path: Path) -> None:
                     assert await page.evaluate("c.connections") == 2
 
 
+async def test_a_draining_relay_sends_the_page_to_its_sibling(
+    tmp_path: Path, nats_url: str
+) -> None:
+    """Relay A of a region with two relays stops (gracefully, it drains): the page follows
+    A's redirect to B at once, and of what a publisher on B sent meanwhile it misses
+    nothing and gets nothing twice."""
+    cfgs = [make_config(nats_url=nats_url, relay_id=f"r{i}") for i in (1, 2)]
+    async with running_relays(*cfgs) as (first, second):
+        await wait_listed(first, {second.url})  # else A has no sibling to send the page to
+        async with chromium(tmp_path / "chromium.log") as browser:
+            page = await open_chat(browser, first.port, [first.port], [], "drain", "ivy")
+            assert (await where(page))["relay"] == "r1"
+            total = 240
+            acked: list[str] = []
+
+            async def publish() -> None:
+                async with protocol_client(second.url) as pub:
+                    for n in range(total):
+                        ack = await pub.publish("chat:drain", {"text": f"m{n}", "name": "pub"})
+                        acked.append(ack["id"])
+                        await anyio.sleep(0.01)  # still publishing while the page moves
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(publish)
+                await page.wait_for("relaynetDemo.messages.length >= 40", 20, "the first messages")
+                first.stop()
+            await page.wait_for(
+                f"relaynetDemo.messages.length >= {total}", 30, "every message on r2"
+            )
+            await anyio.sleep(0.3)  # a duplicate would come right behind the last one
+            got = await page.evaluate(
+                "({ids: relaynetDemo.messages.map((m) => m.id),"
+                " relay: relaynetDemo.client.relay, redirects: relaynetDemo.client.redirects,"
+                " connections: relaynetDemo.client.connections,"
+                " seen: relaynetDemo.redirects.map((r) => [r.region, r.url, r.reason, r.followed]),"
+                " states: relaynetDemo.states.map((s) => s.state),"
+                " log: document.querySelector('[data-testid=log]').textContent,"
+                " errors: relaynetDemo.errors})"
+            )
+            assert got["ids"] == acked  # no loss, no duplicate, in order
+            assert (got["relay"], got["redirects"], got["connections"]) == ("r2", 1, 2)
+            assert got["seen"] == [["us-east", second.url, "draining", True]]
+            assert got["states"] == [
+                "connecting",
+                "connected",
+                "disconnected",
+                "connecting",
+                "connected",
+            ]
+            assert f"redirected to {second.url} (us-east): draining" in got["log"]
+            assert got["errors"] == []
+
+
+async def test_a_full_relay_redirects_the_page_to_its_sibling(
+    tmp_path: Path, nats_url: str
+) -> None:
+    """A relay at limits.max_connections answers the page's WebSocket with a redirect
+    instead of `connected`: the page goes to the sibling without a backoff pause."""
+    full_cfg = make_config(nats_url=nats_url, relay_id="r1", limits={"max_connections": 1})
+    other_cfg = make_config(nats_url=nats_url, relay_id="r2")
+    async with running_relays(full_cfg, other_cfg) as (full, other):
+        await wait_listed(full, {other.url})
+        async with protocol_client(full.url), chromium(tmp_path / "chromium.log") as browser:
+            page = await open_chat(browser, full.port, [full.port], [], "full", "jay")
+            info = await where(page)
+            assert info["relay"] == "r2"
+            assert info["survey"]["candidates"][0][1] == full.url  # tried first, refused
+            got = await page.evaluate(
+                "({redirects: relaynetDemo.client.redirects,"
+                " connections: relaynetDemo.client.connections,"
+                " seen: relaynetDemo.redirects.map((r) => [r.url, r.reason, r.followed]),"
+                " states: relaynetDemo.states.map((s) => s.state)})"
+            )
+            assert got == {
+                "redirects": 1,
+                "connections": 1,
+                "seen": [[other.url, "overloaded", True]],
+                "states": ["connecting", "connected"],  # the redirect is part of connecting
+            }
+            await type_and_send(page, "made it")
+            await wait_texts(page, ["made it"], 10, "the page's message on r2")
+
+
+async def test_a_publish_above_the_announced_frame_limit_rejects_at_once(
+    tmp_path: Path, nats_url: str
+) -> None:
+    """The relay announces max_frame_bytes in `connected`; from then on it wins over
+    options.maxFrameBytes both ways: a bigger publish rejects with too_large at once (the
+    connection stays up), and a publish queued before connecting that this relay would not
+    take rejects instead of being sent."""
+    cfg = make_config(
+        nats_url=nats_url,
+        limits={"max_frame_bytes": 2048},
+        namespaces=[{"name": "default", "prefix": "", "max_message_bytes": 1024}],
+    )
+    async with running_relays(cfg) as (relay,), chromium(tmp_path / "chromium.log") as browser:
+        page = await browser.new_page(page_url(relay.port, room="big"))
+        got = await page.evaluate(FRAME_LIMIT, timeout_s=20)
+    assert got["small"] == {"code": "too_large", "limit": 1024}  # options.maxFrameBytes
+    assert got["fits"] == "chat:big"  # the relay's 2048 wins over the option's 1024
+    assert got["big"]["code"] == "too_large" and got["big"]["limit"] == 2048
+    assert got["big"]["size"] > 3000 and got["big"]["ms"] < 50
+    assert got["after"] == "chat:big"
+    assert got["queued"] == {"code": "too_large", "limit": 2048}
+    for client in got["clients"]:
+        assert client == {
+            "state": "connected",
+            "connections": 1,
+            "maxFrameBytes": 2048,
+            "pending": {},
+            "errors": [],
+        }
+
+
+FRAME_LIMIT = """(async () => {
+  const m = await import('/v1/client.js');
+  const refused = (p) => p.then(() => null, (e) => ({code: e.code, limit: e.limit}));
+  const errors = [[], []];
+  // An option below the relay's limit: held to it until the relay says more.
+  const c = m.createClient([location.origin], {maxFrameBytes: 1024});
+  c.on('error', (e) => errors[0].push(e.code));
+  const small = await refused(c.publish('chat:big', 'm'.repeat(1000)));
+  await c.ready;
+  const fits = (await c.publish('chat:big', 'm'.repeat(1000))).channel;
+  const t0 = performance.now();
+  const big = await c.publish('chat:big', 'x'.repeat(3000)).then(
+    () => null, (e) => ({code: e.code, limit: e.limit, size: e.size}));
+  big.ms = performance.now() - t0;
+  const after = (await c.publish('chat:big', 'small')).channel;
+  // The default (1 MiB) lets a big publish queue before the first connection; the relay
+  // announces 2048 and the publish is refused, not sent into a 1009 close.
+  const d = m.createClient([location.origin]);
+  d.on('error', (e) => errors[1].push(e.code));
+  const queued = refused(d.publish('chat:big', 'x'.repeat(3000)));
+  await d.ready;
+  const clients = [c, d].map((x, i) => ({state: x.state, connections: x.connections,
+    maxFrameBytes: x.maxFrameBytes, pending: x.pending, errors: errors[i]}));
+  c.close();
+  d.close();
+  return {small, fits, big, after, queued: await queued, clients};
+})()"""
+
+
 def _python_case(rng: random.Random) -> tuple[list[dict[str, str]], dict[str, list[float | None]]]:
     regions = rng.sample(
         ["us-east", "eu-west", "ap-south", "sa-east", "af-south", "me-1"], rng.randint(0, 5)
@@ -407,6 +561,62 @@ def _python_case(rng: random.Random) -> tuple[list[dict[str, str]], dict[str, li
                 for _ in range(rng.randint(0, 5))
             ]
     return edges, samples
+
+
+# Strings that JSON escapes (or does not) differently from what one might guess: the size of a
+# publish frame must come out the same in both clients, byte for byte.
+_TRICKY = ["a", "é", "\u2028", "😀", '"', "\\", "/", "\x7f", "\x01", "\n", "\t", " ", "z9"]
+
+
+def _size_case(rng: random.Random) -> tuple[str, str, str]:
+    def text(n: int) -> str:
+        return "".join(rng.choice(_TRICKY) for _ in range(n))
+
+    channel = "chat:" + text(rng.randint(0, 12))
+    message_id = f"{text(rng.randint(1, 6))}-{rng.randint(1, 10**9)}"
+    data = rng.choice([text(rng.randint(0, 40)), {"k": text(5), "n": [1, 2.5, None]}, 7])
+    return channel, message_id, json.dumps(data, ensure_ascii=rng.random() < 0.5)
+
+
+# Redirect targets against one survey: known URLs in any spelling, relays of known regions,
+# and what must be ignored (unknown region, not a relay URL, relative).
+_REDIRECT_EDGES = [
+    ("us-east", "ws://a.example:8701/v1/ws"),
+    ("us-east", "ws://b.example:8701/v1/ws"),
+    ("eu-west", "wss://e.example/prefix/v1/ws"),
+]
+_REDIRECTS: list[tuple[str, str | None]] = [
+    ("ws://b.example:8701/v1/ws", "us-east"),
+    ("http://b.example:8701", None),
+    ("http://b.example:8701/v1/ping", "eu-west"),
+    ("wss://e.example/prefix", None),
+    ("https://e.example/prefix/v1/ws/", "us-east"),
+    ("ws://e.example/prefix/v1/ws", None),  # not secure: another HTTP base
+    ("ws://c.example:8701/v1/ws", "us-east"),  # a relay that started since the survey
+    ("ws://c.example:8701", "eu-west"),
+    ("ws://c.example:8701/v1/ws", "ap-south"),
+    ("ws://c.example:8701/v1/ws", None),
+    ("ftp://b.example:8701/v1/ws", "us-east"),
+    ("/v1/ws", "us-east"),
+    ("ws:///v1/ws", "us-east"),
+    ("b.example:8701", "us-east"),
+]
+
+
+def _python_redirects() -> list[list[str] | None]:
+    # Only the rule is wanted, not a running client: a bare instance with a survey (the
+    # constructor's keyword arguments change with the SDK; the rule reads only these two).
+    client = Client.__new__(Client)
+    client._redirects_in_a_row = 0
+    edges = tuple(DirectoryEdge(region, url, "up") for region, url in _REDIRECT_EDGES)
+    client.survey = plan(
+        Directory("ws://a.example:8701/v1/ws", "us-east", None, edges),
+        {url: [1.0] for _, url in _REDIRECT_EDGES},
+    )
+    targets = [
+        client._redirect_target(Redirected(url, region, ""), "x") for url, region in _REDIRECTS
+    ]
+    return [list(t) if t is not None else None for t in targets]
 
 
 async def test_js_core_follows_the_python_reference(tmp_path: Path, nats_url: str) -> None:
@@ -435,6 +645,9 @@ async def test_js_core_follows_the_python_reference(tmp_path: Path, nats_url: st
     script = _session_script()
     py = ClientSession(random.Random(3), id_prefix="p")
     py_out = _run_python_session(py, script)
+    sizes = [_size_case(rng) for _ in range(200)]
+    expected_sizes = [_publish_size(c, i, d.encode()) for c, i, d in sizes]
+    expected_redirects = _python_redirects()
 
     async with running_relays(make_config(nats_url=nats_url)) as (relay,):
         async with chromium(tmp_path / "chromium.log") as browser:
@@ -448,14 +661,23 @@ async def test_js_core_follows_the_python_reference(tmp_path: Path, nats_url: st
                 " const out = [];"
                 " for (const [kind, arg] of script) {"
                 "   if (kind === 'subscribe') out.push(['frame', JSON.parse(s.subscribe(arg))]);"
-                "   else if (kind === 'publish') { const [id, f] = s.publish(arg[0], arg[1]);"
-                "     out.push(['frame', JSON.parse(f)]); }"
+                "   else if (kind === 'publish') { try { const [id, f] = s.publish(arg[0], arg[1]);"
+                "     out.push(['frame', JSON.parse(f)]); } catch (e) {"
+                "     if (e.code !== 'too_large') throw e;"
+                "     out.push(['refused', {size: e.size, limit: e.limit}]); } }"
+                "   else if (kind === 'drop') out.push(['dropped', s.dropOversized()]);"
                 "   else if (kind === 'reconnect')"
                 "     out.push(['frames', s.onReconnect().map((f) => JSON.parse(f))]);"
                 "   else out.push(['events', s.receive(arg).map(({type, ...e}) =>"
                 "     [type, type === 'bad_frame' ? {} : e])]);"
                 " }"
+                f" const sizes = {json.dumps(sizes)};"
+                f" const edges = {json.dumps(_REDIRECT_EDGES)};"
+                f" const redirects = {json.dumps(_REDIRECTS)};"
                 " return {"
+                "   sizes: sizes.map(([c, i, d]) => m.publishSize(c, i, d)),"
+                "   redirects: redirects.map(([url, region]) =>"
+                "     m.redirectTarget(edges, url, region)),"
                 "   choices: cases.map(([edges, samples]) => {"
                 "     const c = m.choose(edges, samples);"
                 "     return {order: c.order, rttMs: c.rttMs, reasons: c.reasons}; }),"
@@ -490,6 +712,8 @@ async def test_js_core_follows_the_python_reference(tmp_path: Path, nats_url: st
     assert js["caps"] == caps
     assert js["policies"] == [close_policy(c) for c in codes]
     assert js["session"] == py_out
+    assert js["sizes"] == expected_sizes
+    assert js["redirects"] == expected_redirects
     assert js["pending"] == py.pending
     position = py.position("chat:a")
     assert js["position"] == (position.to_dict() if position is not None else None)
@@ -634,6 +858,40 @@ def _session_script() -> list[tuple[str, Any]]:
                 }
             ),
         ),
+        # The relay's frame limit: none announced so far, so anything goes; a new relay
+        # announces 1024 bytes: what is pending above it is dropped, and a publish above it
+        # is refused without using up an id.
+        ("publish", ["chat:a", json.dumps("x" * 1500)]),
+        ("drop", None),
+        (
+            "receive",
+            json.dumps(
+                {
+                    "op": "connected",
+                    "region": "eu-west",
+                    "relay": "w1",
+                    "connection_id": "c2",
+                    "max_frame_bytes": 1024,
+                }
+            ),
+        ),
+        ("drop", None),
+        ("publish", ["chat:a", json.dumps("y" * 1000)]),
+        ("publish", ["chat:a", json.dumps("z" * 900)]),
+        (
+            "receive",
+            json.dumps(
+                {
+                    "op": "redirect",
+                    "url": "ws://w2:8701/v1/ws",
+                    "region": "eu-west",
+                    "reason": "draining",
+                }
+            ),
+        ),
+        ("receive", json.dumps({"op": "redirect", "url": "ws://w2:8701/v1/ws"})),
+        ("receive", json.dumps({"op": "redirect", "region": "eu-west"})),
+        ("receive", json.dumps({"op": "connected", "region": "eu-west", "relay": "w1"})),
     ]
 
 
@@ -644,8 +902,14 @@ def _run_python_session(session: ClientSession, script: list[tuple[str, Any]]) -
         if kind == "subscribe":
             out.append(["frame", json.loads(session.subscribe(arg))])
         elif kind == "publish":
-            _, frame = session.publish(arg[0], arg[1].encode())
-            out.append(["frame", json.loads(frame)])
+            try:
+                _, frame = session.publish(arg[0], arg[1].encode())
+            except FrameTooLarge as exc:
+                out.append(["refused", {"size": exc.size, "limit": exc.limit}])
+            else:
+                out.append(["frame", json.loads(frame)])
+        elif kind == "drop":
+            out.append(["dropped", session.drop_oversized()])
         elif kind == "reconnect":
             out.append(["frames", [json.loads(f) for f in session.on_reconnect()]])
         else:
@@ -658,6 +922,7 @@ def _event(event: Any) -> list[Any]:
     fields = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
     kinds = {
         "Connected": "connected",
+        "Redirected": "redirected",
         "Subscribed": "subscribed",
         "Message": "message",
         "Acked": "acked",
@@ -668,6 +933,7 @@ def _event(event: Any) -> list[Any]:
     renames = {
         "connection_id": "connectionId",
         "heartbeat_s": "heartbeatS",
+        "max_frame_bytes": "maxFrameBytes",
         "publish_id": "publishId",
         "data_json": "data",
     }
