@@ -25,9 +25,16 @@ Ties are broken by region name so that every client given the same evidence
 makes the same choice. Every region gets a one-line reason that quotes the
 numbers, for logs and ``status`` output.
 
-Moving back to a nearer region once it recovers is a separate decision
-(``should_move_back``): a failover is forced, a move back is optional and
-happens only at a safe point the caller chooses.
+A caller may name one region to *prefer* (an application that keeps its users
+in a home region, or a demo on one machine where every region is equally
+near): it goes first whenever it is healthy and not unreachable by the
+client's own probes (groups 1 and 2 above), and the other regions keep their
+order behind it. Preferring is not pinning: when the preferred region fails,
+the client fails over exactly as without it.
+
+Moving back to a nearer (or the preferred) region once it recovers is a
+separate decision (``should_move_back``): a failover is forced, a move back is
+optional and happens only at a safe point the caller chooses.
 """
 
 from __future__ import annotations
@@ -68,6 +75,8 @@ class Choice:
     reasons: dict[str, str]
     healthy: frozenset[str] = frozenset()
     """Regions the directory reports up (or unknown)."""
+    prefer: str | None = None
+    """The region ``choose`` was asked to prefer (first in ``order`` only while usable)."""
 
     @property
     def nearest(self) -> str | None:
@@ -78,11 +87,17 @@ class Choice:
         return region in self.healthy and self.rtt_ms.get(region) is not None
 
 
-def choose(edges: Sequence[Edge], samples: Mapping[str, Sequence[float | None]]) -> Choice:
+def choose(
+    edges: Sequence[Edge],
+    samples: Mapping[str, Sequence[float | None]],
+    *,
+    prefer: str | None = None,
+) -> Choice:
     """Order the directory's regions for connecting and failing over.
 
     A region listed by several edges is healthy when any of them is. Samples of
     regions that are not in the directory are ignored: there is nowhere to connect.
+    ``prefer`` goes first while it is healthy and not unreachable by the probes.
     """
     healthy: set[str] = set()
     regions: list[str] = []
@@ -110,14 +125,19 @@ def choose(edges: Sequence[Edge], samples: Mapping[str, Sequence[float | None]])
             group = 1 if region in healthy else 4
         else:
             group = 2 if region in healthy else 5
+        if region == prefer and group <= 1:
+            group = -1  # usable, or no evidence that it is not
         return group, median if median is not None else 0.0, region
 
     order = tuple(sorted(regions, key=rank))
+    leads = bool(order) and rank(order[0])[0] < 0  # the preferred region is first
     reasons = {
-        region: _reason(region, rtt[region], probes[region], region in healthy, i == 0)
+        region: _preferred_reason(rtt[region], probes[region])
+        if leads and i == 0
+        else _reason(region, rtt[region], probes[region], region in healthy, i == 0)
         for i, region in enumerate(order)
     }
-    return Choice(order, rtt, reasons, frozenset(healthy))
+    return Choice(order, rtt, reasons, frozenset(healthy), prefer)
 
 
 def should_move_back(
@@ -134,7 +154,8 @@ def should_move_back(
     ``when-idle`` moves only when the caller says nothing is in flight;
     ``immediately`` moves at the first safe point. In every case the target must
     be healthy and reachable and, when ``current`` is itself usable, nearer by
-    more than ``min_gain_ms``.
+    more than ``min_gain_ms``, unless it is the region the choice was told to
+    prefer (it is first for that reason, not for its RTT).
     """
     if policy == "stay":
         return False
@@ -147,6 +168,8 @@ def should_move_back(
         return False
     if not choice.preferred(current):
         return True  # current is down or unreachable by our own probes: anything usable is better
+    if choice.prefer is not None and target == choice.prefer:
+        return True  # back to the preferred region
     target_rtt = choice.rtt_ms[target]
     current_rtt = choice.rtt_ms[current]
     assert target_rtt is not None and current_rtt is not None  # both preferred
@@ -160,19 +183,29 @@ def _checked(region: str, sample: float) -> float:
     return float(sample)
 
 
-def _reason(
-    region: str, median: float | None, probes: tuple[int, int], healthy: bool, first: bool
-) -> str:
+def _probes_text(median: float | None, probes: tuple[int, int]) -> str:
     ok, total = probes
     failed = total - ok
     if median is not None:
         over = f"median {median:.1f} ms over {ok} probes"
         if failed:
             over += f" ({failed} of {total} failed)"
-    elif total:
-        over = f"all {total} probes failed"
-    else:
-        over = "not probed"
+        return over
+    return f"all {total} probes failed" if total else "not probed"
+
+
+def _preferred_reason(median: float | None, probes: tuple[int, int]) -> str:
+    # A preferred region is first only when healthy and not unreachable: measured, or unprobed.
+    if median is None:
+        return "preferred region: healthy according to the directory, not probed"
+    return f"preferred region: {_probes_text(median, probes)}"
+
+
+def _reason(
+    region: str, median: float | None, probes: tuple[int, int], healthy: bool, first: bool
+) -> str:
+    total = probes[1]
+    over = _probes_text(median, probes)
     if not healthy:
         return f"down according to the directory; {over}"
     if median is None:

@@ -17,10 +17,12 @@
 //   source that serves one (the seeds, then every edge known so far), probes every edge
 //   `probes` times with GET /v1/ping, and `choose` orders the regions: healthy and reachable
 //   by median RTT, then healthy but unprobed, then healthy but unreachable, then the regions
-//   the directory reports down; ties by name. `client.choice` = {order, rttMs, reasons,
-//   healthy}; `client.survey` also has the directory, the samples per edge and the candidate
-//   edges in the order to try them. The relay that served the directory stays its region's
-//   last-resort edge; relays without /v1/edges still work (each seed its own pseudo-region).
+//   the directory reports down; ties by name. options.prefer puts one region first while it is
+//   healthy and not unreachable (the others stay behind it in that order, for failover).
+//   `client.choice` = {order, rttMs, reasons, healthy, prefer}; `client.survey` also has the
+//   directory, the samples per edge and the candidate edges in the order to try them. The relay
+//   that served the directory stays its region's last-resort edge; relays without /v1/edges
+//   still work (each seed its own pseudo-region).
 // * Redirects. A relay at its connection limit (instead of `connected`, then 1013) or shutting
 //   down (then 1001) may send `redirect` to a sibling: the client goes there next without a
 //   backoff pause, but only to an edge its survey knows (same HTTP base) or a relay of a region
@@ -47,7 +49,8 @@
 //   frames were unacceptable) end the client: "closed" for 1000, else "failed"; every other
 //   code reconnects.
 // * Moving back (options.moveBack "when-idle" / "immediately"; default "stay"): every
-//   refreshMs the client surveys again and leaves for a nearer healthy region at a safe point.
+//   refreshMs the client surveys again and leaves for a nearer healthy region (or the preferred
+//   one, usable again) at a safe point.
 // * Liveness. Browsers answer the relay's WebSocket pings but cannot see them: after
 //   heartbeat_s without a frame the client sends a protocol ping, and gives the connection up
 //   when heartbeat_s more pass without any frame.
@@ -74,6 +77,7 @@ const DEFAULT_OPTIONS = Object.freeze({
   resetAfterMs: 10000,
   moveBack: "stay", // "stay" | "when-idle" | "immediately"
   regions: null, // only these regions of the directory (e.g. ["eu-west"]); null: every region
+  prefer: null, // this region first while it is usable; the others stay behind it for failover
   refreshMs: 30000, // how often to survey again while connected (moveBack other than "stay")
   connectTimeoutMs: 30000, // connect(): reject (and close) if not connected by then; 0 = never
   onExpired: "stop", // position_expired: "stop" (the subscription ends), "earliest" or "live"
@@ -204,10 +208,13 @@ export function median(values) {
  * Order the directory's regions for connecting and failing over.
  * edges: [{region, url, health: "up"|"down"|"unknown"}] ("unknown" counts as healthy);
  * samples: {region: [ms or null (failed probe)]}.
- * Returns {order, rttMs, reasons, healthy}: rttMs[region] is the median of the successful
- * probes or null. A region listed by several edges is healthy when any of them is.
+ * Returns {order, rttMs, reasons, healthy, prefer}: rttMs[region] is the median of the
+ * successful probes or null. A region listed by several edges is healthy when any of them is.
+ * prefer: a region to put first whenever it is healthy and not unreachable by the probes (an
+ * application that pins its users to a home region); the others keep their measured order
+ * behind it, so losing it still fails over to the nearest.
  */
-export function choose(edges, samples) {
+export function choose(edges, samples, { prefer = null } = {}) {
   const healthy = new Set();
   const regions = [];
   for (const edge of edges) {
@@ -232,6 +239,7 @@ export function choose(edges, samples) {
     if (m !== null) group = healthy.has(region) ? 0 : 3;
     else if (!probed) group = healthy.has(region) ? 1 : 4;
     else group = healthy.has(region) ? 2 : 5;
+    if (region === prefer && group <= 1) group = -1; // usable, or no evidence it is not
     return [group, m ?? 0, region];
   };
   const compare = (a, b) => {
@@ -242,11 +250,12 @@ export function choose(edges, samples) {
     return na < nb ? -1 : na > nb ? 1 : 0;
   };
   const order = [...regions].sort(compare);
+  const leads = order.length > 0 && rank(order[0])[0] < 0; // the preferred region is first
   const reasons = {};
   order.forEach((region, i) => {
-    reasons[region] = reason(rttMs[region], probes[region], healthy.has(region), i === 0);
+    reasons[region] = leads && i === 0 ? preferredReason(rttMs[region], probes[region]) : reason(rttMs[region], probes[region], healthy.has(region), i === 0);
   });
-  return { order, rttMs, reasons, healthy: [...healthy].sort() };
+  return { order, rttMs, reasons, healthy: [...healthy].sort(), prefer };
 }
 
 function checked(region, sample) {
@@ -266,17 +275,20 @@ function fixed1(x) {
   return x.toFixed(1);
 }
 
-function reason(m, [ok, total], healthy, first) {
+function probesText(m, [ok, total]) {
   const failed = total - ok;
-  let over;
-  if (m !== null) {
-    over = `median ${fixed1(m)} ms over ${ok} probes`;
-    if (failed) over += ` (${failed} of ${total} failed)`;
-  } else if (total) {
-    over = `all ${total} probes failed`;
-  } else {
-    over = "not probed";
-  }
+  if (m !== null) return `median ${fixed1(m)} ms over ${ok} probes${failed ? ` (${failed} of ${total} failed)` : ""}`;
+  return total ? `all ${total} probes failed` : "not probed";
+}
+
+// A preferred region is first only when healthy and not unreachable: measured, or unprobed.
+function preferredReason(m, probes) {
+  return `preferred region: ${m !== null ? probesText(m, probes) : "healthy according to the directory, not probed"}`;
+}
+
+function reason(m, probes, healthy, first) {
+  const total = probes[1];
+  const over = probesText(m, probes);
   if (!healthy) return `down according to the directory; ${over}`;
   if (m === null) {
     return total ? `unreachable: ${over} (the directory says healthy)` : "healthy according to the directory, not probed";
@@ -713,7 +725,7 @@ export function redirectTarget(candidates, url, region = null) {
  * A region's RTT is that of its first edge (directory order) that answered a probe; within a
  * region, edges that answered come first. candidates: [region, url] in the order to try them.
  */
-export function plan(directory, samples) {
+export function plan(directory, samples, { prefer = null } = {}) {
   const byRegion = new Map();
   for (const edge of directory.edges) {
     if (!byRegion.has(edge.region)) byRegion.set(edge.region, []);
@@ -727,7 +739,7 @@ export function plan(directory, samples) {
     inOrder.set(region, sorted);
     regionSamples[region] = samples[sorted[0].url] ?? [];
   }
-  const choice = choose(directory.edges, regionSamples);
+  const choice = choose(directory.edges, regionSamples, { prefer });
   const candidates = choice.order.flatMap((region) => inOrder.get(region).map((e) => [region, e.url]));
   return { directory, samples, choice, candidates };
 }
@@ -738,7 +750,8 @@ export const DEFAULT_MIN_GAIN_MS = 5.0;
  * Whether to leave `current` for the nearest region now, at a safe point (routing's
  * should_move_back): "stay" never moves; "when-idle" only with nothing in flight;
  * "immediately" at the first safe point. The target must be healthy and reachable and, when
- * `current` is itself usable, nearer by more than minGainMs.
+ * `current` is itself usable, nearer by more than minGainMs, unless it is the region the
+ * choice was told to prefer (it is first for that reason, not for its RTT).
  */
 export function shouldMoveBack(current, choice, { policy = "stay", idle, minGainMs = DEFAULT_MIN_GAIN_MS } = {}) {
   if (policy === "stay") return false;
@@ -748,6 +761,7 @@ export function shouldMoveBack(current, choice, { policy = "stay", idle, minGain
   const target = choice.order.length ? choice.order[0] : null;
   if (target === null || target === current || !preferred(target)) return false;
   if (!preferred(current)) return true; // current is down or unreachable: anything usable is better
+  if (choice.prefer != null && target === choice.prefer) return true; // back home
   return choice.rttMs[current] - choice.rttMs[target] > minGainMs;
 }
 
@@ -808,6 +822,7 @@ export class Client {
     const o = this.options;
     if (!(o.probes >= 1)) throw new RangeError("probes must be >= 1");
     if (!["stay", "when-idle", "immediately"].includes(o.moveBack)) throw new RangeError(`moveBack must be stay, when-idle or immediately: ${o.moveBack}`);
+    if (o.prefer != null && !isStr(o.prefer)) throw new RangeError(`prefer must be a region name or null: ${o.prefer}`);
     this._WebSocket = o.WebSocket ?? globalThis.WebSocket;
     this._fetch = o.fetch ?? globalThis.fetch.bind(globalThis);
     this._backoff = new Backoff({ baseMs: o.baseMs, maxMs: o.maxMs, resetAfterMs: o.resetAfterMs, random: o.random });
@@ -1137,7 +1152,7 @@ export class Client {
     const urls = [...new Set(directory.edges.map((e) => e.url))];
     const samples = Object.fromEntries(await Promise.all(urls.map(async (url) => [url, await this._probe(url)])));
     if (this._stopped) return null;
-    this.survey = { ...plan(directory, samples), at: Date.now() };
+    this.survey = { ...plan(directory, samples, { prefer: this.options.prefer }), at: Date.now() };
     this._emit("survey", this.survey);
     return this.survey;
   }

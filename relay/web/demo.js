@@ -3,7 +3,9 @@
 // with its origin region and vector timestamp.
 //
 // Query parameters: ?room=NAME (default lobby), ?seeds=ws://a/v1/ws,ws://b/v1/ws (default:
-// this page's own relay), ?name=NICK, ?regions=us-east,eu-west (connect only to these). Tests read window.relaynetDemo and data-testid elements.
+// this page's own relay), ?name=NICK, ?prefer=eu-west (that region first while it is usable,
+// the others kept for failover), ?regions=us-east,eu-west (connect only to these, never
+// elsewhere). Tests read window.relaynetDemo and data-testid elements.
 
 import { createClient } from "./v1/client.js";
 
@@ -14,6 +16,8 @@ const name = params.get("name") || `guest-${Math.random().toString(16).slice(2, 
 const seeds = (params.get("seeds") || location.origin).split(",").map((s) => s.trim()).filter(Boolean);
 // ?regions=eu-west: only these regions (on one machine every region is about as near).
 const regions = params.get("regions")?.split(",").map((s) => s.trim()).filter(Boolean) ?? null;
+// ?prefer=eu-west: that region first, but failing over to the others (what `relaynet demo` prints).
+const prefer = params.get("prefer")?.trim() || null;
 
 const $ = (id) => document.getElementById(id);
 const el = (tag, props = {}, ...children) => {
@@ -38,6 +42,7 @@ const demo = {
   name,
   seeds,
   regions,
+  prefer,
   state: "connecting",
   stateDetail: "",
   states: [], // every state change: {state, at, ...info}
@@ -101,11 +106,13 @@ function showWhere() {
     );
   }
   const nearest = choice.order[0];
+  const first = prefer !== null && nearest === prefer ? "preferred" : "nearest";
   const on = c.region;
-  let why = `nearest: ${nearest}, ${choice.reasons[nearest]}`;
+  let why = `${first}: ${nearest}, ${choice.reasons[nearest]}`;
   if (on && on === nearest && c.state === "connected") why = `on ${on} because it is the ${choice.reasons[on]}`;
-  else if (on && c.state === "connected") why = `on ${on} (${choice.reasons[on] ?? "not in the directory"}); nearest is ${nearest}: ${choice.reasons[nearest]}`;
+  else if (on && c.state === "connected") why = `on ${on} (${choice.reasons[on] ?? "not in the directory"}); ${first} is ${nearest}: ${choice.reasons[nearest]}`;
   if (regions?.length) why += ` (only ${regions.join(", ")}: ?regions=)`;
+  if (prefer !== null) why += ` (?prefer=${prefer}; the others for failover)`;
   $("choice-reason").textContent = why;
   $("directory-from").textContent = `directory from ${directory.source} · failover order ${choice.order.join(" → ")}`;
 }
@@ -168,7 +175,7 @@ $("composer").addEventListener("submit", (event) => {
 });
 
 try {
-  const client = createClient(seeds, regions?.length ? { regions } : {});
+  const client = createClient(seeds, { ...(regions?.length ? { regions } : {}), ...(prefer ? { prefer } : {}) });
   demo.client = client;
   client.on("state", showState);
   client.on("redirect", (redirect) => {

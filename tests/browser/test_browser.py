@@ -479,6 +479,47 @@ async def test_a_full_relay_redirects_the_page_to_its_sibling(
             await wait_texts(page, ["made it"], 10, "the page's message on r2")
 
 
+async def test_prefer_puts_a_far_region_first_without_pinning_it(tmp_path: Path) -> None:
+    """?prefer=eu-west: the page connects to eu-west although us-east is nearer, and when
+    the eu-west relay is killed it fails over to us-east (prefer is not ?regions=)."""
+    east, west = free_ports(2)
+    with region_nats(tmp_path, ("us-east", "eu-west")) as nats_urls:
+        east_cfg, west_cfg = federated_configs(nats_urls, {"us-east": [east], "eu-west": [west]})
+        config = tmp_path / "west.toml"
+        config.write_text(
+            f'[region]\nname = "eu-west"\n[relay]\nid = "{west_cfg.relay.id}"\n'
+            f'host = "127.0.0.1"\nport = {west}\n[nats]\nurl = "{nats_urls["eu-west"]}"\n'
+            f'[[peers]]\nregion = "us-east"\nedge_url = "{ws_url(east)}"\n'
+            f'nats_url = "{nats_urls["us-east"]}"\n'
+        )
+        with relay_process(config, tmp_path / "west.log") as (proc, _):
+            async with running_relays(east_cfg), chromium(tmp_path / "chromium.log") as browser:
+                page = await open_chat(
+                    browser, east, [east], [west], "prefer", "kim", prefer="eu-west"
+                )
+                info = await where(page)
+                assert info["region"] == "eu-west"
+                choice = info["choice"]
+                assert choice["order"] == ["eu-west", "us-east"]
+                assert choice["prefer"] == "eu-west"
+                assert choice["rttMs"]["eu-west"] >= FAR_MS > choice["rttMs"]["us-east"]
+                assert choice["reasons"]["eu-west"].startswith("preferred region: median")
+                assert "because it is the preferred region" in info["shown"]["reason"]
+
+                os.kill(proc.pid, signal.SIGKILL)
+                await page.wait_for(
+                    "relaynetDemo.state === 'connected'"
+                    " && relaynetDemo.client.region === 'us-east'",
+                    20,
+                    "failover to us-east",
+                )
+                states = [s["state"] for s in await page.evaluate("relaynetDemo.states")]
+                assert states.count("disconnected") == 1, states
+                assert await page.evaluate("relaynetDemo.client.redirects") == 0
+                await type_and_send(page, "still chatting")
+                await wait_texts(page, ["still chatting"], 10, "the page's message on us-east")
+
+
 async def test_a_publish_above_the_announced_frame_limit_rejects_at_once(
     tmp_path: Path, nats_url: str
 ) -> None:
@@ -539,7 +580,9 @@ FRAME_LIMIT = """(async () => {
 })()"""
 
 
-def _python_case(rng: random.Random) -> tuple[list[dict[str, str]], dict[str, list[float | None]]]:
+def _python_case(
+    rng: random.Random,
+) -> tuple[list[dict[str, str]], dict[str, list[float | None]], str | None]:
     regions = rng.sample(
         ["us-east", "eu-west", "ap-south", "sa-east", "af-south", "me-1"], rng.randint(0, 5)
     )
@@ -560,7 +603,8 @@ def _python_case(rng: random.Random) -> tuple[list[dict[str, str]], dict[str, li
                 else rng.choice([round(rng.uniform(0, 300), 1), 10.0, 20.0])
                 for _ in range(rng.randint(0, 5))
             ]
-    return edges, samples
+    prefer = rng.choice([None, None, *regions, "elsewhere"])
+    return edges, samples, prefer
 
 
 # Strings that JSON escapes (or does not) differently from what one might guess: the size of a
@@ -627,8 +671,12 @@ async def test_js_core_follows_the_python_reference(tmp_path: Path, nats_url: st
     cases = [_python_case(rng) for _ in range(200)]
     expected_choices = []
     expected_moves = []
-    for edges, samples in cases:
-        c = choose([Edge.from_health(e["region"], e["url"], e["health"]) for e in edges], samples)  # type: ignore[arg-type]
+    for edges, samples, prefer in cases:
+        c = choose(
+            [Edge.from_health(e["region"], e["url"], e["health"]) for e in edges],  # type: ignore[arg-type]
+            samples,
+            prefer=prefer,
+        )
         expected_choices.append({"order": list(c.order), "rttMs": c.rtt_ms, "reasons": c.reasons})
         expected_moves.append(
             [
@@ -678,11 +726,11 @@ async def test_js_core_follows_the_python_reference(tmp_path: Path, nats_url: st
                 "   sizes: sizes.map(([c, i, d]) => m.publishSize(c, i, d)),"
                 "   redirects: redirects.map(([url, region]) =>"
                 "     m.redirectTarget(edges, url, region)),"
-                "   choices: cases.map(([edges, samples]) => {"
-                "     const c = m.choose(edges, samples);"
+                "   choices: cases.map(([edges, samples, prefer]) => {"
+                "     const c = m.choose(edges, samples, {prefer});"
                 "     return {order: c.order, rttMs: c.rttMs, reasons: c.reasons}; }),"
-                "   moves: cases.map(([edges, samples]) => {"
-                "     const c = m.choose(edges, samples);"
+                "   moves: cases.map(([edges, samples, prefer]) => {"
+                "     const c = m.choose(edges, samples, {prefer});"
                 "     return [...c.order, 'elsewhere'].flatMap((current) =>"
                 f"       {json.dumps(MOVE_POLICIES)}.flatMap((policy) =>"
                 "         [true, false].map((idle) =>"
