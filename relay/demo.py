@@ -82,9 +82,10 @@ async def run_demo(duration_s: float | None = None, latency_scale: float = 1.0) 
                 await tg.start(node.run)
             print("relaynet demo: three regions are up. Open a page per region:", flush=True)
             for node in nodes:
-                # ?regions= keeps each page in its region: on one machine every edge is near.
+                # On one machine every edge is about as near: ?prefer= puts the page in its
+                # region and still lets it fail over to the others (?regions= would not).
                 region = node.cfg.region.name
-                print(f"  {region:<9} http://127.0.0.1:{node.port}/?regions={region}", flush=True)
+                print(f"  {region:<9} http://127.0.0.1:{node.port}/?prefer={region}", flush=True)
             print(
                 "Links between regions are delayed (one way: us-east/eu-west 40 ms, "
                 "us-east/ap-south 110 ms, eu-west/ap-south 70 ms). Ctrl-C to stop.",

@@ -43,10 +43,11 @@ async def test_demo_links_three_regions_and_cleans_up(tmp_path: Path) -> None:
         assert proc.stdout is not None
         pages: dict[str, str] = {}
         while len(pages) < 3:
-            match = re.match(
-                r"\s+(\S+)\s+(http://127\.0\.0\.1:\d+)/", proc.stdout.readline().decode()
-            )
-            assert match, "the demo prints one page per region"
+            line = proc.stdout.readline().decode()
+            match = re.match(r"\s+(\S+)\s+(http://127\.0\.0\.1:\d+)/\?prefer=(\S+)$", line)
+            assert match, f"the demo prints one page per region: {line!r}"
+            # ?prefer=, not ?regions=: the page starts in its region and can still fail over.
+            assert match.group(3) == match.group(1)
             pages[match.group(1)] = match.group(2)
         assert set(pages) == {"us-east", "eu-west", "ap-south"}
         servers = nats_servers_of(proc.pid)
