@@ -140,3 +140,6 @@ class RelayNode:
                 await nc.drain()
             except Exception:
                 await nc.close()
+        if not nc.is_closed:  # the drain ran out of time: close, or the socket leaks
+            with anyio.move_on_after(2, shield=True):
+                await nc.close()

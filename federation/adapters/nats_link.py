@@ -65,20 +65,30 @@ class PeerLink:
         """Serve the link until cancelled, reconnecting after any failure."""
         delay = 0.1
         while True:
+            nc = NatsClient()
             try:
-                nc = await nats.connect(
+                await nc.connect(
                     self.peer_url,
                     name=f"relaynet-federation-{self.region}-from-{self.peer_region}",
                     connect_timeout=2,
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.2,
+                    reconnect_time_wait=0.2,  # type: ignore[arg-type]  # a float works; typed int
                     # A silently dropped link must be noticed in seconds, not minutes.
                     ping_interval=2,
                     max_outstanding_pings=2,
                     error_cb=self._link_error,
                 )
-            except Exception as exc:
+            except BaseException as exc:
+                # Cancelled or failed half way, the client may hold a socket already.
+                with (
+                    anyio.CancelScope(shield=True),
+                    anyio.move_on_after(2),
+                    contextlib.suppress(Exception),  # never got far enough to need closing
+                ):
+                    await nc.close()
+                if not isinstance(exc, Exception):
+                    raise
                 # Say it once per outage, not at every retry.
                 (log.info if delay == 0.1 else log.debug)(
                     "peer %s unreachable (%r); retrying", self.peer_region, exc
