@@ -509,7 +509,12 @@ async def probe_all(
     return results
 
 
-def plan(directory: Directory, samples: Mapping[str, Sequence[float | None]]) -> Survey:
+def plan(
+    directory: Directory,
+    samples: Mapping[str, Sequence[float | None]],
+    *,
+    prefer: str | None = None,
+) -> Survey:
     """Directory + probe samples -> routing's choice and the edges in the order to try.
 
     A region's RTT is that of its first edge (directory order) that answered a
@@ -530,14 +535,21 @@ def plan(directory: Directory, samples: Mapping[str, Sequence[float | None]]) ->
         ]
         region_samples[region] = samples.get(in_order[region][0].url, ())
     choice = choose(
-        [Edge.from_health(e.region, e.url, e.health) for e in directory.edges], region_samples
+        [Edge.from_health(e.region, e.url, e.health) for e in directory.edges],
+        region_samples,
+        prefer=prefer,
     )
     candidates = tuple((region, e.url) for region in choice.order for e in in_order[region])
     return Survey(directory, {url: list(s) for url, s in samples.items()}, choice, candidates)
 
 
 async def survey(
-    sources: Sequence[str], *, probes: int = 3, timeout_s: float = 2.0, dial: Dial = _same
+    sources: Sequence[str],
+    *,
+    probes: int = 3,
+    timeout_s: float = 2.0,
+    dial: Dial = _same,
+    prefer: str | None = None,
 ) -> Survey | None:
     """Fetch the directory from the first source that answers, probe every edge, plan.
 
@@ -549,7 +561,7 @@ async def survey(
     samples = await probe_all(
         [e.url for e in directory.edges], probes, timeout_s=timeout_s, dial=dial
     )
-    return plan(directory, samples)
+    return plan(directory, samples, prefer=prefer)
 
 
 # --- small concurrency helpers -------------------------------------------------------------
@@ -716,6 +728,7 @@ class Client:
         buffer: int,
         dial: Dial,
         keepalive_s: float,
+        prefer: str | None,
     ) -> None:
         if not seeds:
             raise ValueError("at least one seed URL is needed")
@@ -737,6 +750,7 @@ class Client:
         if keepalive_s <= 0:
             raise ValueError("keepalive_s must be > 0")
         self._keepalive_s = keepalive_s
+        self._prefer = prefer
         self._backoff = Backoff(
             base_s=backoff_base_s, max_s=backoff_max_s, reset_after_s=reset_after_s, rng=rng
         )
@@ -979,6 +993,7 @@ class Client:
             need_survey = True
             target = None
             pause = True
+            self._redirects_in_a_row = 0  # a new round: redirects may be worth following again
             if failed_rounds >= SUSPEND_AFTER_ROUNDS:
                 self._set_state(ConnectionState.SUSPENDED)
                 await anyio.sleep(self._round_backoff.next_delay())
@@ -1012,6 +1027,7 @@ class Client:
             probes=self._probes,
             timeout_s=self._probe_timeout_s,
             dial=self._dial,
+            prefer=self._prefer,
         )
         if fresh is not None:
             self.survey = fresh
@@ -1057,9 +1073,15 @@ class Client:
         log.warning("%s: the first frame was not `connected`", url)
         return None
 
-    def _redirect_target(self, event: Redirected, source: str) -> tuple[str, str] | None:
-        """Where a redirect sends us, if we follow it: a valid relay URL that our
-        directory knows, or one in a region it knows (a relay that started since)."""
+    def _redirect_target(
+        self, event: Redirected, source: str, source_region: str | None
+    ) -> tuple[str, str] | None:
+        """Where a redirect from ``source`` (a relay of ``source_region``) sends us, if we
+        follow it: another relay of that region that our directory lists (or, started
+        since, names that region), and only while that region is our first choice.
+        Across regions our own measured order decides: a client that failed over to a
+        far region and is redirected there goes back through its order (nearest
+        first) instead of to a sibling far away."""
         if self._redirects_in_a_row >= MAX_REDIRECTS_IN_A_ROW:
             log.warning(
                 "%s redirects to %s: ignored after %d redirects in a row",
@@ -1073,14 +1095,28 @@ class Client:
         except ValueError:
             log.warning("%s redirects to %r: not a relay URL; ignored", source, event.url)
             return None
+        choice = self.choice
+        first = choice.order[0] if choice is not None and choice.order else None
+        if source_region is None or source_region != first:
+            log.info(
+                "%s redirects to %s; ignored: %s is not our first choice (%s)",
+                source,
+                event.url,
+                source_region,
+                first,
+            )
+            return None
         known = self.survey.candidates if self.survey is not None else ()
         for region, url in known:
             if _endpoint(url).http_base == endpoint.http_base:
+                if region != source_region:
+                    break
                 return (region, url)
-        if event.region is not None and any(region == event.region for region, _ in known):
-            return (event.region, endpoint.ws_url)
+        else:
+            if event.region == source_region:
+                return (source_region, endpoint.ws_url)
         log.warning(
-            "%s redirects to %s (%s), which the directory does not know; ignored",
+            "%s redirects to %s (%s), not a relay of its region that the directory knows; ignored",
             source,
             event.url,
             event.region,
@@ -1105,7 +1141,7 @@ class Client:
             if hello is None:
                 return None
             if isinstance(hello, Redirected):
-                target = self._redirect_target(hello, url)
+                target = self._redirect_target(hello, url, region)
                 if target is None:
                     return None
                 self._follow(target, hello, url)
@@ -1220,7 +1256,7 @@ class Client:
         there next instead of backing off and retrying this one. The relay closes
         once our in-flight publishes are acked; if it does not, we leave."""
         source = self.url or "the relay"
-        target = self._redirect_target(event, source)
+        target = self._redirect_target(event, source, self.region)
         if target is None:
             return
         self._follow(target, event, source)
@@ -1327,6 +1363,7 @@ async def connect(
     buffer: int = DEFAULT_BUFFER,
     dial: Dial | None = None,
     keepalive_s: float = 5.0,
+    prefer: str | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to the nearest region of the network that ``seeds`` belong to.
 
@@ -1340,7 +1377,9 @@ async def connect(
     simulated client location); the directory, ``client.url`` and ``client.choice``
     keep the relays' own URLs. ``keepalive_s``: a ping this often, and a
     connection whose pong does not come within as long is given up (a frozen
-    relay is left within about twice this).
+    relay is left within about twice this). ``prefer``: a region to connect to
+    first while it is healthy and answers, nearest or not (the others stay in
+    measured order behind it for failover).
     """
     client = Client(
         [seeds] if isinstance(seeds, str) else list(seeds),
@@ -1357,6 +1396,7 @@ async def connect(
         buffer=buffer,
         dial=dial if dial is not None else _same,
         keepalive_s=keepalive_s,
+        prefer=prefer,
     )
     # Errors of the body (and ConnectionFailed before the first connection) leave as
     # themselves, not wrapped in the ExceptionGroup the task group would make of them.

@@ -482,6 +482,21 @@ async def test_nearest_choice_is_the_connected_region_and_explained(tmp_path: Pa
                 assert client.survey.directory.region == REGIONS[1]
 
 
+async def test_a_preferred_region_goes_first_and_still_fails_over(tmp_path: Path) -> None:
+    async with three_regions(tmp_path) as relays:
+        far = REGIONS[2]
+        with anyio.fail_after(timeout(30)):
+            async with fast_connect(relays[REGIONS[0]].url, prefer=far) as client:
+                choice = client.choice
+                assert choice is not None and choice.order[0] == far
+                assert client.region == far
+                assert "preferred" in choice.reasons[far]
+                relays[far].stop()
+                await relays[far].run_finished()
+                await client.publish("chat:prefer", {"after": "failover"})
+                assert client.region != far
+
+
 # --- nearest by measured latency, and moving back when it recovers (directory) -------------
 
 
