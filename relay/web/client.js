@@ -15,9 +15,10 @@
 //
 // * Where to connect. The client fetches the edge directory (GET /v1/edges) from the first
 //   source that serves one (the seeds, then every edge known so far), probes every edge
-//   `probes` times with GET /v1/ping, and `choose` orders the regions: healthy and reachable
-//   by median RTT, then healthy but unprobed, then healthy but unreachable, then the regions
-//   the directory reports down; ties by name. options.prefer puts one region first while it is
+//   `probes` times with GET /v1/ping (all at once, edges in parallel: one round trip to the
+//   farthest edge), and `choose` orders the regions: healthy and reachable by median RTT, then
+//   healthy but unprobed, then healthy but unreachable, then the regions the directory reports
+//   down; ties by name. options.prefer puts one region first while it is
 //   healthy and not unreachable (the others stay behind it in that order, for failover).
 //   `client.choice` = {order, rttMs, reasons, healthy, prefer}; `client.survey` also has the
 //   directory, the samples per edge and the candidate edges in the order to try them. The relay
@@ -25,20 +26,25 @@
 //   still work (each seed its own pseudo-region).
 // * Redirects. A relay at its connection limit (instead of `connected`, then 1013) or shutting
 //   down (then 1001) may send `redirect` to a sibling: the client goes there next without a
-//   backoff pause, but only to an edge its survey knows (same HTTP base) or a relay of a region
-//   it knows, and after MAX_REDIRECTS_IN_A_ROW without a `connected` it ignores them (backoff as
-//   usual), so two full relays cannot bounce it around at full speed. `client.redirects` counts
-//   the ones followed; the "redirect" event reports each.
+//   backoff pause, but only while the redirecting relay's region (the candidate's for a first
+//   frame, client.region mid-connection) is its first choice, and only to a relay of that same
+//   region (an edge its survey lists there, same HTTP base, or an unknown URL the redirect says
+//   is of that region). Across regions its own measured order decides: a client that failed
+//   over far away is not sent to a far sibling but goes back through its order. After
+//   MAX_REDIRECTS_IN_A_ROW without a `connected` (or a whole failed round) it ignores them
+//   (backoff as usual), so two full relays cannot bounce it around at full speed.
+//   `client.redirects` counts the ones followed; the "redirect" event reports each.
 // * Frame limit. `connected` says how large a frame the relay accepts (max_frame_bytes; until
 //   one does, options.maxFrameBytes): a larger publish rejects at once with "too_large" (sent,
 //   it would close the connection with 1009 after every reconnect), and a pending publish too
 //   large for a newly connected relay rejects instead of being resent. The size counts the
 //   longest ref the frame can ever get.
 // * When to try again (full jitter). After a drop the client waits a delay drawn from
-//   [0, min(maxMs, baseMs * 2^attempt)] and goes back to the same edge first, then to the next
-//   ones in the failover order. A round in which every edge failed ends with a fresh survey;
-//   after 2 such rounds the state is "suspended" and rounds are spaced further apart (a second
-//   backoff from maxMs up to 6 * maxMs). The attempt count goes back to zero only after a
+//   [0, min(maxMs, baseMs * 2^attempt)] and goes back to the same edge first, then at once (no
+//   pause between the edges of a round) to the next ones in the failover order; a relay that
+//   went silent (see Liveness) is tried last instead. A round in which every edge failed ends
+//   with a fresh survey and a pause; after 2 such rounds the state is "suspended" and rounds
+//   are spaced further apart (a second backoff from maxMs up to 6 * maxMs). The attempt count goes back to zero only after a
 //   connection stayed up resetAfterMs.
 // * What to say on a new connection (session). Every channel is resubscribed from the
 //   position the client processed (the pointwise maximum of the positions of the messages it
@@ -53,7 +59,8 @@
 //   one, usable again) at a safe point.
 // * Liveness. Browsers answer the relay's WebSocket pings but cannot see them: after
 //   heartbeat_s without a frame the client sends a protocol ping, and gives the connection up
-//   when heartbeat_s more pass without any frame.
+//   when heartbeat_s more pass without any frame. Such a relay went silent (frozen, or the path
+//   to it): its kernel may still accept connections, so the next round tries it last.
 //
 // Connection states (client.on("state", (state, info) => ...)):
 //   connecting    an attempt is under way (or the first survey)
@@ -699,12 +706,14 @@ export function edgeUrls(raw) {
 // --- routing: the plan of edges, moving back (relay/client/routing.py, connection.py) --------
 
 /**
- * Where a relay's redirect to `url` (an edge of `region`) may send us, given the survey's
- * candidates [[region, url], ...]: the known edge with the same HTTP base, else a relay of a
- * region the directory knows (one that started since the survey), else null. Never a place
- * the directory has not vouched for: a relay must not be able to send clients anywhere.
+ * Where a redirect from a relay of `sourceRegion` to `url` (an edge of `region`, as the redirect
+ * says) may send us, given the survey's candidates [[region, url], ...]: the known edge with the
+ * same HTTP base when it is of `sourceRegion`, else (an edge started since the survey) the URL
+ * when the redirect names `sourceRegion`; null otherwise. Only a sibling of the redirecting
+ * relay: a relay must not be able to send clients anywhere, and across regions the client's own
+ * measured order decides (Client._redirectTarget also wants `sourceRegion` first in that order).
  */
-export function redirectTarget(candidates, url, region = null) {
+export function redirectTarget(candidates, url, region = null, sourceRegion = null) {
   // Absolute, with a host: URL() would resolve "/v1/ws" against the page and read "ws:///v1/ws"
   // as host "v1"; Python's urlsplit sees no host in either.
   const authority = isStr(url) ? /^[a-z][a-z0-9+.-]*:\/\/([^/?#]*)/i.exec(url.trim()) : null;
@@ -715,8 +724,10 @@ export function redirectTarget(candidates, url, region = null) {
   } catch {
     return null;
   }
-  for (const [known, knownUrl] of candidates) if (edgeUrls(knownUrl).http === endpoint.http) return [known, knownUrl];
-  if (region != null && candidates.some(([known]) => known === region)) return [region, endpoint.ws];
+  if (sourceRegion == null) return null;
+  const known = candidates.find(([, knownUrl]) => edgeUrls(knownUrl).http === endpoint.http);
+  if (known) return known[0] === sourceRegion ? [known[0], known[1]] : null; // a known edge of another region
+  if (region === sourceRegion) return [sourceRegion, endpoint.ws];
   return null;
 }
 
@@ -1046,14 +1057,19 @@ export class Client {
   // --- the supervisor (relay/client/connection.py) ------------------------------------------
 
   // After a drop the client waits a jittered delay and goes back to the same edge first, then
-  // to the next ones in the failover order. A round in which every edge failed ends with a
-  // fresh survey (directory and probes, from the seeds and every edge known so far); after
-  // SUSPEND_AFTER_ROUNDS such rounds the state is "suspended" and rounds are spaced further
-  // apart by a second, slower backoff.
+  // at once to the next ones in the failover order. A round in which every edge failed ends
+  // with a fresh survey (directory and probes, from the seeds and every edge known so far);
+  // after SUSPEND_AFTER_ROUNDS such rounds the state is "suspended" and rounds are spaced
+  // further apart by a second, slower backoff. A relay that went silent (liveness) is tried
+  // last in the next round, not first.
   async _run() {
     let target = null; // [region, url] of the edge we were on: try it first
     let failedRounds = 0;
-    let pause = false; // back off before the next attempt
+    // Back off before the next attempt: after a drop, and between rounds. Not between the edges
+    // of a round: the jitter before its first attempt already spread a crowd of clients leaving
+    // the same relay, and a refused edge says nothing about the next one.
+    let pause = false;
+    let avoid = null; // [region, url] of an edge that went silent: try it last
     let needSurvey = true;
     this._emit("state", this.state, { previous: null });
     while (!this._stopped) {
@@ -1062,7 +1078,8 @@ export class Client {
         needSurvey = false;
         if (this._stopped) return;
       }
-      const order = this._order(target);
+      const order = this._order(target, avoid);
+      avoid = null;
       let connected = false;
       for (const [region, url] of order) {
         if (pause) {
@@ -1070,8 +1087,8 @@ export class Client {
           this._emit("retry", { inMs: Math.round(delay), region, url });
           await this._sleep(delay);
           if (this._stopped) return;
+          pause = false;
         }
-        pause = true;
         if (this.state !== "suspended") this._setState("connecting", { url, attempt: this._backoff.attempt });
         const outcome = await this._connection(region, url);
         if (this._stopped) return;
@@ -1083,8 +1100,16 @@ export class Client {
           target = outcome.moveTo;
           pause = false; // told where to go (or moving by choice): no reason to wait
           if (outcome.redirected && this.state === "connected") this._setState("disconnected", { code: outcome.code ?? null, reason: outcome.reason ?? "redirected" });
+        } else if (outcome.silent) {
+          // A frozen relay's kernel may still accept connections while nothing answers:
+          // retrying it first would only wait out the open timeout.
+          target = null;
+          avoid = [region, url];
+          pause = true;
+          this._setState("disconnected", { code: outcome.code, reason: outcome.reason });
         } else {
           target = [region, url];
+          pause = true;
           this._setState("disconnected", { code: outcome.code, reason: outcome.reason });
         }
         break;
@@ -1094,6 +1119,8 @@ export class Client {
       failedRounds += 1;
       needSurvey = true;
       target = null;
+      pause = true;
+      this._redirectsInARow = 0; // a new round: redirects may be worth following again
       if (failedRounds >= SUSPEND_AFTER_ROUNDS) {
         this._setState("suspended", { reason: `every edge failed ${failedRounds} rounds in a row` });
         const delay = this._roundBackoff.nextDelay();
@@ -1105,8 +1132,11 @@ export class Client {
     }
   }
 
-  _order(target) {
-    const candidates = this.survey ? this.survey.candidates.map((c) => [...c]) : [];
+  _order(target, avoid = null) {
+    let candidates = this.survey ? this.survey.candidates.map((c) => [...c]) : [];
+    if (avoid !== null && candidates.some(([r, u]) => r === avoid[0] && u === avoid[1])) {
+      candidates = [...candidates.filter(([r, u]) => !(r === avoid[0] && u === avoid[1])), [...avoid]];
+    }
     if (target === null) return candidates;
     const rest = candidates.filter(([r, u]) => !(r === target[0] && u === target[1]));
     return [target, ...rest];
@@ -1232,24 +1262,21 @@ export class Client {
     return { answered: true, directory: { source: source.ws, region: doc.region, relay: doc.relay ?? null, edges } };
   }
 
-  /** Up to `probes` RTT samples in ms (null for a failed probe; a timeout ends the probing of
-   * that edge). Any HTTP answer below 500 is a sample. */
+  /** `probes` RTT samples in ms (null for a failed probe). Any HTTP answer below 500 is a
+   * sample. The probes go out together: connecting then waits one round trip to the farthest
+   * edge, not `probes` of them. */
   async _probe(url) {
     const target = `${edgeUrls(url).http}/v1/ping`;
-    const samples = [];
-    for (let i = 0; i < this.options.probes && !this._stopped; i++) {
+    const one = async () => {
       const start = now();
-      let status;
       try {
-        ({ status } = await this._get(target));
-      } catch (exc) {
-        samples.push(null);
-        if (exc.timedOut) break; // the next ones would wait as long: one is evidence enough
-        continue;
+        const { status } = await this._get(target);
+        return status < 500 ? now() - start : null;
+      } catch {
+        return null;
       }
-      samples.push(status < 500 ? now() - start : null);
-    }
-    return samples;
+    };
+    return Promise.all(Array.from({ length: this.options.probes }, one));
   }
 
   // --- one connection -----------------------------------------------------------------------
@@ -1324,7 +1351,7 @@ export class Client {
         if (hello.type === "redirected") {
           // A relay at its connection limit says where to go instead (then closes 1013): there
           // next, without a pause; a redirect we do not follow is a failed attempt.
-          const target = this._redirectTarget(hello, url);
+          const target = this._redirectTarget(hello, url, region);
           if (target === null) {
             giveUp();
             return;
@@ -1455,16 +1482,22 @@ export class Client {
 
   // --- redirects (connection.py: _redirect_target, _follow, _on_redirect) -------------------
 
-  /** Where a redirect sends us, if we follow it: [region, url], or null (and a "redirect"
-   * event that says why not). */
-  _redirectTarget(event, source) {
+  /** Where a redirect from `source` (a relay of `sourceRegion`) sends us, if we follow it:
+   * [region, url], or null (and a "redirect" event that says why not). Only to a sibling of
+   * that relay, and only while its region is our first choice: a client that failed over to a
+   * far region and is redirected there goes back through its own order (nearest first)
+   * instead of to a sibling far away. */
+  _redirectTarget(event, source, sourceRegion) {
     let ignored = null;
     let target = null;
+    const first = this.choice?.order?.[0] ?? null;
     if (this._redirectsInARow >= MAX_REDIRECTS_IN_A_ROW) {
       ignored = `ignored after ${this._redirectsInARow} redirects in a row`;
+    } else if (sourceRegion == null || sourceRegion !== first) {
+      ignored = `ignored: ${sourceRegion} is not our first choice (${first})`;
     } else {
-      target = redirectTarget(this.survey?.candidates ?? [], event.url, event.region);
-      if (target === null) ignored = "not a relay of a region the directory knows; ignored";
+      target = redirectTarget(this.survey?.candidates ?? [], event.url, event.region, sourceRegion);
+      if (target === null) ignored = "not a relay of its region that the directory knows; ignored";
     }
     if (ignored !== null) this._emit("redirect", { from: source, url: event.url, region: event.region, reason: event.reason, followed: false, ignored });
     return target;
@@ -1483,7 +1516,7 @@ export class Client {
   // acked; if it does not, we leave after REDIRECT_GRACE_MS.
   _onRedirect(event) {
     const source = this.url ?? "the relay";
-    const target = this._redirectTarget(event, source);
+    const target = this._redirectTarget(event, source, this.region);
     if (target === null) return;
     this._follow(target, event, source);
     const ws = this._ws;
@@ -1614,7 +1647,7 @@ export class Client {
       const t = now();
       if (pingedAt !== null && this._lastRx >= pingedAt) pingedAt = null; // answered
       if (pingedAt !== null && t - pingedAt >= idleMs) {
-        this._interrupt?.({ code: 1006, reason: `no frame for ${Math.round(t - this._lastRx)} ms` });
+        this._interrupt?.({ code: 1006, reason: `no frame for ${Math.round(t - this._lastRx)} ms`, silent: true });
       } else if (pingedAt === null && t - this._lastRx >= idleMs) {
         pingedAt = t;
         this._send(JSON.stringify({ op: "ping" }));

@@ -238,7 +238,8 @@ async def test_two_regions_chat(tmp_path: Path) -> None:
 async def test_reconnect_and_failover_resume(tmp_path: Path) -> None:
     """(b) Carol's relay (the only one of us-east) stops: with no sibling to redirect her to,
     she fails over to eu-west by her own order and resumes there; then her eu-west relay
-    stops and redirects her to its sibling (dave's eu-west-2). Everything dave published
+    stops and redirects her to its sibling (dave's eu-west-2), which she ignores (eu-west is
+    not her first choice: her own order decides) and reaches anyway. Everything dave published
     meanwhile reaches her exactly once and in order, and what she published while cut off
     reaches him exactly once."""
     async with regions(tmp_path, {"us-east": 1, "eu-west": 2}) as (nodes, ports):
@@ -287,7 +288,12 @@ async def test_reconnect_and_failover_resume(tmp_path: Path) -> None:
             assert await carol.evaluate("relaynetDemo.client.redirects") == 0
             await wait_listed(west1_node, {ws_url(west2)})
             await cut_off(west1_node, "eu-west-2")
-            assert await carol.evaluate("relaynetDemo.client.redirects") == 1
+            assert await carol.evaluate("relaynetDemo.client.redirects") == 0
+            seen = await carol.evaluate(
+                "relaynetDemo.redirects.map((r) => [r.from, r.url, r.followed, r.ignored])"
+            )
+            assert seen and all(not followed for _, _, followed, _ in seen), seen
+            assert "not our first choice (us-east)" in seen[0][3], seen
 
             await wait_texts(dave, carol_sent, 30, "carol's messages")
             await carol.wait_for(
@@ -622,20 +628,24 @@ def _size_case(rng: random.Random) -> tuple[str, str, str]:
     return channel, message_id, json.dumps(data, ensure_ascii=rng.random() < 0.5)
 
 
-# Redirect targets against one survey: known URLs in any spelling, relays of known regions,
-# and what must be ignored (unknown region, not a relay URL, relative).
+# Redirect targets against a survey whose first choice is us-east, and one where it is eu-west:
+# known URLs in any spelling, relays started since (unknown URLs naming a region), and what
+# must be ignored (a target in another region than the redirecting relay's, a redirecting
+# relay whose region is not the first choice, not a relay URL, relative, past the cap of
+# redirects in a row).
 _REDIRECT_EDGES = [
     ("us-east", "ws://a.example:8701/v1/ws"),
     ("us-east", "ws://b.example:8701/v1/ws"),
     ("eu-west", "wss://e.example/prefix/v1/ws"),
 ]
-_REDIRECTS: list[tuple[str, str | None]] = [
+_REDIRECT_TARGETS: list[tuple[str, str | None]] = [
     ("ws://b.example:8701/v1/ws", "us-east"),
     ("http://b.example:8701", None),
     ("http://b.example:8701/v1/ping", "eu-west"),
     ("wss://e.example/prefix", None),
     ("https://e.example/prefix/v1/ws/", "us-east"),
-    ("ws://e.example/prefix/v1/ws", None),  # not secure: another HTTP base
+    ("https://e.example/prefix/v1/ws/", "eu-west"),
+    ("ws://e.example/prefix/v1/ws", "eu-west"),  # not secure: another HTTP base
     ("ws://c.example:8701/v1/ws", "us-east"),  # a relay that started since the survey
     ("ws://c.example:8701", "eu-west"),
     ("ws://c.example:8701/v1/ws", "ap-south"),
@@ -645,21 +655,31 @@ _REDIRECTS: list[tuple[str, str | None]] = [
     ("ws:///v1/ws", "us-east"),
     ("b.example:8701", "us-east"),
 ]
+# (url, region the redirect names, the redirecting relay's region, redirects followed in a row,
+# the nearest region of the survey)
+_REDIRECTS: list[tuple[str, str | None, str | None, int, str]] = [
+    (url, region, source_region, in_a_row, nearest)
+    for nearest in ("us-east", "eu-west")
+    for source_region in ("us-east", "eu-west", "ap-south", None)
+    for url, region in _REDIRECT_TARGETS
+    for in_a_row in (0, 2, 3)
+]
 
 
 def _python_redirects() -> list[list[str] | None]:
     # Only the rule is wanted, not a running client: a bare instance with a survey (the
     # constructor's keyword arguments change with the SDK; the rule reads only these two).
     client = Client.__new__(Client)
-    client._redirects_in_a_row = 0
     edges = tuple(DirectoryEdge(region, url, "up") for region, url in _REDIRECT_EDGES)
-    client.survey = plan(
-        Directory("ws://a.example:8701/v1/ws", "us-east", None, edges),
-        {url: [1.0] for _, url in _REDIRECT_EDGES},
-    )
-    targets = [
-        client._redirect_target(Redirected(url, region, ""), "x") for url, region in _REDIRECTS
-    ]
+    targets = []
+    for url, region, source_region, in_a_row, nearest in _REDIRECTS:
+        client.survey = plan(
+            Directory("ws://a.example:8701/v1/ws", "us-east", None, edges),
+            {u: [1.0 if r == nearest else 50.0] for r, u in _REDIRECT_EDGES},
+        )
+        assert client.survey.choice.order[0] == nearest
+        client._redirects_in_a_row = in_a_row
+        targets.append(client._redirect_target(Redirected(url, region, ""), "x", source_region))
     return [list(t) if t is not None else None for t in targets]
 
 
@@ -722,10 +742,19 @@ async def test_js_core_follows_the_python_reference(tmp_path: Path, nats_url: st
                 f" const sizes = {json.dumps(sizes)};"
                 f" const edges = {json.dumps(_REDIRECT_EDGES)};"
                 f" const redirects = {json.dumps(_REDIRECTS)};"
+                # A bare client with a survey, as the Python side: the rule reads only these.
+                " const rc = Object.create(m.Client.prototype);"
+                " rc._listeners = new Map();"
+                " const survey = (nearest) => m.plan({source: edges[0][1], region: 'us-east',"
+                "   relay: null,"
+                "   edges: edges.map(([region, url]) => ({region, url, health: 'up'}))},"
+                "   Object.fromEntries(edges.map(([r, u]) => [u, [r === nearest ? 1.0 : 50.0]])));"
                 " return {"
                 "   sizes: sizes.map(([c, i, d]) => m.publishSize(c, i, d)),"
-                "   redirects: redirects.map(([url, region]) =>"
-                "     m.redirectTarget(edges, url, region)),"
+                "   redirects: redirects.map(([url, region, source, inARow, nearest]) => {"
+                "     rc.survey = survey(nearest);"
+                "     rc._redirectsInARow = inARow;"
+                "     return rc._redirectTarget({url, region, reason: ''}, 'x', source); }),"
                 "   choices: cases.map(([edges, samples, prefer]) => {"
                 "     const c = m.choose(edges, samples, {prefer});"
                 "     return {order: c.order, rttMs: c.rttMs, reasons: c.reasons}; }),"
