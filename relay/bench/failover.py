@@ -86,7 +86,8 @@ from relay.bench.fanout import (
     percentile,
     poll_until,
 )
-from relay.bench.federation import REGIONS, NatsServer, _first_error, _spawn_nats, _stop_all
+from relay.bench.federation import REGIONS, NatsServer, _spawn_nats, _stop_all
+from relay.bench.report import run_and_report
 from relay.client import connection as sdk
 from relay.client.connection import ConnectionState, Subscription, data_of
 
@@ -861,22 +862,10 @@ async def run_failover_bench(
         print(f"bench failover: {problem}", file=sys.stderr)
         return 2
     cap = _overall_cap(connects, trials, stop_trials)
-    report: Report | None = None
-    try:
-        with anyio.move_on_after(cap):  # cleanup runs shielded, so it still happens
-            report = await _run(connects, trials, stop_trials, rate, latency_ms)
-    except (BenchError, ExceptionGroup) as exc:
-        first = _first_error(exc)
-        if not isinstance(first, BenchError):
-            raise
-        print(f"bench failover: {first}", file=sys.stderr)
-        return 1
-    if report is None:
-        print(f"bench failover: not done after {cap:.0f}s; stopped", file=sys.stderr)
-        return 1
-    print(format_report(report), flush=True)
-    reasons = _failed(report)
-    if reasons:
-        print(f"FAILED: {'; '.join(reasons)}", flush=True)
-        return 1
-    return 0
+    return await run_and_report(
+        "failover",
+        cap,
+        lambda: _run(connects, trials, stop_trials, rate, latency_ms),
+        format_report,
+        _failed,
+    )

@@ -83,6 +83,7 @@ from relay.bench.fanout import (
     percentile,
     poll_until,
 )
+from relay.bench.report import run_and_report
 
 REGIONS = ("us-east", "eu-west", "ap-south")
 HOME = "us-east"  # where the publisher is
@@ -1089,13 +1090,6 @@ def _check_args(latency_ms: float, seconds: float, rate: int) -> str | None:
     return None
 
 
-def _first_error(exc: BaseException) -> BaseException:
-    """Task groups wrap errors in groups; the first one says enough."""
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
-
-
 def _overall_cap(seconds: float, latency_ms: float) -> float:
     """Start-up and warm-up, three phases of publishing plus draining, and stopping."""
     phases = 4 * seconds + 2 * (_drain_cap(seconds) + 5) + 2 * DRAIN_CAP_S
@@ -1113,22 +1107,10 @@ async def run_federation_bench(latency_ms: float, seconds: float, rate: int) -> 
         print(f"bench federation: {problem}", file=sys.stderr)
         return 2
     cap = _overall_cap(seconds, latency_ms)
-    report: Report | None = None
-    try:
-        with anyio.move_on_after(cap):  # cleanup runs shielded, so it still happens
-            report = await _run(latency_ms, seconds, rate or DEFAULT_RATE)
-    except (BenchError, ExceptionGroup) as exc:
-        first = _first_error(exc)
-        if not isinstance(first, BenchError):
-            raise
-        print(f"bench federation: {first}", file=sys.stderr)
-        return 1
-    if report is None:
-        print(f"bench federation: not done after {cap:.0f}s; stopped", file=sys.stderr)
-        return 1
-    print(format_report(report), flush=True)
-    reasons = _failed(report)
-    if reasons:
-        print(f"FAILED: {'; '.join(reasons)}", flush=True)
-        return 1
-    return 0
+    return await run_and_report(
+        "federation",
+        cap,
+        lambda: _run(latency_ms, seconds, rate or DEFAULT_RATE),
+        format_report,
+        _failed,
+    )
