@@ -302,7 +302,46 @@ def remove_leftovers(label_value: str | None = None) -> int:
     return removed
 
 
-class NatsContainer:
+class ManagedContainer:
+    """What every container of a simulation shares: found by name, killed like a crash,
+    force-removed (idempotent), its Docker status read."""
+
+    name: str
+    _tc: DockerContainer | None
+
+    def _container(self) -> Any:  # docker.models.containers.Container
+        if self._tc is None:
+            raise ContainerError(f"{self.name}: not started")
+        return self._tc.get_wrapped_container()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash. The container stays, to be started again."""
+        if self._tc is None:
+            return
+        container = self._container()
+        with contextlib.suppress(docker.errors.APIError):  # already dead
+            container.kill(signal="SIGKILL")
+        container.wait(timeout=30)
+
+    def remove(self) -> None:
+        """Force-removes the container (idempotent; bind-mounted host files stay)."""
+        tc, self._tc = self._tc, None
+        if tc is None:
+            return
+        try:
+            with contextlib.suppress(ContainerStartException, docker.errors.NotFound):
+                tc.get_wrapped_container().remove(force=True, v=True)
+        finally:
+            tc.get_docker_client().client.close()
+
+    def status(self) -> str:
+        container = self._container()
+        container.reload()
+        status: str = container.status
+        return status
+
+
+class NatsContainer(ManagedContainer):
     """One region's nats-server (JetStream) in a container on the host network.
 
     ``session`` is the value of the ``relaynet.simulate`` label (default: this process's
@@ -365,11 +404,6 @@ class NatsContainer:
             *self.extra_args,
         ]
 
-    def _container(self) -> Any:  # docker.models.containers.Container
-        if self._tc is None:
-            raise ContainerError(f"{self.name}: not started")
-        return self._tc.get_wrapped_container()
-
     def _check_ports(self) -> None:
         _check_port_free(self.client_port, f"client port of region {self.region}")
         _check_port_free(self.monitor_port, f"monitor port of region {self.region}")
@@ -416,24 +450,6 @@ class NatsContainer:
         """SIGTERM (SIGKILL after timeout_s); the container stays for start_again()."""
         self._container().stop(timeout=timeout_s)
 
-    def kill(self) -> None:
-        """SIGKILL: a crash. The container stays for start_again()."""
-        container = self._container()
-        with contextlib.suppress(docker.errors.APIError):  # already dead
-            container.kill(signal="SIGKILL")
-        container.wait(timeout=30)
-
-    def remove(self) -> None:
-        """Force-removes the container (idempotent; the store directory stays)."""
-        tc, self._tc = self._tc, None
-        if tc is None:
-            return
-        try:
-            with contextlib.suppress(ContainerStartException, docker.errors.NotFound):
-                tc.get_wrapped_container().remove(force=True, v=True)
-        finally:
-            tc.get_docker_client().client.close()
-
     def logs(self, head: int = 10, tail: int = 40) -> str:
         """The first ``head`` and last ``tail`` lines of the container's output (a failed
         nats-server says why at the top, then prints its usage text)."""
@@ -443,12 +459,6 @@ class NatsContainer:
             skipped = len(lines) - head - tail
             lines = [*lines[:head], f"[... {skipped} lines ...]", *lines[-tail:]]
         return "\n".join(lines)
-
-    def status(self) -> str:
-        container = self._container()
-        container.reload()
-        status: str = container.status
-        return status
 
     def _wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Polls /healthz (200 once JetStream is up) every 50 ms; fails fast if the

@@ -52,7 +52,6 @@ from typing import Any
 import docker
 import docker.errors
 from testcontainers.core.container import DockerContainer
-from testcontainers.core.exceptions import ContainerStartException
 
 from relay.simulate import containers
 
@@ -534,7 +533,7 @@ def _remove_superseded(client: Any, keep: str) -> None:
 # A relay in a container
 
 
-class RelayContainer:
+class RelayContainer(containers.ManagedContainer):
     """One relay process (``relaynet relay --config /config/<id>.toml``) in a container on the
     host network, its config file bind-mounted read-only.
 
@@ -607,26 +606,6 @@ class RelayContainer:
         if self._tc is not None and self.alive:
             self._container().stop(timeout=timeout_s)
 
-    def kill(self) -> None:
-        """SIGKILL: a crash. The container stays for start()."""
-        if self._tc is None:
-            return
-        container = self._container()
-        with contextlib.suppress(docker.errors.APIError):  # not running
-            container.kill(signal="SIGKILL")
-        container.wait(timeout=30)
-
-    def remove(self) -> None:
-        """Force-removes the container (idempotent)."""
-        tc, self._tc = self._tc, None
-        if tc is None:
-            return
-        try:
-            with contextlib.suppress(ContainerStartException, docker.errors.NotFound):
-                tc.get_wrapped_container().remove(force=True, v=True)
-        finally:
-            tc.get_docker_client().client.close()
-
     @property
     def alive(self) -> bool:
         if self._tc is None:
@@ -636,20 +615,9 @@ class RelayContainer:
         except docker.errors.NotFound:
             return False
 
-    def status(self) -> str:
-        container = self._container()
-        container.reload()
-        status: str = container.status
-        return status
-
     def logs(self, tail: int = 20) -> str:
         raw: bytes = self._container().logs(tail=tail)
         return raw.decode(errors="replace").rstrip()
-
-    def _container(self) -> Any:  # docker.models.containers.Container
-        if self._tc is None:
-            raise containers.ContainerError(f"{self.name}: not started")
-        return self._tc.get_wrapped_container()
 
     def _wait_ready(self) -> None:
         started = time.monotonic()
