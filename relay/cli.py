@@ -141,6 +141,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                 raise SpecError(f"--regions does not match the regions of {path}; give one")
         else:
             spec = uniform(parse_regions(args.regions or DEFAULT_REGIONS), duration(args.latency))
+        if args.network == "bridge" and args.relays_in_containers:
+            raise SpecError(
+                "--network bridge runs relays as local processes; leave out "
+                "--relays-in-containers (relays in containers use host networking)"
+            )
     except SpecError as exc:
         print(f"relaynet simulate: {exc}", file=sys.stderr)
         return 2
@@ -160,6 +165,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             args.refresh,
             args.duration,
             args.relays_in_containers,
+            args.network,
         )
     except ImageError as exc:  # checked before anything starts: nothing is left running
         print(f"relaynet simulate: --relays-in-containers: {exc}", file=sys.stderr)
@@ -256,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run relays in containers of the deploy/Dockerfile image (built without a "
         "registry) instead of as local processes",
+    )
+    simulate.add_argument(
+        "--network",
+        choices=("host", "bridge"),
+        default="host",
+        help="host: NATS containers on loopback ports of the host network (default); "
+        "bridge: on a bridge network of their own, published on loopback ports",
     )
     simulate.add_argument("--refresh", type=float, default=2.0, help="status table interval")
     simulate.add_argument("--duration", type=float, help="stop after this many seconds")

@@ -65,6 +65,9 @@ START_TIMEOUT_S = 20.0
 _POLL_S = 0.05
 _REGION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _SESSION_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# Where a bridged nats-server listens inside its container (published on 127.0.0.1).
+_INNER_CLIENT_PORT = 4222
+_INNER_MONITOR_PORT = 8222
 _DOCKERFILE = 'FROM scratch\nCOPY nats-server /nats-server\nENTRYPOINT ["/nats-server"]\n'
 
 
@@ -287,8 +290,9 @@ def ensure_nats_image(*, use_official: bool = True, build_repo: str = BUILT_IMAG
 
 
 def remove_leftovers(label_value: str | None = None) -> int:
-    """Force-removes containers labelled by this module: one session's, or every session's
-    if label_value is None. Returns how many were removed."""
+    """Force-removes containers labelled by this module, then its bridge networks: one
+    session's, or every session's if label_value is None. Returns how many containers
+    were removed."""
     wanted = [f"{TESTCONTAINERS_LABEL}=true", f"{LABEL}={label_value}" if label_value else LABEL]
     client = _client()
     removed = 0
@@ -297,9 +301,30 @@ def remove_leftovers(label_value: str | None = None) -> int:
             with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True, v=True)
                 removed += 1
+        label = f"{LABEL}={label_value}" if label_value else LABEL
+        for network in client.networks.list(filters={"label": label}):
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                network.remove()
     finally:
         client.close()
     return removed
+
+
+def create_bridge_network(session: str) -> str:
+    """A user-defined bridge network for one simulation session (labelled, so that
+    ``remove_leftovers(session)`` removes it); returns its name. Containers on it are
+    reached from the host through ports published on 127.0.0.1 only."""
+    if not _SESSION_RE.match(session):
+        raise ValueError(f"session {session!r}: use letters, digits, '_', '.', '-'")
+    name = f"relaynet-sim-{session}"
+    client = _client()
+    try:
+        client.networks.create(name, driver="bridge", labels={LABEL: session})
+    except docker.errors.APIError as e:
+        raise ContainerError(f"cannot create bridge network {name}: {_one_line(e)}") from e
+    finally:
+        client.close()
+    return name
 
 
 class ManagedContainer:
@@ -362,7 +387,11 @@ class NatsContainer(ManagedContainer):
         image: str,
         extra_args: list[str] | None = None,
         session: str = SESSION_ID,
+        network: str | None = None,
     ) -> None:
+        """``network``: None for host networking (the server listens on 127.0.0.1 at the
+        given ports); a bridge network's name to run it there instead, listening on
+        4222/8222 inside and published on 127.0.0.1 at the given ports."""
         if not _REGION_RE.match(region):
             raise ValueError(f"region {region!r}: use letters, digits, '_', '.', '-' (max 63)")
         if not _SESSION_RE.match(session):
@@ -376,6 +405,7 @@ class NatsContainer(ManagedContainer):
         self.image = image
         self.extra_args = list(extra_args or [])
         self.session = session
+        self.network = network
         self.name = f"relaynet-{region}-{uuid.uuid4().hex[:8]}"
         self._tc: DockerContainer | None = None
 
@@ -389,13 +419,14 @@ class NatsContainer(ManagedContainer):
 
     @property
     def command(self) -> list[str]:
+        bridged = self.network is not None
         return [
             "-a",
-            "127.0.0.1",
+            "0.0.0.0" if bridged else "127.0.0.1",
             "-p",
-            str(self.client_port),
+            str(_INNER_CLIENT_PORT if bridged else self.client_port),
             "-m",
-            str(self.monitor_port),
+            str(_INNER_MONITOR_PORT if bridged else self.monitor_port),
             "--jetstream",
             "--store_dir",
             "/data",
@@ -418,8 +449,14 @@ class NatsContainer(ManagedContainer):
         tc = DockerContainer(self.image, name=self.name).with_command(self.command)
         tc.image = self.image  # no TESTCONTAINERS_HUB_IMAGE_NAME_PREFIX: the tag is local
         tc.with_volume_mapping(str(self.store_dir.resolve()), "/data", mode="rw")
+        if self.network is not None:
+            # testcontainers' with_bind_ports takes no host address, and the ports must be
+            # published on loopback only: docker-py reads (address, port) from this dict.
+            ports: dict[str, Any] = tc.ports  # typed for ports only; docker-py takes both
+            ports[f"{_INNER_CLIENT_PORT}/tcp"] = ("127.0.0.1", self.client_port)
+            ports[f"{_INNER_MONITOR_PORT}/tcp"] = ("127.0.0.1", self.monitor_port)
         tc.with_kwargs(
-            network="host",
+            network=self.network or "host",
             labels={LABEL: self.session, f"{LABEL}.region": self.region},
             # the store on the host belongs to whoever runs the simulation, not to root
             user=f"{os.getuid()}:{os.getgid()}",

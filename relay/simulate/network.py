@@ -118,11 +118,24 @@ class RelayNetwork:
         namespaces: Sequence[dict[str, Any]] = (),
         workdir: Path | None = None,
         relays_in_containers: bool = False,
+        networking: str = "host",
     ) -> None:
         """``relays_in_containers``: each relay runs in a container of the image built from
-        deploy/Dockerfile (``relay_image.ensure_relay_image``) instead of as a process."""
+        deploy/Dockerfile (``relay_image.ensure_relay_image``) instead of as a process.
+        ``networking``: ``"host"`` (default: each NATS container on its own loopback port
+        of the host's network) or ``"bridge"`` (the NATS containers on a bridge network of
+        their own, each published on a loopback port; relays stay local processes)."""
         if relays_per_region < 1:
             raise SpecError("relays_per_region must be at least 1")
+        if networking not in ("host", "bridge"):
+            raise SpecError(f"networking must be host or bridge, not {networking!r}")
+        if networking == "bridge" and relays_in_containers:
+            raise SpecError(
+                "bridge networking runs relays as local processes: relays in containers use "
+                "host networking (they reach the links' proxies on 127.0.0.1)"
+            )
+        self.networking = networking
+        self.bridge: str | None = None
         self.spec = spec
         self.relays_per_region = relays_per_region
         self.namespaces = list(namespaces)
@@ -165,6 +178,10 @@ class RelayNetwork:
     async def _start(self) -> None:
         assert self._tg is not None
         image = await anyio.to_thread.run_sync(containers.ensure_nats_image)
+        if self.networking == "bridge":
+            self.bridge = await anyio.to_thread.run_sync(
+                containers.create_bridge_network, self.session
+            )
         for name in self.spec.regions:
             store = self.workdir / name / "nats"
             store.mkdir(parents=True, exist_ok=True)
@@ -175,6 +192,7 @@ class RelayNetwork:
                 store_dir=store,
                 image=image,
                 session=self.session,
+                network=self.bridge,
             )
             self.regions[name] = _Region(name, nats)
         for region in self.regions.values():

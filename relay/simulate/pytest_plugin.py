@@ -28,7 +28,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "relay_network(regions=None, latency_ms=20, matrix=None, relays_per_region=1, "
-        "namespaces=(), relays_in_containers=False): the shape of the relay_network "
+        "namespaces=(), relays_in_containers=False, networking='host'): the shape of the "
+        "relay_network "
         "fixture's network",
     )
 
@@ -65,5 +66,6 @@ def relay_network(request: pytest.FixtureRequest, relay_network_spec: NetworkSpe
         relays_per_region=int(options.get("relays_per_region", 1)),
         namespaces=list(options.get("namespaces", ())),
         relays_in_containers=bool(options.get("relays_in_containers", False)),
+        networking=str(options.get("networking", "host")),
     ) as network:
         yield network

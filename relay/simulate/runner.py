@@ -18,9 +18,13 @@ async def run_simulation(
     refresh_s: float,
     duration_s: float | None,
     relays_in_containers: bool = False,
+    networking: str = "host",
 ) -> int:
     async with RelayNetwork(
-        spec, relays_per_region=relays_per_region, relays_in_containers=relays_in_containers
+        spec,
+        relays_per_region=relays_per_region,
+        relays_in_containers=relays_in_containers,
+        networking=networking,
     ) as network:
         print("relaynet simulate: network up", flush=True)
         for region, url in network.edges().items():

@@ -17,7 +17,7 @@ from relay.client.connection import ConnectionState, Subscription, data_of
 from relay.simulate import containers
 from relay.simulate.client import timeout
 from relay.simulate.network import RelayNetwork
-from relay.simulate.spec import SpecError, parse_matrix
+from relay.simulate.spec import SpecError, parse_matrix, uniform
 from tests.support.checker import check_causal, ids
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -92,6 +92,53 @@ async def test_partition_heal_and_region_restart_in_containers() -> None:
             assert check_causal(received) == []
             assert sorted(ids(received)) == sorted(acked)
     assert our_containers(network.session) == [], "teardown left containers"
+
+
+def our_networks(session: str) -> list[Any]:
+    client = docker.from_env()
+    try:
+        return list(client.networks.list(filters={"label": f"relaynet.simulate={session}"}))
+    finally:
+        client.close()
+
+
+async def test_bridge_networking_a_network_of_their_own_removed_at_the_end() -> None:
+    """networking="bridge": the NATS containers sit on a bridge network made for the
+    session (not the host's), reached through ports published on 127.0.0.1; federation,
+    a cut and a region restart work the same; teardown removes the network too."""
+    network = RelayNetwork(uniform(("us-east", "eu-west"), 10), networking="bridge")
+    async with network:
+        (bridge,) = our_networks(network.session)
+        containers_now = our_containers(network.session)
+        assert len(containers_now) == 2
+        for container in containers_now:
+            settings = container.attrs["NetworkSettings"]
+            assert list(settings["Networks"]) == [bridge.name]
+            published = [b["HostIp"] for b in settings["Ports"]["4222/tcp"]]
+            assert published == ["127.0.0.1"]  # nothing listens beyond loopback
+        async with network.client("us-east") as east, network.client("eu-west") as west:
+            await west.subscribe("chat:bridge")
+            acked = [(await east.publish("chat:bridge", n))["id"] for n in range(5)]
+            await west.wait_messages("chat:bridge", 5, 30)
+            network.partition("us-east", "eu-west")
+            acked += [(await east.publish("chat:bridge", n))["id"] for n in range(5, 10)]
+            network.heal()
+            await west.wait_messages("chat:bridge", 10, 30)
+            assert ids(west.messages["chat:bridge"]) == acked
+        await network.kill_region("eu-west")
+        await network.restart_region("eu-west")
+        async with network.client("eu-west") as west:
+            await west.subscribe("chat:bridge", position={})
+            await west.wait_messages("chat:bridge", 10, 30)
+    assert our_containers(network.session) == []
+    assert our_networks(network.session) == []
+
+
+def test_bridge_networking_and_relays_in_containers_do_not_mix() -> None:
+    with pytest.raises(SpecError, match="bridge networking runs relays as local processes"):
+        RelayNetwork(uniform(("us-east",), 0), networking="bridge", relays_in_containers=True)
+    with pytest.raises(SpecError, match="host or bridge"):
+        RelayNetwork(uniform(("us-east",), 0), networking="overlay")
 
 
 async def test_operations_name_what_is_wrong() -> None:
