@@ -47,6 +47,15 @@ class RelayCollector:
                 "Channel subscriptions of connected clients.",
                 sum(len(c.subscriptions) for c in edge.connections),
             )
+            sent = CounterMetricFamily(
+                "relaynet_redirects",
+                "Clients sent elsewhere (reason: overloaded, draining), and clients this relay "
+                "refused or let go with nowhere to send them (target none).",
+                labels=[*self.labels, "reason", "target"],
+            )
+            for (reason, target), count in sorted(edge.redirects.items()):
+                sent.add_metric([*self.labels.values(), reason, target], count)
+            yield sent
         if feeds is not None:
             yield self._gauge(
                 "relaynet_channels",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import http
 import itertools
 import json
@@ -52,6 +53,8 @@ class WsEdge:
         self._all_closed = anyio.Event()
         self._server: Server | None = None
         self._spread = itertools.count()
+        # (reason, "sibling" | "none") -> clients: for /metrics
+        self.redirects: collections.Counter[tuple[str, str]] = collections.Counter()
 
     def connected_frame(self, connection_id: str) -> bytes:
         return connected_frame(
@@ -72,8 +75,10 @@ class WsEdge:
     def _redirect(self, reason: str) -> bytes | None:
         """A ``redirect`` frame to where a client should go instead, if anywhere."""
         if self.directory is None:
+            self.redirects[(reason, "none")] += 1
             return None
         target = self.directory.redirect(next(self._spread))
+        self.redirects[(reason, "none" if target is None else "sibling")] += 1
         if target is None:
             return None
         return redirect_frame(target.url, target.region, reason)

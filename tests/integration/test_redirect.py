@@ -30,12 +30,11 @@ from tests.support.wsclient import protocol_client
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
 
-async def edges_of(node: RelayNode) -> dict[str, Any]:
-    url = f"http://127.0.0.1:{node.port}/v1/edges"
+async def http_get(node: RelayNode, path: str) -> str:
     host, port = "127.0.0.1", node.port
     async with await anyio.connect_tcp(host, port) as stream:
         await stream.send(
-            f"GET /v1/edges HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
         )
         raw = b""
         try:
@@ -44,8 +43,12 @@ async def edges_of(node: RelayNode) -> dict[str, Any]:
         except (anyio.EndOfStream, anyio.BrokenResourceError):
             pass
     head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), (url, head)
-    doc: dict[str, Any] = json.loads(body)
+    assert head.startswith(b"HTTP/1.1 200"), (path, head)
+    return body.decode()
+
+
+async def edges_of(node: RelayNode) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(await http_get(node, "/v1/edges"))
     return doc
 
 
@@ -127,6 +130,11 @@ async def test_a_full_relay_redirects_new_clients_to_a_sibling(nats_url: str) ->
                     ack = await client.publish("chat:redirect", {"n": 1})
                     assert ack.position.to_dict() == {"us-east": 1}
             assert ConnectionState.SUSPENDED not in states
+        metrics = await http_get(full, "/metrics")
+        assert (
+            'relaynet_redirects_total{reason="overloaded",region="us-east",relay="r1",'
+            'target="sibling"} 2.0'
+        ) in metrics, metrics
 
 
 async def test_two_full_relays_do_not_bounce_a_client_forever(nats_url: str) -> None:
