@@ -24,6 +24,7 @@ import msgspec
 import nats
 import nats.errors
 import nats.js.errors
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -36,6 +37,12 @@ from federation.logformat import StoredMessage
 log = logging.getLogger("relaynet.federation")
 
 MAX_ACK_PENDING = 20_000
+# Channels are applied this many at a time per link and namespace: each append is a
+# compare-and-set round trip to our NATS, so one at a time capped a link at a few hundred
+# messages a second. A channel always goes to the same worker, which keeps its order
+# (causal order is per channel).
+LINK_WORKERS = 16
+WORKER_QUEUE = 256
 
 
 class PeerLink:
@@ -151,11 +158,24 @@ class PeerLink:
                 log.debug("peer %s stream %s not ready: %r", self.peer_region, stream, exc)
                 await anyio.sleep(0.5)
         try:
-            async for msg in sub.messages:
-                await self._handle(stream, msg)
+            with contextlib.ExitStack() as streams:
+                queues: list[MemoryObjectSendStream[Msg]] = []
+                async with anyio.create_task_group() as tg:
+                    for _ in range(LINK_WORKERS):
+                        send, receive = anyio.create_memory_object_stream[Msg](WORKER_QUEUE)
+                        queues.append(streams.enter_context(send))
+                        tg.start_soon(self._work, stream, streams.enter_context(receive))
+                    async for msg in sub.messages:
+                        # A full queue (a channel waiting on its causal buffer) holds the
+                        # link back, as it should: the peer keeps what we have not taken.
+                        await queues[hash(msg.subject) % LINK_WORKERS].send(msg)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await sub.unsubscribe()
+
+    async def _work(self, stream: str, messages: MemoryObjectReceiveStream[Msg]) -> None:
+        async for msg in messages:
+            await self._handle(stream, msg)
 
     async def _handle(self, stream: str, msg: Msg) -> None:
         self.received += 1
