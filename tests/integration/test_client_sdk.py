@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import signal
 import socket
 import sys
@@ -604,8 +605,11 @@ async def test_a_frozen_relay_is_left_by_keepalive_and_tried_last(
             states = States()
             received = Received()
             acked: list[str] = []
+            opened = Opened()
             with anyio.fail_after(timeout(60)):
-                async with fast_connect(frozen_url, on_state=states, keepalive_s=0.5) as client:
+                async with fast_connect(
+                    frozen_url, on_state=states, keepalive_s=0.5, dial=opened
+                ) as client:
                     assert client.relay == "frozen"
                     sub = await client.subscribe("chat:frozen")
                     async with anyio.create_task_group() as tg:
@@ -615,11 +619,14 @@ async def test_a_frozen_relay_is_left_by_keepalive_and_tried_last(
                                 publish_series, other.url, "chat:frozen", "p", 200, acked
                             )
                             await received.wait_count(50)
+                            before = len(opened.websockets)
                             os.kill(proc.pid, signal.SIGSTOP)
                             try:
                                 await states.wait_for(ConnectionState.CONNECTED, times=2)
                             finally:
                                 os.kill(proc.pid, signal.SIGCONT)
+                            # The frozen edge is not retried first: the sibling is.
+                            assert opened.websockets[before:] == [other.url]
                         await received.wait_count(len(acked))
                         tg.cancel_scope.cancel()
                     assert client.relay == "other"
@@ -627,6 +634,60 @@ async def test_a_frozen_relay_is_left_by_keepalive_and_tried_last(
     assert ids(received.frames) == acked
     assert check_causal(received.frames) == []
     assert ConnectionState.SUSPENDED not in states.seen
+
+
+class Opened:
+    """A ``dial`` that changes nothing and writes down every WebSocket the client opens."""
+
+    def __init__(self) -> None:
+        self.websockets: list[str] = []
+
+    def __call__(self, url: str) -> str:
+        if url.endswith("/v1/ws"):
+            self.websockets.append(url)
+        return url
+
+
+class Jitter(random.Random):
+    """The SDK's backoff randomness, counted: one draw per backoff pause."""
+
+    def __init__(self) -> None:
+        super().__init__(7)
+        self.draws = 0
+
+    def uniform(self, a: float, b: float) -> float:
+        self.draws += 1
+        return super().uniform(a, b)
+
+
+async def test_a_crashed_relay_one_pause_then_the_next_edge_at_once(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL: after the drop the client waits one jittered pause (spreading a crowd),
+    retries the dead edge (refused at once) and goes on to the next edge without a
+    second pause."""
+    dead_cfg = make_config(nats_url=nats_url, relay_id="dead")
+    with relay_process(config_file(tmp_path / "dead.toml", dead_cfg), tmp_path / "d.log") as (
+        proc,
+        dead_url,
+    ):
+        async with running_relays(make_config(nats_url=nats_url, relay_id="other")) as (other,):
+            with anyio.fail_after(timeout(15)):
+                while True:  # the relay about to die must list its sibling (beats: 1 s)
+                    directory = await fetch_directory([dead_url])
+                    if directory and other.url in {e.url for e in directory.edges}:
+                        break
+                    await anyio.sleep(0.1)
+            states, opened, jitter = States(), Opened(), Jitter()
+            with anyio.fail_after(timeout(30)):
+                async with fast_connect(dead_url, on_state=states, dial=opened, rng=jitter) as c:
+                    assert c.relay == "dead"
+                    draws, before = jitter.draws, len(opened.websockets)
+                    os.kill(proc.pid, signal.SIGKILL)
+                    await states.wait_for(ConnectionState.CONNECTED, times=2)
+                    assert c.relay == "other"
+                    assert opened.websockets[before:] == [dead_url, other.url]
+                    assert jitter.draws - draws == 1
 
 
 # --- dial: a client location with its own path to every edge -------------------------------
