@@ -27,7 +27,7 @@ import pytest
 
 from config.schema import RelayConfig
 from relay.client.backoff import Backoff
-from relay.client.connection import Client, Directory, DirectoryEdge, plan
+from relay.client.connection import Client, Directory, DirectoryEdge, fetch_directory, plan
 from relay.client.routing import Edge, MoveBackPolicy, choose, should_move_back
 from relay.client.session import (
     ClientSession,
@@ -40,7 +40,13 @@ from relay.node import RelayNode
 from tests.browser.chromium import CHROMIUM, Browser, Page, chromium, chromium_available
 from tests.integration.test_redirect import wait_listed
 from tests.support.regions import FAST_FEDERATION, region_nats, running_regions
-from tests.support.relays import make_config, relay_process, running_relays, timeout
+from tests.support.relays import (
+    config_file,
+    make_config,
+    relay_process,
+    running_relays,
+    timeout,
+)
 from tests.support.wsclient import protocol_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -362,6 +368,112 @@ async def test_hung_relay_outage_and_recovery(tmp_path: Path, nats_url: str) -> 
                 await page.wait_for("got.length === 2", 10, "the queued message")
             assert await page.evaluate("got") == ["on spare", "queued"]
             assert pending.endswith("-2")
+
+
+# The supervisor's order of attempts, as the page sees it: every WebSocket the client opens
+# (through options.WebSocket), every backoff pause ("retry", with the edge it precedes), every
+# drop and every connection, in one list.
+WATCHED_CLIENT = """(async () => {
+  const m = await import('/v1/client.js');
+  window.log = [];
+  class Watched extends WebSocket {
+    constructor(url, ...rest) {
+      log.push(['open', String(url)]);
+      super(url, ...rest);
+    }
+  }
+  window.c = m.createClient(%s, {WebSocket: Watched, maxMs: 1000});
+  c.on('retry', (r) => log.push(['retry', r.url ?? null]));
+  c.on('state', (s, info) => { if (s === 'disconnected') log.push([s, info.reason ?? null]); });
+  c.on('connected', (e) => log.push(['connected', e.url]));
+  await c.ready;
+})()"""
+
+
+async def sibling_listed(url: str, sibling: str) -> None:
+    """Until the relay at ``url`` lists ``sibling`` in /v1/edges (beats: every second)."""
+    with anyio.fail_after(timeout(15)):
+        while True:
+            directory = await fetch_directory([url])
+            if directory and sibling in {e.url for e in directory.edges}:
+                return
+            await anyio.sleep(0.1)
+
+
+async def watched_page(browser: Browser, origin_port: int, seed: str) -> Page:
+    """A page (served by the relay on ``origin_port``) whose client, seeded with ``seed``
+    only, is connected and writes down what it does in ``log``."""
+    page = await browser.new_page(f"http://127.0.0.1:{origin_port}/v1/ping")
+    await page.evaluate(WATCHED_CLIENT % json.dumps([seed]), timeout_s=20)
+    return page
+
+
+async def test_a_crashed_relay_one_pause_then_the_next_edge_at_once(
+    tmp_path: Path, nats_url: str
+) -> None:
+    """SIGKILL: after the drop the page's client waits one jittered pause (spreading a
+    crowd), retries the dead edge (refused at once) and goes on to the next edge of the
+    round without a second pause."""
+    dead_cfg = make_config(nats_url=nats_url, relay_id="dead")
+    with relay_process(config_file(tmp_path / "dead.toml", dead_cfg), tmp_path / "d.log") as (
+        proc,
+        dead_url,
+    ):
+        async with running_relays(make_config(nats_url=nats_url, relay_id="other")) as (other,):
+            await sibling_listed(dead_url, other.url)
+            async with chromium(tmp_path / "chromium.log") as browser:
+                page = await watched_page(browser, other.port, dead_url)
+                assert await page.evaluate("[c.relay, c.survey.candidates.map((e) => e[1])]") == [
+                    "dead",
+                    [dead_url, other.url],
+                ]
+                before = await page.evaluate("log.length")
+                os.kill(proc.pid, signal.SIGKILL)
+                await page.wait_for("c.connections === 2", 20, "the page on the other relay")
+                assert await page.evaluate("c.relay") == "other"
+                assert await page.evaluate(f"log.slice({before})") == [
+                    ["disconnected", "connection lost"],
+                    ["retry", dead_url],  # the one pause, before the dead edge
+                    ["open", dead_url],  # refused at once
+                    ["open", other.url],  # no pause in between
+                    ["connected", other.url],
+                ]
+
+
+async def test_a_frozen_relay_is_left_by_liveness_and_tried_last(
+    tmp_path: Path, nats_url: str
+) -> None:
+    """SIGSTOP: the relay's sockets stay open and its kernel still accepts connections. The
+    page's liveness check (a protocol ping with no frame back within heartbeat_s) gives it
+    up, and the next round tries it last: the next WebSocket the page opens is the
+    sibling's, not one more handshake left hanging on the frozen relay."""
+    config = tmp_path / "frozen.toml"
+    config.write_text(
+        f'[region]\nname = "us-east"\n[relay]\nid = "frozen"\nhost = "127.0.0.1"\n'
+        f'port = 0\nheartbeat_s = 0.5\n[nats]\nurl = "{nats_url}"\n'
+    )
+    with relay_process(config, tmp_path / "f.log") as (proc, frozen_url):
+        async with running_relays(make_config(nats_url=nats_url, relay_id="other")) as (other,):
+            await sibling_listed(frozen_url, other.url)
+            async with chromium(tmp_path / "chromium.log") as browser:
+                page = await watched_page(browser, other.port, frozen_url)
+                assert await page.evaluate(
+                    "[c.relay, c.heartbeatS, c.survey.candidates.map((e) => e[1])]"
+                ) == ["frozen", 0.5, [frozen_url, other.url]]
+                before = await page.evaluate("log.length")
+                os.kill(proc.pid, signal.SIGSTOP)
+                try:
+                    await page.wait_for("c.connections === 2", 30, "the page on the other relay")
+                finally:
+                    os.kill(proc.pid, signal.SIGCONT)
+                assert await page.evaluate("c.relay") == "other"
+                (state, reason), *after = await page.evaluate(f"log.slice({before})")
+                assert state == "disconnected" and reason.startswith("no frame for"), reason
+                assert after == [
+                    ["retry", other.url],  # one pause, then the sibling first
+                    ["open", other.url],
+                    ["connected", other.url],
+                ]
 
 
 async def test_moves_back_to_a_nearer_region(tmp_path: Path) -> None:
