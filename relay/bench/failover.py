@@ -74,7 +74,6 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from federation.linkproxy import LinkProxy
 from relay.bench.fanout import (
     BUSY_ELSEWHERE,
-    BenchError,
     ServerProcess,
     _cpu_seconds,
     _machine_busy_seconds,
@@ -87,7 +86,7 @@ from relay.bench.fanout import (
     poll_until,
 )
 from relay.bench.federation import REGIONS, NatsServer, _spawn_nats, _stop_all
-from relay.bench.report import run_and_report
+from relay.bench.report import BenchError, run_and_report, server_log_lines
 from relay.client import connection as sdk
 from relay.client.connection import ConnectionState, Subscription, data_of
 
@@ -796,11 +795,7 @@ def format_report(r: Report) -> str:
         "",
         *_failover_section(r, "freeze"),
     ]
-    if r.problems:
-        lines.append(f"server logs   {len(r.problems)} warning/error lines, first ones:")
-        lines += [f"    {line[:200]}" for line in r.problems[:8]]
-    else:
-        lines.append("server logs   no warnings or errors")
+    lines += server_log_lines("server logs   ", r.problems)
     return "\n".join(lines)
 
 

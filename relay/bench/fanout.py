@@ -50,6 +50,8 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from relay.bench.report import BenchError, server_log_lines
+
 CHANNEL = "bench:fanout"
 ACK_WINDOW = 64  # publishes in flight without an ack
 MAX_MESSAGES = 2_000_000  # hard cap per run, whatever --seconds and --rate say
@@ -70,10 +72,6 @@ READY_RE = re.compile(r"ready on (ws://\S+)")
 PROBLEM_RE = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|\[(WRN|ERR|FTL)\]|Traceback")
 
 clock = time.perf_counter
-
-
-class BenchError(Exception):
-    """The benchmark could not run (a server did not start, a handshake failed)."""
 
 
 # --- frames -------------------------------------------------------------------------------
@@ -847,11 +845,7 @@ def format_result(r: RunResult) -> str:
     ]
     if r.publish_errors:
         lines.append(f"first publish error   {r.publish_errors[0]}")
-    if r.problems:
-        lines.append(f"server log            {len(r.problems)} warning/error lines, first ones:")
-        lines += [f"    {line[:200]}" for line in r.problems[:5]]
-    else:
-        lines.append("server log            no warnings or errors")
+    lines += server_log_lines("server log            ", r.problems, shown=5)
     return "\n".join(lines)
 
 

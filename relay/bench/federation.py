@@ -65,7 +65,6 @@ from relay.bench.fanout import (
     BUSY_ELSEWHERE,
     READY_TIMEOUT_S,
     SATURATED,
-    BenchError,
     LatencySampler,
     Publisher,
     ServerProcess,
@@ -83,7 +82,7 @@ from relay.bench.fanout import (
     percentile,
     poll_until,
 )
-from relay.bench.report import run_and_report
+from relay.bench.report import BenchError, run_and_report, server_log_lines
 
 REGIONS = ("us-east", "eu-west", "ap-south")
 HOME = "us-east"  # where the publisher is
@@ -1051,11 +1050,7 @@ def format_report(r: Report) -> str:
         + ", ".join(f"{name} {s:.1f} s" for name, s in r.cpu_s.items())
         + f" ({os.cpu_count()} cores)",
     ]
-    if r.problems:
-        lines.append(f"server logs           {len(r.problems)} warning/error lines, first ones:")
-        lines += [f"    {line[:200]}" for line in r.problems[:8]]
-    else:
-        lines.append("server logs           no warnings or errors")
+    lines += server_log_lines("server logs           ", r.problems)
     return "\n".join(lines)
 
 

@@ -8,9 +8,20 @@ from typing import TypeVar
 
 import anyio
 
-from relay.bench.fanout import BenchError
-
 R = TypeVar("R")
+
+
+class BenchError(Exception):
+    """The benchmark could not run (a server did not start, a handshake failed)."""
+
+
+def server_log_lines(label: str, problems: list[str], shown: int = 8) -> list[str]:
+    """The report's last lines: what the servers logged as warnings or errors."""
+    if not problems:
+        return [f"{label}no warnings or errors"]
+    return [f"{label}{len(problems)} warning/error lines, first ones:"] + [
+        f"    {line[:200]}" for line in problems[:shown]
+    ]
 
 
 def first_error(exc: BaseException) -> BaseException:
