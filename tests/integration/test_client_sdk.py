@@ -755,10 +755,20 @@ async def test_cli_edges_pub_and_sub(tmp_path: Path) -> None:
             code = await sub_command("chat:cli", [seed], {}, limit=2, out=out, err=err)
             assert code == 0
             lines = [json.loads(line) for line in out.getvalue().splitlines()]
-            assert [m["id"] for m in lines] == [a["id"] for a in acks]
-            assert [m["data"] for m in lines] == [{"text": "hi"}, "plain words"]
+            # Every edge is equally near on loopback, so each `pub` run may pick its own
+            # region. Two messages from one origin keep publish order; from two origins
+            # they are causally unrelated (separate clients) and may come either way.
+            origins = {a["id"]: m["origin"] for a in acks for m in lines if m["id"] == a["id"]}
+            if len(set(origins.values())) == 1:
+                assert [m["id"] for m in lines] == [a["id"] for a in acks]
+            assert sorted(m["id"] for m in lines) == sorted(a["id"] for a in acks)
+            data = {m["id"]: m["data"] for m in lines}
+            assert [data[a["id"]] for a in acks] == [{"text": "hi"}, "plain words"]
+            assert check_causal(lines) == []
             assert all(m["region"] in REGIONS and m["origin"] in REGIONS for m in lines)
-            assert lines[-1]["position"] == acks[-1]["position"]
+            # Where the subscriber ended: exactly both messages, however they were stored.
+            both = {r: max(a["position"].get(r, 0) for a in acks) for r in REGIONS}
+            assert lines[-1]["position"] == {r: n for r, n in both.items() if n}
             resume = f"resume with --from-position '{json.dumps(lines[-1]['position'])}'"
             assert resume in err.getvalue()
 
