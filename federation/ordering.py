@@ -67,6 +67,8 @@ class ChannelOrderBuffer(Generic[P]):
         self.max_buffered = max_buffered
         # (origin, seq) -> message; one copy per message whatever the paths it came by.
         self._waiting: dict[tuple[str, int], Stamped[P]] = {}
+        # origin -> how many of its messages wait: next_ready looks up one key per origin.
+        self._origins: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -80,30 +82,50 @@ class ChannelOrderBuffer(Generic[P]):
             return False
         if len(self._waiting) >= self.max_buffered:
             raise BufferFull(f"{len(self._waiting)} messages wait for their predecessors")
-        self._waiting[key] = msg
+        self._add(msg)
         return True
+
+    def restore(self, msg: Stamped[P]) -> None:
+        """Put back a message taken for an append that did not happen (no bound: it was
+        counted when it came in)."""
+        if (msg.origin, msg.seq) not in self._waiting:
+            self._add(msg)
+
+    def _add(self, msg: Stamped[P]) -> None:
+        self._waiting[(msg.origin, msg.seq)] = msg
+        self._origins[msg.origin] = self._origins.get(msg.origin, 0) + 1
+
+    def _remove(self, key: tuple[str, int]) -> None:
+        if self._waiting.pop(key, None) is not None:
+            left = self._origins[key[0]] - 1
+            if left:
+                self._origins[key[0]] = left
+            else:
+                del self._origins[key[0]]
 
     def drop_covered(self, applied: VectorClock) -> list[Stamped[P]]:
         """Forget (and return) waiting messages that ``applied`` already covers."""
         covered = [m for m in self._waiting.values() if is_applied(m.ts, m.origin, applied)]
         for m in covered:
-            del self._waiting[(m.origin, m.seq)]
+            self._remove((m.origin, m.seq))
         return covered
 
     def next_ready(self, applied: VectorClock) -> Stamped[P] | None:
         """A message causally ready against ``applied`` (lowest origin first), or None.
 
-        Messages that ``applied`` already covers are dropped on the way.
+        Only the next message of each origin can be ready, so this is one lookup per
+        origin, whatever the number waiting. Covered messages are left for
+        ``drop_covered``.
         """
-        self.drop_covered(applied)
-        candidates = [m for m in self._waiting.values() if is_ready(m.ts, m.origin, applied)]
-        if not candidates:
-            return None
-        return min(candidates, key=lambda m: m.origin)
+        for origin in sorted(self._origins):
+            msg = self._waiting.get((origin, applied.get(origin) + 1))
+            if msg is not None and is_ready(msg.ts, msg.origin, applied):
+                return msg
+        return None
 
     def applied(self, msg: Stamped[P]) -> None:
-        """The caller appended ``msg`` to the log."""
-        self._waiting.pop((msg.origin, msg.seq), None)
+        """The caller appended ``msg`` to the log (or took it to append)."""
+        self._remove((msg.origin, msg.seq))
 
     def missing(self, applied: VectorClock) -> VectorClock:
         """For each region, the highest counter the waiting messages need but we lack."""

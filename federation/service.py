@@ -1,10 +1,11 @@
-"""Federation for one region: a lease-guarded link per peer feeding one applier.
+"""Federation for one region: a lease-guarded link per peer feeding the region writer.
 
-Runs inside a relay (``[federation] run_in_relay``) or alone
-(``relaynet federate``). Any number of instances per region may run: each
-peer link is served by whichever instance holds its lease, and every append
-is a compare-and-set, so a message lands in this region's log exactly once
-whichever instance, link or path brings it.
+Runs inside a relay (``[federation] run_in_relay``, sharing the relay's writer,
+so local publishes and remote messages of a channel go through one queue) or
+alone (``relaynet federate``, with a writer of its own). Any number of
+instances per region may run: each peer link is served by whichever instance
+holds its lease, and every append is a compare-and-set, so a message lands in
+this region's log exactly once whichever instance, link or path brings it.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from nats.aio.client import Client as NatsClient
 
 from config.schema import RelayConfig
 from federation import logformat
-from federation.adapters.applier import Applier
 from federation.adapters.lease import Lease
 from federation.adapters.nats_link import PeerLink
-from federation.adapters.region_log import LogUnavailable, region_log_for
+from federation.adapters.region_log import region_log_for
+from federation.adapters.region_writer import RegionWriter
 from federation.adapters.sequencer import Sequencer
 
 log = logging.getLogger("relaynet.federation")
@@ -35,13 +36,22 @@ HEARTBEAT_INTERVAL_S = 1.0
 
 
 class FederationService:
-    def __init__(self, cfg: RelayConfig, nc: NatsClient, instance_id: str) -> None:
+    def __init__(
+        self,
+        cfg: RelayConfig,
+        nc: NatsClient,
+        instance_id: str,
+        writer: RegionWriter | None = None,
+    ) -> None:
+        """``writer``: the relay's, when federation runs inside it (the caller runs it);
+        without one the service makes and runs its own."""
         self.cfg = cfg
         self.nc = nc
         self.instance_id = instance_id
         region = cfg.region.name
         self.region_log = region_log_for(nc, cfg)
-        self.applier = Applier(self.region_log, region, cfg.federation.max_buffered)
+        self._own_writer = writer is None
+        self.writer = writer or RegionWriter(self.region_log, cfg.federation.max_buffered)
         namespaces = [rule.name for rule in cfg.all_namespaces]
         self.links = {
             peer.region: PeerLink(
@@ -49,7 +59,7 @@ class FederationService:
                 peer_region=peer.region,
                 peer_url=peer.nats_url,
                 namespaces=namespaces,
-                applier=self.applier,
+                writer=self.writer,
                 ack_wait_s=cfg.federation.ack_wait_s,
                 forward_heartbeat=self._forward_heartbeat,
             )
@@ -81,13 +91,14 @@ class FederationService:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
+            if self._own_writer:
+                await tg.start(self.writer.run)
             for peer, link in self.links.items():
                 tg.start_soon(self.leases[peer].run)
                 tg.start_soon(self._serve_while_leased, self.leases[peer], link.run)
             if self.sequencer is not None:
                 tg.start_soon(self.sequencer_lease.run)
                 tg.start_soon(self._serve_while_leased, self.sequencer_lease, self.sequencer.run)
-                tg.start_soon(self._announce_progress)
             tg.start_soon(self._recheck)
             tg.start_soon(self._beat)
             task_status.started()
@@ -118,19 +129,7 @@ class FederationService:
                     await lease.wait_changed()
                 tg.cancel_scope.cancel()
 
-    async def _announce_progress(self) -> None:
-        delay = self.cfg.federation.progress_delay_ms / 1000
-        while True:
-            await anyio.sleep(delay)
-            try:
-                await self.applier.announce_progress()
-            except LogUnavailable as exc:
-                log.debug("progress: %r", exc)
-
     async def _recheck(self) -> None:
         while True:
             await anyio.sleep(RECHECK_INTERVAL_S)
-            try:
-                await self.applier.recheck()
-            except LogUnavailable as exc:
-                log.debug("recheck: %r", exc)
+            self.writer.recheck()

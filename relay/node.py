@@ -17,6 +17,7 @@ from anyio.abc import TaskStatus
 from nats.aio.client import Client as NatsClient
 
 from config.schema import RelayConfig
+from federation.adapters.region_writer import RegionWriter
 from federation.service import FederationService
 from relay.adapters.directory import EdgeDirectory
 from relay.adapters.embedded_nats import EmbeddedNats
@@ -24,8 +25,8 @@ from relay.adapters.feed_manager import FeedManager
 from relay.adapters.log_reader import LogReader
 from relay.adapters.metrics import RelayCollector, make_registry, render
 from relay.adapters.nats_broker import NatsBroker
-from relay.adapters.publisher import Publisher
 from relay.adapters.ws_edge import WsEdge
+from relay.core.feed import LogEntry
 
 log = logging.getLogger("relaynet.node")
 
@@ -70,13 +71,24 @@ class RelayNode:
                 stack.push_async_callback(self._close_nats, nc)
                 broker = NatsBroker(nc, cfg)
                 await broker.ensure_streams()
-                feeds = FeedManager(broker, max_pending=cfg.limits.outbox_max_messages)
+                # One writer per process for the region log: local publishes and remote
+                # messages of a channel queue together, so neither starves the other.
+                writer = RegionWriter(broker.log, cfg.federation.max_buffered)
+                await tg.start(writer.run)
+
+                def note_head(entry: LogEntry) -> None:
+                    if not broker.log.is_total(entry.channel):  # live = the causal log
+                        writer.note_head(entry.channel, entry.seq, entry.msg.pos, entry.msg.origin)
+
+                feeds = FeedManager(broker, cfg.limits.outbox_max_messages, note_head)
                 self._feeds = feeds
                 await tg.start(feeds.run)
                 if cfg.peers and cfg.federation.run_in_relay:
-                    self.federation = FederationService(cfg, nc, instance_id=cfg.relay.id)
+                    self.federation = FederationService(
+                        cfg, nc, instance_id=cfg.relay.id, writer=writer
+                    )
                     await tg.start(self.federation.run)
-                edge = WsEdge(cfg, feeds, Publisher(broker), LogReader(broker))
+                edge = WsEdge(cfg, feeds, writer, LogReader(broker))
                 self.edge = edge
                 registry = make_registry(
                     RelayCollector(

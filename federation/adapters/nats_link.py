@@ -1,4 +1,4 @@
-"""A link to one peer region: read the peer's log, hand every message to the applier.
+"""A link to one peer region: read the peer's log, hand every message to the writer.
 
 The link is a nats-py connection from this region's federation to the peer's
 NATS, and one durable pull consumer per namespace stream on the peer
@@ -10,39 +10,29 @@ its retention), also across restarts of either side.
 The peer's whole log is read, not only what originated there: a message from a
 third region reaches us through any peer that has it, so a single cut link
 does not hold its messages back. Copies and our own messages are dropped by
-the applier.
+the writer, which acknowledges each peer copy once the message is in our log.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 import msgspec
-import nats
-import nats.errors
-import nats.js.errors
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from federation import logformat
-from federation.adapters.applier import Ack, Applier
-from federation.adapters.region_log import LogUnavailable
-from federation.logformat import StoredMessage
+from federation.adapters.region_writer import RegionWriter
 
 log = logging.getLogger("relaynet.federation")
 
 MAX_ACK_PENDING = 20_000
-# Channels are applied this many at a time per link and namespace: each append is a
-# compare-and-set round trip to our NATS, so one at a time capped a link at a few hundred
-# messages a second. A channel always goes to the same worker, which keeps its order
-# (causal order is per channel).
-LINK_WORKERS = 16
-WORKER_QUEUE = 256
 
 
 class PeerLink:
@@ -53,7 +43,7 @@ class PeerLink:
         peer_region: str,
         peer_url: str,
         namespaces: Sequence[str],
-        applier: Applier,
+        writer: RegionWriter,
         ack_wait_s: float,
         forward_heartbeat: Callable[[str, bytes], Awaitable[None]] | None = None,
     ) -> None:
@@ -61,7 +51,7 @@ class PeerLink:
         self.peer_region = peer_region
         self.peer_url = peer_url
         self.namespaces = list(namespaces)
-        self.applier = applier
+        self.writer = writer
         self.ack_wait_s = ack_wait_s
         self.forward_heartbeat = forward_heartbeat
         self.durable = f"fed-{region}"
@@ -157,27 +147,27 @@ class PeerLink:
             except Exception as exc:  # peer or its stream not up yet; an old holder still bound
                 log.debug("peer %s stream %s not ready: %r", self.peer_region, stream, exc)
                 await anyio.sleep(0.5)
+        # Acks go out from a task of their own: the writer calls them once a message is in
+        # our log, from its commit loop, which must not wait on the peer's connection.
+        send_ack, acks = anyio.create_memory_object_stream[Msg](math.inf)
         try:
-            with contextlib.ExitStack() as streams:
-                queues: list[MemoryObjectSendStream[Msg]] = []
-                async with anyio.create_task_group() as tg:
-                    for _ in range(LINK_WORKERS):
-                        send, receive = anyio.create_memory_object_stream[Msg](WORKER_QUEUE)
-                        queues.append(streams.enter_context(send))
-                        tg.start_soon(self._work, stream, streams.enter_context(receive))
-                    async for msg in sub.messages:
-                        # A full queue (a channel waiting on its causal buffer) holds the
-                        # link back, as it should: the peer keeps what we have not taken.
-                        await queues[hash(msg.subject) % LINK_WORKERS].send(msg)
+            async with anyio.create_task_group() as tg, send_ack, acks:
+                tg.start_soon(self._send_acks, acks)
+                async for msg in sub.messages:
+                    await self._handle(stream, msg, send_ack)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await sub.unsubscribe()
 
-    async def _work(self, stream: str, messages: MemoryObjectReceiveStream[Msg]) -> None:
-        async for msg in messages:
-            await self._handle(stream, msg)
+    @staticmethod
+    async def _send_acks(acks: MemoryObjectReceiveStream[Msg]) -> None:
+        async for msg in acks:
+            # A link that dropped, or a message offered twice and so acked twice, only
+            # costs the peer a resend that we drop: never a reason to stop the link.
+            with contextlib.suppress(Exception):
+                await msg.ack()
 
-    async def _handle(self, stream: str, msg: Msg) -> None:
+    async def _handle(self, stream: str, msg: Msg, acks: MemoryObjectSendStream[Msg]) -> None:
         self.received += 1
         try:
             stored = logformat.decode_stored(msg.data)
@@ -187,20 +177,12 @@ class PeerLink:
         except (msgspec.DecodeError, IndexError, ValueError) as exc:
             # Not something any relaynet writes: say so loudly, do not stall the link.
             log.error("peer %s: malformed entry on %s (%s); skipped", stream, msg.subject, exc)
-            with contextlib.suppress(nats.errors.Error):
-                await msg.ack()
+            acks.send_nowait(msg)
             return
-        await self._offer(channel, stored, msg.ack)
-
-    async def _offer(self, channel: str, stored: StoredMessage, ack: Ack) -> None:
-        """Hand one message to the applier, waiting out a full buffer or our own NATS."""
-        delay = 0.1
-        while True:
-            try:
-                if await self.applier.offer(channel, stored, ack):
-                    return
-                log.debug("channel %s: causal buffer full; waiting", channel)
-            except LogUnavailable as exc:  # this region's NATS is slow or away: retry
-                log.warning("channel %s: cannot append yet (%s); retrying", channel, exc)
+        delay = 0.05
+        # A full causal buffer holds the link back, as it should: the peer keeps what we
+        # have not taken.
+        while not self.writer.offer_remote(channel, stored, lambda: acks.send_nowait(msg)):
+            log.debug("channel %s: causal buffer full; waiting", channel)
             await anyio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, 1.0)

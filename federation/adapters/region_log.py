@@ -18,8 +18,10 @@ the log (as another entry).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import nats.errors
 import nats.js.errors
@@ -28,20 +30,16 @@ from nats.aio.msg import Msg
 
 from config.schema import RelayConfig
 from federation import logformat
+from federation.channel_writes import Head
 from federation.logformat import StoredMessage
 from federation.vclock import EMPTY, VectorClock
 
 ERR_WRONG_LAST_SEQUENCE = 10071
+ERR_BATCH_DUPLICATE_ID = 10201
 
 
 class LogUnavailable(Exception):
     """NATS/JetStream did not answer in time; the operation may be retried."""
-
-
-@dataclass(frozen=True)
-class Head:
-    seq: int  # stream sequence of the channel's last entry (0: none)
-    position: VectorClock  # applied vector after it
 
 
 @dataclass(frozen=True)
@@ -115,7 +113,8 @@ class RegionLog:
         if msg is None:
             return Head(0, EMPTY)
         seq = int((msg.headers or {})["Nats-Sequence"])
-        return Head(seq, VectorClock(logformat.decode_stored(msg.data).pos))
+        stored = logformat.decode_stored(msg.data)
+        return Head(seq, VectorClock(stored.pos), stored.origin)
 
     async def entry(self, channel: str, seq: int) -> StoredMessage:
         msg = await self.direct_get(channel, {"seq": seq})
@@ -145,10 +144,61 @@ class RegionLog:
         except nats.js.errors.APIError as exc:
             if exc.err_code == ERR_WRONG_LAST_SEQUENCE:
                 return None
-            raise
+            # Refused for what it is or where (store full, limits): nothing is stored, and
+            # the caller says so as a temporary failure, not as a crash.
+            raise LogUnavailable(f"{stream} refused the append: {exc.description}") from exc
         except nats.errors.Error as exc:  # timeout, no stream response, reconnecting …
             raise LogUnavailable(f"publish to {stream} failed: {exc!r}") from exc
         return Appended(ack.seq, bool(ack.duplicate))
+
+    async def append_group(
+        self, channel: str, entries: Sequence[tuple[StoredMessage, str]], expected_seq: int
+    ) -> int | Literal["moved", "duplicate"]:
+        """Append entries (body, ``Nats-Msg-Id``) as one JetStream atomic batch, if the
+        channel's head is still ``expected_seq``. Returns the last entry's sequence;
+        "moved" if someone appended first, "duplicate" if an id is stored already (nothing
+        of the group is stored in either case).
+
+        One round trip for the whole group: only the commit asks for an answer.
+        """
+        stream, subject = self.where(channel)
+        batch = uuid.uuid4().hex
+        last = len(entries)
+        try:
+            for number, (entry, msg_id) in enumerate(entries, 1):
+                headers = {
+                    "Nats-Batch-Id": batch,
+                    "Nats-Batch-Sequence": str(number),
+                    "Nats-Msg-Id": msg_id,
+                }
+                if number == 1:  # checked against the stream as it was before the batch
+                    headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
+                body = logformat.encode_stored(entry)
+                if number < last:
+                    await self.nc.publish(subject, body, headers=headers)
+                    continue
+                headers["Nats-Batch-Commit"] = "1"
+                reply = await self.nc.request(
+                    subject, body, timeout=self.timeout_s, headers=headers
+                )
+        except nats.errors.Error as exc:  # timeout, no responders, reconnecting, closed …
+            raise LogUnavailable(f"batch to {stream} failed: {exc!r}") from exc
+        try:
+            answer = json.loads(reply.data)
+        except ValueError as exc:
+            raise LogUnavailable(f"batch to {stream}: unreadable answer {reply.data!r}") from exc
+        error = answer.get("error") if isinstance(answer, dict) else None
+        if error:
+            code = error.get("err_code")
+            if code == ERR_WRONG_LAST_SEQUENCE:
+                return "moved"
+            if code == ERR_BATCH_DUPLICATE_ID:
+                return "duplicate"
+            raise LogUnavailable(f"batch to {stream} refused: {error.get('description')}")
+        seq = answer.get("seq") if isinstance(answer, dict) else None
+        if not isinstance(seq, int) or answer.get("count") != last:
+            raise LogUnavailable(f"batch to {stream}: unexpected answer {answer!r}")
+        return seq
 
 
 def region_log_for(nc: NatsClient, cfg: RelayConfig) -> RegionLog:

@@ -21,7 +21,8 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import DeliverPolicy
 
 from federation import logformat
-from federation.adapters.region_log import Head, LogUnavailable, RegionLog
+from federation.adapters.region_log import LogUnavailable, RegionLog
+from federation.channel_writes import Head
 from federation.logformat import StoredMessage
 from federation.total_order import Entry, TotalOrderMerger
 from federation.vclock import VectorClock

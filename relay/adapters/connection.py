@@ -1,12 +1,12 @@
 """One client connection: the ServerSession driven by a WebSocket, and what it asks for.
 
-Three kinds of task per connection: the reader (frames -> session -> actions),
-the writer (outbox -> socket), and short-lived request tasks (publish,
-subscribe with catch-up, history). Requests run concurrently so that a slow
-catch-up does not hold up a publish, yet a connection's publishes to one
-channel are stored in the order they were sent: each takes the channel's FIFO
-lock in the Publisher before it waits on NATS. Unsubscribe is handled inline
-by the reader, so no message of the channel can follow the "unsubscribed".
+Two tasks per connection: the reader (frames -> session -> actions) and the
+writer (outbox -> socket), plus short-lived request tasks for subscribes (with
+catch-up) and history, so a slow catch-up does not hold up a publish.
+Publishes take no task: the reader queues each on the region writer, which
+calls back with the result, so a connection's publishes to one channel are
+stored in the order they were sent. Unsubscribe is handled inline by the
+reader, so no message of the channel can follow the "unsubscribed".
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from federation.channel_writes import Failed, Result
 from relay.adapters.nats_broker import BrokerUnavailable
 from relay.adapters.outbox import Outbox
 from relay.core.channels import Channel
@@ -82,6 +83,8 @@ class Connection:
         self._requests: TaskGroup | None = None
         # Bounds the requests one connection has in flight; past it the reader waits.
         self._inflight = anyio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
+        self._publishing = 0  # publishes queued on the writer, not yet answered
+        self._publish_room = anyio.Event()
         self.reader_scope = anyio.CancelScope()
 
     async def serve(self) -> None:
@@ -93,8 +96,12 @@ class Connection:
                     self._requests = requests
                     with self.reader_scope:
                         await self._reader()
-                # Requests in flight (publishes awaiting their ack) have finished: now the
-                # writer may send what is left and close.
+                    # Publishes awaiting their ack are answered before the close.
+                    while self._publishing:
+                        self._publish_room = anyio.Event()
+                        await self._publish_room.wait()
+                # Requests in flight have finished: now the writer may send what is left
+                # and close.
                 self.outbox.close()
         finally:
             for channel in list(self.subscriptions):
@@ -119,6 +126,11 @@ class Connection:
                     elif isinstance(action, Unsubscribe):
                         self._wanted.pop(Channel(action.channel), None)
                         self._drop(Channel(action.channel))
+                    elif isinstance(action, Publish):
+                        while self._publishing >= MAX_REQUESTS_IN_FLIGHT:
+                            self._publish_room = anyio.Event()
+                            await self._publish_room.wait()
+                        self._publish(action)
                     else:
                         await self._inflight.acquire()
                         assert self._requests is not None
@@ -159,13 +171,9 @@ class Connection:
         ws.send_data()
         return True
 
-    async def _run_request(
-        self, request: Subscribe | Publish | History, key: _SubscriptionKey
-    ) -> None:
+    async def _run_request(self, request: Subscribe | History, key: _SubscriptionKey) -> None:
         try:
-            if isinstance(request, Publish):
-                await self._publish(request)
-            elif isinstance(request, Subscribe):
+            if isinstance(request, Subscribe):
                 await self._subscribe(request, key)
             else:
                 await self._history(request)
@@ -180,20 +188,37 @@ class Connection:
         finally:
             self._inflight.release()
 
-    def _fail_subscribe(
-        self, request: Subscribe | Publish | History, key: _SubscriptionKey
-    ) -> None:
+    def _fail_subscribe(self, request: Subscribe | History, key: _SubscriptionKey) -> None:
         channel = Channel(request.channel)
         if isinstance(request, Subscribe) and self._wanted.get(channel) is key:
             del self._wanted[channel]
             self.session.subscribe_failed(channel)
             self._drop(channel, key)
 
-    async def _publish(self, request: Publish) -> None:
+    def _publish(self, request: Publish) -> None:
         channel = Channel(request.channel)
         message_id = request.id or uuid.uuid4().hex
-        result = await self.edge.publisher.publish(channel, message_id, request.data)
-        self.outbox.offer(ack_frame(request.ref, message_id, channel, result.position))
+
+        def done(result: Result) -> None:
+            self._publishing -= 1
+            self._publish_room.set()
+            if isinstance(result, Failed):
+                self.session.publish_failed(channel, result.behind or message_id)
+                log.warning("publish on %s failed: %s", channel, result.reason)
+                self.outbox.offer(
+                    error_frame(
+                        ErrorCode.UNAVAILABLE,
+                        result.reason,
+                        request.ref,
+                        channel=channel,
+                        id=message_id,
+                    )
+                )
+                return
+            self.outbox.offer(ack_frame(request.ref, message_id, channel, result.position))
+
+        self._publishing += 1
+        self.edge.writer.publish(channel, message_id, request.data, self, done)
 
     async def _subscribe(self, request: Subscribe, key: _SubscriptionKey) -> None:
         channel = Channel(request.channel)

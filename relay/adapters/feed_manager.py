@@ -9,6 +9,7 @@ so the NATS callback that feeds a ChannelFeed never waits.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -32,9 +33,16 @@ class _Handle:
 
 
 class FeedManager:
-    def __init__(self, broker: NatsBroker, max_pending: int) -> None:
+    def __init__(
+        self,
+        broker: NatsBroker,
+        max_pending: int,
+        on_stored: Callable[[LogEntry], None] | None = None,
+    ) -> None:
         self.broker = broker
         self.max_pending = max_pending
+        # Told of every live entry (the writer takes it as a hint of the channel's head).
+        self.on_stored = on_stored
         self._handles: dict[Channel, _Handle] = {}
         self._tg: TaskGroup | None = None
 
@@ -109,7 +117,8 @@ class FeedManager:
     def _on_live(self, handle: _Handle, entry: LogEntry) -> None:
         if self._handles.get(handle.feed.channel) is not handle:
             return
-        self.broker.note_head(entry.channel, entry.seq, entry.position)
+        if self.on_stored is not None:
+            self.on_stored(entry)
         self._schedule_fill(handle, handle.feed.on_live(entry))
 
     def _schedule_fill(self, handle: _Handle, gap: FillGap | None) -> None:

@@ -64,8 +64,8 @@ class RelayCollector:
             )
         if fed is None:
             return
-        stats = fed.applier.stats
-        buffered = fed.applier.buffered()
+        stats = fed.writer.stats
+        buffered = fed.writer.buffered()
         yield self._gauge(
             "relaynet_federation_buffered_messages",
             "Remote messages waiting for their causal predecessors (all channels).",

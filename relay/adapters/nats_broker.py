@@ -1,11 +1,10 @@
-"""The relay's side of the region log on NATS JetStream: streams, local publishes,
-reads for resume and history, and the live feed.
+"""The relay's side of the region log on NATS JetStream: streams, reads for resume
+and history, and the live feed.
 
 One stream per namespace rule (``RLY_<REGION>_<NAMESPACE>``) so each rule keeps
-its own retention. Local publishes are appended with the compare-and-set of
-``federation.adapters.region_log`` (the same path federation uses for remote
-messages), so the per-channel counter in the vector timestamp is unique
-without a coordinator. The stream republishes what it stored to ``rlyl.…``:
+its own retention. Writes go through the region writer
+(``federation.adapters.region_writer``, shared with federation when it runs in
+the relay). The stream republishes what it stored to ``rlyl.…``:
 the relays' live feed sees only stored messages, in stream order, each naming
 its predecessor.
 """
@@ -16,7 +15,6 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
 
 import msgspec
 import nats.errors
@@ -27,29 +25,20 @@ from nats.aio.subscription import Subscription
 from nats.js.api import DiscardPolicy, RePublish, StorageType, StreamConfig
 
 from config.schema import NamespaceRule, RelayConfig
-from federation.adapters.region_log import Head, LogUnavailable, region_log_for
-from federation.vclock import VectorClock
+from federation.adapters.region_log import LogUnavailable, region_log_for
 from relay.core import channels
 from relay.core.channels import Channel
 from relay.core.feed import LogEntry
-from relay.protocol.frames import StoredMessage, decode_stored
+from relay.protocol.frames import decode_stored
 
 log = logging.getLogger("relaynet.broker")
 
 ERR_STREAM_NAME_IN_USE = 10058
-MAX_CAS_ATTEMPTS = 100
 READ_BATCH = 256
 
 
 # NATS did not answer in time; the request may be retried.
 BrokerUnavailable = LogUnavailable
-
-
-@dataclass(frozen=True)
-class StoreResult:
-    seq: int
-    position: VectorClock
-    duplicate: bool
 
 
 class NatsBroker:
@@ -59,8 +48,6 @@ class NatsBroker:
         self.cfg = cfg
         self.region = cfg.region.name
         self.log = region_log_for(nc, cfg)
-        # The last head we know per channel: a hint for the next compare-and-set.
-        self._heads: dict[Channel, Head] = {}
 
     # --- streams -----------------------------------------------------------------------
 
@@ -86,6 +73,8 @@ class NatsBroker:
             duplicate_window=self.cfg.nats.duplicate_window_s,
             num_replicas=self.cfg.nats.replicas,
             allow_direct=True,
+            # The region writer commits what queued on a channel as one atomic batch.
+            allow_atomic=True,
             republish=RePublish(src=subjects, dest=channels.live_subjects(self.region, rule.name))
             if delivered
             else None,
@@ -111,36 +100,6 @@ class NatsBroker:
     def live_subject(self, channel: Channel) -> str:
         rule = self.cfg.namespace_for(channel)
         return channels.live_subject(self.region, rule.name, channel)
-
-    # --- writing -----------------------------------------------------------------------
-
-    def note_head(self, channel: Channel, seq: int, position: VectorClock) -> None:
-        known = self._heads.get(channel)
-        if known is None or known.seq < seq:
-            self._heads[channel] = Head(seq, position)
-
-    async def store(self, channel: Channel, message_id: str, data: msgspec.Raw) -> StoreResult:
-        """Append a locally published message; idempotent per (channel, id)."""
-        head = self._heads.get(channel) or await self._read_head(channel)
-        msg_id = channels.dedupe_key(channel, message_id)
-        for _ in range(MAX_CAS_ATTEMPTS):
-            ts = head.position.increment(self.region).to_dict()
-            entry = StoredMessage(message_id, data, self.region, ts, ts)
-            appended = await self.log.append(channel, entry, msg_id, head.seq)
-            if appended is None:  # someone appended in between: decide again on the new head
-                head = await self._read_head(channel)
-                continue
-            if appended.duplicate:
-                original = await self.log.entry(channel, appended.seq)
-                return StoreResult(appended.seq, VectorClock(original.pos), duplicate=True)
-            self.note_head(channel, appended.seq, VectorClock(ts))
-            return StoreResult(appended.seq, VectorClock(ts), duplicate=False)
-        raise BrokerUnavailable(f"channel {channel} is contended; gave up after retries")
-
-    async def _read_head(self, channel: Channel) -> Head:
-        head = await self.log.head(channel)
-        self._heads[channel] = head
-        return head
 
     # --- reading -----------------------------------------------------------------------
 

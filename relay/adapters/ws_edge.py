@@ -18,11 +18,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from config.schema import RelayConfig
+from federation.adapters.region_writer import RegionWriter
 from relay.adapters.connection import Connection
 from relay.adapters.directory import EdgeDirectory
 from relay.adapters.feed_manager import FeedManager
 from relay.adapters.log_reader import LogReader
-from relay.adapters.publisher import Publisher
 from relay.core.redirect import RelayState
 from relay.protocol.errors import CloseCode
 from relay.protocol.frames import connected_frame, redirect_frame
@@ -36,13 +36,13 @@ STATIC_FILES = {"/": "index.html", "/v1/client.js": "client.js", "/demo.js": "de
 
 class WsEdge:
     def __init__(
-        self, cfg: RelayConfig, feeds: FeedManager, publisher: Publisher, recovery: LogReader
+        self, cfg: RelayConfig, feeds: FeedManager, writer: RegionWriter, recovery: LogReader
     ) -> None:
         self.cfg = cfg
         self.region = cfg.region.name
         self.relay_id = cfg.relay.id
         self.feeds = feeds
-        self.publisher = publisher
+        self.writer = writer
         self.recovery = recovery
         self.connections: set[Connection] = set()
         self.metrics: Callable[[], bytes] | None = None

@@ -11,6 +11,10 @@ current time and gets back a list of actions:
 * ``Reply(frame)``: bytes to queue for the client (errors, pongs, unsubscribed);
 * ``Close(code, reason)``: end the connection (only for a flood of bad frames).
 
+A publish that could not be stored (``publish_failed``) fences its channel:
+later publishes of this connection there are refused until the failed one is
+sent again, so no publish is ever stored ahead of one sent before it.
+
 Bad input never raises out of here: it becomes an ``error`` frame. The session
 tracks which channels are subscribed (or being subscribed) so that it can
 refuse double subscriptions and unsubscribes of unknown channels, and counts
@@ -40,6 +44,18 @@ from relay.protocol.frames import (
 )
 
 ERROR_WINDOW_S = 60.0
+
+
+def fenced_frame(frame: Publish, fence: str) -> bytes:
+    return error_frame(
+        ErrorCode.UNAVAILABLE,
+        f"publish {fence!r} on {frame.channel} failed; publish it again (same id) before "
+        "later publishes on this channel",
+        frame.ref,
+        channel=frame.channel,
+        id=frame.id,
+        behind=fence,
+    )
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,8 @@ class ServerSession:
     def __init__(self, limits: SessionLimits) -> None:
         self._limits = limits
         self._subs: dict[Channel, SubState] = {}
+        # channel -> id of a publish that failed: later publishes there wait for its retry.
+        self._fences: dict[Channel, str] = {}
         self._errors: deque[float] = deque()
         self.closed = False
 
@@ -126,8 +144,20 @@ class ServerSession:
                     f"data is {len(frame.data)} bytes; the limit for {channel} is {limit}",
                     frame.ref,
                 )
+            fence = self._fences.get(channel)
+            if fence is not None:
+                if frame.id != fence:
+                    # Not the client's fault, so not counted as an error: the world failed.
+                    return [Reply(fenced_frame(frame, fence))]
+                del self._fences[channel]  # the retry of the failed publish: order resumes
             return [frame]
         return [frame]
+
+    def publish_failed(self, channel: Channel, message_id: str) -> None:
+        """A publish on ``channel`` was not stored. Until the client sends it again (same
+        id), its later publishes on the channel are refused: none may be stored ahead of
+        it. (Those already queued behind it fail in the writer.)"""
+        self._fences.setdefault(channel, message_id)
 
     def is_subscribing(self, channel: Channel) -> bool:
         return self._subs.get(channel) is SubState.SUBSCRIBING
