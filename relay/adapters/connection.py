@@ -204,7 +204,6 @@ class Connection:
             self._publish_room.set()
             if isinstance(result, Failed):
                 self.session.publish_failed(channel, result.behind or message_id)
-                log.warning("publish on %s failed: %s", channel, result.reason)
                 self.outbox.offer(
                     error_frame(
                         ErrorCode.UNAVAILABLE,

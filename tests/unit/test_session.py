@@ -268,3 +268,27 @@ def test_error_code_enum_values_reach_the_wire() -> None:
     err = error_of(s.receive(frame(op="unsubscribe", channel="c", ref="r"), 0.0))
     assert err["code"] == ErrorCode.NOT_SUBSCRIBED.value
     assert err["message"]
+
+
+def test_a_failed_publish_fences_its_channel_until_it_is_sent_again() -> None:
+    """Per-connection order: nothing published after a failed publish is stored ahead of
+    it, and refusals for that reason are not held against the client."""
+    s = make(max_errors=2)
+    s.publish_failed(Channel("c"), "p1")
+    s.publish_failed(Channel("c"), "p2")  # failed behind p1: p1 stays the one to resend
+    for n in range(5):  # more than max_errors: a fence is not the client's error
+        err = error_of(s.receive(frame(op="publish", channel="c", data=n, id=f"q{n}", ref=n), 0))
+        assert err["code"] == "unavailable" and err["temporary"] is True
+        assert err["behind"] == "p1" and err["id"] == f"q{n}" and err["ref"] == n
+    # Other channels are not held up.
+    assert _published(s.receive(frame(op="publish", channel="d", data=1, id="x"), 0)) == "x"
+    assert error_of(s.receive(frame(op="publish", channel="c", data=1, id="p2"), 0))
+    # The failed one again: it goes, and so does everything after it.
+    assert _published(s.receive(frame(op="publish", channel="c", data=1, id="p1"), 0)) == "p1"
+    assert _published(s.receive(frame(op="publish", channel="c", data=1, id="p2"), 0)) == "p2"
+    assert not s.closed
+
+
+def _published(actions: list[Action]) -> str | None:
+    assert len(actions) == 1 and isinstance(actions[0], Publish), actions
+    return actions[0].id
