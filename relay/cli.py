@@ -26,11 +26,20 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def event_loop_options() -> dict[str, object]:
+    """uvloop where it is installed (Linux and macOS): the same code, a faster loop."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
+
+
 def run_async(func: Callable[..., Awaitable[int]], *args: object) -> int:
     """Run an async command to its exit code; Ctrl-C is 130 without a traceback (every
     command stops what it started on the way out)."""
     try:
-        code: int = anyio.run(func, *args)
+        code: int = anyio.run(func, *args, backend_options=event_loop_options())
     except KeyboardInterrupt:
         return 130
     return code
@@ -74,7 +83,7 @@ def _cmd_relay(args: argparse.Namespace) -> int:
             await node.run_finished()
             tg.cancel_scope.cancel()
 
-    anyio.run(main)
+    anyio.run(main, backend_options=event_loop_options())
     return 0
 
 
@@ -117,7 +126,7 @@ def _cmd_federate(args: argparse.Namespace) -> int:
             with anyio.CancelScope(shield=True):
                 await nc.drain()
 
-    anyio.run(main)
+    anyio.run(main, backend_options=event_loop_options())
     return 0
 
 

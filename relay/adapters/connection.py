@@ -11,6 +11,7 @@ reader, so no message of the channel can follow the "unsubscribed".
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -27,6 +28,7 @@ from websockets.protocol import State
 from federation.channel_writes import Failed, Result
 from relay.adapters.nats_broker import BrokerUnavailable
 from relay.adapters.outbox import Outbox
+from relay.adapters.wsframe import text_frame
 from relay.core.channels import Channel
 from relay.core.feed import AttachedLive, ChannelFeed
 from relay.core.recovery import PositionExpired
@@ -76,6 +78,10 @@ class Connection:
             )
         )
         self.outbox = Outbox(limits.outbox_max_messages, self._write_now)
+        # Frames written directly during this event-loop turn, sent together at its end.
+        self._loop = asyncio.get_running_loop()
+        self._unflushed: list[bytes] = []
+        self._unflushed_bytes = 0
         self.subscriptions: dict[Channel, tuple[ChannelFeed, _SubscriptionKey]] = {}
         # The subscription each channel's latest subscribe request is for.
         self._wanted: dict[Channel, _SubscriptionKey] = {}
@@ -146,6 +152,7 @@ class Connection:
     async def _writer(self) -> None:
         try:
             while batch := await self.outbox.get_batch():
+                self._flush()  # what was written directly goes first
                 for frame in batch:
                     await self.ws.send(frame, text=True)
                 self.outbox.batch_sent()
@@ -161,15 +168,26 @@ class Connection:
             await self.ws.close(code, reason)
 
     def _write_now(self, frame: bytes) -> bool:
-        """What websockets' broadcast() does, but only while the socket keeps up."""
+        """What websockets' broadcast() does, but only while the socket keeps up, and one
+        write per event-loop turn for everything sent to this client during it (a burst
+        of messages costs one system call, not one each)."""
         ws = self.ws
         if ws.protocol.state is not State.OPEN or ws.send_in_progress is not None:
             return False
-        if ws.transport.get_write_buffer_size() > DIRECT_WRITE_LIMIT_BYTES:
+        backlog = ws.transport.get_write_buffer_size() + self._unflushed_bytes
+        if backlog > DIRECT_WRITE_LIMIT_BYTES:
             return False  # backed up: queue it, the writer waits for the socket to drain
-        ws.protocol.send_text(frame)
-        ws.send_data()
+        encoded = text_frame(frame)
+        if not self._unflushed:
+            self._loop.call_soon(self._flush)
+        self._unflushed.append(encoded)
+        self._unflushed_bytes += len(encoded)
         return True
+
+    def _flush(self) -> None:
+        frames, self._unflushed, self._unflushed_bytes = self._unflushed, [], 0
+        if frames and self.ws.protocol.state is State.OPEN:
+            self.ws.transport.write(b"".join(frames))
 
     async def _run_request(self, request: Subscribe | History, key: _SubscriptionKey) -> None:
         try:
