@@ -161,7 +161,7 @@ class Connection:
             self.reader_scope.cancel()
             return
         if self.outbox.failed:
-            self._close = (CloseCode.SLOW_CONSUMER, "slow_consumer")
+            self._close = self.outbox.close_code
             self.reader_scope.cancel()
         code, reason = self._close or (CloseCode.GOING_AWAY, "going_away")
         with anyio.move_on_after(2, shield=True):

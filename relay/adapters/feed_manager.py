@@ -18,9 +18,12 @@ from nats.aio.subscription import Subscription
 
 from relay.adapters.nats_broker import BrokerUnavailable, NatsBroker
 from relay.core.channels import Channel
-from relay.core.feed import ChannelFeed, FillGap, LogEntry
+from relay.core.feed import ChannelFeed, FillGap, GapLost, LogEntry
 
 log = logging.getLogger("relaynet.feeds")
+
+# How long a gap fill keeps retrying an unavailable NATS before the gap counts as lost.
+FILL_PATIENCE_S = 30.0
 
 
 @dataclass
@@ -43,6 +46,7 @@ class FeedManager:
         self.max_pending = max_pending
         # Told of every live entry (the writer takes it as a hint of the channel's head).
         self.on_stored = on_stored
+        self.gaps_lost = 0  # gaps that could not be filled (subscribers were closed)
         self._handles: dict[Channel, _Handle] = {}
         self._tg: TaskGroup | None = None
 
@@ -62,7 +66,8 @@ class FeedManager:
     async def acquire(self, channel: Channel) -> ChannelFeed:
         handle = self._handles.get(channel)
         if handle is None:
-            handle = _Handle(ChannelFeed(channel, self.max_pending))
+            contiguous = not self.broker.log.is_total(channel)
+            handle = _Handle(ChannelFeed(channel, self.max_pending, contiguous=contiguous))
             self._handles[channel] = handle
             handle.users += 1
             try:
@@ -129,20 +134,41 @@ class FeedManager:
         channel = handle.feed.channel
         while gap is not None:
             log.info("channel %s: filling gap %d..%d", channel, gap.after_seq, gap.before_seq)
-            entries: list[LogEntry] = []
-            for attempt in range(1000):
+            entries: list[LogEntry] | None = None
+            give_up_at = anyio.current_time() + FILL_PATIENCE_S
+            attempt = 0
+            while entries is None and anyio.current_time() < give_up_at:
                 try:
                     entries = []
                     async for batch in self.broker.read_range(
                         channel, gap.after_seq + 1, gap.before_seq - 1
                     ):
                         entries.extend(batch)
-                    break
                 except BrokerUnavailable:
+                    entries = None
                     if self._handles.get(channel) is not handle:
                         return
                     await anyio.sleep(min(0.05 * 2**attempt, 2.0))
-            gap = handle.feed.on_fill(entries, gap.before_seq)
+                    attempt += 1
+            outcome: FillGap | GapLost | None
+            if entries is None:
+                outcome = handle.feed.abandon_gap(
+                    gap.before_seq, f"NATS did not answer for {FILL_PATIENCE_S:.0f} s"
+                )
+            else:
+                outcome = handle.feed.on_fill(entries, gap.before_seq)
+            if isinstance(outcome, GapLost):
+                log.error(
+                    "channel %s: the gap %d..%d cannot be filled (%s); subscribers were "
+                    "closed to resume from their positions",
+                    channel,
+                    outcome.after_seq,
+                    outcome.before_seq,
+                    outcome.reason,
+                )
+                self.gaps_lost += 1
+                return
+            gap = outcome
 
     async def resync(self) -> None:
         """NATS reconnected: core subscriptions may have missed messages meanwhile."""

@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 import anyio
 
+from relay.protocol.errors import CloseCode
+
 
 class Outbox:
     def __init__(self, max_messages: int, write_now: Callable[[bytes], bool] | None = None) -> None:
@@ -28,6 +30,7 @@ class Outbox:
         self._writable = anyio.Event()
         self.failed = False
         self.closed = False
+        self.close_code: tuple[CloseCode, str] = (CloseCode.SLOW_CONSUMER, "slow_consumer")
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -45,6 +48,16 @@ class Outbox:
         self._readable.set()
 
     def overflow(self) -> None:
+        self.fail(CloseCode.SLOW_CONSUMER, "slow_consumer")
+
+    def lost(self) -> None:
+        """A channel's feed has a gap it cannot fill: close so the client resumes."""
+        self.fail(CloseCode.GAP, "gap")
+
+    def fail(self, code: CloseCode, reason: str) -> None:
+        if self.failed or self.closed:
+            return
+        self.close_code = (code, reason)
         self.failed = True
         self._frames.clear()
         self._readable.set()

@@ -15,6 +15,14 @@ has seen everything up to a message:
   subscription, a reconnect): the feed buffers live traffic and asks the node
   to read the missing stretch from the stream (``FillGap``), then resumes.
 
+A fill is checked, never trusted: it must end with the predecessor the live
+message named, and in a causal log (where every entry moves the applied vector
+by exactly one) each entry's position must follow the one before. A fill that
+fails the check, or that the node gives up on (``abandon_gap``), is a gap
+nobody can close here: rather than skip it silently, the feed drops every
+subscriber (``Sink.lost``): each reconnects and resumes from its own position,
+where the stream either has the messages or says plainly that it does not.
+
 Subscribers attach either live (from the current head) or "catching up": they
 were away and sent a position. The node reads their missed messages from the
 stream up to the head captured at attach time while the feed keeps their live
@@ -30,6 +38,7 @@ what to do when full (the slow-consumer policy).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -45,6 +54,10 @@ class Sink(Protocol):
 
     def overflow(self) -> None:
         """The subscriber fell too far behind while catching up."""
+
+    def lost(self) -> None:
+        """The feed cannot show this subscriber an unbroken sequence: close it so that it
+        resumes from its position (a reconnectable close)."""
 
 
 @dataclass
@@ -78,6 +91,15 @@ class FillGap:
 
 
 @dataclass(frozen=True)
+class GapLost:
+    """A gap could not be filled; every subscriber was dropped (``Sink.lost``)."""
+
+    after_seq: int
+    before_seq: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class AttachedLive:
     position: VectorClock
 
@@ -98,15 +120,21 @@ class _Special:
 
 
 class ChannelFeed:
-    def __init__(self, channel: Channel, max_pending: int) -> None:
+    def __init__(self, channel: Channel, max_pending: int, *, contiguous: bool = True) -> None:
         self.channel = channel
         self.max_pending = max_pending
+        # Every entry moves the applied vector by one (a region's causal log); a total-order
+        # delivery log skips progress entries, so its positions jump.
+        self.contiguous = contiguous
         self.ready = False
         self.head_seq = 0
         self.head_position: VectorClock = EMPTY
         self.verified_seq = 0
         self._early: list[LogEntry] = []
         self._filling: list[LogEntry] | None = None
+        self._trigger: LogEntry | None = None
+        # After an abandoned gap the head's count is off until the next entry: no check.
+        self._reposition = False
         self._plain: dict[Hashable, Sink] = {}
         self._special: dict[Hashable, _Special] = {}
 
@@ -134,16 +162,61 @@ class ChannelFeed:
             return None  # already seen (the subscription raced the head read, or a refill)
         if entry.last_seq > self.verified_seq:
             self._filling = [entry]
+            self._trigger = entry
             return FillGap(after_seq=self.verified_seq, before_seq=entry.seq)
         self._apply(entry)
         return None
 
-    def on_fill(self, entries: list[LogEntry], before_seq: int) -> FillGap | None:
+    def on_fill(self, entries: list[LogEntry], before_seq: int) -> FillGap | GapLost | None:
         """Stored messages for the last FillGap, in stream order; then drain the buffer."""
+        broken = self._broken_fill(entries, before_seq)
+        if broken is not None:
+            return self.abandon_gap(before_seq, broken)
         for entry in entries:
             if self.verified_seq < entry.seq < before_seq:
                 self._apply(entry)
         self.verified_seq = max(self.verified_seq, before_seq - 1)
+        return self._drain_filling()
+
+    def abandon_gap(self, before_seq: int, reason: str) -> GapLost:
+        """The gap before ``before_seq`` will not be filled: drop every subscriber (they
+        resume from their positions elsewhere or later) and go on after it."""
+        after_seq = self.verified_seq
+        for sink in list(self._plain.values()):
+            sink.lost()
+        for sub in list(self._special.values()):
+            sub.sink.lost()
+        self._plain.clear()
+        self._special.clear()
+        self.verified_seq = self.head_seq = max(self.verified_seq, before_seq - 1)
+        self._reposition = True
+        gap = self._drain_filling()
+        while gap is not None:  # nobody is subscribed: nothing to fill for
+            self.verified_seq = max(self.verified_seq, gap.before_seq - 1)
+            self._reposition = True
+            gap = self._drain_filling()
+        return GapLost(after_seq, before_seq, reason)
+
+    def _broken_fill(self, entries: list[LogEntry], before_seq: int) -> str | None:
+        """Why the fill cannot be the whole stretch it was asked for, if it cannot."""
+        inside = [e for e in entries if self.verified_seq < e.seq < before_seq]
+        if any(b.seq <= a.seq for a, b in itertools.pairwise(inside)):
+            return "the stream returned entries out of order"
+        # The live entry that showed the gap (None after a reconnect: then the stored head).
+        first_live = self._trigger
+        wanted_last = first_live.last_seq if first_live is not None else before_seq - 1
+        if wanted_last > self.verified_seq and (not inside or inside[-1].seq != wanted_last):
+            return f"entry {wanted_last} is no longer in the stream"
+        if self.contiguous and not self._reposition:
+            total = self.head_position.total()
+            following = [*inside, *([first_live] if first_live is not None else [])]
+            for entry in following:
+                if entry.position.total() != total + 1:
+                    return f"entries before {entry.seq} are no longer in the stream"
+                total += 1
+        return None
+
+    def _drain_filling(self) -> FillGap | None:
         buffered, self._filling = self._filling or [], None
         for i, entry in enumerate(buffered):
             gap = self.on_live(entry)
@@ -158,10 +231,12 @@ class ChannelFeed:
         if not self.ready or self._filling is not None or stored_head_seq <= self.verified_seq:
             return None
         self._filling = []
+        self._trigger = None
         return FillGap(after_seq=self.verified_seq, before_seq=stored_head_seq + 1)
 
     def _apply(self, entry: LogEntry) -> None:
         self.head_seq = self.verified_seq = entry.seq
+        self._reposition = False
         self.head_position = self.head_position.merge(entry.msg.pos)
         if entry.msg.hidden or (not self._plain and not self._special):
             return  # hidden entries (dup, null) only advance the position

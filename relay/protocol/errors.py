@@ -44,6 +44,7 @@ class CloseCode(IntEnum):
     TRY_AGAIN_LATER = 1013  # relay at limits.max_connections: follow the redirect, or back off
     SLOW_CONSUMER = 4000  # outbox overflowed: reconnect and resume from your last position
     UNAVAILABLE = 4001  # relay lost its NATS connection: reconnect, maybe elsewhere
+    GAP = 4002  # a channel's feed had a gap it could not fill: reconnect and resume
     TOO_MANY_ERRORS = 4500  # the client keeps sending bad frames: fix the client
 
 

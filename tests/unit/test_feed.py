@@ -29,7 +29,7 @@ from hypothesis.stateful import (
 
 from federation.vclock import EMPTY, VectorClock
 from relay.core.channels import Channel
-from relay.core.feed import AttachedLive, CatchUp, ChannelFeed, FillGap, LogEntry
+from relay.core.feed import AttachedLive, CatchUp, ChannelFeed, FillGap, GapLost, LogEntry
 from relay.protocol.frames import StoredMessage
 
 CH = Channel("room.1")
@@ -101,14 +101,19 @@ class RecordingSink:
         self.frames: list[bytes] = []
         self.indexes: list[int] = []
         self.overflows = 0
+        self.losses = 0
 
     def offer(self, frame: bytes) -> None:
         assert self.overflows == 0, "offered a frame after overflow()"
+        assert self.losses == 0, "offered a frame after lost()"
         self.frames.append(frame)
         self.indexes.append(index_of(frame))
 
     def overflow(self) -> None:
         self.overflows += 1
+
+    def lost(self) -> None:
+        self.losses += 1
 
 
 def started(n: int = 0, *, max_pending: int = 100) -> tuple[Stream, ChannelFeed]:
@@ -234,8 +239,10 @@ def test_fill_ignores_entries_outside_the_gap() -> None:
     assert sink.indexes == [2, 3, 4]
 
 
-def test_an_empty_fill_still_advances_past_the_gap() -> None:
-    """The gap held only other channels' messages (e.g. the predecessor was deleted)."""
+def test_a_predecessor_gone_from_the_stream_closes_subscribers_instead_of_skipping() -> None:
+    """The live message names a predecessor the stream no longer has (deleted, or aged
+    out): the subscriber cannot be shown an unbroken sequence, so it is dropped to resume
+    from its position; the feed goes on for whoever subscribes next."""
     stream, feed = started(1)
     sink = RecordingSink()
     feed.attach("k", sink, None)
@@ -244,8 +251,40 @@ def test_an_empty_fill_still_advances_past_the_gap() -> None:
     claimed = LogEntry(e2.seq, e2.seq - 2, CH, e2.msg)  # claims a predecessor not stored
     gap = feed.on_live(claimed)
     assert gap == FillGap(stream.entries[0].seq, e2.seq)
-    assert feed.on_fill([], gap.before_seq) is None
-    assert sink.indexes == [2]
+    lost = feed.on_fill([], gap.before_seq)
+    assert isinstance(lost, GapLost) and "no longer in the stream" in lost.reason
+    assert sink.losses == 1 and sink.indexes == []
+    assert feed.subscriber_count == 0
+    later = RecordingSink()
+    feed.attach("k2", later, None)
+    e3 = stream.append()
+    assert feed.on_live(fresh(e3)) is None
+    assert later.indexes == [3]
+
+
+def test_a_fill_missing_entries_in_the_middle_is_a_lost_gap() -> None:
+    """Every entry of a causal log moves the position by one: a fill that skips one (the
+    stream lost it) is caught even when the last link is there."""
+    stream, feed = started(1)
+    sink = RecordingSink()
+    feed.attach("k", sink, None)
+    _e2, e3, e4 = stream.grow(3)
+    gap = feed.on_live(fresh(e4))  # e2 and e3 dropped on the way
+    assert gap is not None
+    lost = feed.on_fill([e3], gap.before_seq)  # e2 is gone from the stream
+    assert isinstance(lost, GapLost)
+    assert sink.losses == 1 and sink.indexes == []
+
+
+def test_a_fill_given_up_on_closes_subscribers() -> None:
+    stream, feed = started(1)
+    sink = RecordingSink()
+    feed.attach("k", sink, None)
+    _e2, e3 = stream.grow(2)
+    gap = feed.on_live(fresh(e3))
+    assert gap is not None
+    lost = feed.abandon_gap(gap.before_seq, "NATS did not answer")
+    assert lost.reason == "NATS did not answer" and sink.losses == 1
 
 
 def test_a_second_gap_found_while_draining_the_buffer() -> None:
