@@ -405,15 +405,6 @@ class FederationSection(_Section):
             "another instance takes the link over after this when one dies."
         ),
     )
-    progress_delay_ms: float = Field(
-        default=10.0,
-        ge=0,
-        description=(
-            "Total-order channels: how soon after applying a remote message this region "
-            "announces (with a hidden progress entry) that it has passed it, so other regions "
-            "can deliver it. Lower is faster; higher batches announcements."
-        ),
-    )
     max_buffered: int = Field(
         default=10000,
         ge=1,

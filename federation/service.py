@@ -67,7 +67,13 @@ class FederationService:
         }
         total = [rule.name for rule in cfg.all_namespaces if rule.ordering == "total"]
         self.sequencer = (
-            Sequencer(nc, self.region_log, [region, *(p.region for p in cfg.peers)], total)
+            Sequencer(
+                nc,
+                self.region_log,
+                [region, *(p.region for p in cfg.peers)],
+                total,
+                owe_progress=self.writer.owe_progress,
+            )
             if total
             else None
         )

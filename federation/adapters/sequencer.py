@@ -14,7 +14,7 @@ every region see one identical sequence.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import anyio
 from nats.aio.client import Client as NatsClient
@@ -29,6 +29,8 @@ from federation.vclock import VectorClock
 
 log = logging.getLogger("relaynet.federation")
 
+WATCH_INTERVAL_S = 1.0
+
 
 class Sequencer:
     def __init__(
@@ -37,8 +39,11 @@ class Sequencer:
         region_log: RegionLog,
         regions: Sequence[str],
         namespaces: Sequence[str],
+        owe_progress: Callable[[str], None] | None = None,
     ) -> None:
+        """``owe_progress(channel)``: this region must append an entry of its own there."""
         self.nc = nc
+        self.owe_progress = owe_progress
         self.log = region_log
         self.regions = sorted(regions)
         self.namespaces = list(namespaces)
@@ -55,6 +60,16 @@ class Sequencer:
         async with anyio.create_task_group() as tg:
             for namespace in self.namespaces:
                 tg.start_soon(self._consume, namespace)
+            if self.owe_progress is not None:
+                tg.start_soon(self._watch, self.owe_progress)
+
+    async def _watch(self, owe_progress: Callable[[str], None]) -> None:
+        region = self.log.region
+        while True:
+            await anyio.sleep(WATCH_INTERVAL_S)
+            for channel, merger in list(self._mergers.items()):
+                if region in merger.waiting_on():
+                    owe_progress(channel)
 
     async def _consume(self, namespace: str) -> None:
         js = self.nc.jetstream()

@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 
 from config.schema import RelayConfig
+from config.writer import write_config
 from relay.node import RelayNode
 
 # Waits in tests scale with RELAYNET_TEST_TIMEOUT_FACTOR (slow machines set it higher).
@@ -71,24 +72,8 @@ async def running_relays(*configs: RelayConfig) -> AsyncIterator[list[RelayNode]
 
 
 def config_file(path: Path, cfg: RelayConfig) -> Path:
-    """Write a config as TOML for a relay subprocess (only the fields tests set)."""
-    lines = [
-        "[region]",
-        f'name = "{cfg.region.name}"',
-        "[relay]",
-        f'id = "{cfg.relay.id}"',
-        f'host = "{cfg.relay.host}"',
-        f"port = {cfg.relay.port}",
-        f"shutdown_grace_s = {cfg.relay.shutdown_grace_s}",
-        "[nats]",
-        f'url = "{cfg.nats.url}"',
-        f'store_dir = "{cfg.nats.store_dir}"',
-        f"embedded_port = {cfg.nats.embedded_port}",
-        "[limits]",
-        f"outbox_max_messages = {cfg.limits.outbox_max_messages}",
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    """The config as a TOML file for a relay subprocess."""
+    return write_config(path, cfg)
 
 
 @contextmanager
