@@ -402,7 +402,8 @@ class FederationSection(_Section):
         gt=0,
         description=(
             "Seconds a federation instance holds a peer link without renewing its lease; "
-            "another instance takes the link over after this when one dies."
+            "another instance takes the link over after this when one dies or stops "
+            "responding (a frozen holder's consumer binding is taken from it)."
         ),
     )
     max_buffered: int = Field(

@@ -26,6 +26,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
 
 from federation import logformat
 from federation.adapters.region_writer import RegionWriter
@@ -122,31 +123,20 @@ class PeerLink:
     async def _pump(self, nc: NatsClient, namespace: str) -> None:
         js = nc.jetstream(timeout=5)
         stream = logformat.stream_name(self.peer_region, namespace)
+        subjects = logformat.stream_subjects(self.peer_region, namespace)
+        bound_elsewhere = False
         while True:
             try:
-                # A push consumer: the peer sends each message as soon as it is stored, so a
-                # message crosses the link in one trip (a pull costs a request round trip).
-                sub = await js.subscribe(
-                    logformat.stream_subjects(self.peer_region, namespace),
-                    stream=stream,
-                    durable=self.durable,
-                    manual_ack=True,
-                    # No flow control: nats-py never answers a stalled flow-control request
-                    # (Nats-Consumer-Stalled), so a link handed to another instance could stall
-                    # for good. max_ack_pending bounds what is in flight instead.
-                    idle_heartbeat=2.0,
-                    config=ConsumerConfig(
-                        ack_policy=AckPolicy.EXPLICIT,
-                        deliver_policy=DeliverPolicy.ALL,
-                        ack_wait=self.ack_wait_s,
-                        max_ack_pending=MAX_ACK_PENDING,
-                    ),
-                    pending_msgs_limit=2 * MAX_ACK_PENDING,
-                )
+                if bound_elsewhere:
+                    sub = await self._take_over(js, stream, subjects)
+                else:
+                    sub = await self._subscribe(js, stream, subjects)
                 break
-            except Exception as exc:  # peer or its stream not up yet; an old holder still bound
-                log.debug("peer %s stream %s not ready: %r", self.peer_region, stream, exc)
-                await anyio.sleep(0.5)
+            except Exception as exc:  # peer or its stream not up yet; an old holder bound
+                if bound_elsewhere or "already bound" not in str(exc):
+                    log.debug("peer %s stream %s not ready: %r", self.peer_region, stream, exc)
+                    await anyio.sleep(0.5)
+                bound_elsewhere = "already bound" in str(exc)
         # Acks go out from a task of their own: the writer calls them once a message is in
         # our log, from its commit loop, which must not wait on the peer's connection.
         send_ack, acks = anyio.create_memory_object_stream[Msg](math.inf)
@@ -158,6 +148,52 @@ class PeerLink:
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await sub.unsubscribe()
+
+    async def _subscribe(
+        self, js: JetStreamContext, stream: str, subjects: str, start_seq: int | None = None
+    ) -> JetStreamContext.PushSubscription:
+        """The durable push consumer on the peer: the peer sends each message as soon as it
+        is stored, so a message crosses the link in one trip (a pull costs a round trip)."""
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=(
+                DeliverPolicy.ALL if start_seq is None else DeliverPolicy.BY_START_SEQUENCE
+            ),
+            opt_start_seq=start_seq,
+            ack_wait=self.ack_wait_s,
+            max_ack_pending=MAX_ACK_PENDING,
+        )
+        return await js.subscribe(
+            subjects,
+            stream=stream,
+            durable=self.durable,
+            manual_ack=True,
+            # No flow control: nats-py never answers a stalled flow-control request
+            # (Nats-Consumer-Stalled), so a link handed to another instance could stall
+            # for good. max_ack_pending bounds what is in flight instead.
+            idle_heartbeat=2.0,
+            config=config,
+            pending_msgs_limit=2 * MAX_ACK_PENDING,
+        )
+
+    async def _take_over(
+        self, js: JetStreamContext, stream: str, subjects: str
+    ) -> JetStreamContext.PushSubscription:
+        """We hold the link's lease, yet another process is still bound to the consumer:
+        a holder that lost the lease without letting go (frozen, or cut off from its own
+        region). Waiting for it could take minutes (until the peer's NATS notices the dead
+        connection), so the consumer is made again from its ack floor, for us: whatever
+        was unacknowledged comes again at once, and the writer drops what is applied."""
+        info = await js.consumer_info(stream, self.durable)
+        start = (info.ack_floor.stream_seq if info.ack_floor else 0) + 1
+        log.warning(
+            "peer %s: taking over %s from an instance that lost the lease (from seq %d)",
+            self.peer_region,
+            stream,
+            start,
+        )
+        await js.delete_consumer(stream, self.durable)
+        return await self._subscribe(js, stream, subjects, start_seq=start)
 
     @staticmethod
     async def _send_acks(acks: MemoryObjectReceiveStream[Msg]) -> None:
