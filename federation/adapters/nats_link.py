@@ -216,9 +216,16 @@ class PeerLink:
             acks.send_nowait(msg)
             return
         delay = 0.05
+
         # A full causal buffer holds the link back, as it should: the peer keeps what we
         # have not taken.
-        while not self.writer.offer_remote(channel, stored, lambda: acks.send_nowait(msg)):
+        def ack() -> None:
+            # Called by the writer once the message is in our log, maybe after this link
+            # was replaced (reconnect, lease hand-over): then the peer sends it again.
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                acks.send_nowait(msg)
+
+        while not self.writer.offer_remote(channel, stored, ack):
             log.debug("channel %s: causal buffer full; waiting", channel)
             await anyio.sleep(delay)
             delay = min(delay * 2, 1.0)

@@ -285,7 +285,12 @@ class RegionWriter:
     def _send_acks(writes: ChannelWrites[RemoteAck]) -> None:
         due, writes.acks_due = writes.acks_due, []
         for ack in due:
-            ack()
+            try:
+                ack()
+            except Exception as exc:
+                # The link that read it is gone (the peer sends it again and we drop it):
+                # never a reason to stop writing, nor to fail whoever offered the next one.
+                log.debug("ack of a remote message failed: %r", exc)
 
 
 __all__ = ["RegionWriter", "RemoteAck", "Stored", "WriterStats"]
