@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 
 import anyio
 import nats
@@ -27,8 +28,57 @@ from relay.adapters.metrics import RelayCollector, make_registry, render
 from relay.adapters.nats_broker import NatsBroker
 from relay.adapters.ws_edge import WsEdge
 from relay.core.feed import LogEntry
+from relay.protocol.errors import CloseCode
 
 log = logging.getLogger("relaynet.node")
+
+PROBE_INTERVAL_S = 1.0
+# A NATS that is back within this is a blip (publishes meanwhile get `unavailable` and
+# are retried); longer, and clients are better served by another relay.
+NATS_LOST_GRACE_S = 2.0
+
+
+class NatsHealth:
+    """Whether this relay reaches its NATS and JetStream, from the client's callbacks and
+    a JetStream probe."""
+
+    def __init__(self) -> None:
+        self._down_since: float | None = None
+        self.reason = ""
+        self.clients_sent_away = False
+
+    def available(self) -> bool:
+        return self._down_since is None
+
+    def lost_for(self, seconds: float) -> bool:
+        return self._down_since is not None and time.monotonic() - self._down_since >= seconds
+
+    def disconnected(self) -> None:
+        self._down("the NATS connection is lost")
+
+    def connected(self) -> None:
+        self._down_since = None
+
+    def _down(self, reason: str) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        self.reason = reason
+
+    async def probe(self, nc: NatsClient) -> None:
+        if not nc.is_connected:
+            self._down("the NATS connection is lost")
+            return
+        try:
+            reply = await nc.request("$JS.API.INFO", b"", timeout=PROBE_INTERVAL_S)
+            failed = b'"error"' in reply.data
+        except Exception as exc:  # timeout, no responders: JetStream is not answering
+            failed, reply_error = True, repr(exc)
+        else:
+            reply_error = reply.data[:200].decode(errors="replace")
+        if failed:
+            self._down(f"JetStream does not answer: {reply_error}")
+        else:
+            self._down_since = None
 
 
 class RelayNode:
@@ -40,6 +90,8 @@ class RelayNode:
         self._feeds: FeedManager | None = None
         self._stop = anyio.Event()
         self._finished = anyio.Event()
+        self.nats = NatsHealth()
+        self.embedded: EmbeddedNats | None = None  # the nats-server this relay started
 
     @property
     def port(self) -> int:
@@ -53,6 +105,27 @@ class RelayNode:
     def stop(self) -> None:
         self._stop.set()
 
+    async def _watch_nats(self, nc: NatsClient, edge: WsEdge) -> None:
+        """Probe JetStream every second; once NATS or JetStream has been unavailable for
+        NATS_LOST_GRACE_S, close every client with 4001 (they go to another relay, in this
+        region or the next) and refuse new ones until it is back."""
+        while True:
+            await self.nats.probe(nc)
+            if self.nats.lost_for(NATS_LOST_GRACE_S) and not self.nats.clients_sent_away:
+                self.nats.clients_sent_away = True
+                log.error(
+                    "NATS/JetStream unavailable for %.0f s (%s): closing %d clients with "
+                    "4001 and refusing new ones until it is back",
+                    NATS_LOST_GRACE_S,
+                    self.nats.reason,
+                    len(edge.connections),
+                )
+                edge.close_all(CloseCode.UNAVAILABLE, "unavailable")
+            elif self.nats.available() and self.nats.clients_sent_away:
+                self.nats.clients_sent_away = False
+                log.warning("NATS/JetStream is back: taking clients again")
+            await anyio.sleep(PROBE_INTERVAL_S)
+
     async def run(self, *, task_status: TaskStatus[RelayNode] = anyio.TASK_STATUS_IGNORED) -> None:
         cfg = self.cfg
         async with contextlib.AsyncExitStack() as stack:
@@ -65,8 +138,12 @@ class RelayNode:
                 )
                 self.nats_url = await stack.enter_async_context(embedded)
             else:
+                embedded = None
                 self.nats_url = cfg.nats.url
+            self.embedded = embedded
             async with anyio.create_task_group() as tg:
+                if embedded is not None:
+                    tg.start_soon(embedded.supervise)
                 nc = await self._connect(tg)
                 stack.push_async_callback(self._close_nats, nc)
                 broker = NatsBroker(nc, cfg)
@@ -100,9 +177,13 @@ class RelayNode:
                     )
                 )
                 edge.metrics = lambda: render(registry)
+                edge.available = self.nats.available
                 await tg.start(edge.run)
+                tg.start_soon(self._watch_nats, nc, edge)
                 # Served only once bound: with port 0 the directory must show the real port.
-                directory = EdgeDirectory(cfg, cfg.relay.public_url or self.url, edge.state)
+                directory = EdgeDirectory(
+                    cfg, cfg.relay.public_url or self.url, edge.state, self.nats.available
+                )
                 await directory.start(nc)
                 tg.start_soon(directory.run)
                 edge.directory = directory
@@ -123,11 +204,13 @@ class RelayNode:
         assert self.nats_url is not None
 
         async def reconnected() -> None:
+            self.nats.connected()
             log.warning("NATS connection re-established; resyncing live feeds")
             if self._feeds is not None:
                 tg.start_soon(self._feeds.resync)
 
         async def disconnected() -> None:
+            self.nats.disconnected()
             if not self._stop.is_set():  # on shutdown the drain disconnects on purpose
                 log.warning("NATS connection lost; reconnecting")
 

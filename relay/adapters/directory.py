@@ -11,7 +11,8 @@ peer's beats onto this region's NATS):
 
 A region heard from within ``DOWN_AFTER_S`` is up; one heard from before but
 not since is down (its beats stopped, or the link to it is cut); one never
-heard from is unknown. This region is up while this relay answers. A relay
+heard from is unknown. This region is up while this relay answers and reaches
+its NATS and JetStream. A relay
 not heard from within ``DOWN_AFTER_S`` is left out.
 """
 
@@ -80,8 +81,11 @@ class EdgeDirectory:
         cfg: RelayConfig,
         own_url: str | None = None,
         state: Callable[[], RelayState] = lambda: "up",
+        available: Callable[[], bool] = lambda: True,
     ) -> None:
         self.cfg = cfg
+        # False while this relay cannot reach its NATS/JetStream: its own row says "down".
+        self._available = available
         # The URL this relay is reachable at (the bound port when the config said 0).
         self.own_url = own_url or cfg.relay.effective_public_url
         self._state = state
@@ -137,7 +141,7 @@ class EdgeDirectory:
 
     def health(self, region: str, now: float | None = None) -> str:
         if region == self.cfg.region.name:
-            return "up"
+            return "up" if self._available() else "down"
         seen = self._last_seen.get(region)
         if seen is None:
             return "unknown"
@@ -165,10 +169,11 @@ class EdgeDirectory:
         now = time.monotonic()
         own = self.cfg.region.name
         relays = self.relays(now)
+        own_health = self.health(own, now)
         rows: list[dict[str, Any]] = [
-            {"region": own, "url": self.own_url, "health": "up", "relay": self.cfg.relay.id}
+            {"region": own, "url": self.own_url, "health": own_health, "relay": self.cfg.relay.id}
         ]
-        rows += self._relay_rows(own, relays, {self.own_url}, "up")
+        rows += self._relay_rows(own, relays, {self.own_url}, own_health)
         for peer in self.cfg.peers:
             seen = self._last_seen.get(peer.region)
             health = self.health(peer.region, now)

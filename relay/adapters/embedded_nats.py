@@ -28,6 +28,10 @@ from relay.adapters import child_process
 log = logging.getLogger("relaynet.nats")
 
 
+# How often the supervisor looks whether the server is still running.
+SUPERVISE_POLL_S = 0.2
+
+
 class EmbeddedNatsError(RuntimeError):
     pass
 
@@ -74,16 +78,28 @@ class EmbeddedNats:
         self._log_file: Path | None = None
 
     async def __aenter__(self) -> str:
-        binary = find_nats_server()
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self._ports_dir = tempfile.mkdtemp(prefix="relaynet-nats-ports-")
         self._log_file = self.store_dir / "nats-server.log"
+        self._spawn(self.port if self.port else -1)
+        try:
+            self.url = await self._wait_ready()
+        except BaseException:
+            await self._stop()
+            raise
+        # A restart must come back where clients look for it.
+        self.port = int(self.url.rsplit(":", 1)[1])
+        log.info("embedded nats-server ready at %s (store %s)", self.url, self.store_dir)
+        return self.url
+
+    def _spawn(self, port: int) -> None:
+        assert self._ports_dir is not None and self._log_file is not None
         args = [
-            binary,
+            find_nats_server(),
             "--addr",
             self.host,
             "--port",
-            str(self.port if self.port else -1),
+            str(port),
             "--jetstream",
             "--store_dir",
             str(self.store_dir),
@@ -106,13 +122,36 @@ class EmbeddedNats:
             # clients and then stops the server, rather than losing NATS under them.
             start_new_session=True,
         )
-        try:
-            self.url = await self._wait_ready()
-        except BaseException:
-            await self._stop()
-            raise
-        log.info("embedded nats-server ready at %s (store %s)", self.url, self.store_dir)
-        return self.url
+
+    async def supervise(self) -> None:
+        """Run until cancelled, starting the server again (same port, same store) whenever
+        it exits: the relay's NATS connection reconnects by itself, and what JetStream
+        had stored is still there. A server that keeps failing is retried with backoff."""
+        delay = 0.1
+        while True:
+            proc = self.process
+            assert proc is not None, "supervise() after the server started"
+            while True:  # a poll: waiting in a thread could not be cancelled
+                await anyio.sleep(SUPERVISE_POLL_S)
+                if proc.poll() is not None:
+                    break
+            code = proc.returncode
+            log.error(
+                "embedded nats-server exited (code %s); starting it again on port %d, same "
+                "store. Its last log lines:\n%s",
+                code,
+                self.port,
+                self._log_tail(),
+            )
+            await anyio.sleep(delay)
+            try:
+                self._spawn(self.port)
+                self.url = await self._wait_ready()
+                log.info("embedded nats-server is back at %s", self.url)
+                delay = 0.1
+            except EmbeddedNatsError as exc:
+                log.error("embedded nats-server did not come back: %s", exc)
+                delay = min(delay * 2, 5.0)
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stop()

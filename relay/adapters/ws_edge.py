@@ -48,6 +48,8 @@ class WsEdge:
         self.metrics: Callable[[], bytes] | None = None
         self.directory: EdgeDirectory | None = None
         self.port: int | None = None
+        # Whether this relay reaches its NATS and JetStream (the node keeps it up to date).
+        self.available: Callable[[], bool] = lambda: True
         self._stop = anyio.Event()
         self.stopped = anyio.Event()
         self._all_closed = anyio.Event()
@@ -88,8 +90,16 @@ class WsEdge:
         if path == WS_PATH:
             if self._stop.is_set():
                 return self._plain(http.HTTPStatus.SERVICE_UNAVAILABLE, "relay is shutting down\n")
+            if not self.available():
+                return self._plain(
+                    http.HTTPStatus.SERVICE_UNAVAILABLE, "relay cannot reach NATS/JetStream\n"
+                )
             return None
         if path == "/v1/health":
+            if not self.available():
+                return self._plain(
+                    http.HTTPStatus.SERVICE_UNAVAILABLE, "nats or jetstream unavailable\n"
+                )
             return self._plain(http.HTTPStatus.OK, "ok\n")
         if path == "/v1/ping":  # the cheapest answer there is: clients time it
             return self._plain(http.HTTPStatus.OK, "pong\n")
@@ -193,6 +203,12 @@ class WsEdge:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Close every client (requests in flight are answered first): they reconnect,
+        to another relay while this one refuses new connections."""
+        for conn in list(self.connections):
+            conn.close_with(code, reason)
 
     async def _drain(self, server: Server) -> None:
         """Stop accepting, tell every client where to go, let in-flight publishes be
