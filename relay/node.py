@@ -14,6 +14,7 @@ import time
 
 import anyio
 import nats
+import nats.errors
 from anyio.abc import TaskStatus
 from nats.aio.client import Client as NatsClient
 
@@ -36,6 +37,10 @@ PROBE_INTERVAL_S = 1.0
 # A NATS that is back within this is a blip (publishes meanwhile get `unavailable` and
 # are retried); longer, and clients are better served by another relay.
 NATS_LOST_GRACE_S = 2.0
+
+
+class NatsUnreachable(Exception):
+    """The relay's NATS did not answer at start within ``nats.connect_timeout_s``."""
 
 
 class NatsHealth:
@@ -211,22 +216,52 @@ class RelayNode:
 
         async def disconnected() -> None:
             self.nats.disconnected()
-            if not self._stop.is_set():  # on shutdown the drain disconnects on purpose
+            # On shutdown the drain disconnects on purpose; before the first connection
+            # there was nothing to lose.
+            if not self._stop.is_set() and connected_once:
                 log.warning("NATS connection lost; reconnecting")
 
         async def error(exc: Exception) -> None:
-            log.warning("NATS: %s", exc)
+            if not nc.is_connected and not connected_once:
+                failures.append(exc)  # said once, in the error that ends the start
+            else:
+                log.warning("NATS: %s", exc)
 
-        return await nats.connect(
-            servers=[u.strip() for u in self.nats_url.split(",")],
-            name=f"relaynet-{self.cfg.relay.id}",
-            connect_timeout=self.cfg.nats.connect_timeout_s,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            reconnected_cb=reconnected,
-            disconnected_cb=disconnected,
-            error_cb=error,
-        )
+        # Reconnects go on for ever once connected; the first connection has a deadline,
+        # so a relay pointed at the wrong NATS says so and exits instead of retrying.
+        failures: list[Exception] = []
+        connected_once = False
+        nc = NatsClient()
+        deadline = self.cfg.nats.connect_timeout_s
+        try:
+            with anyio.fail_after(deadline):
+                await nc.connect(
+                    servers=[u.strip() for u in self.nats_url.split(",")],
+                    name=f"relaynet-{self.cfg.relay.id}",
+                    connect_timeout=deadline,  # type: ignore[arg-type]  # float works; typed int
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float works; typed int
+                    reconnected_cb=reconnected,
+                    disconnected_cb=disconnected,
+                    error_cb=error,
+                )
+        except BaseException as exc:
+            # A connect cut short may hold a socket already.
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(2),
+                contextlib.suppress(Exception),
+            ):
+                await nc.close()
+            if isinstance(exc, (TimeoutError, OSError, nats.errors.Error)):
+                why = repr(failures[-1]) if failures else repr(exc)
+                raise NatsUnreachable(
+                    f"cannot reach NATS at {self.nats_url} within {deadline:g} s "
+                    f"(nats.connect_timeout_s): {why}"
+                ) from exc
+            raise
+        connected_once = True
+        return nc
 
     @staticmethod
     async def _close_nats(nc: NatsClient) -> None:

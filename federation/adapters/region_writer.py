@@ -38,6 +38,7 @@ from federation.channel_writes import (
     Stored,
 )
 from federation.logformat import StoredMessage
+from federation.throttled_log import ThrottledLog
 from federation.vclock import VectorClock
 
 log = logging.getLogger("relaynet.writer")
@@ -76,6 +77,7 @@ class RegionWriter:
         self._channels: dict[str, ChannelWrites[RemoteAck]] = {}
         self._running: set[str] = set()
         self._tg: anyio.abc.TaskGroup | None = None
+        self._problems = ThrottledLog(log)
         self.stats = WriterStats()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -210,7 +212,9 @@ class RegionWriter:
                 except Exception as exc:  # NATS away or refusing, or an entry we cannot read
                     reason = f"the region's log is unavailable: {exc}"
                     if isinstance(exc, LogUnavailable):
-                        log.warning("channel %s: %s", channel, exc)
+                        # One line per kind of failure per interval, not one per channel.
+                        kind = str(exc).split(":", 1)[0]
+                        self._problems.log(logging.WARNING, kind, "storing failed: %s", exc)
                     else:
                         log.exception("channel %s: writing failed", channel)
                         reason = "internal error while storing"

@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from federation.channel_writes import Failed, Result
+from federation.throttled_log import ThrottledLog
 from relay.adapters.nats_broker import BrokerUnavailable
 from relay.adapters.outbox import Outbox
 from relay.adapters.wsframe import text_frame
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
     from relay.adapters.ws_edge import WsEdge
 
 log = logging.getLogger("relaynet.conn")
+# Shared by every connection: when NATS is away, all of them fail alike.
+_problems = ThrottledLog(log)
 _ids = itertools.count(1)
 
 MAX_REQUESTS_IN_FLIGHT = 256
@@ -196,7 +199,8 @@ class Connection:
             else:
                 await self._history(request)
         except BrokerUnavailable as exc:
-            log.warning("request failed, NATS unavailable: %s", exc)
+            what = type(request).__name__
+            _problems.log(logging.WARNING, what, "%s failed: %s", what, exc)
             self._fail_subscribe(request, key)
             self.outbox.offer(error_frame(ErrorCode.UNAVAILABLE, str(exc), request.ref))
         except Exception:

@@ -17,9 +17,11 @@ from relay.adapters.embedded_nats import find_nats_server
 class NatsProcess:
     """One nats-server with JetStream; can be killed and restarted on the same port/store."""
 
-    def __init__(self, store_dir: Path, port: int = -1) -> None:
+    def __init__(self, store_dir: Path, port: int = -1, max_file_store: int | None = None) -> None:
         self.store_dir = store_dir
         self.port = port
+        # A JetStream store limit in bytes (a full store is a failure tests need to cause).
+        self.max_file_store = max_file_store
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
@@ -29,9 +31,15 @@ class NatsProcess:
         ports_dir.mkdir(exist_ok=True)
         for stale in ports_dir.glob("*.ports"):
             stale.unlink()
+        config: list[str] = []
+        if self.max_file_store is not None:
+            conf = self.store_dir / "nats.conf"
+            conf.write_text(f"jetstream {{ max_file_store: {self.max_file_store} }}\n")
+            config = ["-c", str(conf)]
         proc = subprocess.Popen(
             [
                 find_nats_server(),
+                *config,
                 "--addr",
                 "127.0.0.1",
                 "--port",
