@@ -238,6 +238,33 @@ def _cmd_bench_failover(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_bench_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from relay.bench.compare import Plan, run_compare
+
+    def names(text: str) -> tuple[str, ...]:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+
+    def numbers(text: str, option: str) -> tuple[int, ...] | None:
+        try:
+            return tuple(int(part) for part in names(text))
+        except ValueError:
+            print(f"bench compare: {option} takes numbers separated by commas", file=sys.stderr)
+            return None
+
+    subscribers = numbers(args.subscribers, "--subscribers")
+    idle = numbers(args.idle, "--idle")
+    if subscribers is None or idle is None:
+        return 2
+    _setup_logging(False)
+    logging.getLogger("relaynet").setLevel(logging.WARNING)
+    plan = Plan(
+        names(args.scenarios), subscribers, idle, names(args.systems), args.seconds, args.rounds
+    )
+    return run_async(run_compare, plan, Path(args.json) if args.json else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relaynet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -319,6 +346,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="one-way latency from the client to the next region (twice that to the third)",
     )
     failover.set_defaults(func=_cmd_bench_failover)
+    compare = bench_sub.add_parser(
+        "compare",
+        help="relaynet beside Socket.IO 4, ws and Python websockets (not multi-region: "
+        "that is `bench federation`)",
+        description="Measures relaynet, a Socket.IO 4 room, a ws broadcast and a Python "
+        "websockets broadcast with one Node load generator (npm installs the pinned packages "
+        "into .relaynet/bench-node on first use), interleaved rounds, and prints each "
+        "system's figures, the ratios relaynet ÷ Socket.IO and the generator's own ceiling. "
+        "The multi-region overhead is not part of it: see `relaynet bench federation`.",
+    )
+    compare.add_argument(
+        "--scenarios",
+        default="fanout,latency,idle,publish-rate,connect-rate",
+        help="comma-separated, from fanout,latency,idle,publish-rate,connect-rate (default all)",
+    )
+    compare.add_argument(
+        "--subscribers", default="10,100,1000", help="fan-out sizes (default 10,100,1000)"
+    )
+    compare.add_argument("--seconds", type=float, default=5.0, help="publishing time per run (5)")
+    compare.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds (3); figures are their medians"
+    )
+    compare.add_argument(
+        "--idle", default="1000,5000,10000", help="idle connection counts (default 1000,5000,10000)"
+    )
+    compare.add_argument(
+        "--systems", default="relaynet,socketio,ws,python", help="comma-separated (default all)"
+    )
+    compare.add_argument(
+        "--json", help="write every run and the medians here (default .relaynet/bench-compare.json)"
+    )
+    compare.set_defaults(func=_cmd_bench_compare)
     from relay.client.cli import register as register_client_commands
 
     register_client_commands(sub)

@@ -72,20 +72,19 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from federation.linkproxy import LinkProxy
+from relay.bench import processes
 from relay.bench.fanout import (
     BUSY_ELSEWHERE,
-    ServerProcess,
-    _cpu_seconds,
-    _machine_busy_seconds,
     _open,
-    _problems,
-    _spawn,
-    clock,
     close_all,
     percentile,
-    poll_until,
 )
 from relay.bench.federation import REGIONS, NatsServer, _spawn_nats, _stop_all
+from relay.bench.processes import (
+    ServerProcess,
+    clock,
+    poll_until,
+)
 from relay.bench.report import BenchError, run_and_report, server_log_lines
 from relay.client import connection as sdk
 from relay.client.connection import ConnectionState, Subscription, data_of
@@ -185,7 +184,7 @@ class Network:
         config.write_text(_relay_config(region, self.ports[region], self.nats[region].url, peers))
         argv = [sys.executable, "-m", "relay.cli", "relay", "--config", str(config)]
         stdout, log = home / "stdout", home / "relay.log"
-        relay = ServerProcess(f"relay {region}", _spawn(argv, stdout, log), stdout, [log])
+        relay = ServerProcess(f"relay {region}", processes.spawn(argv, stdout, log), stdout, [log])
         self.relays[region] = relay
         return relay
 
@@ -225,21 +224,21 @@ class CpuMeter:
     def __init__(self, net: Network) -> None:
         self.net = net
         self._ours = self._ours_now()
-        self._machine = _machine_busy_seconds()
+        self._machine = processes.machine_busy_seconds()
         self._wall = clock()
 
     def _ours_now(self) -> float:
         times = os.times()  # children: the ones already reaped (killed relays)
         live = [s.proc for s in self.net.nats.values()]
         live += [r.proc for r in self.net.relays.values()]
-        running = [_cpu_seconds(proc.pid) for proc in live if proc.returncode is None]
+        running = [processes.cpu_seconds(proc.pid) for proc in live if proc.returncode is None]
         return sum(times[:4]) + sum(s for s in running if not math.isnan(s))
 
     def stop(self) -> tuple[float, float]:
         """(cores this run used, cores other processes used), on average."""
         wall = max(clock() - self._wall, 1e-9)
         ours = self._ours_now() - self._ours
-        machine = _machine_busy_seconds() - self._machine
+        machine = processes.machine_busy_seconds() - self._machine
         return ours / wall, max(0.0, machine - ours) / wall
 
 
@@ -676,7 +675,7 @@ async def _run(
                 tg.cancel_scope.cancel()
         finally:
             await net.stop()
-        problems = _problems(net.logs())
+        problems = processes.problems(net.logs())
     return Report(latency_ms, rate, settings, connect_figures, results, cpu, problems)
 
 

@@ -27,16 +27,8 @@ traffic only to 127.0.0.1.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import functools
-import json
 import math
 import os
-import re
-import resource
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +42,17 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from relay.bench.processes import (
+    ServerProcess,
+    clock,
+    machine_busy_seconds,
+    peer_command,
+    poll_until,
+    problems,
+    raise_fd_limit,
+    relay_command,
+    spawn,
+)
 from relay.bench.report import BenchError, server_log_lines
 
 CHANNEL = "bench:fanout"
@@ -66,12 +69,6 @@ SUBSCRIBER_MAX_QUEUE = 512  # frames a client buffers before TCP backpressure re
 LATENCY_SAMPLES = 1_000_000
 SATURATED = 0.9  # load generator CPU, in cores, above which it may be the bottleneck
 BUSY_ELSEWHERE = 0.25  # cores busy with other processes above which figures are noisy
-READY_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 15.0  # the relay drains clients, then NATS, then stops nats-server
-READY_RE = re.compile(r"ready on (ws://\S+)")
-PROBLEM_RE = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|\[(WRN|ERR|FTL)\]|Traceback")
-
-clock = time.perf_counter
 
 
 # --- frames -------------------------------------------------------------------------------
@@ -329,17 +326,6 @@ async def drain(
     await poll_until(done, deadline)
 
 
-async def poll_until(done: Callable[[], bool], deadline: float, interval: float = 0.02) -> bool:
-    """For states without an event to wait on: counters, another process's exit.
-    ``deadline`` is a ``clock()`` time."""
-    with anyio.move_on_after(deadline - clock()):
-        while True:
-            if done():
-                return True
-            await anyio.sleep(interval)
-    return done()
-
-
 # --- connections --------------------------------------------------------------------------
 
 
@@ -405,173 +391,7 @@ async def close_all(connections: list[ClientConnection]) -> None:
                 tg.start_soon(ws.close)
 
 
-# --- server processes ---------------------------------------------------------------------
-
-
-def _proc_stat(pid: int) -> tuple[str, list[str]] | None:
-    """(command name, the fields after it) of /proc/<pid>/stat; None once it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    head, _, rest = text.rpartition(")")
-    return head.partition("(")[2], rest.split()
-
-
-def _start_time(pid: int) -> str | None:
-    stat = _proc_stat(pid)
-    return stat[1][19] if stat else None  # field 22: tells a process from a reused pid
-
-
-def _children(pid: int) -> list[tuple[int, str]]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat and stat[1][1] == str(pid):
-                found.append((int(entry.name), stat[0]))
-    return found
-
-
-def _cpu_seconds(pid: int) -> float:
-    stat = _proc_stat(pid)
-    if stat is None:
-        return math.nan
-    return (int(stat[1][11]) + int(stat[1][12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def _peak_rss_kb(pid: int) -> int | None:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return None
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    # Without it a load generator killed with SIGKILL would leave its server running.
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _spawn(argv: list[str], stdout: Path, stderr: Path) -> subprocess.Popen[bytes]:
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            preexec_fn=_die_with_parent,
-            # Own session: Ctrl-C reaches only the load generator, which then stops the
-            # server in order (close clients, SIGTERM, wait) rather than all at once.
-            start_new_session=True,
-        )
-
-
-def _tail(path: Path, lines: int = 10) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no output)"
-
-
-def _problems(paths: list[Path]) -> list[str]:
-    found: list[str] = []
-    for path in paths:
-        with contextlib.suppress(OSError):
-            lines = path.read_text(errors="replace").splitlines()
-            found += [f"{path.name}: {line}" for line in lines if PROBLEM_RE.search(line)]
-    return found
-
-
-@dataclass
-class ServerProcess:
-    """A server under test, and the processes whose memory and CPU count as its cost."""
-
-    label: str
-    proc: subprocess.Popen[bytes]
-    stdout: Path
-    logs: list[Path]
-    url: str = ""
-    helpers: list[tuple[int, str, str]] = field(default_factory=list)  # pid, name, start time
-
-    def pids(self) -> dict[str, int]:
-        return {self.label: self.proc.pid} | {name: pid for pid, name, _ in self.helpers}
-
-    def cpu_seconds(self) -> dict[str, float]:
-        return {name: _cpu_seconds(pid) for name, pid in self.pids().items()}
-
-    def peak_rss_kb(self) -> dict[str, int | None]:
-        return {name: _peak_rss_kb(pid) for name, pid in self.pids().items()}
-
-    async def wait_ready(self) -> None:
-        deadline = clock() + READY_TIMEOUT_S
-        while not (match := READY_RE.search(_tail(self.stdout))):
-            if self.proc.poll() is not None:
-                state = f"exited with code {self.proc.returncode}"
-            elif clock() > deadline:
-                state = f"not ready after {READY_TIMEOUT_S:.0f}s"
-            else:
-                await anyio.sleep(0.05)
-                continue
-            raise BenchError(f"{self.label} {state}; its last log lines:\n{_tail(self.logs[0])}")
-        self.url = match.group(1)
-        # The relay's embedded nats-server is its child, started before "ready".
-        for pid, name in _children(self.proc.pid):
-            started = _start_time(pid)
-            if started is not None:
-                self.helpers.append((pid, name, started))
-
-    async def stop(self) -> None:
-        with anyio.CancelScope(shield=True):
-            await _terminate(self.proc.pid, lambda: self.proc.poll() is not None)
-            for pid, _, started in self.helpers:
-                # Normally gone already: the relay stops it on SIGTERM, PDEATHSIG otherwise.
-                await _terminate(pid, functools.partial(_is_gone, pid, started))
-
-
-def _is_gone(pid: int, started: str) -> bool:
-    return _start_time(pid) != started
-
-
-async def _terminate(pid: int, gone: Callable[[], bool]) -> None:
-    """SIGTERM, wait, then SIGKILL, for one process this benchmark started."""
-    for sig, wait_s in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, 5.0)):
-        if gone():
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        await poll_until(gone, clock() + wait_s)
-
-
 # --- the servers under test ---------------------------------------------------------------
-
-
-def _relay_command(workdir: Path) -> tuple[list[str], list[Path]]:
-    store = workdir / "nats"
-    config = workdir / "relay.toml"
-    # Port 0 everywhere so that runs never collide; a big outbox because this
-    # measures throughput, not the slow-consumer policy.
-    config.write_text(
-        "[region]\n"
-        'name = "bench"\n'
-        "[relay]\n"
-        'id = "bench-1"\n'
-        'host = "127.0.0.1"\n'
-        "port = 0\n"
-        "[nats]\n"
-        'url = "embedded"\n'
-        "embedded_port = 0\n"
-        f"store_dir = {json.dumps(str(store))}\n"
-        "[limits]\n"
-        "outbox_max_messages = 100000\n"
-    )
-    argv = [sys.executable, "-m", "relay.cli", "relay", "--config", str(config)]
-    return argv, [store / "nats-server.log"]
-
-
-def _peer_command(workdir: Path) -> tuple[list[str], list[Path]]:
-    return [sys.executable, "-m", "relay.bench.peer_broadcast", "--port", "0"], []
 
 
 @dataclass(frozen=True)
@@ -582,11 +402,11 @@ class Target:
 
 
 TARGETS = (
-    Target("relaynet", "relaynet: one relay, embedded JetStream, ack after store", _relay_command),
+    Target("relaynet", "relaynet: one relay, embedded JetStream, ack after store", relay_command),
     Target(
         "bare websockets broadcast",
         "bare websockets broadcast: no storage, ack at once, at-most-once",
-        _peer_command,
+        peer_command,
     ),
 )
 
@@ -600,16 +420,6 @@ class Load:
     seconds: float
     rate: int  # msgs/s; 0: as fast as the ack window allows
     size: int  # bytes of padding per payload
-
-
-def _machine_busy_seconds() -> float:
-    """CPU seconds all processes on this machine have used (the first line of /proc/stat)."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
-    except (OSError, ValueError):
-        return math.nan
-    user, nice, system, _idle, _iowait, irq, softirq = fields
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -636,7 +446,7 @@ class CpuMeter:
         self.server = server
         self._server = server.cpu_seconds()
         self._client = time.process_time()
-        self._machine = _machine_busy_seconds()
+        self._machine = machine_busy_seconds()
         self._wall = clock()
 
     def stop(self) -> CpuUse:
@@ -644,7 +454,7 @@ class CpuMeter:
         return CpuUse(
             server={name: after[name] - self._server.get(name, 0.0) for name in after},
             load_generator=time.process_time() - self._client,
-            machine=_machine_busy_seconds() - self._machine,
+            machine=machine_busy_seconds() - self._machine,
             wall=clock() - self._wall,
         )
 
@@ -758,14 +568,14 @@ async def run_target(target: Target, load: Load) -> RunResult:
         workdir = Path(tmp)
         argv, extra_logs = target.command(workdir)
         stdout, log = workdir / "server.out", workdir / "server.log"
-        server = ServerProcess(target.label, _spawn(argv, stdout, log), stdout, [log, *extra_logs])
+        server = ServerProcess(target.label, spawn(argv, stdout, log), stdout, [log, *extra_logs])
         try:
             await server.wait_ready()
             result = await measure(server, target, load)
         finally:
             await server.stop()
         # After the stop, so that warnings logged while shutting down count too.
-        result.problems = _problems(server.logs)
+        result.problems = problems(server.logs)
     return result
 
 
@@ -892,17 +702,6 @@ def _check_load(load: Load) -> str | None:
     return None
 
 
-def _raise_fd_limit(subscribers: int) -> None:
-    """Each subscriber is a socket here and one in the server (which inherits the limit)."""
-    wanted = subscribers + 256
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= wanted:
-        return
-    if hard != resource.RLIM_INFINITY and hard < wanted:
-        raise BenchError(f"{subscribers} subscribers need {wanted} open files; the limit is {hard}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-
-
 async def run_fanout(subscribers: int, seconds: float, rate: int, size: int) -> int:
     """Run the fan-out benchmark against relaynet, then the bare baseline, and print both.
 
@@ -915,7 +714,7 @@ async def run_fanout(subscribers: int, seconds: float, rate: int, size: int) -> 
         return 2
     results: list[RunResult] = []
     try:
-        _raise_fd_limit(subscribers)
+        raise_fd_limit(subscribers)
         for target in TARGETS:
             result = await run_target(target, load)
             print(format_result(result) + "\n", flush=True)

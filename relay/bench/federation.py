@@ -60,26 +60,22 @@ from websockets.exceptions import ConnectionClosed
 
 from federation.linkproxy import LinkProxy
 from relay.adapters.embedded_nats import EmbeddedNatsError, find_nats_server
+from relay.bench import processes
 from relay.bench.fanout import (
     ACK_WINDOW,
     BUSY_ELSEWHERE,
-    READY_TIMEOUT_S,
     SATURATED,
     LatencySampler,
     Publisher,
-    ServerProcess,
-    _cpu_seconds,
-    _machine_busy_seconds,
     _ms,
     _open,
-    _peak_rss_kb,
-    _problems,
-    _spawn,
-    _tail,
-    _terminate,
-    clock,
     close_all,
     percentile,
+)
+from relay.bench.processes import (
+    READY_TIMEOUT_S,
+    ServerProcess,
+    clock,
     poll_until,
 )
 from relay.bench.report import BenchError, run_and_report, server_log_lines
@@ -165,13 +161,14 @@ class NatsServer:
                     return
                 await anyio.sleep(0.02)
                 continue
+            last_lines = processes.tail(self.log)
             raise BenchError(
-                f"nats-server of {self.region} {state}; its last log lines:\n{_tail(self.log)}"
+                f"nats-server of {self.region} {state}; its last log lines:\n{last_lines}"
             )
 
     async def stop(self) -> None:
         with anyio.CancelScope(shield=True):
-            await _terminate(self.proc.pid, lambda: self.proc.poll() is not None)
+            await processes.terminate(self.proc.pid, lambda: self.proc.poll() is not None)
 
 
 def _spawn_nats(region: str, workdir: Path) -> NatsServer:
@@ -199,7 +196,7 @@ def _spawn_nats(region: str, workdir: Path) -> NatsServer:
         "--log",
         str(log),
     ]
-    return NatsServer(region, _spawn(argv, store / "stdout", store / "stderr"), ports, log)
+    return NatsServer(region, processes.spawn(argv, store / "stdout", store / "stderr"), ports, log)
 
 
 def _relay_config(region: str, nats_url: str, peer_urls: dict[str, str]) -> str:
@@ -241,7 +238,7 @@ def _spawn_relay(
     config.write_text(_relay_config(region, nats_url, peer_urls))
     argv = [sys.executable, "-m", "relay.cli", "relay", "--config", str(config)]
     stdout, log = home / "stdout", home / "relay.log"
-    return ServerProcess(f"relay {region}", _spawn(argv, stdout, log), stdout, [log])
+    return ServerProcess(f"relay {region}", processes.spawn(argv, stdout, log), stdout, [log])
 
 
 async def _stop_all(stoppers: Iterable[ServerProcess | NatsServer]) -> None:
@@ -440,17 +437,17 @@ class CpuMeter:
         self.pids = list(pids)
         self._servers = self._servers_now()
         self._here = time.process_time()
-        self._machine = _machine_busy_seconds()
+        self._machine = processes.machine_busy_seconds()
         self._wall = clock()
 
     def _servers_now(self) -> float:
-        return sum(_cpu_seconds(pid) for pid in self.pids)
+        return sum(processes.cpu_seconds(pid) for pid in self.pids)
 
     def stop(self) -> CpuSplit:
         wall = max(clock() - self._wall, 1e-9)
         servers = self._servers_now() - self._servers
         here = time.process_time() - self._here
-        machine = _machine_busy_seconds() - self._machine
+        machine = processes.machine_busy_seconds() - self._machine
         return CpuSplit(servers / wall, here / wall, max(0.0, machine - servers - here) / wall)
 
 
@@ -810,8 +807,8 @@ async def _measure(
         throughput=burst,
         order=order,
         bare=bare,
-        rss_kb={name: _peak_rss_kb(pid) for name, pid in pids.items()},
-        cpu_s={name: _cpu_seconds(pid) for name, pid in pids.items()}
+        rss_kb={name: processes.peak_rss_kb(pid) for name, pid in pids.items()},
+        cpu_s={name: processes.cpu_seconds(pid) for name, pid in pids.items()}
         | {"this process (load + proxies)": time.process_time() - cpu_before},
         wall_s=clock() - started,
     )
@@ -861,7 +858,7 @@ async def _run(latency_ms: float, seconds: float, rate: int) -> Report:
             await _stop_all(nats_servers.values())
         # After the stop, so that warnings logged while shutting down count too.
         logs = [log for relay in relays.values() for log in relay.logs]
-        report.problems = _problems([*logs, *(s.log for s in nats_servers.values())])
+        report.problems = processes.problems([*logs, *(s.log for s in nats_servers.values())])
     return report
 
 
