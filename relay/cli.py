@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import anyio
 
@@ -35,6 +36,9 @@ def event_loop_options() -> dict[str, object]:
     return {"use_uvloop": True}
 
 
+E = TypeVar("E", bound=BaseException)
+
+
 def run_async(func: Callable[..., Awaitable[int]], *args: object) -> int:
     """Run an async command to its exit code; Ctrl-C is 130 without a traceback (every
     command stops what it started on the way out)."""
@@ -55,7 +59,7 @@ def _load(path: str) -> RelayConfig | None:
 
 
 def _cmd_relay(args: argparse.Namespace) -> int:
-    from relay.node import RelayNode
+    from relay.node import NatsUnreachable, RelayNode
 
     cfg = _load(args.config)
     if cfg is None:
@@ -63,7 +67,7 @@ def _cmd_relay(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     node = RelayNode(cfg)
 
-    async def main() -> None:
+    async def main() -> int:
         async with anyio.create_task_group() as tg:
 
             async def on_signals() -> None:
@@ -72,19 +76,42 @@ def _cmd_relay(args: argparse.Namespace) -> int:
                         logging.getLogger("relaynet").info(
                             "%s: shutting down", signal.Signals(signum).name
                         )
+                        if node.edge is None:  # still starting: nothing to drain
+                            tg.cancel_scope.cancel()
                         node.stop()
                         return
 
             tg.start_soon(on_signals)
-            await tg.start(node.run)
+            try:
+                await tg.start(node.run)
+            except Exception as exc:
+                unreachable = _first(exc, NatsUnreachable)
+                if unreachable is None:
+                    raise
+                logging.getLogger("relaynet").error("%s", unreachable)
+                tg.cancel_scope.cancel()
+                return 1
             print(
                 f"relaynet relay {cfg.relay.id} ({cfg.region.name}) ready on {node.url}", flush=True
             )
             await node.run_finished()
             tg.cancel_scope.cancel()
+        return 0
 
-    anyio.run(main, backend_options=event_loop_options())
-    return 0
+    code: int = anyio.run(main, backend_options=event_loop_options())
+    return code
+
+
+def _first(exc: BaseException, kind: type[E]) -> E | None:
+    """``exc`` itself, or the first of its kind inside (task groups wrap what they raise)."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first(inner, kind)
+            if found is not None:
+                return found
+    return None
 
 
 def _cmd_federate(args: argparse.Namespace) -> int:
