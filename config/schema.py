@@ -375,6 +375,15 @@ class LimitsSection(_Section):
         ge=1,
         description="Bad frames a client may send per minute before it is disconnected.",
     )
+    publish_context_wait_s: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "How long a publish may wait for its causal context (messages its publisher had "
+            "seen or sent, from another region) to reach this region before it is refused "
+            "as `unavailable`; the SDKs then retry it, same id."
+        ),
+    )
 
 
 class FederationSection(_Section):

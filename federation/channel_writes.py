@@ -97,6 +97,9 @@ class LocalWrite:
     data: msgspec.Raw
     source: Hashable | None  # the connection: publishes of one source keep their order
     done: Callable[[Result], None]
+    # The publisher's causal context: stored only once the log covers it.
+    after: VectorClock | None = None
+    queued_at: float = 0.0  # when it came (the caller's clock): bounds the wait for ``after``
 
 
 @dataclass(frozen=True)
@@ -224,7 +227,7 @@ class ChannelWrites(Generic[A]):
         position = head.position
         last_origin = head.origin
         entries: list[Planned] = []
-        local_iter = iter(self.locals)
+        waiting = self._eligible_locals()
         applied_remote = False
         # Alternate: a ready remote message, then a local publish, so neither side waits
         # for the other to run dry.
@@ -240,7 +243,7 @@ class ChannelWrites(Generic[A]):
                 applied_remote = applied_remote or not ready.payload.null
                 progressed = True
             if len(entries) < max_entries:
-                local = next(local_iter, None)
+                local = waiting.next(position)
                 if local is not None:
                     position = position.increment(self.region)
                     ts = position.to_dict()
@@ -267,6 +270,45 @@ class ChannelWrites(Generic[A]):
         plan = Plan(head, entries)
         self.in_flight = plan
         return plan
+
+    def _eligible_locals(self) -> _LocalCursor:
+        return _LocalCursor(list(self.locals))
+
+    def waiting_for_context(self) -> int:
+        """Local publishes whose causal context this region's log does not cover yet."""
+        if self.head is None:
+            return sum(1 for w in self.locals if w.after)
+        return sum(1 for w in self.locals if w.after and not w.after <= self.head.position)
+
+    def expire(self, now: float, wait_s: float) -> int:
+        """Fail local publishes that waited longer than ``wait_s`` for their causal context
+        (and what their sources queued behind them); returns how many."""
+        if self.in_flight is not None:
+            return 0
+        covered = self.head.position if self.head is not None else VectorClock()
+        expired = [
+            w
+            for w in self.locals
+            if w.after and not w.after <= covered and now - w.queued_at > wait_s
+        ]
+        if not expired:
+            return 0
+        sources: dict[Hashable, str] = {}
+        for write in expired:
+            self.locals.remove(write)
+            missing = (
+                {k: v for k, v in write.after.items() if v > covered.get(k)} if write.after else {}
+            )
+            write.done(
+                Failed(
+                    f"its causal context has not reached this region in {wait_s:g} s "
+                    f"(missing {missing})"
+                )
+            )
+            if write.source is not None:
+                sources.setdefault(write.source, write.message_id)
+        self.fail_behind(sources)
+        return len(expired)
 
     def _plan_remote(self, msg: Stamped[StoredMessage], position: VectorClock) -> Planned:
         stored = msg.payload
@@ -394,6 +436,29 @@ class ChannelWrites(Generic[A]):
         for planned in plan.entries:
             if planned.remote is not None:
                 self.remotes.restore(planned.remote)
+
+
+class _LocalCursor:
+    """Local publishes in order, skipping those whose causal context the group's position
+    does not cover yet, and everything their sources queued behind them."""
+
+    def __init__(self, locals_: list[LocalWrite]) -> None:
+        self._locals = locals_
+        self._index = 0
+        self._blocked: set[Hashable] = set()
+
+    def next(self, position: VectorClock) -> LocalWrite | None:
+        while self._index < len(self._locals):
+            write = self._locals[self._index]
+            self._index += 1
+            if write.source is not None and write.source in self._blocked:
+                continue
+            if write.after is not None and not write.after <= position:
+                if write.source is not None:
+                    self._blocked.add(write.source)
+                continue
+            return write
+        return None
 
 
 __all__ = [

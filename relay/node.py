@@ -155,7 +155,9 @@ class RelayNode:
                 await broker.ensure_streams()
                 # One writer per process for the region log: local publishes and remote
                 # messages of a channel queue together, so neither starves the other.
-                writer = RegionWriter(broker.log, cfg.federation.max_buffered)
+                writer = RegionWriter(
+                    broker.log, cfg.federation.max_buffered, cfg.limits.publish_context_wait_s
+                )
                 await tg.start(writer.run)
 
                 def note_head(entry: LogEntry) -> None:

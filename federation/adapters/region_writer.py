@@ -18,6 +18,7 @@ and so does every publish queued behind them from the same connection.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 
@@ -55,6 +56,8 @@ MAX_GROUP = 256
 MAX_REFUSALS = 200
 # Kept per idle channel: its head (saves a read on the next publish); beyond, forgotten.
 MAX_IDLE_CHANNELS = 10_000
+# How often publishes waiting for their causal context look at the head again.
+WAITING_CHECK_S = 1.0
 
 
 @dataclass
@@ -70,8 +73,11 @@ class WriterStats:
 
 
 class RegionWriter:
-    def __init__(self, region_log: RegionLog, max_buffered: int) -> None:
+    def __init__(
+        self, region_log: RegionLog, max_buffered: int, context_wait_s: float = 30.0
+    ) -> None:
         self.log = region_log
+        self.context_wait_s = context_wait_s
         self.region = region_log.region
         self.max_buffered = max_buffered
         self._channels: dict[str, ChannelWrites[RemoteAck]] = {}
@@ -85,7 +91,7 @@ class RegionWriter:
             self._tg = tg
             task_status.started()
             try:
-                await anyio.sleep_forever()
+                await self._watch_waiting()
             finally:
                 self._tg = None
                 for writes in self._channels.values():
@@ -100,13 +106,15 @@ class RegionWriter:
         data: msgspec.Raw,
         source: Hashable | None,
         done: Callable[[Result], None],
+        after: VectorClock | None = None,
     ) -> None:
-        """Queue a local publish; ``done`` is called with its result, in publish order."""
+        """Queue a local publish; ``done`` is called with its result, in publish order.
+        ``after``: the publisher's causal context; stored only once our log covers it."""
         if self._tg is None:
             done(Failed("the relay is shutting down"))
             return
         writes = self._writes(channel)
-        writes.add_local(LocalWrite(message_id, data, source, done))
+        writes.add_local(LocalWrite(message_id, data, source, done, after, time.monotonic()))
         self._kick(channel)
 
     async def publish_wait(
@@ -146,6 +154,8 @@ class RegionWriter:
         writes = self._channels.get(channel)
         if writes is not None and writes.head is not None and seq > writes.head.seq:
             writes.note_head(Head(seq, VectorClock(position), origin))
+            if writes.locals:  # maybe what a waiting publish depends on
+                self._kick(channel)
 
     def recheck(self) -> None:
         """Read the heads of channels with waiting messages again (another instance may
@@ -160,6 +170,35 @@ class RegionWriter:
         writes = self._writes(channel)
         writes.owe_progress()
         self._kick(channel)
+
+    async def _watch_waiting(self) -> None:
+        """Publishes waiting for their causal context: every second, read their channel's
+        head again (another relay of the region may have applied what they wait for) and
+        refuse those that waited longer than ``context_wait_s``."""
+        while True:
+            await anyio.sleep(WAITING_CHECK_S)
+            now = time.monotonic()
+            for channel, writes in list(self._channels.items()):
+                if writes.in_flight is not None or not any(w.after for w in writes.locals):
+                    continue
+                expired = writes.expire(now, self.context_wait_s)
+                if expired:
+                    self._problems.log(
+                        logging.WARNING,
+                        "context",
+                        "channel %s: %d publishes refused, their causal context did not "
+                        "arrive in %g s",
+                        channel,
+                        expired,
+                        self.context_wait_s,
+                    )
+                if writes.locals:
+                    writes.head = None
+                    self._kick(channel)
+
+    def waiting_for_context(self) -> int:
+        """Local publishes held until their causal context arrives (all channels)."""
+        return sum(w.waiting_for_context() for w in self._channels.values() if w.locals)
 
     def buffered(self) -> dict[str, int]:
         """Remote messages waiting for causal predecessors, per channel."""

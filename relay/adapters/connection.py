@@ -27,6 +27,7 @@ from websockets.protocol import State
 
 from federation.channel_writes import Failed, Result
 from federation.throttled_log import ThrottledLog
+from federation.vclock import VectorClock
 from relay.adapters.nats_broker import BrokerUnavailable
 from relay.adapters.outbox import Outbox
 from relay.adapters.wsframe import text_frame
@@ -239,7 +240,8 @@ class Connection:
             self.outbox.offer(ack_frame(request.ref, message_id, channel, result.position))
 
         self._publishing += 1
-        self.edge.writer.publish(channel, message_id, request.data, self, done)
+        after = VectorClock(request.after) if request.after else None  # validated on decode
+        self.edge.writer.publish(channel, message_id, request.data, self, done, after)
 
     async def _subscribe(self, request: Subscribe, key: _SubscriptionKey) -> None:
         channel = Channel(request.channel)

@@ -56,6 +56,12 @@ class RelayCollector:
             for (reason, target), count in sorted(edge.redirects.items()):
                 sent.add_metric([*self.labels.values(), reason, target], count)
             yield sent
+        if edge is not None:
+            yield self._gauge(
+                "relaynet_publishes_waiting_for_context",
+                "Publishes held until their causal context (from another region) arrives.",
+                edge.writer.waiting_for_context(),
+            )
         if feeds is not None:
             yield self._gauge(
                 "relaynet_channels",

@@ -196,11 +196,12 @@ class _UnsubscribeOut(msgspec.Struct, tag="unsubscribe", tag_field="op"):
     ref: int
 
 
-class _PublishOut(msgspec.Struct, tag="publish", tag_field="op"):
+class _PublishOut(msgspec.Struct, tag="publish", tag_field="op", omit_defaults=True):
     channel: str
     id: str
     data: msgspec.Raw  # the caller's JSON bytes, spliced in unchanged
     ref: int
+    after: dict[str, int] | None = None  # causal context: see ClientSession._context
 
 
 class _ConnectedIn(msgspec.Struct, tag="connected", tag_field="op"):
@@ -286,7 +287,11 @@ class ClientSession:
         self._next_ref = 1
         self._next_id = 1
         self._channels: dict[str, _Channel] = {}
-        self._pending: dict[str, tuple[str, bytes]] = {}  # id -> (channel, data), in send order
+        # id -> the publish, in send order (kept until acked; sent again after a failure)
+        self._pending: dict[str, _Pending] = {}
+        # channel -> pointwise maximum of the positions of our acked publishes there: with
+        # what we have read, the causal context every publish carries.
+        self._written: dict[str, VectorClock] = {}
         self._requests: dict[int, _Request] = {}  # ref -> what we sent, on this connection
         self._seen: dict[tuple[str, str], None] = {}  # (channel, id), oldest first
         # The relay's limit on a frame from us (from `connected`); None: not announced.
@@ -309,7 +314,7 @@ class ClientSession:
     @property
     def pending(self) -> dict[str, str]:
         """Unacknowledged publishes: id -> channel, in the order they were made."""
-        return {message_id: channel for message_id, (channel, _) in self._pending.items()}
+        return {message_id: p.channel for message_id, p in self._pending.items()}
 
     @property
     def idle(self) -> bool:
@@ -368,12 +373,24 @@ class ClientSession:
         except msgspec.DecodeError as exc:
             raise ValueError(f"data is not valid JSON: {exc}") from None
         message_id = f"{self.id_prefix}-{self._next_id}"
-        size = _publish_size(channel, message_id, data_json)
+        pending = _Pending(channel, bytes(data_json), self._context(channel))
+        size = _publish_size(message_id, pending)
         if self.max_frame_bytes is not None and size > self.max_frame_bytes:
             raise FrameTooLarge(size, self.max_frame_bytes)
         self._next_id += 1
-        self._pending[message_id] = (channel, bytes(data_json))
+        self._pending[message_id] = pending
         return message_id, self._publish_frame(message_id)
+
+    def _context(self, channel: str) -> dict[str, int] | None:
+        """What this client has read and published on the channel: a region must not store
+        the publish before all of it (after a failover, it may not have it yet)."""
+        state = self._channels.get(channel)
+        read = state.position if state is not None else None
+        written = self._written.get(channel)
+        if read is None and written is None:
+            return None
+        context = (read or VectorClock()).merge(written or {})
+        return context.to_dict() or None
 
     def drop_oversized(self) -> list[str]:
         """Forget pending publishes too large for the relay now connected (a relay with
@@ -383,8 +400,8 @@ class ClientSession:
         limit = self.max_frame_bytes
         dropped = [
             message_id
-            for message_id, (channel, data) in self._pending.items()
-            if _publish_size(channel, message_id, data) > limit
+            for message_id, pending in self._pending.items()
+            if _publish_size(message_id, pending) > limit
         ]
         for message_id in dropped:
             del self._pending[message_id]
@@ -472,6 +489,8 @@ class ClientSession:
         position = _clock("position", frame.position)
         if self._pending.pop(frame.id, None) is None:
             return []  # a second ack after a republish: the first one was reported
+        written = self._written.get(frame.channel)
+        self._written[frame.channel] = position if written is None else written.merge(position)
         return [Acked(frame.id, frame.channel, position)]
 
     def _subscribed(self, frame: _SubscribedIn) -> list[Event]:
@@ -559,16 +578,26 @@ class ClientSession:
         return msgspec.json.encode(_SubscribeOut(channel, ref, body))
 
     def _publish_frame(self, message_id: str) -> bytes:
-        channel, data = self._pending[message_id]
+        pending = self._pending[message_id]
         ref = self._ref()
-        self._requests[ref] = _Request("publish", channel, message_id)
-        return msgspec.json.encode(_PublishOut(channel, message_id, msgspec.Raw(data), ref))
+        self._requests[ref] = _Request("publish", pending.channel, message_id)
+        return msgspec.json.encode(pending.frame(message_id, ref))
 
 
-def _publish_size(channel: str, message_id: str, data_json: bytes) -> int:
+@dataclass(frozen=True)
+class _Pending:
+    channel: str
+    data: bytes
+    # The causal context when it was published (the same on every resend).
+    after: dict[str, int] | None
+
+    def frame(self, message_id: str, ref: int) -> _PublishOut:
+        return _PublishOut(self.channel, message_id, msgspec.Raw(self.data), ref, self.after)
+
+
+def _publish_size(message_id: str, pending: _Pending) -> int:
     """Bytes of the publish frame, with the longest ref it can get (refs only grow)."""
-    frame = _PublishOut(channel, message_id, msgspec.Raw(data_json), _LONGEST_REF)
-    return len(msgspec.json.encode(frame))
+    return len(msgspec.json.encode(pending.frame(message_id, _LONGEST_REF)))
 
 
 _LONGEST_REF: Final = 2**63

@@ -49,6 +49,9 @@ class Publish(msgspec.Struct, tag="publish", tag_field="op"):
     data: msgspec.Raw
     id: str | None = None
     ref: Ref = None
+    # The publisher's causal context on the channel: what it had seen and published
+    # there (a position). The message is stored only after everything it covers.
+    after: dict[str, int] | None = None
 
 
 class History(msgspec.Struct, tag="history", tag_field="op"):
@@ -66,6 +69,8 @@ ClientFrame = Subscribe | Unsubscribe | Publish | History | Ping
 KNOWN_OPS: Final = frozenset({"subscribe", "unsubscribe", "publish", "history", "ping"})
 
 _decoder: Final = msgspec.json.Decoder(ClientFrame)
+# A causal context names regions; no deployment has more than this many.
+MAX_CONTEXT_REGIONS: Final = 64
 
 
 def decode_client_frame(raw: str | bytes) -> ClientFrame:
@@ -91,6 +96,13 @@ def decode_client_frame(raw: str | bytes) -> ClientFrame:
                 "id must be 1-128 printable ASCII characters without spaces",
                 frame.ref,
             )
+        if frame.after is not None and len(frame.after) > MAX_CONTEXT_REGIONS:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                f"after: at most {MAX_CONTEXT_REGIONS} regions",
+                frame.ref,
+            )
+        parse_position(frame.after, frame.ref, "after")
     elif isinstance(frame, History):
         if not 1 <= frame.limit <= MAX_HISTORY_LIMIT:
             raise ProtocolError(

@@ -82,10 +82,19 @@ class ProtocolClient:
             await self._done.wait()
 
     async def request(self, frame: dict[str, Any], seconds: float = 10) -> dict[str, Any]:
-        ref = f"c{next(self._refs)}"
-        await self.ws.send(json.dumps({**frame, "ref": ref}))
+        ref = await self.send(frame)
         await self.wait_for(lambda: ref in self._replies, seconds)
         return self._replies.pop(ref)
+
+    async def send(self, frame: dict[str, Any]) -> str:
+        """Send a request without waiting for its reply; returns its ref (see ``reply``)."""
+        ref = f"c{next(self._refs)}"
+        await self.ws.send(json.dumps({**frame, "ref": ref}))
+        return ref
+
+    def reply(self, ref: str) -> dict[str, Any] | None:
+        """The reply to a request sent with ``send``, once it has come."""
+        return self._replies.get(ref)
 
     async def send_raw(self, raw: str | bytes) -> None:
         await self.ws.send(raw)

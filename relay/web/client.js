@@ -399,7 +399,10 @@ export class Session {
     this._nextRef = 1;
     this._nextId = 1;
     this._channels = new Map(); // channel -> {wanted, position, expired, ref}
-    this._pending = new Map(); // id -> {channel, dataJson}, in send order
+    this._pending = new Map(); // id -> {channel, dataJson, after}, in send order
+    // channel -> pointwise maximum of the positions of our acked publishes there: with what
+    // we have read, the causal context every publish carries (session.py's _written).
+    this._written = new Map();
     this._requests = new Map(); // ref -> {op, channel, publishId}, on this connection
     this._seen = new Map(); // "channel\n id" -> true, oldest first
     this._defaultMaxFrameBytes = defaultMaxFrameBytes;
@@ -482,14 +485,27 @@ export class Session {
   publish(channel, dataJson) {
     JSON.parse(dataJson); // throws SyntaxError: a bug in the caller
     const id = `${this.idPrefix}-${this._nextId}`;
-    const size = publishSize(channel, id, dataJson);
+    const after = this._context(channel);
+    const size = publishSize(channel, id, dataJson, after);
     const limit = this.frameLimit;
     if (limit !== null && size > limit) {
       throw new RelaynetError("too_large", `the publish frame is ${size} bytes; the relay accepts frames up to ${limit} bytes`, { size, limit });
     }
     this._nextId += 1;
-    this._pending.set(id, { channel, dataJson });
+    this._pending.set(id, { channel, dataJson, after });
     return [id, this._publishFrame(id)];
+  }
+
+  /**
+   * What this client has read and published on the channel: a region must not store the
+   * publish before all of it (after a failover it may not have it yet). null when nothing.
+   */
+  _context(channel) {
+    const read = this._channels.get(channel)?.position ?? null;
+    const written = this._written.get(channel) ?? null;
+    if (read === null && written === null) return null;
+    const context = mergePositions(read ?? {}, written ?? {});
+    return Object.keys(context).length ? context : null;
   }
 
   /** Frames for a new connection, in any region: resubscribe, then publish again. */
@@ -511,7 +527,7 @@ export class Session {
   dropOversized() {
     const limit = this.frameLimit;
     if (limit === null) return [];
-    const dropped = [...this._pending].filter(([id, { channel, dataJson }]) => publishSize(channel, id, dataJson) > limit).map(([id]) => id);
+    const dropped = [...this._pending].filter(([id, { channel, dataJson, after }]) => publishSize(channel, id, dataJson, after) > limit).map(([id]) => id);
     for (const id of dropped) this._pending.delete(id);
     return dropped;
   }
@@ -600,6 +616,8 @@ export class Session {
     // The ack's position is where the message was stored, not where this client has read to.
     const position = parseClock(frame.position, "position");
     if (!this._pending.delete(frame.id)) return []; // a second ack after a republish
+    const written = this._written.get(frame.channel);
+    this._written.set(frame.channel, written === undefined ? position : mergePositions(written, position));
     return [{ type: "acked", id: frame.id, channel: frame.channel, position }];
   }
 
@@ -663,11 +681,10 @@ export class Session {
   }
 
   _publishFrame(id) {
-    const { channel, dataJson } = this._pending.get(id);
+    const { channel, dataJson, after } = this._pending.get(id);
     const ref = this._ref();
     this._requests.set(ref, { op: "publish", channel, publishId: id });
-    // The caller's JSON text is spliced in unchanged.
-    return `{"op":"publish","channel":${JSON.stringify(channel)},"id":${JSON.stringify(id)},"data":${dataJson},"ref":${ref}}`;
+    return publishFrame(channel, id, dataJson, ref, after);
   }
 }
 
@@ -676,9 +693,15 @@ export class Session {
 const LONGEST_REF = "9223372036854775808";
 const utf8 = new TextEncoder();
 
-/** The size in bytes of the publish frame for (channel, id, dataJson), as the relay counts it. */
-export function publishSize(channel, id, dataJson) {
-  return utf8.encode(`{"op":"publish","channel":${JSON.stringify(channel)},"id":${JSON.stringify(id)},"data":${dataJson},"ref":${LONGEST_REF}}`).length;
+/** A publish frame; the caller's JSON text is spliced in unchanged, the context (if any) last. */
+function publishFrame(channel, id, dataJson, ref, after) {
+  const context = after ? `,"after":${JSON.stringify(after)}` : "";
+  return `{"op":"publish","channel":${JSON.stringify(channel)},"id":${JSON.stringify(id)},"data":${dataJson},"ref":${ref}${context}}`;
+}
+
+/** The size in bytes of the publish frame for (channel, id, dataJson, after), as the relay counts it. */
+export function publishSize(channel, id, dataJson, after = null) {
+  return utf8.encode(publishFrame(channel, id, dataJson, LONGEST_REF, after)).length;
 }
 
 // --- URLs ------------------------------------------------------------------------------------

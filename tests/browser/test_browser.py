@@ -33,6 +33,7 @@ from relay.client.session import (
     ClientSession,
     FrameTooLarge,
     Redirected,
+    _Pending,
     _publish_size,
     close_policy,
 )
@@ -730,14 +731,16 @@ def _python_case(
 _TRICKY = ["a", "é", "\u2028", "😀", '"', "\\", "/", "\x7f", "\x01", "\n", "\t", " ", "z9"]
 
 
-def _size_case(rng: random.Random) -> tuple[str, str, str]:
+def _size_case(rng: random.Random) -> tuple[str, str, str, dict[str, int] | None]:
     def text(n: int) -> str:
         return "".join(rng.choice(_TRICKY) for _ in range(n))
 
     channel = "chat:" + text(rng.randint(0, 12))
     message_id = f"{text(rng.randint(1, 6))}-{rng.randint(1, 10**9)}"
     data = rng.choice([text(rng.randint(0, 40)), {"k": text(5), "n": [1, 2.5, None]}, 7])
-    return channel, message_id, json.dumps(data, ensure_ascii=rng.random() < 0.5)
+    regions = ["ap-south", "eu-west", "us-east"][: rng.randint(0, 3)]
+    after = {r: rng.randint(1, 2**53 - 1) for r in regions} or None  # a causal context
+    return channel, message_id, json.dumps(data, ensure_ascii=rng.random() < 0.5), after
 
 
 # Redirect targets against a survey whose first choice is us-east, and one where it is eu-west:
@@ -826,7 +829,7 @@ async def test_js_core_follows_the_python_reference(tmp_path: Path, nats_url: st
     py = ClientSession(random.Random(3), id_prefix="p")
     py_out = _run_python_session(py, script)
     sizes = [_size_case(rng) for _ in range(200)]
-    expected_sizes = [_publish_size(c, i, d.encode()) for c, i, d in sizes]
+    expected_sizes = [_publish_size(i, _Pending(c, d.encode(), a)) for c, i, d, a in sizes]
     expected_redirects = _python_redirects()
 
     async with running_relays(make_config(nats_url=nats_url)) as (relay,):
@@ -862,7 +865,7 @@ async def test_js_core_follows_the_python_reference(tmp_path: Path, nats_url: st
                 "   edges: edges.map(([region, url]) => ({region, url, health: 'up'}))},"
                 "   Object.fromEntries(edges.map(([r, u]) => [u, [r === nearest ? 1.0 : 50.0]])));"
                 " return {"
-                "   sizes: sizes.map(([c, i, d]) => m.publishSize(c, i, d)),"
+                "   sizes: sizes.map(([c, i, d, a]) => m.publishSize(c, i, d, a)),"
                 "   redirects: redirects.map(([url, region, source, inARow, nearest]) => {"
                 "     rc.survey = survey(nearest);"
                 "     rc._redirectsInARow = inARow;"

@@ -85,6 +85,7 @@ class Writers(RuleBasedStateMachine):
         self.counter = 0
         self.remotes = remote_messages()
         self.acked: list[str] = []
+        self.contexts: dict[str, VectorClock | None] = {}
 
     def _done(self, message_id: str, source: str) -> Callable[[Result], None]:
         def done(result: Result) -> None:
@@ -94,14 +95,17 @@ class Writers(RuleBasedStateMachine):
 
         return done
 
-    @rule(source=st.sampled_from(["c1", "c2", "c3"]))
-    def publish(self, source: str) -> None:
+    @rule(source=st.sampled_from(["c1", "c2", "c3"]), depends=st.none() | st.integers(0, 6))
+    def publish(self, source: str, depends: int | None) -> None:
+        """``depends``: the publisher had read that remote message (its causal context)."""
         w = 1 if source == "c3" else 0  # a connection lives in one process
         self.counter += 1
         message_id = f"{source}-{self.counter}"
         self.submitted.setdefault(source, []).append(message_id)
+        after = None if depends is None else VectorClock(self.remotes[depends].ts)
+        self.contexts[message_id] = after
         self.writers[w].add_local(
-            LocalWrite(message_id, msgspec.Raw(b"1"), source, self._done(message_id, source))
+            LocalWrite(message_id, msgspec.Raw(b"1"), source, self._done(message_id, source), after)
         )
 
     @rule(w=st.integers(0, 1), data=st.data())
@@ -198,6 +202,13 @@ class Writers(RuleBasedStateMachine):
                     )
 
     @invariant()
+    def stored_after_its_causal_context(self) -> None:
+        for entry in self.log.entries:
+            after = self.contexts.get(entry.id)
+            if after is not None and entry.origin == REGION:
+                assert after <= VectorClock(entry.ts), f"{entry.id} stored before {after}"
+
+    @invariant()
     def failures_fail_what_queued_behind(self) -> None:
         """A failed publish fails every publish its source had queued behind it then."""
         for message_ids in self.submitted.values():
@@ -273,3 +284,54 @@ def test_a_failure_fails_what_the_same_connection_queued_behind_it() -> None:
     assert results["a2"] == Failed("publish 'a1' before it failed", behind="a1")
     assert [w.message_id for w in writes.locals] == ["b1", "b2"]
     assert writes.head is None  # what happened is unknown: read it again
+
+
+def test_a_publish_waits_for_its_causal_context_and_holds_its_source_behind_it() -> None:
+    """Issue #9 item 2: stored only after everything its publisher had seen; other
+    publishers go ahead, the same publisher's later publishes wait behind it."""
+    writes: ChannelWrites[str] = ChannelWrites(CHANNEL, REGION, total=False, max_buffered=10)
+    writes.set_head(Head(0, EMPTY))
+    results: dict[str, Result] = {}
+    needs_a1 = VectorClock({"ap-south": 1})
+    for name, source, after in [("c2", "c", needs_a1), ("c3", "c", None), ("x1", "x", None)]:
+        writes.add_local(
+            LocalWrite(
+                name,
+                msgspec.Raw(b"1"),
+                source,
+                lambda r, n=name: results.update({n: r}),
+                after,
+                queued_at=0.0,
+            )
+        )
+    plan = writes.plan(10)
+    assert plan is not None
+    assert [p.local.message_id for p in plan.entries if p.local] == ["x1"]
+    writes.committed(plan, 1)
+    assert writes.waiting_for_context() == 1
+    # a1 arrives from ap-south: in the next group it goes first, then c2 after it, then c3.
+    writes.offer_remote(remote_messages()[0], "a1")
+    plan = writes.plan(10)
+    assert plan is not None
+    assert [p.entry.id for p in plan.entries] == ["a1", "c2", "c3"]
+    assert plan.entries[1].entry.ts == {"ap-south": 1, REGION: 2}
+    writes.committed(plan, 4)
+    assert isinstance(results["c2"], Stored) and isinstance(results["c3"], Stored)
+
+
+def test_a_publish_whose_context_never_comes_is_refused_after_the_wait() -> None:
+    writes: ChannelWrites[str] = ChannelWrites(CHANNEL, REGION, total=False, max_buffered=10)
+    writes.set_head(Head(0, EMPTY))
+    results: dict[str, Result] = {}
+    for name, after, at in [("c2", VectorClock({"ap-south": 1}), 0.0), ("c3", None, 5.0)]:
+        writes.add_local(
+            LocalWrite(
+                name, msgspec.Raw(b"1"), "c", lambda r, n=name: results.update({n: r}), after, at
+            )
+        )
+    assert writes.expire(now=20.0, wait_s=30.0) == 0 and not results
+    assert writes.expire(now=31.0, wait_s=30.0) == 1
+    refused = results["c2"]
+    assert isinstance(refused, Failed) and "ap-south" in refused.reason
+    assert results["c3"] == Failed("publish 'c2' before it failed", behind="c2")
+    assert not writes.locals

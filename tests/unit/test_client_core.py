@@ -359,6 +359,7 @@ def test_reconnect_story() -> None:
         "id": first_id,
         "data": {"text": "hi"},
         "ref": 2,
+        "after": {US: 42},  # what it has read: stored after that, in any region
     }
     assert b'"data":["raw",  1]' in second  # spliced, not re-encoded
     assert s.receive(reply(first, "ack", id=first_id, channel="chat:lobby", position={US: 43})) == [
@@ -377,6 +378,7 @@ def test_reconnect_story() -> None:
             "id": second_id,
             "data": ["raw", 1],
             "ref": 5,
+            "after": {US: 42},  # the context it was published with, unchanged
         },
     ]
 
@@ -395,6 +397,24 @@ def test_reconnect_story() -> None:
     assert s.idle
     # Acked publishes are not sent again.
     assert [decoded(f)["op"] for f in s.on_reconnect()] == ["subscribe"]
+
+
+def test_a_publish_carries_what_its_client_read_and_wrote_on_the_channel() -> None:
+    """Issue #9 item 2: after failing over, a client's publish must not be stored before
+    what it had seen or published in the region it left."""
+    s = session()
+    plain = decoded(s.publish("c", b"1")[1])
+    assert "after" not in plain  # nothing read or written yet: no context
+    one, frame = s.publish("c", b"1")
+    s.receive(reply(frame, "ack", id=one, channel="c", position={"ap-south": 1}))
+    # Failed over: the next publish (to us-east) says it comes after ap-south's first.
+    assert decoded(s.publish("c", b"2")[1])["after"] == {"ap-south": 1}
+    sub = s.subscribe("c", position={"eu-west": 3})
+    s.receive(reply(sub, "subscribed", channel="c", position={"eu-west": 3}, recovered=True))
+    s.receive(single("c", 4, region="eu-west"))
+    assert decoded(s.publish("c", b"3")[1])["after"] == {"ap-south": 1, "eu-west": 4}
+    # Per channel: another channel's context is its own.
+    assert "after" not in decoded(s.publish("other", b"1")[1])
 
 
 def test_ids_are_stable_and_unique() -> None:
