@@ -77,9 +77,23 @@ class VectorClock(Mapping[str, int]):
         return sum(self._entries.values())
 
     def increment(self, region: str) -> VectorClock:
+        # The hot path of every publish: a region already present keeps the order, so the
+        # copy needs no re-sorting or zero-filtering.
+        if region in self._entries:
+            entries = dict(self._entries)
+            entries[region] += 1
+            return VectorClock._sorted(entries)
         entries = dict(self._entries)
-        entries[region] = entries.get(region, 0) + 1
+        entries[region] = 1
         return VectorClock(entries)
+
+    @classmethod
+    def _sorted(cls, entries: dict[str, int]) -> VectorClock:
+        """From entries already sorted by region and without zeros (not checked)."""
+        clock = cls.__new__(cls)
+        clock._entries = entries
+        clock._hash = None
+        return clock
 
     def with_entry(self, region: str, value: int) -> VectorClock:
         entries = dict(self._entries)

@@ -16,9 +16,9 @@ import anyio
 import nats
 import nats.errors
 from anyio.abc import TaskStatus
-from nats.aio.client import Client as NatsClient
 
 from config.schema import RelayConfig
+from federation.adapters.nats_client import NatsClient
 from federation.adapters.region_writer import RegionWriter
 from federation.service import FederationService
 from relay.adapters.directory import EdgeDirectory

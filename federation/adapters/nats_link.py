@@ -23,12 +23,12 @@ from collections.abc import Awaitable, Callable, Sequence
 import anyio
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from federation import logformat
+from federation.adapters.nats_client import NatsClient
 from federation.adapters.region_writer import RegionWriter
 
 log = logging.getLogger("relaynet.federation")

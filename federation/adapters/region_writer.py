@@ -152,7 +152,10 @@ class RegionWriter:
         """The live feed saw an entry: a hint that saves a refused group after another
         relay of the region wrote. Cheap for our own entries (the head is past them)."""
         writes = self._channels.get(channel)
-        if writes is not None and writes.head is not None and seq > writes.head.seq:
+        head = writes.head if writes is not None else None
+        # Our own groups' entries arrive here before their ack: only a head newer than the
+        # one we know, between groups, is worth a look.
+        if writes is not None and head is not None and seq > head.seq and not writes.in_flight:
             writes.note_head(Head(seq, VectorClock(position), origin))
             if writes.locals:  # maybe what a waiting publish depends on
                 self._kick(channel)

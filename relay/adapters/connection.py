@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
 import uuid
 from contextlib import aclosing
@@ -220,7 +221,9 @@ class Connection:
 
     def _publish(self, request: Publish) -> None:
         channel = Channel(request.channel)
-        message_id = request.id or uuid.uuid4().hex
+        # Unguessable (another client could otherwise publish it first and have this one
+        # acked as its duplicate); 96 random bits without uuid4's object overhead.
+        message_id = request.id or os.urandom(12).hex()
 
         def done(result: Result) -> None:
             self._publishing -= 1
