@@ -117,6 +117,8 @@ class ChannelOrderBuffer(Generic[P]):
         origin, whatever the number waiting. Covered messages are left for
         ``drop_covered``.
         """
+        if not self._waiting:
+            return None  # the usual case, asked once per entry of every group
         for origin in sorted(self._origins):
             msg = self._waiting.get((origin, applied.get(origin) + 1))
             if msg is not None and is_ready(msg.ts, msg.origin, applied):

@@ -17,11 +17,10 @@ import logging
 import os
 import time
 import uuid
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from typing import TYPE_CHECKING
 
 import anyio
-from anyio.abc import TaskGroup
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
@@ -47,7 +46,7 @@ from relay.protocol.frames import (
     parse_position,
     subscribed_frame,
 )
-from relay.protocol.session import Close, Reply, ServerSession, SessionLimits
+from relay.protocol.session import Close, Reply, ServerSession
 
 if TYPE_CHECKING:
     from relay.adapters.ws_edge import WsEdge
@@ -69,20 +68,25 @@ class _SubscriptionKey:
     __slots__ = ()
 
 
+def _forget_handshake(ws: ServerConnection) -> None:
+    """websockets keeps the handshake's request and response, headers and all, for the
+    connection's life (3 KB of a 19 KB idle connection; the request also stays referenced
+    from its parser): after the handshake it only checks that a request was seen, so the
+    headers are emptied in place and the response is dropped."""
+    if ws.request is not None:
+        ws.request.headers.clear()
+    ws.response = None
+
+
 class Connection:
     def __init__(self, edge: WsEdge, ws: ServerConnection) -> None:
         self.edge = edge
         self.ws = ws
+        _forget_handshake(ws)
         self.id = f"{edge.relay_id}-{next(_ids)}-{uuid.uuid4().hex[:8]}"
         limits = edge.cfg.limits
-        self.session = ServerSession(
-            SessionLimits(
-                max_subscriptions=limits.max_subscriptions,
-                max_errors_per_minute=limits.max_errors_per_minute,
-                max_message_bytes=lambda ch: edge.cfg.namespace_for(ch).max_message_bytes,
-            )
-        )
-        self.outbox = Outbox(limits.outbox_max_messages, self._write_now)
+        self.session = ServerSession(edge.session_limits)
+        self.outbox = Outbox(limits.outbox_max_messages, self._write_now, self._start_writer)
         # Frames written directly during this event-loop turn, sent together at its end.
         self._loop = asyncio.get_running_loop()
         self._unflushed: list[bytes] = []
@@ -91,32 +95,45 @@ class Connection:
         # The subscription each channel's latest subscribe request is for.
         self._wanted: dict[Channel, _SubscriptionKey] = {}
         self._close: tuple[int, str] | None = None
-        self._requests: TaskGroup | None = None
-        # Bounds the requests one connection has in flight; past it the reader waits.
-        self._inflight = anyio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
+        self._writer_done: anyio.Event | None = None  # set once the writer task ended
+        # Requests in flight (bounded: past the bound the reader waits), and an event made
+        # only when someone waits for one to finish: most connections never do.
+        self._requesting = 0  # subscribes and history reads
         self._publishing = 0  # publishes queued on the writer, not yet answered
-        self._publish_room = anyio.Event()
+        self._room: anyio.Event | None = None
         self.reader_scope = anyio.CancelScope()
 
     async def serve(self) -> None:
         self.outbox.offer(self.edge.connected_frame(self.id))
         try:
-            async with anyio.create_task_group() as outer:
-                outer.start_soon(self._writer)
-                async with anyio.create_task_group() as requests:
-                    self._requests = requests
-                    with self.reader_scope:
-                        await self._reader()
-                    # Publishes awaiting their ack are answered before the close.
-                    while self._publishing:
-                        self._publish_room = anyio.Event()
-                        await self._publish_room.wait()
-                # Requests in flight have finished: now the writer may send what is left
-                # and close.
-                self.outbox.close()
+            with self.reader_scope:
+                await self._reader()
+            # Requests in flight (publishes awaiting their ack) are answered first.
+            while self._requesting or self._publishing:
+                await self._wait_room()
+            self.outbox.close()
+            if self._writer_done is not None:
+                await self._writer_done.wait()
+            else:  # nothing ever waited for the socket: close from here
+                await self._finish()
         finally:
             for channel in list(self.subscriptions):
                 self._drop(channel)
+
+    def _start_writer(self) -> None:
+        """A frame has to wait for the socket (or the connection must end): from now on a
+        task writes the queue. Idle connections never need one."""
+        if self._writer_done is None and self.edge.tasks is not None:
+            self._writer_done = anyio.Event()
+            self.edge.tasks.start_soon(self._writer)
+
+    async def _wait_room(self) -> None:
+        self._room = anyio.Event()
+        await self._room.wait()
+
+    def _made_room(self) -> None:
+        if self._room is not None:
+            self._room.set()
 
     def close_with(self, code: int, reason: str) -> None:
         """Stop reading; requests in flight still finish and their replies are sent."""
@@ -139,16 +156,17 @@ class Connection:
                         self._drop(Channel(action.channel))
                     elif isinstance(action, Publish):
                         while self._publishing >= MAX_REQUESTS_IN_FLIGHT:
-                            self._publish_room = anyio.Event()
-                            await self._publish_room.wait()
+                            await self._wait_room()
                         self._publish(action)
                     else:
-                        await self._inflight.acquire()
-                        assert self._requests is not None
+                        while self._requesting >= MAX_REQUESTS_IN_FLIGHT:
+                            await self._wait_room()
+                        assert self.edge.tasks is not None
                         key = _SubscriptionKey()
                         if isinstance(action, Subscribe):
                             self._wanted[Channel(action.channel)] = key
-                        self._requests.start_soon(self._run_request, action, key)
+                        self._requesting += 1
+                        self.edge.tasks.start_soon(self._run_request, action, key)
                 if self.outbox.failed:
                     return
         except ConnectionClosed:
@@ -161,15 +179,22 @@ class Connection:
                 for frame in batch:
                     await self.ws.send(frame, text=True)
                 self.outbox.batch_sent()
+            await self._finish()
         except ConnectionClosed:
             self.outbox.close()  # wakes a catch-up waiting for room
             self.reader_scope.cancel()
-            return
+        finally:
+            assert self._writer_done is not None
+            self._writer_done.set()
+
+    async def _finish(self) -> None:
+        """Close the WebSocket with the code the connection ended for."""
         if self.outbox.failed:
             self._close = self.outbox.close_code
             self.reader_scope.cancel()
+        self._flush()
         code, reason = self._close or (CloseCode.GOING_AWAY, "going_away")
-        with anyio.move_on_after(2, shield=True):
+        with anyio.move_on_after(2, shield=True), suppress(ConnectionClosed):
             await self.ws.close(code, reason)
 
     def _write_now(self, frame: bytes) -> bool:
@@ -210,7 +235,8 @@ class Connection:
             self._fail_subscribe(request, key)
             self.outbox.offer(error_frame(ErrorCode.INTERNAL, "internal error", request.ref))
         finally:
-            self._inflight.release()
+            self._requesting -= 1
+            self._made_room()
 
     def _fail_subscribe(self, request: Subscribe | History, key: _SubscriptionKey) -> None:
         channel = Channel(request.channel)
@@ -227,7 +253,7 @@ class Connection:
 
         def done(result: Result) -> None:
             self._publishing -= 1
-            self._publish_room.set()
+            self._made_room()
             if isinstance(result, Failed):
                 self.session.publish_failed(channel, result.behind or message_id)
                 self.outbox.offer(

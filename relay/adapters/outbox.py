@@ -20,32 +20,60 @@ from relay.protocol.errors import CloseCode
 
 
 class Outbox:
-    def __init__(self, max_messages: int, write_now: Callable[[bytes], bool] | None = None) -> None:
+    """Idle connections are most connections: nothing here is allocated (queue, events)
+    until a frame has to wait, and ``on_queued`` lets the owner start its writer task
+    only then."""
+
+    __slots__ = (
+        "_frames",
+        "_on_queued",
+        "_readable",
+        "_sending",
+        "_writable",
+        "_write_now",
+        "close_code",
+        "closed",
+        "failed",
+        "max_messages",
+    )
+
+    def __init__(
+        self,
+        max_messages: int,
+        write_now: Callable[[bytes], bool] | None = None,
+        on_queued: Callable[[], None] | None = None,
+    ) -> None:
         self.max_messages = max_messages
         # Writes a frame to the socket if it can without waiting; False if it cannot.
         self._write_now = write_now
+        self._on_queued = on_queued  # a frame waits: the owner's writer must run
         self._sending = False  # the writer holds a batch: writing around it would reorder
-        self._frames: deque[bytes] = deque()
-        self._readable = anyio.Event()
-        self._writable = anyio.Event()
+        self._frames: deque[bytes] | None = None
+        self._readable: anyio.Event | None = None
+        self._writable: anyio.Event | None = None
         self.failed = False
         self.closed = False
         self.close_code: tuple[CloseCode, str] = (CloseCode.SLOW_CONSUMER, "slow_consumer")
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return len(self._frames) if self._frames else 0
 
     def offer(self, frame: bytes) -> None:
         if self.failed or self.closed:
             return
-        direct = not self._frames and not self._sending and self._write_now is not None
+        frames = self._frames
+        direct = not frames and not self._sending and self._write_now is not None
         if direct and self._write_now is not None and self._write_now(frame):
             return
-        if len(self._frames) >= self.max_messages:
+        if frames is None:
+            frames = self._frames = deque()
+        if len(frames) >= self.max_messages:
             self.overflow()
             return
-        self._frames.append(frame)
-        self._readable.set()
+        frames.append(frame)
+        self._wake_reader()
+        if len(frames) == 1 and self._on_queued is not None:
+            self._on_queued()
 
     def overflow(self) -> None:
         self.fail(CloseCode.SLOW_CONSUMER, "slow_consumer")
@@ -59,12 +87,14 @@ class Outbox:
             return
         self.close_code = (code, reason)
         self.failed = True
-        self._frames.clear()
-        self._readable.set()
-        self._writable.set()
+        if self._frames:
+            self._frames.clear()
+        self._wake_all()
+        if self._on_queued is not None:
+            self._on_queued()  # the writer closes the connection
 
     async def put(self, frame: bytes) -> None:
-        while len(self._frames) >= self.max_messages and not (self.failed or self.closed):
+        while len(self) >= self.max_messages and not (self.failed or self.closed):
             self._writable = anyio.Event()
             await self._writable.wait()
         self.offer(frame)
@@ -79,7 +109,8 @@ class Outbox:
         batch = list(self._frames)
         self._frames.clear()
         self._sending = True
-        self._writable.set()
+        if self._writable is not None:
+            self._writable.set()
         return batch
 
     def batch_sent(self) -> None:
@@ -87,5 +118,13 @@ class Outbox:
 
     def close(self) -> None:
         self.closed = True
-        self._readable.set()
-        self._writable.set()
+        self._wake_all()
+
+    def _wake_reader(self) -> None:
+        if self._readable is not None:
+            self._readable.set()
+
+    def _wake_all(self) -> None:
+        self._wake_reader()
+        if self._writable is not None:
+            self._writable.set()

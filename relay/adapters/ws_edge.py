@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -26,6 +26,7 @@ from relay.adapters.log_reader import LogReader
 from relay.core.redirect import RelayState
 from relay.protocol.errors import CloseCode
 from relay.protocol.frames import connected_frame, redirect_frame
+from relay.protocol.session import SessionLimits
 
 log = logging.getLogger("relaynet.edge")
 
@@ -45,7 +46,17 @@ class WsEdge:
         self.writer = writer
         self.recovery = recovery
         self.connections: set[Connection] = set()
+        limits = cfg.limits
+        # One for all connections (a session only reads it).
+        self.session_limits = SessionLimits(
+            max_subscriptions=limits.max_subscriptions,
+            max_errors_per_minute=limits.max_errors_per_minute,
+            max_message_bytes=lambda ch: cfg.namespace_for(ch).max_message_bytes,
+        )
         self.metrics: Callable[[], bytes] | None = None
+        # Connections' short tasks (subscribe catch-ups, history reads, writers of backed-up
+        # sockets) run here: one task group for the relay, not one per connection.
+        self.tasks: TaskGroup | None = None
         self.directory: EdgeDirectory | None = None
         self.port: int | None = None
         # Whether this relay reaches its NATS and JetStream (the node keeps it up to date).
@@ -174,18 +185,22 @@ class WsEdge:
     async def run(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         relay = self.cfg.relay
         heartbeat = relay.heartbeat_s
-        async with serve(
-            self._handle,
-            relay.host,
-            relay.port,
-            process_request=self._process_request,
-            max_size=self.cfg.limits.max_frame_bytes,
-            ping_interval=heartbeat,
-            ping_timeout=heartbeat,
-            close_timeout=2,
-            compression=None,  # so the same encoded frame goes to every subscriber cheaply
-            server_header="relaynet",
-        ) as server:
+        async with (
+            anyio.create_task_group() as tasks,
+            serve(
+                self._handle,
+                relay.host,
+                relay.port,
+                process_request=self._process_request,
+                max_size=self.cfg.limits.max_frame_bytes,
+                ping_interval=heartbeat,
+                ping_timeout=heartbeat,
+                close_timeout=2,
+                compression=None,  # so the same encoded frame goes to every subscriber cheaply
+                server_header="relaynet",
+            ) as server,
+        ):
+            self.tasks = tasks
             self._server = server
             self.port = server.sockets[0].getsockname()[1]
             log.info(
@@ -199,6 +214,7 @@ class WsEdge:
             task_status.started(self.port)
             await self._stop.wait()
             await self._drain(server)
+            tasks.cancel_scope.cancel()  # request tasks of connections that did not close
         self.stopped.set()
 
     def stop(self) -> None:

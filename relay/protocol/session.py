@@ -92,7 +92,7 @@ class ServerSession:
         self._subs: dict[Channel, SubState] = {}
         # channel -> id of a publish that failed: later publishes there wait for its retry.
         self._fences: dict[Channel, str] = {}
-        self._errors: deque[float] = deque()
+        self._errors: deque[float] | None = None  # made at the first error: most never err
         self.closed = False
 
     @property
@@ -177,6 +177,8 @@ class ServerSession:
         self._subs.pop(channel, None)
 
     def _error(self, exc: ProtocolError, now: float) -> list[Action]:
+        if self._errors is None:
+            self._errors = deque()
         self._errors.append(now)
         while self._errors and self._errors[0] <= now - ERROR_WINDOW_S:
             self._errors.popleft()
