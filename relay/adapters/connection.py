@@ -16,7 +16,6 @@ import itertools
 import logging
 import os
 import time
-import uuid
 from contextlib import aclosing, suppress
 from typing import TYPE_CHECKING
 
@@ -83,7 +82,7 @@ class Connection:
         self.edge = edge
         self.ws = ws
         _forget_handshake(ws)
-        self.id = f"{edge.relay_id}-{next(_ids)}-{uuid.uuid4().hex[:8]}"
+        self.id = f"{edge.relay_id}-{next(_ids)}-{os.urandom(4).hex()}"
         limits = edge.cfg.limits
         self.session = ServerSession(edge.session_limits)
         self.outbox = Outbox(limits.outbox_max_messages, self._write_now, self._start_writer)
@@ -158,6 +157,8 @@ class Connection:
                         while self._publishing >= MAX_REQUESTS_IN_FLIGHT:
                             await self._wait_room()
                         self._publish(action)
+                    elif isinstance(action, Subscribe) and self._subscribe_now(action):
+                        pass  # a live subscribe to a channel this relay serves already
                     else:
                         while self._requesting >= MAX_REQUESTS_IN_FLIGHT:
                             await self._wait_room()
@@ -271,6 +272,25 @@ class Connection:
         self._publishing += 1
         after = VectorClock(request.after) if request.after else None  # validated on decode
         self.edge.writer.publish(channel, message_id, request.data, self, done, after)
+
+    def _subscribe_now(self, request: Subscribe) -> bool:
+        """Subscribe without a task when nothing needs waiting for: no position to catch up
+        from, and the channel's feed open already (the common case: many clients of one
+        channel; a task per subscribe was most of a connection's set-up cost)."""
+        if request.position is not None:
+            return False
+        channel = Channel(request.channel)
+        feed = self.edge.feeds.acquire_ready(channel)
+        if feed is None:
+            return False
+        key = _SubscriptionKey()
+        self._wanted[channel] = key
+        self.subscriptions[channel] = (feed, key)
+        attached = feed.attach(key, self.outbox, None)
+        assert isinstance(attached, AttachedLive)  # no position: always live
+        self.session.subscribe_succeeded(channel)
+        self.outbox.offer(subscribed_frame(request.ref, channel, attached.position, False))
+        return True
 
     async def _subscribe(self, request: Subscribe, key: _SubscriptionKey) -> None:
         channel = Channel(request.channel)

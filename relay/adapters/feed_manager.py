@@ -63,6 +63,15 @@ class FeedManager:
     def channel_count(self) -> int:
         return len(self._handles)
 
+    def acquire_ready(self, channel: Channel) -> ChannelFeed | None:
+        """The channel's feed if it is open already (then acquired), without waiting; None
+        if it has to be opened first (use ``acquire``)."""
+        handle = self._handles.get(channel)
+        if handle is None or not handle.ready.is_set() or handle.failed is not None:
+            return None
+        handle.users += 1
+        return handle.feed
+
     async def acquire(self, channel: Channel) -> ChannelFeed:
         handle = self._handles.get(channel)
         if handle is None:
