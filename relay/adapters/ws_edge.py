@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import http
 import itertools
 import json
 import logging
+import resource
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +33,26 @@ from relay.protocol.session import SessionLimits
 
 log = logging.getLogger("relaynet.edge")
 
+# File descriptors kept free of client connections: NATS, the store, the health and
+# metrics endpoints, and the brief accept-then-refuse of a client over the limit.
+RESERVED_FDS = 64
+
+
+def connection_limit(configured: int) -> int:
+    """``limits.max_connections``, and never more than the process's file-descriptor limit
+    leaves room for: out of descriptors, a relay can neither accept nor refuse (the accept
+    loop spins, health stops answering), so it refuses (redirect, 1013) before that. The
+    soft limit is raised to the hard one first, as servers commonly do (1024 is a common
+    soft default, far below what a relay holds)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    room = max(1, soft - RESERVED_FDS) if soft != resource.RLIM_INFINITY else sys.maxsize
+    return min(configured, room) if configured else room
+
+
 WS_PATH = "/v1/ws"
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 STATIC_FILES = {"/": "index.html", "/v1/client.js": "client.js", "/demo.js": "demo.js"}
@@ -46,6 +69,7 @@ class WsEdge:
         self.writer = writer
         self.recovery = recovery
         self.connections: set[Connection] = set()
+        self.connection_limit = connection_limit(cfg.limits.max_connections)
         limits = cfg.limits
         # One for all connections (a session only reads it).
         self.session_limits = SessionLimits(
@@ -82,8 +106,7 @@ class WsEdge:
         """What this relay's beats tell the region (and its redirects about the others)."""
         if self._stop.is_set():
             return "draining"
-        limit = self.cfg.limits.max_connections
-        return "full" if limit and len(self.connections) >= limit else "up"
+        return "full" if len(self.connections) >= self.connection_limit else "up"
 
     def _redirect(self, reason: str) -> bytes | None:
         """A ``redirect`` frame to where a client should go instead, if anywhere."""
@@ -158,8 +181,7 @@ class WsEdge:
         return Response(status.value, status.phrase, headers, body.encode())
 
     async def _handle(self, ws: ServerConnection) -> None:
-        limit = self.cfg.limits.max_connections
-        if limit and len(self.connections) >= limit:
+        if len(self.connections) >= self.connection_limit:
             await self._refuse(ws)
             return
         conn = Connection(self, ws)
@@ -204,12 +226,13 @@ class WsEdge:
             self._server = server
             self.port = server.sockets[0].getsockname()[1]
             log.info(
-                "relay %s (%s) listening on ws://%s:%d%s",
+                "relay %s (%s) listening on ws://%s:%d%s (at most %d connections)",
                 self.relay_id,
                 self.region,
                 relay.host,
                 self.port,
                 WS_PATH,
+                self.connection_limit,
             )
             task_status.started(self.port)
             await self._stop.wait()
