@@ -132,6 +132,15 @@ class RelaySection(_Section):
             "a proxy. Unset: `ws://<host>:<port>/v1/ws`."
         ),
     )
+    reuse_port: bool = Field(
+        default=False,
+        description=(
+            "Let several relay processes on this host listen on the same host and port "
+            "(SO_REUSEPORT): the kernel spreads new connections over them, one process per "
+            "core. Each needs its own `relay.id`; one runs the embedded nats-server, the "
+            "others set `nats.url` to it."
+        ),
+    )
     heartbeat_s: float = Field(
         default=15.0,
         gt=0,
