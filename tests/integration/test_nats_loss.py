@@ -17,25 +17,12 @@ from websockets.exceptions import InvalidStatus
 
 from relay.node import NATS_LOST_GRACE_S, RelayNode
 from relay.protocol.errors import CloseCode
+from tests.support.http import http_get
 from tests.support.nats import NatsProcess
 from tests.support.relays import make_config, running_relays, timeout
 from tests.support.wsclient import protocol_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
-
-
-async def http_get(node: RelayNode, path: str) -> tuple[int, str]:
-    async with await anyio.connect_tcp("127.0.0.1", node.port) as stream:
-        request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        await stream.send(request.encode())
-        raw = b""
-        try:
-            while True:
-                raw += await stream.receive()
-        except (anyio.EndOfStream, anyio.BrokenResourceError):
-            pass
-    head, _, body = raw.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode()
 
 
 async def until_health(node: RelayNode, status: int, seconds: float = 15) -> None:

@@ -23,6 +23,7 @@ from relay.client.connection import ConnectionState, FrameTooLarge, connect
 from relay.client.session import Message
 from relay.node import RelayNode
 from tests.support.checker import check_causal, ids
+from tests.support.http import http_get_ok
 from tests.support.regions import region_configs, region_nats, running_regions
 from tests.support.relays import make_config, running_relays, timeout
 from tests.support.wsclient import protocol_client
@@ -30,25 +31,8 @@ from tests.support.wsclient import protocol_client
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
 
-async def http_get(node: RelayNode, path: str) -> str:
-    host, port = "127.0.0.1", node.port
-    async with await anyio.connect_tcp(host, port) as stream:
-        await stream.send(
-            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
-        )
-        raw = b""
-        try:
-            while True:
-                raw += await stream.receive()
-        except (anyio.EndOfStream, anyio.BrokenResourceError):
-            pass
-    head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), (path, head)
-    return body.decode()
-
-
 async def edges_of(node: RelayNode) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads(await http_get(node, "/v1/edges"))
+    doc: dict[str, Any] = json.loads(await http_get_ok(node, "/v1/edges"))
     return doc
 
 
@@ -130,7 +114,7 @@ async def test_a_full_relay_redirects_new_clients_to_a_sibling(nats_url: str) ->
                     ack = await client.publish("chat:redirect", {"n": 1})
                     assert ack.position.to_dict() == {"us-east": 1}
             assert ConnectionState.SUSPENDED not in states
-        metrics = await http_get(full, "/metrics")
+        metrics = await http_get_ok(full, "/metrics")
         assert (
             'relaynet_redirects_total{reason="overloaded",region="us-east",relay="r1",'
             'target="sibling"} 2.0'

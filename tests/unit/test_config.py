@@ -209,7 +209,8 @@ BAD_CONFIGS = [
     pytest.param(
         MINIMAL + "prot = 8702\n",
         "relay.prot",
-        "no such field (known fields: id, host, port, public_url, reuse_port, heartbeat_s, shutdown_grace_s)",
+        "no such field (known fields: id, host, port, public_url, reuse_port, heartbeat_s, "
+        "shutdown_grace_s)",
         8702,
         id="unknown-nested-key",
     ),
