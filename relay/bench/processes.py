@@ -17,11 +17,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import json
 import math
 import os
 import re
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +35,8 @@ import anyio
 
 from config.schema import RelayConfig
 from config.writer import write_config
+from relay.adapters import child_process
+from relay.adapters.embedded_nats import EmbeddedNatsError, find_nats_server
 from relay.bench.report import BenchError
 
 READY_TIMEOUT_S = 30.0
@@ -264,3 +268,138 @@ def relay_command(workdir: Path) -> tuple[list[str], list[Path]]:
 def peer_command(workdir: Path) -> tuple[list[str], list[Path]]:
     """The bare Python websockets broadcaster (``relay.bench.peer_broadcast``)."""
     return [sys.executable, "-m", "relay.bench.peer_broadcast", "--port", "0"], []
+
+
+# --- ports and nats-servers of our own ------------------------------------------------------
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 right now (held together, so they are distinct): for servers
+    that must come back on the same port after a restart."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+
+
+def nats_server_argv(
+    store_dir: Path,
+    *,
+    port: int = -1,
+    log: Path | None = None,
+    name: str | None = None,
+    config: Path | None = None,
+) -> list[str]:
+    """A nats-server with JetStream on 127.0.0.1, its store in ``store_dir`` and its ports
+    file in ``store_dir / "ports"`` (``port`` -1: any free port, read from that file)."""
+    try:
+        binary = find_nats_server()
+    except EmbeddedNatsError as exc:
+        raise BenchError(str(exc)) from exc
+    argv = [binary, *(["-c", str(config)] if config is not None else [])]
+    argv += ["--addr", "127.0.0.1", "--port", str(port), "--jetstream"]
+    argv += ["--store_dir", str(store_dir), "--ports_file_dir", str(store_dir / "ports")]
+    if name is not None:
+        argv += ["--server_name", name]
+    if log is not None:
+        argv += ["--log", str(log)]
+    return argv
+
+
+def nats_url_from_ports_file(store_dir: Path, pid: int) -> str | None:
+    """The client URL the nats-server ``pid`` wrote to its ports file; None until it has."""
+    try:
+        urls = json.loads((store_dir / "ports" / f"nats-server_{pid}.ports").read_text())["nats"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(urls[0]) if urls else None
+
+
+class NatsServerProcess:
+    """A nats-server with JetStream that can be killed, frozen and started again on the
+    same port with the same store: a region's NATS in a fault run.
+
+    ``start`` forks it (call it from the event loop's thread: it uses
+    ``relay.adapters.child_process.spawn``, so the server gets SIGKILL if we die, frozen
+    or not) in its own session; ``wait_ready`` waits for its ports file. The first start
+    may use any free port; every later one uses the port the first one got. Signals go
+    only to a process we started and have not reaped, so never to a reused pid.
+    """
+
+    def __init__(self, store_dir: Path, *, name: str, port: int = -1) -> None:
+        self.store_dir = store_dir
+        self.name = name
+        self.port = port
+        self.log = store_dir / "nats-server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.starts = 0
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.running and self.proc is not None else None
+
+    def start(self) -> None:
+        if self.running:
+            raise RuntimeError(f"{self.name} is already running")
+        ports = self.store_dir / "ports"
+        ports.mkdir(parents=True, exist_ok=True)
+        for stale in ports.glob("*.ports"):
+            stale.unlink()
+        argv = nats_server_argv(self.store_dir, port=self.port, log=self.log, name=self.name)
+        self.starts += 1
+        with (self.store_dir / "stderr").open("ab") as err:
+            self.proc = child_process.spawn(
+                argv,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+                death_signal=signal.SIGKILL,
+            )
+
+    async def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> str:
+        proc = self.proc
+        if proc is None:
+            raise RuntimeError(f"{self.name} was never started")
+        deadline = clock() + timeout_s
+        while (url := nats_url_from_ports_file(self.store_dir, proc.pid)) is None:
+            if proc.poll() is not None:
+                state = f"exited with code {proc.returncode}"
+            elif clock() > deadline:
+                state = f"not ready after {timeout_s:.0f}s"
+            else:
+                await anyio.sleep(0.02)
+                continue
+            raise BenchError(
+                f"nats-server {self.name} {state}; its last log lines:\n{tail(self.log)}"
+            )
+        self.url = url
+        self.port = int(url.rsplit(":", 1)[1])  # a restart comes back here
+        return url
+
+    def signal(self, sig: signal.Signals) -> bool:
+        """Send ``sig`` if it runs; False if it does not."""
+        if not self.running or self.proc is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, sig)
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL (what a crash looks like; acked data is in the store's files) and reap."""
+        if self.proc is not None and self.signal(signal.SIGKILL):
+            self.proc.wait()
+
+    async def stop(self) -> None:
+        """SIGCONT (it may be frozen), SIGTERM, then SIGKILL; shielded."""
+        proc = self.proc
+        if proc is None:
+            return
+        with anyio.CancelScope(shield=True):
+            self.signal(signal.SIGCONT)
+            await terminate(proc.pid, lambda: proc.poll() is not None)

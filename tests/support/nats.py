@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -11,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from relay.adapters.embedded_nats import find_nats_server
+from relay.bench.processes import nats_server_argv, nats_url_from_ports_file
 
 
 class NatsProcess:
@@ -31,46 +30,25 @@ class NatsProcess:
         ports_dir.mkdir(exist_ok=True)
         for stale in ports_dir.glob("*.ports"):
             stale.unlink()
-        config: list[str] = []
+        config = None
         if self.max_file_store is not None:
-            conf = self.store_dir / "nats.conf"
-            conf.write_text(f"jetstream {{ max_file_store: {self.max_file_store} }}\n")
-            config = ["-c", str(conf)]
+            config = self.store_dir / "nats.conf"
+            config.write_text(f"jetstream {{ max_file_store: {self.max_file_store} }}\n")
+        argv = nats_server_argv(
+            self.store_dir, port=self.port, log=self.store_dir / "nats.log", config=config
+        )
         proc = subprocess.Popen(
-            [
-                find_nats_server(),
-                *config,
-                "--addr",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--jetstream",
-                "--store_dir",
-                str(self.store_dir),
-                "--ports_file_dir",
-                str(ports_dir),
-                "--log",
-                str(self.store_dir / "nats.log"),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         self.proc = proc
         deadline = time.monotonic() + 10
-        ports_file = ports_dir / f"nats-server_{proc.pid}.ports"
-        while True:
+        while (url := nats_url_from_ports_file(self.store_dir, proc.pid)) is None:
             if proc.poll() is not None:
                 raise RuntimeError(f"nats-server exited with {proc.returncode}")
-            if ports_file.exists():
-                try:
-                    self.url = str(json.loads(ports_file.read_text())["nats"][0])
-                    break
-                except (ValueError, KeyError, IndexError):
-                    pass
             if time.monotonic() > deadline:
                 raise RuntimeError("nats-server did not start")
             time.sleep(0.01)
+        self.url = url
         self.port = int(self.url.rsplit(":", 1)[1])  # a restart keeps the port
         return self.url
 
