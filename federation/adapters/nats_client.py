@@ -57,9 +57,13 @@ class NatsClient(Client):
         parts: list[bytes] = []
         target = subject.encode()
         for headers, payload in messages:
-            block = b"NATS/1.0\r\n" + b"".join(
-                b"%s: %s\r\n" % (key.encode(), value.encode()) for key, value in headers.items()
-            ) + b"\r\n"
+            block = (
+                b"NATS/1.0\r\n"
+                + b"".join(
+                    b"%s: %s\r\n" % (key.encode(), value.encode()) for key, value in headers.items()
+                )
+                + b"\r\n"
+            )
             total = len(block) + len(payload)
             if total > self._max_payload:
                 raise nats.errors.MaxPayloadError

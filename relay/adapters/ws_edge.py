@@ -219,7 +219,7 @@ class WsEdge:
                 ping_timeout=heartbeat,
                 close_timeout=2,
                 compression=None,  # so the same encoded frame goes to every subscriber cheaply
-            reuse_port=relay.reuse_port or None,
+                reuse_port=relay.reuse_port or None,
                 server_header="relaynet",
             ) as server,
         ):
