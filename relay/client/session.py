@@ -578,9 +578,23 @@ class ClientSession:
         return msgspec.json.encode(_SubscribeOut(channel, ref, body))
 
     def _publish_frame(self, message_id: str) -> bytes:
+        """The frame as sent now: its causal context is taken again at every (re)send, so a
+        publish sent again after a failover covers what this client learnt meanwhile: the
+        acks of its own earlier publishes above all (pipelined, they were not acked when
+        this one was first sent; another region must store this one after them)."""
         pending = self._pending[message_id]
         ref = self._ref()
         self._requests[ref] = _Request("publish", pending.channel, message_id)
+        now = self._context(pending.channel)
+        if now is not None:
+            grown = _Pending(
+                pending.channel, pending.data, VectorClock(pending.after or {}).merge(now).to_dict()
+            )
+            limit = self.max_frame_bytes
+            # A frame within a few bytes of the relay's limit keeps the context it was
+            # checked with: it must still be accepted.
+            if limit is None or _publish_size(message_id, grown) <= limit:
+                pending = grown
         return msgspec.json.encode(pending.frame(message_id, ref))
 
 

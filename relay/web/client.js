@@ -684,7 +684,18 @@ export class Session {
     const { channel, dataJson, after } = this._pending.get(id);
     const ref = this._ref();
     this._requests.set(ref, { op: "publish", channel, publishId: id });
-    return publishFrame(channel, id, dataJson, ref, after);
+    // The causal context is taken again at every (re)send: sent again after a failover, a
+    // publish covers the acks of this client's earlier publishes that came meanwhile
+    // (session.py's _publish_frame). A frame near the relay's limit keeps the context it
+    // was checked with.
+    const now = this._context(channel);
+    let context = after;
+    if (now !== null) {
+      const grown = mergePositions(after ?? {}, now);
+      const limit = this.frameLimit;
+      if (limit === null || publishSize(channel, id, dataJson, grown) <= limit) context = grown;
+    }
+    return publishFrame(channel, id, dataJson, ref, context);
   }
 }
 

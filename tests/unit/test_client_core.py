@@ -378,7 +378,9 @@ def test_reconnect_story() -> None:
             "id": second_id,
             "data": ["raw", 1],
             "ref": 5,
-            "after": {US: 42},  # the context it was published with, unchanged
+            # Taken again at the resend: it now covers the first publish's ack (43), so
+            # another region stores it after that one (issue #9, found by bench chaos).
+            "after": {US: 43},
         },
     ]
 
@@ -415,6 +417,22 @@ def test_a_publish_carries_what_its_client_read_and_wrote_on_the_channel() -> No
     assert decoded(s.publish("c", b"3")[1])["after"] == {"ap-south": 1, "eu-west": 4}
     # Per channel: another channel's context is its own.
     assert "after" not in decoded(s.publish("other", b"1")[1])
+
+
+def test_a_resent_publish_comes_after_the_earlier_publishes_acked_meanwhile() -> None:
+    """Pipelined m1, m2 in us-east; m1 is stored and acked, the connection drops before
+    m2's ack. m2 is sent again in eu-west: its context must cover m1, or eu-west could
+    store (and a total-order channel order) m2 before m1 (bench chaos, seed 101)."""
+    s = session()
+    m1, f1 = s.publish("t", b"1")
+    m2, f2 = s.publish("t", b"2")
+    assert "after" not in decoded(f2)  # nothing acked when it was first sent
+    s.receive(reply(f1, "ack", id=m1, channel="t", position={US: 7, "eu-west": 3}))
+    resent = [decoded(f) for f in s.on_reconnect()]
+    assert [f["id"] for f in resent] == [m2]
+    assert resent[0]["after"] == {US: 7, "eu-west": 3}
+    # A temporary error's resend on the same connection is taken again too.
+    assert decoded(s.republish_pending()[0])["after"] == {US: 7, "eu-west": 3}
 
 
 def test_ids_are_stable_and_unique() -> None:
