@@ -36,7 +36,6 @@ from federation.channel_writes import (
     LocalWrite,
     Plan,
     Result,
-    Stored,
 )
 from federation.logformat import StoredMessage
 from federation.throttled_log import ThrottledLog
@@ -117,24 +116,6 @@ class RegionWriter:
         writes.add_local(LocalWrite(message_id, data, source, done, after, time.monotonic()))
         self._kick(channel)
 
-    async def publish_wait(
-        self, channel: str, message_id: str, data: msgspec.Raw, source: Hashable | None = None
-    ) -> Stored:
-        """``publish`` for callers that wait (HTTP, tools); raises LogUnavailable on failure."""
-        outcome: list[Result] = []
-        finished = anyio.Event()
-
-        def done(result: Result) -> None:
-            outcome.append(result)
-            finished.set()
-
-        self.publish(channel, message_id, data, source, done)
-        await finished.wait()
-        result = outcome[0]
-        if isinstance(result, Failed):
-            raise LogUnavailable(result.reason)
-        return result
-
     def offer_remote(self, channel: str, msg: StoredMessage, ack: RemoteAck) -> bool:
         """Queue a message read from a peer; False when the channel's buffer is full (the
         link should wait and offer it again). Its ack is sent once it is in our log."""
@@ -206,9 +187,6 @@ class RegionWriter:
     def buffered(self) -> dict[str, int]:
         """Remote messages waiting for causal predecessors, per channel."""
         return {ch: w.waiting_remote for ch, w in self._channels.items() if w.waiting_remote}
-
-    def queued(self) -> int:
-        return sum(len(w.locals) for w in self._channels.values())
 
     # --- committing ----------------------------------------------------------------------
 
@@ -339,4 +317,4 @@ class RegionWriter:
                 log.debug("ack of a remote message failed: %r", exc)
 
 
-__all__ = ["RegionWriter", "RemoteAck", "Stored", "WriterStats"]
+__all__ = ["RegionWriter", "RemoteAck", "WriterStats"]
