@@ -1310,7 +1310,14 @@ def format_report(report: Report) -> str:
             f"  relay starts retried (NATS down or frozen meanwhile): {len(report.failed_starts)}"
         )
     if report.unexpected_exits:
-        lines.append(f"  processes that exited by themselves: {'; '.join(report.unexpected_exits)}")
+        names = ", ".join(
+            note.split(" (")[0].removesuffix(" exited by itself")
+            for note in report.unexpected_exits
+        )
+        lines.append(
+            f"  exited by themselves, not killed: {len(report.unexpected_exits)} ({names}; "
+            "the end of each one's log is in the JSON)"
+        )
     if report.restored:
         lines.append(f"  restored at the end: {', '.join(report.restored)}")
     if report.crashes:
