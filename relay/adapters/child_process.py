@@ -77,6 +77,7 @@ def spawn(
     stderr: _File = None,
     start_new_session: bool = False,
     death_signal: int = signal.SIGTERM,
+    cwd: str | os.PathLike[str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """``subprocess.Popen(argv)`` whose child gets ``death_signal`` when we die.
 
@@ -95,4 +96,5 @@ def spawn(
         stderr=stderr,
         preexec_fn=_die_with(os.getpid(), death_signal),
         start_new_session=start_new_session,
+        cwd=cwd,
     )

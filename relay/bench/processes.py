@@ -15,7 +15,6 @@ still matches, so a reused pid is never hit.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import json
 import math
@@ -135,12 +134,6 @@ def raise_fd_limit(connections: int) -> None:
 # --- starting and stopping ----------------------------------------------------------------
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    # Without it a load generator killed with SIGKILL would leave its server running.
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def spawn(
     argv: list[str],
     stdout: Path,
@@ -149,15 +142,15 @@ def spawn(
     stdin: int | None = subprocess.DEVNULL,
     cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Call from the main thread: PR_SET_PDEATHSIG fires when the spawning *thread* ends."""
+    """A benchmark's child, tied to us by ``child_process.spawn`` (call it from the event
+    loop's thread: the parent-death signal follows the forking thread)."""
     with stdout.open("wb") as out, stderr.open("wb") as err:
-        return subprocess.Popen(
+        return child_process.spawn(
             argv,
             stdin=stdin,
             stdout=out,
             stderr=err,
             cwd=cwd,
-            preexec_fn=_die_with_parent,
             # Own session: Ctrl-C reaches only the load generator, which then stops the
             # server in order (close clients, SIGTERM, wait) rather than all at once.
             start_new_session=True,
