@@ -21,13 +21,13 @@ import anyio
 from anyio.abc import TaskStatus
 from nats.aio.client import Client as NatsClient
 
-from config.schema import RelayConfig
 from federation import logformat
 from federation.adapters.lease import Lease
 from federation.adapters.nats_link import PeerLink
 from federation.adapters.region_log import region_log_for
 from federation.adapters.region_writer import RegionWriter
 from federation.adapters.sequencer import Sequencer
+from federation.settings import RegionSettings
 
 log = logging.getLogger("relaynet.federation")
 
@@ -38,21 +38,21 @@ HEARTBEAT_INTERVAL_S = 1.0
 class FederationService:
     def __init__(
         self,
-        cfg: RelayConfig,
+        settings: RegionSettings,
         nc: NatsClient,
         instance_id: str,
         writer: RegionWriter | None = None,
     ) -> None:
         """``writer``: the relay's, when federation runs inside it (the caller runs it);
         without one the service makes and runs its own."""
-        self.cfg = cfg
+        self.settings = settings
         self.nc = nc
         self.instance_id = instance_id
-        region = cfg.region.name
-        self.region_log = region_log_for(nc, cfg)
+        region = settings.region
+        self.region_log = region_log_for(nc, settings)
         self._own_writer = writer is None
-        self.writer = writer or RegionWriter(self.region_log, cfg.federation.max_buffered)
-        namespaces = [rule.name for rule in cfg.all_namespaces]
+        self.writer = writer or RegionWriter(self.region_log, settings.max_buffered)
+        namespaces = [ns.name for ns in settings.namespaces]
         self.links = {
             peer.region: PeerLink(
                 region=region,
@@ -60,17 +60,17 @@ class FederationService:
                 peer_url=peer.nats_url,
                 namespaces=namespaces,
                 writer=self.writer,
-                ack_wait_s=cfg.federation.ack_wait_s,
+                ack_wait_s=settings.ack_wait_s,
                 forward_heartbeat=self._forward_heartbeat,
             )
-            for peer in cfg.peers
+            for peer in settings.peers
         }
-        total = [rule.name for rule in cfg.all_namespaces if rule.ordering == "total"]
+        total = sorted(settings.total_order_namespaces)
         self.sequencer = (
             Sequencer(
                 nc,
                 self.region_log,
-                [region, *(p.region for p in cfg.peers)],
+                [region, *(p.region for p in settings.peers)],
                 total,
                 owe_progress=self.writer.owe_progress,
             )
@@ -83,16 +83,16 @@ class FederationService:
                 bucket=f"RLY_FED_{region.upper()}",
                 key=f"link-{peer.region}",
                 owner=instance_id,
-                ttl_s=cfg.federation.lease_ttl_s,
+                ttl_s=settings.lease_ttl_s,
             )
-            for peer in cfg.peers
+            for peer in settings.peers
         }
         self.sequencer_lease = Lease(
             nc,
             bucket=f"RLY_FED_{region.upper()}",
             key="sequencer",
             owner=instance_id,
-            ttl_s=cfg.federation.lease_ttl_s,
+            ttl_s=settings.lease_ttl_s,
         )
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -111,9 +111,9 @@ class FederationService:
 
     async def _beat(self) -> None:
         """Say we are alive, on our own NATS; peers' links forward it to their regions."""
-        subject = logformat.heartbeat_subject(self.cfg.region.name)
+        subject = logformat.heartbeat_subject(self.settings.region)
         while True:
-            payload = json.dumps({"region": self.cfg.region.name, "t": time.time()}).encode()
+            payload = json.dumps({"region": self.settings.region, "t": time.time()}).encode()
             with contextlib.suppress(Exception):  # NATS away: silence is the signal
                 await self.nc.publish(subject, payload)
             await anyio.sleep(HEARTBEAT_INTERVAL_S)

@@ -11,8 +11,9 @@ from typing import TypeVar
 
 import anyio
 
-from config.loader import ConfigError, load_config
-from config.schema import RelayConfig
+from relay import __version__
+from relay.config.loader import ConfigError, load_config
+from relay.config.schema import RelayConfig
 
 DEFAULT_REGIONS = "us-east,eu-west,ap-south"
 
@@ -142,7 +143,9 @@ def _cmd_federate(args: argparse.Namespace) -> int:
         )
         try:
             async with anyio.create_task_group() as tg:
-                service = FederationService(cfg, nc, f"{cfg.relay.id}-federate-{os.getpid()}")
+                service = FederationService(
+                    cfg.region_settings(), nc, f"{cfg.relay.id}-federate-{os.getpid()}"
+                )
                 await tg.start(service.run)
                 print(f"relaynet federate {cfg.region.name} ready: peers "
                       + ", ".join(p.region for p in cfg.peers), flush=True)  # fmt: skip
@@ -186,6 +189,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     except SpecError as exc:
         print(f"relaynet simulate: {exc}", file=sys.stderr)
         return 2
+    from relay.simulate import missing_extra
+
+    if (reason := missing_extra()) is not None:
+        print(f"relaynet simulate: {reason}", file=sys.stderr)
+        return 2
     from relay.simulate.runner import run_simulation
 
     _setup_logging(args.verbose)
@@ -223,7 +231,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
-    from config.summary import describe
+    from relay.config.summary import describe
 
     cfg = _load(args.file)
     if cfg is None:
@@ -309,6 +317,7 @@ def _cmd_bench_chaos(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relaynet", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"relaynet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     relay = sub.add_parser("relay", help="run one relay of a region")

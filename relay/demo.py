@@ -19,8 +19,8 @@ from typing import Any
 
 import anyio
 
-from config.schema import RelayConfig
 from federation.linkproxy import LinkProxy
+from relay.config.schema import RelayConfig
 from relay.node import RelayNode
 
 REGIONS = ("us-east", "eu-west", "ap-south")

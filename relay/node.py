@@ -17,7 +17,6 @@ import nats
 import nats.errors
 from anyio.abc import TaskStatus
 
-from config.schema import RelayConfig
 from federation.adapters.nats_client import NatsClient
 from federation.adapters.region_writer import RegionWriter
 from federation.service import FederationService
@@ -28,6 +27,7 @@ from relay.adapters.log_reader import LogReader
 from relay.adapters.metrics import RelayCollector, make_registry, render
 from relay.adapters.nats_broker import NatsBroker
 from relay.adapters.ws_edge import WsEdge
+from relay.config.schema import RelayConfig
 from relay.core.feed import LogEntry
 from relay.protocol.errors import CloseCode
 
@@ -169,7 +169,7 @@ class RelayNode:
                 await tg.start(feeds.run)
                 if cfg.peers and cfg.federation.run_in_relay:
                     self.federation = FederationService(
-                        cfg, nc, instance_id=cfg.relay.id, writer=writer
+                        cfg.region_settings(), nc, instance_id=cfg.relay.id, writer=writer
                     )
                     await tg.start(self.federation.run)
                 edge = WsEdge(cfg, feeds, writer, LogReader(broker))

@@ -29,11 +29,11 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from config.schema import RelayConfig
 from federation import logformat
 from federation.adapters.nats_client import NatsClient
 from federation.channel_writes import Head
 from federation.logformat import StoredMessage
+from federation.settings import RegionSettings
 from federation.vclock import EMPTY, VectorClock
 
 # Batch ids only need to be unique among this server's batches in flight: a random
@@ -219,12 +219,12 @@ class RegionLog:
         return seq
 
 
-def region_log_for(nc: Client, cfg: RelayConfig) -> RegionLog:
-    """The region log as a config describes it (relays and federation must agree)."""
+def region_log_for(nc: Client, settings: RegionSettings) -> RegionLog:
+    """The region log as the region's settings describe it (relays and federation must agree)."""
     return RegionLog(
         nc,
-        cfg.region.name,
-        lambda channel: cfg.namespace_for(channel).name,
-        cfg.nats.connect_timeout_s,
-        frozenset(rule.name for rule in cfg.all_namespaces if rule.ordering == "total"),
+        settings.region,
+        lambda channel: settings.namespace_for(channel).name,
+        settings.connect_timeout_s,
+        settings.total_order_namespaces,
     )

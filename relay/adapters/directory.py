@@ -32,8 +32,8 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from config.schema import RelayConfig
 from federation import logformat
+from relay.config.schema import RelayConfig
 from relay.core.redirect import KnownRelay, RelayState, redirect_target
 
 log = logging.getLogger("relaynet.directory")

@@ -24,8 +24,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import DiscardPolicy, RePublish, StorageType, StreamConfig
 
-from config.schema import NamespaceRule, RelayConfig
 from federation.adapters.region_log import LogUnavailable, region_log_for
+from relay.config.schema import NamespaceRule, RelayConfig
 from relay.core import channels
 from relay.core.channels import Channel
 from relay.core.feed import LogEntry
@@ -47,7 +47,7 @@ class NatsBroker:
         self.js = nc.jetstream(timeout=cfg.nats.connect_timeout_s)
         self.cfg = cfg
         self.region = cfg.region.name
-        self.log = region_log_for(nc, cfg)
+        self.log = region_log_for(nc, cfg.region_settings())
 
     # --- streams -----------------------------------------------------------------------
 

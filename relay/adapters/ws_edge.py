@@ -20,12 +20,12 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from config.schema import RelayConfig
 from federation.adapters.region_writer import RegionWriter
 from relay.adapters.connection import Connection
 from relay.adapters.directory import EdgeDirectory
 from relay.adapters.feed_manager import FeedManager
 from relay.adapters.log_reader import LogReader
+from relay.config.schema import RelayConfig
 from relay.core.redirect import RelayState
 from relay.protocol.errors import CloseCode
 from relay.protocol.frames import connected_frame, redirect_frame

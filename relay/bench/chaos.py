@@ -84,8 +84,6 @@ import anyio
 from anyio.abc import TaskGroup
 from websockets.exceptions import WebSocketException
 
-from config.schema import RelayConfig
-from config.writer import write_config
 from federation.linkproxy import LinkProxy
 from relay.adapters import child_process
 from relay.bench import history
@@ -111,6 +109,8 @@ from relay.client.connection import (
     fetch_directory,
 )
 from relay.client.routing import MoveBackPolicy
+from relay.config.schema import RelayConfig
+from relay.config.writer import write_config
 from relay.simulate.client import ProtocolClient, protocol_client
 
 REGIONS = ("us-east", "eu-west", "ap-south")

@@ -32,11 +32,11 @@ from pathlib import Path
 
 import anyio
 
-from config.schema import RelayConfig
-from config.writer import write_config
 from relay.adapters import child_process
 from relay.adapters.embedded_nats import EmbeddedNatsError, find_nats_server
 from relay.bench.report import BenchError
+from relay.config.schema import RelayConfig
+from relay.config.writer import write_config
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0  # the relay drains clients, then NATS, then stops nats-server

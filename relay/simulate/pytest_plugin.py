@@ -52,6 +52,12 @@ def relay_network_spec(request: pytest.FixtureRequest) -> NetworkSpec:
 
 @pytest.fixture
 def relay_network(request: pytest.FixtureRequest, relay_network_spec: NetworkSpec) -> Iterator[Any]:
+    from relay.simulate import missing_extra
+
+    if (reason := missing_extra()) is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"relay_network needs the simulate extra: {reason}")
+        pytest.skip(f"relay_network needs the simulate extra: {reason}")
     from relay.simulate import containers
     from relay.simulate.network import relay_network as network_context
 

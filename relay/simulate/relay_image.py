@@ -77,7 +77,7 @@ _SKIP_DIRS = frozenset({"test", "tests", "idle_test", "idlelib", "tkinter", "tur
 #: Extension modules left out: GUI and CPython's own test modules.
 _SKIP_EXTENSIONS = re.compile(r"^(_tkinter|_test|_ctypes_test|_xxtestfuzz|xxlimited|xxsubtype)")
 #: What the Dockerfile copies from the repository (it also copies deploy/).
-_CONTEXT_PATHS = ("pyproject.toml", "README.md", "relay", "federation", "config", "deploy")
+_CONTEXT_PATHS = ("pyproject.toml", "README.md", "LICENSE", "relay", "federation", "deploy")
 _ETC_FILES = {
     "etc/passwd": "root:x:0:0:root:/root:/sbin/nologin\n"
     "nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n",

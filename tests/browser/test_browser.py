@@ -25,7 +25,6 @@ from urllib.parse import urlencode
 import anyio
 import pytest
 
-from config.schema import RelayConfig
 from relay.client.backoff import Backoff
 from relay.client.connection import Client, Directory, DirectoryEdge, fetch_directory, plan
 from relay.client.routing import Edge, MoveBackPolicy, choose, should_move_back
@@ -37,6 +36,7 @@ from relay.client.session import (
     _publish_size,
     close_policy,
 )
+from relay.config.schema import RelayConfig
 from relay.node import RelayNode
 from tests.browser.chromium import CHROMIUM, Browser, Page, chromium, chromium_available
 from tests.integration.test_redirect import wait_listed

@@ -28,7 +28,6 @@ from typing import Any
 import anyio
 import pytest
 
-from config.schema import RelayConfig
 from federation.linkproxy import LinkProxy
 from relay.client.cli import edges_command, pub_command, sub_command
 from relay.client.connection import (
@@ -41,6 +40,7 @@ from relay.client.connection import (
     fetch_directory,
 )
 from relay.client.session import Message
+from relay.config.schema import RelayConfig
 from relay.node import RelayNode
 from tests.support.checker import check_causal, check_contiguous, ids
 from tests.support.regions import FAST_FEDERATION, REGIONS, region_nats, running_regions

@@ -9,8 +9,8 @@ from typing import Any
 
 import anyio
 
-from config.schema import RelayConfig
 from federation.linkproxy import LinkProxy
+from relay.config.schema import RelayConfig
 from relay.node import RelayNode
 from tests.support.nats import nats_server
 from tests.support.relays import make_config, running_relays

@@ -14,8 +14,8 @@ from typing import Any
 
 import anyio
 
-from config.schema import RelayConfig
-from config.writer import write_config
+from relay.config.schema import RelayConfig
+from relay.config.writer import write_config
 from relay.node import RelayNode
 
 # Waits in tests scale with RELAYNET_TEST_TIMEOUT_FACTOR (slow machines set it higher).

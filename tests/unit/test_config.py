@@ -13,10 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-import config
-from config.loader import MISSING, ConfigError, ConfigIssue, load_config
-from config.reference import render_reference
-from config.schema import (
+from relay.config.loader import MISSING, ConfigError, ConfigIssue, load_config
+from relay.config.reference import render_reference
+from relay.config.schema import (
     DEFAULT_NAMESPACE,
     AuthSection,
     LimitsSection,
@@ -29,7 +28,8 @@ from config.schema import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((Path(config.__file__).parent / "examples").glob("*.toml"))
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "config" / "examples"
+EXAMPLES = sorted(EXAMPLES_DIR.glob("*.toml"))
 
 MINIMAL = """\
 [region]
@@ -83,7 +83,7 @@ def test_every_example_loads(path: Path) -> None:
 
 
 def test_us_east_example_values() -> None:
-    cfg = load_config(Path(config.__file__).parent / "examples" / "us-east.toml", env={})
+    cfg = load_config(EXAMPLES_DIR / "us-east.toml", env={})
     assert cfg.relay.id == "us-east-1"
     assert cfg.relay.port == 8701
     assert cfg.nats.is_embedded and cfg.nats.embedded_port == 4222
@@ -687,7 +687,7 @@ def test_reference_lists_every_section_and_field() -> None:
 
 def test_reference_module_prints_it() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "config.reference"],
+        [sys.executable, "-m", "relay.config.reference"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -696,12 +696,10 @@ def test_reference_module_prints_it() -> None:
     assert out == render_reference()
 
 
-def test_readme_reference_block_is_up_to_date() -> None:
-    readme = REPO_ROOT / "README.md"
-    start, end = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
-    text = readme.read_text(encoding="utf-8")
-    assert start in text and end in text, "README lost its config reference block"
-    block = text.split(start, 1)[1].split(end, 1)[0]
-    assert block.strip() == render_reference().strip(), (
-        "README config reference is stale: regenerate it with `python -m config.reference`"
+def test_reference_file_is_up_to_date() -> None:
+    text = (REPO_ROOT / "config" / "REFERENCE.md").read_text(encoding="utf-8")
+    assert text == "# Region config reference\n\n" + render_reference(), (
+        "config/REFERENCE.md is stale: regenerate it with "
+        "`(echo '# Region config reference'; echo; python -m relay.config.reference)"
+        " > config/REFERENCE.md`"
     )

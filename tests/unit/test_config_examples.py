@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 
-import config
-from config.loader import load_config
-from config.schema import RelayConfig
-from config.summary import describe, format_duration
+from relay.config.loader import load_config
+from relay.config.schema import RelayConfig
+from relay.config.summary import describe, format_duration
 
-EXAMPLES_DIR = Path(config.__file__).parent / "examples"
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "config" / "examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.toml"))
 
 

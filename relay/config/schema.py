@@ -1,6 +1,6 @@
 """Schema of a relaynet region config file (TOML), as pydantic v2 models.
 
-Pure data: no I/O here. ``config.loader`` reads the file, applies ``RELAYNET_*`` environment
+Pure data: no I/O here. ``relay.config.loader`` reads the file, applies ``RELAYNET_*`` environment
 overrides and turns validation errors into readable ``ConfigError`` issues.
 
 All models are strict (TOML already has types, so ``port = "8701"`` is an error rather than a
@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+
+from federation.settings import Namespace, Peer, RegionSettings
 
 __all__ = [
     "CROSS_FIELD_ERROR_TYPE",
@@ -570,3 +572,18 @@ class RelayConfig(_Section):
         if any(rule.prefix == "" for rule in self.namespaces):
             return self.namespaces
         return (*self.namespaces, DEFAULT_NAMESPACE)
+
+    def region_settings(self) -> RegionSettings:
+        """What federation and the region log need from this file."""
+        return RegionSettings(
+            region=self.region.name,
+            namespaces=tuple(
+                Namespace(rule.name, rule.prefix, rule.ordering == "total")
+                for rule in self.all_namespaces
+            ),
+            peers=tuple(Peer(peer.region, peer.nats_url) for peer in self.peers),
+            connect_timeout_s=self.nats.connect_timeout_s,
+            ack_wait_s=self.federation.ack_wait_s,
+            lease_ttl_s=self.federation.lease_ttl_s,
+            max_buffered=self.federation.max_buffered,
+        )

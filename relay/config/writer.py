@@ -11,7 +11,7 @@ from pathlib import Path
 
 import tomli_w
 
-from config.schema import RelayConfig
+from relay.config.schema import RelayConfig
 
 
 def dump_toml(cfg: RelayConfig) -> str:

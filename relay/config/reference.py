@@ -1,6 +1,6 @@
-"""Markdown reference of the config file format, generated from ``config.schema``.
+"""Markdown reference of the config file format, generated from ``relay.config.schema``.
 
-``python -m config.reference`` prints it; README.md embeds it between
+``python -m relay.config.reference`` prints it; README.md embeds it between
 ``<!-- config-reference:start -->`` and ``<!-- config-reference:end -->`` (a unit test keeps the
 two in sync).
 """
@@ -14,8 +14,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from config.loader import ENV_PREFIX, OVERRIDABLE_SECTIONS, RESERVED_ENV_VARS
-from config.schema import PATTERN_DESCRIPTIONS, RelayConfig
+from relay.config.loader import ENV_PREFIX, OVERRIDABLE_SECTIONS, RESERVED_ENV_VARS
+from relay.config.schema import PATTERN_DESCRIPTIONS, RelayConfig
 
 __all__ = ["render_reference"]
 
@@ -129,7 +129,8 @@ def render_reference() -> str:
     """The Markdown config reference: one table per section, in file order."""
     reserved = ", ".join(f"`{var}`" for var in sorted(RESERVED_ENV_VARS))
     lines = [
-        "Generated from `config/schema.py` by `python -m config.reference`; do not edit by hand.",
+        "Generated from `relay/config/schema.py` by `python -m relay.config.reference`; "
+        "do not edit by hand.",
         "",
         "A config file is TOML. Unknown keys are errors, and values must have the listed type "
         '(`port = "8701"` is rejected). A scalar field of a table section can be overridden '

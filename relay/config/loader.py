@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
-from config.schema import (
+from relay.config.schema import (
     CROSS_FIELD_ERROR_TYPE,
     FIELD_ERROR_TYPE,
     PATTERN_DESCRIPTIONS,

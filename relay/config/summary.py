@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from config.schema import NamespaceRule, RelayConfig
+from relay.config.schema import NamespaceRule, RelayConfig
 
 __all__ = ["describe", "format_duration"]
 
