@@ -24,7 +24,7 @@ from nats.aio.client import Client as NatsClient
 from federation import logformat
 from federation.adapters.lease import Lease
 from federation.adapters.nats_link import PeerLink
-from federation.adapters.region_log import region_log_for
+from federation.adapters.nats_region_log import NatsRegionLog
 from federation.adapters.region_writer import RegionWriter
 from federation.adapters.sequencer import Sequencer
 from federation.settings import RegionSettings
@@ -43,13 +43,14 @@ class FederationService:
         instance_id: str,
         writer: RegionWriter | None = None,
     ) -> None:
-        """``writer``: the relay's, when federation runs inside it (the caller runs it);
-        without one the service makes and runs its own."""
+        """``writer``: the relay's, when federation runs inside it (the caller runs it, and
+        its region log is the process's one); without one the service makes and runs its
+        own."""
         self.settings = settings
         self.nc = nc
         self.instance_id = instance_id
         region = settings.region
-        self.region_log = region_log_for(nc, settings)
+        self.region_log = writer.log if writer is not None else NatsRegionLog(nc, settings)
         self._own_writer = writer is None
         self.writer = writer or RegionWriter(self.region_log, settings.max_buffered)
         namespaces = [ns.name for ns in settings.namespaces]

@@ -15,6 +15,10 @@ class Namespace:
     #: Channels starting with it belong here; the longest matching prefix wins.
     prefix: str
     total_order: bool = False
+    #: Retention of the namespace's streams (0: unlimited).
+    max_age_s: float = 0.0
+    max_messages: int = -1
+    max_message_bytes: int = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +37,8 @@ class RegionSettings:
     ack_wait_s: float = 10.0
     lease_ttl_s: float = 5.0
     max_buffered: int = 10_000
+    duplicate_window_s: float = 120.0
+    replicas: int = 1
 
     def __post_init__(self) -> None:
         if not any(ns.prefix == "" for ns in self.namespaces):

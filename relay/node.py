@@ -18,6 +18,7 @@ import nats.errors
 from anyio.abc import TaskStatus
 
 from federation.adapters.nats_client import NatsClient
+from federation.adapters.nats_region_log import NatsRegionLog
 from federation.adapters.region_writer import RegionWriter
 from federation.service import FederationService
 from relay.adapters.directory import EdgeDirectory
@@ -151,12 +152,15 @@ class RelayNode:
                     tg.start_soon(embedded.supervise)
                 nc = await self._connect(tg)
                 stack.push_async_callback(self._close_nats, nc)
-                broker = NatsBroker(nc, cfg)
+                # One region log per process, shared by the relay's reads, the writer
+                # and federation.
+                region_log = NatsRegionLog(nc, cfg.region_settings())
+                broker = NatsBroker(nc, cfg, region_log)
                 await broker.ensure_streams()
                 # One writer per process for the region log: local publishes and remote
                 # messages of a channel queue together, so neither starves the other.
                 writer = RegionWriter(
-                    broker.log, cfg.federation.max_buffered, cfg.limits.publish_context_wait_s
+                    region_log, cfg.federation.max_buffered, cfg.limits.publish_context_wait_s
                 )
                 await tg.start(writer.run)
 

@@ -27,7 +27,6 @@ import anyio.abc
 import msgspec
 from anyio.abc import TaskStatus
 
-from federation.adapters.region_log import LogUnavailable, RegionLog
 from federation.channel_writes import (
     BufferFull,
     ChannelWrites,
@@ -38,6 +37,7 @@ from federation.channel_writes import (
     Result,
 )
 from federation.logformat import StoredMessage
+from federation.region_log import LogUnavailable, RegionLog
 from federation.throttled_log import ThrottledLog
 from federation.vclock import VectorClock
 

@@ -21,9 +21,9 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import DeliverPolicy
 
 from federation import logformat
-from federation.adapters.region_log import LogUnavailable, RegionLog
 from federation.channel_writes import Head
 from federation.logformat import StoredMessage
+from federation.region_log import LogUnavailable, RegionLog
 from federation.total_order import Entry, TotalOrderMerger
 from federation.vclock import VectorClock
 

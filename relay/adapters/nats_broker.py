@@ -1,31 +1,25 @@
-"""The relay's side of the region log on NATS JetStream: streams, reads for resume
-and history, and the live feed.
+"""The relay's view of the region log: entries as the relay's ``LogEntry`` (with the
+message frame each subscriber gets), and the live feed.
 
-One stream per namespace rule (``RLY_<REGION>_<NAMESPACE>``) so each rule keeps
-its own retention. Writes go through the region writer
-(``federation.adapters.region_writer``, shared with federation when it runs in
-the relay). The stream republishes what it stored to ``rlyl.…``:
-the relays' live feed sees only stored messages, in stream order, each naming
+The log itself — streams, appends, reads — is ``federation``'s (``federation.region_log``), one
+per process, shared with the region writer and federation. The stream republishes what it
+stored to ``rlyl.…``: the live feed sees only stored messages, in stream order, each naming
 its predecessor.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 from collections.abc import AsyncGenerator, Callable
 
 import msgspec
-import nats.errors
-import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import DiscardPolicy, RePublish, StorageType, StreamConfig
 
-from federation.adapters.region_log import LogUnavailable, region_log_for
-from relay.config.schema import NamespaceRule, RelayConfig
+from federation.adapters.nats_region_log import NatsRegionLog
+from federation.region_log import LoggedEntry, LogUnavailable
+from relay.config.schema import RelayConfig
 from relay.core import channels
 from relay.core.channels import Channel
 from relay.core.feed import LogEntry
@@ -33,135 +27,44 @@ from relay.protocol.frames import decode_stored
 
 log = logging.getLogger("relaynet.broker")
 
-ERR_STREAM_NAME_IN_USE = 10058
-READ_BATCH = 256
-
-
-# NATS did not answer in time; the request may be retried.
+# Kept for the modules that still import the old name; the log's own error is LogUnavailable.
 BrokerUnavailable = LogUnavailable
 
 
+def _entry(channel: Channel, logged: LoggedEntry) -> LogEntry:
+    return LogEntry(seq=logged.seq, last_seq=0, channel=channel, msg=logged.msg)
+
+
 class NatsBroker:
-    def __init__(self, nc: NatsClient, cfg: RelayConfig) -> None:
+    def __init__(self, nc: NatsClient, cfg: RelayConfig, region_log: NatsRegionLog) -> None:
         self.nc = nc
-        self.js = nc.jetstream(timeout=cfg.nats.connect_timeout_s)
         self.cfg = cfg
         self.region = cfg.region.name
-        self.log = region_log_for(nc, cfg.region_settings())
-
-    # --- streams -----------------------------------------------------------------------
-
-    def _stream_config(self, rule: NamespaceRule, *, total_log: bool = False) -> StreamConfig:
-        """The causal log of a namespace, or (``total_log``) its total-order delivery log.
-
-        Whichever log subscribers read is republished to the live subjects."""
-        if total_log:
-            name = channels.total_stream_name(self.region, rule.name)
-            subjects = channels.total_subjects(self.region, rule.name)
-        else:
-            name = channels.stream_name(self.region, rule.name)
-            subjects = channels.stream_subjects(self.region, rule.name)
-        delivered = total_log or rule.ordering == "causal"
-        return StreamConfig(
-            name=name,
-            subjects=[subjects],
-            storage=StorageType.FILE,
-            max_age=rule.history_max_age_s,
-            max_msgs_per_subject=rule.history_max_messages,
-            max_msg_size=rule.max_message_bytes + 4096,
-            discard=DiscardPolicy.OLD,
-            duplicate_window=self.cfg.nats.duplicate_window_s,
-            num_replicas=self.cfg.nats.replicas,
-            allow_direct=True,
-            # The region writer commits what queued on a channel as one atomic batch.
-            allow_atomic=True,
-            republish=RePublish(src=subjects, dest=channels.live_subjects(self.region, rule.name))
-            if delivered
-            else None,
-        )
+        self.log = region_log
 
     async def ensure_streams(self) -> None:
-        for rule in self.cfg.all_namespaces:
-            configs = [self._stream_config(rule)]
-            if rule.ordering == "total":
-                configs.append(self._stream_config(rule, total_log=True))
-            for config in configs:
-                try:
-                    await self.js.add_stream(config)
-                except nats.js.errors.BadRequestError as exc:
-                    if exc.err_code != ERR_STREAM_NAME_IN_USE:
-                        raise
-                    # Exists with other limits (the config changed): bring it in line.
-                    await self.js.update_stream(config)
-                log.info("stream %s ready", config.name)
-
-    # --- addressing --------------------------------------------------------------------
+        await self.log.ensure_streams()
 
     def live_subject(self, channel: Channel) -> str:
         rule = self.cfg.namespace_for(channel)
         return channels.live_subject(self.region, rule.name, channel)
 
-    # --- reading -----------------------------------------------------------------------
-
-    def _lift(self, channel: Channel, msg: Msg, last_seq: int = 0) -> LogEntry:
-        headers = msg.headers or {}
-        return LogEntry(
-            seq=int(headers["Nats-Sequence"]),
-            last_seq=last_seq,
-            channel=channel,
-            msg=decode_stored(msg.data),
-        )
-
-    # Reads serve subscribers, so they go to the delivery log (the total-order one in
-    # total namespaces); only publishing appends to the causal log.
+    # --- reading: the delivery log, as the relay's entries ------------------------------
 
     async def last_entry(self, channel: Channel) -> LogEntry | None:
-        msg = await self.log.direct_get(channel, None, delivery=True)
-        return self._lift(channel, msg) if msg else None
+        logged = await self.log.last_entry(channel)
+        return None if logged is None else _entry(channel, logged)
 
     async def entry_at_or_after(self, channel: Channel, seq: int) -> LogEntry | None:
-        msg = await self.log.direct_get(
-            channel, {"seq": max(seq, 1), "next_by_subj": ""}, delivery=True
-        )
-        return self._lift(channel, msg) if msg else None
+        logged = await self.log.entry_at_or_after(channel, seq)
+        return None if logged is None else _entry(channel, logged)
 
     async def read_range(
         self, channel: Channel, from_seq: int, upto_seq: int
     ) -> AsyncGenerator[list[LogEntry], None]:
         """Stored messages of the channel with from_seq <= seq <= upto_seq, in batches."""
-        seq = max(from_seq, 1)
-        while seq <= upto_seq:
-            try:
-                batch = await self._read_batch(channel, seq, upto_seq)
-            except nats.errors.Error as exc:  # timeout, reconnecting, closed …
-                raise BrokerUnavailable(f"reading {channel} failed: {exc!r}") from exc
-            if batch:
-                yield batch
-            if len(batch) < READ_BATCH:
-                return
-            seq = batch[-1].seq + 1
-
-    async def _read_batch(self, channel: Channel, seq: int, upto_seq: int) -> list[LogEntry]:
-        """One batched direct get (nats-server 2.11+): up to READ_BATCH entries from seq."""
-        stream, subject = self.log.delivery_where(channel)
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
-        batch: list[LogEntry] = []
-        try:
-            req = {"seq": seq, "next_by_subj": subject, "batch": READ_BATCH}
-            await self.nc.publish(
-                f"$JS.API.DIRECT.GET.{stream}", json.dumps(req).encode(), reply=inbox
-            )
-            while True:
-                msg = await sub.next_msg(timeout=5)
-                if (msg.headers or {}).get("Status"):  # 204 end of batch, 404 nothing (more)
-                    return batch
-                entry = self._lift(channel, msg)
-                if entry.seq <= upto_seq:
-                    batch.append(entry)
-        finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+        async for batch in self.log.read_range(channel, from_seq, upto_seq):
+            yield [_entry(channel, logged) for logged in batch]
 
     async def first_seq_where(
         self,
@@ -193,7 +96,12 @@ class NatsBroker:
         async def callback(msg: Msg) -> None:
             headers = msg.headers or {}
             try:
-                entry = self._lift(channel, msg, int(headers.get("Nats-Last-Sequence", "0")))
+                entry = LogEntry(
+                    seq=int(headers["Nats-Sequence"]),
+                    last_seq=int(headers.get("Nats-Last-Sequence", "0")),
+                    channel=channel,
+                    msg=decode_stored(msg.data),
+                )
             except (KeyError, ValueError, msgspec.DecodeError):
                 log.warning("ignoring malformed live message on %s", msg.subject)
                 return

@@ -578,7 +578,14 @@ class RelayConfig(_Section):
         return RegionSettings(
             region=self.region.name,
             namespaces=tuple(
-                Namespace(rule.name, rule.prefix, rule.ordering == "total")
+                Namespace(
+                    rule.name,
+                    rule.prefix,
+                    total_order=rule.ordering == "total",
+                    max_age_s=rule.history_max_age_s,
+                    max_messages=rule.history_max_messages,
+                    max_message_bytes=rule.max_message_bytes,
+                )
                 for rule in self.all_namespaces
             ),
             peers=tuple(Peer(peer.region, peer.nats_url) for peer in self.peers),
@@ -586,4 +593,6 @@ class RelayConfig(_Section):
             ack_wait_s=self.federation.ack_wait_s,
             lease_ttl_s=self.federation.lease_ttl_s,
             max_buffered=self.federation.max_buffered,
+            duplicate_window_s=self.nats.duplicate_window_s,
+            replicas=self.nats.replicas,
         )

@@ -1,4 +1,6 @@
-"""Appending to this region's log: compare-and-set on the channel's subject.
+"""The region log on NATS JetStream (``federation.region_log`` has the interface).
+
+Appending is compare-and-set on the channel's subject.
 
 Local publishes (the relay) and remote messages (federation) are appended the
 same way: the writer reads the channel's head (stream sequence and applied
@@ -17,23 +19,27 @@ the log (as another entry).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import logging
 import secrets
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
 from typing import Literal
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.api import DiscardPolicy, RePublish, StorageType, StreamConfig
 
 from federation import logformat
 from federation.adapters.nats_client import NatsClient
 from federation.channel_writes import Head
 from federation.logformat import StoredMessage
-from federation.settings import RegionSettings
+from federation.region_log import Appended, LoggedEntry, LogUnavailable
+from federation.settings import Namespace, RegionSettings
 from federation.vclock import EMPTY, VectorClock
 
 # Batch ids only need to be unique among this server's batches in flight: a random
@@ -45,31 +51,68 @@ ERR_WRONG_LAST_SEQUENCE = 10071
 ERR_BATCH_DUPLICATE_ID = 10201
 
 
-class LogUnavailable(Exception):
-    """NATS/JetStream did not answer in time; the operation may be retried."""
+ERR_STREAM_NAME_IN_USE = 10058
+READ_BATCH = 256
+
+log = logging.getLogger("relaynet.log")
 
 
-@dataclass(frozen=True)
-class Appended:
-    seq: int
-    duplicate: bool  # the id was already in the log; nothing was stored
-
-
-class RegionLog:
-    def __init__(
-        self,
-        nc: Client,
-        region: str,
-        namespace_of: Callable[[str], str],
-        timeout_s: float = 5.0,
-        total_namespaces: frozenset[str] = frozenset(),
-    ) -> None:
+class NatsRegionLog:
+    def __init__(self, nc: Client, settings: RegionSettings) -> None:
         self.nc = nc
-        self.js = nc.jetstream(timeout=timeout_s)
-        self.region = region
-        self.namespace_of = namespace_of
-        self.timeout_s = timeout_s
-        self.total_namespaces = total_namespaces
+        self.settings = settings
+        self.timeout_s = settings.connect_timeout_s
+        self.js = nc.jetstream(timeout=self.timeout_s)
+        self.region = settings.region
+        self.total_namespaces = settings.total_order_namespaces
+
+    def namespace_of(self, channel: str) -> str:
+        return self.settings.namespace_for(channel).name
+
+    # --- streams ---------------------------------------------------------------------------
+
+    def _stream_config(self, namespace: Namespace, *, total_log: bool = False) -> StreamConfig:
+        """The causal log of a namespace, or (``total_log``) its total-order delivery log.
+
+        Whichever log subscribers read is republished to the live subjects."""
+        if total_log:
+            name = logformat.total_stream_name(self.region, namespace.name)
+            subjects = logformat.total_subjects(self.region, namespace.name)
+        else:
+            name = logformat.stream_name(self.region, namespace.name)
+            subjects = logformat.stream_subjects(self.region, namespace.name)
+        delivered = total_log or not namespace.total_order
+        live = logformat.live_subjects(self.region, namespace.name)
+        return StreamConfig(
+            name=name,
+            subjects=[subjects],
+            storage=StorageType.FILE,
+            max_age=namespace.max_age_s,
+            max_msgs_per_subject=namespace.max_messages,
+            max_msg_size=namespace.max_message_bytes + 4096,
+            discard=DiscardPolicy.OLD,
+            duplicate_window=self.settings.duplicate_window_s,
+            num_replicas=self.settings.replicas,
+            allow_direct=True,
+            # The region writer commits what queued on a channel as one atomic batch.
+            allow_atomic=True,
+            republish=RePublish(src=subjects, dest=live) if delivered else None,
+        )
+
+    async def ensure_streams(self) -> None:
+        for namespace in self.settings.namespaces:
+            configs = [self._stream_config(namespace)]
+            if namespace.total_order:
+                configs.append(self._stream_config(namespace, total_log=True))
+            for config in configs:
+                try:
+                    await self.js.add_stream(config)
+                except nats.js.errors.BadRequestError as exc:
+                    if exc.err_code != ERR_STREAM_NAME_IN_USE:
+                        raise
+                    # Exists with other limits (the config changed): bring it in line.
+                    await self.js.update_stream(config)
+                log.info("stream %s ready", config.name)
 
     async def _publish_many(
         self, subject: str, messages: list[tuple[dict[str, str], bytes]]
@@ -130,15 +173,14 @@ class RegionLog:
         msg = await self.direct_get(channel, None, delivery=delivery)
         if msg is None:
             return Head(0, EMPTY)
-        seq = int((msg.headers or {})["Nats-Sequence"])
-        stored = logformat.decode_stored(msg.data)
-        return Head(seq, VectorClock(stored.pos), stored.origin)
+        entry = self._lift(msg)
+        return Head(entry.seq, VectorClock(entry.msg.pos), entry.msg.origin)
 
     async def entry(self, channel: str, seq: int) -> StoredMessage:
         msg = await self.direct_get(channel, {"seq": seq})
         if msg is None:
             raise LogUnavailable(f"entry {seq} of {channel} vanished")
-        return logformat.decode_stored(msg.data)
+        return self._lift(msg).msg
 
     async def append(
         self,
@@ -218,13 +260,60 @@ class RegionLog:
             raise LogUnavailable(f"batch to {stream}: unexpected answer {answer!r}")
         return seq
 
+    # --- reading the delivery log (resume, history, the live feed's start) ----------------
 
-def region_log_for(nc: Client, settings: RegionSettings) -> RegionLog:
-    """The region log as the region's settings describe it (relays and federation must agree)."""
-    return RegionLog(
-        nc,
-        settings.region,
-        lambda channel: settings.namespace_for(channel).name,
-        settings.connect_timeout_s,
-        settings.total_order_namespaces,
-    )
+    def _lift(self, msg: Msg) -> LoggedEntry:
+        headers = msg.headers or {}
+        try:
+            return LoggedEntry(int(headers["Nats-Sequence"]), logformat.decode_stored(msg.data))
+        except (KeyError, ValueError, msgspec.DecodeError) as exc:
+            # Never trust what NATS hands over blindly: an entry we cannot read is the log
+            # failing, which callers already handle, not a crash.
+            raise LogUnavailable(f"unreadable entry on {msg.subject}: {exc}") from exc
+
+    async def last_entry(self, channel: str) -> LoggedEntry | None:
+        msg = await self.direct_get(channel, None, delivery=True)
+        return self._lift(msg) if msg else None
+
+    async def entry_at_or_after(self, channel: str, seq: int) -> LoggedEntry | None:
+        msg = await self.direct_get(
+            channel, {"seq": max(seq, 1), "next_by_subj": ""}, delivery=True
+        )
+        return self._lift(msg) if msg else None
+
+    async def read_range(
+        self, channel: str, from_seq: int, upto_seq: int
+    ) -> AsyncIterator[list[LoggedEntry]]:
+        seq = max(from_seq, 1)
+        while seq <= upto_seq:
+            try:
+                batch = await self._read_batch(channel, seq, upto_seq)
+            except nats.errors.Error as exc:  # timeout, reconnecting, closed …
+                raise LogUnavailable(f"reading {channel} failed: {exc!r}") from exc
+            if batch:
+                yield batch
+            if len(batch) < READ_BATCH:
+                return
+            seq = batch[-1].seq + 1
+
+    async def _read_batch(self, channel: str, seq: int, upto_seq: int) -> list[LoggedEntry]:
+        """One batched direct get (nats-server 2.11+): up to READ_BATCH entries from seq."""
+        stream, subject = self.delivery_where(channel)
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        batch: list[LoggedEntry] = []
+        try:
+            req = {"seq": seq, "next_by_subj": subject, "batch": READ_BATCH}
+            await self.nc.publish(
+                f"$JS.API.DIRECT.GET.{stream}", json.dumps(req).encode(), reply=inbox
+            )
+            while True:
+                msg = await sub.next_msg(timeout=self.timeout_s)
+                if (msg.headers or {}).get("Status"):  # 204 end of batch, 404 nothing (more)
+                    return batch
+                entry = self._lift(msg)
+                if entry.seq <= upto_seq:
+                    batch.append(entry)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
