@@ -1,0 +1,126 @@
+"""The region writer's async shell on the in-memory region log: two relays of one region
+writing one channel at once, with remote messages offered to both, and the log failing."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable
+
+import anyio
+import anyio.lowlevel
+import msgspec
+import pytest
+
+from federation.adapters.region_writer import RegionWriter
+from federation.channel_writes import Failed, Result, Stored
+from federation.logformat import StoredMessage
+from federation.region_log import LoggedEntry
+from federation.region_log_memory import MemoryRegionLog
+from federation.settings import Namespace, RegionSettings
+from federation.vclock import VectorClock
+
+pytestmark = pytest.mark.anyio
+
+CHANNEL = "chat:x"
+SETTINGS = RegionSettings(region="us-east", namespaces=(Namespace("default", ""),))
+
+
+async def entries(log: MemoryRegionLog) -> list[LoggedEntry]:
+    out: list[LoggedEntry] = []
+    async for batch in log.read_range(CHANNEL, 1, 10**9):
+        out.extend(batch)
+    return out
+
+
+def remote(n: int) -> StoredMessage:
+    ts = {"eu-west": n}
+    return StoredMessage(f"eu-{n}", msgspec.Raw(b"1"), "eu-west", ts, ts)
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    deadline = anyio.current_time() + 10
+    while not condition():
+        if anyio.current_time() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await anyio.sleep(0.001)
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_two_writers_one_channel_everything_once_in_order(seed: int) -> None:
+    rng = random.Random(seed)
+    log = MemoryRegionLog(SETTINGS)
+    await log.ensure_streams()
+    writers = [RegionWriter(log, max_buffered=1000) for _ in range(2)]
+    results: dict[str, list[tuple[str, Result]]] = {}
+    acked: list[int] = []
+    sources = [(w, f"conn{w}{s}") for w in range(2) for s in range(3)]
+    async with anyio.create_task_group() as tg:
+        for writer in writers:
+            await tg.start(writer.run)
+        sent = 0
+        remotes = list(range(1, 41))
+        while sent < 300 or remotes:
+            if remotes and rng.random() < 0.2:
+                n = remotes.pop(0)
+                for writer in rng.sample(writers, rng.randint(1, 2)):  # one or both paths
+                    assert writer.offer_remote(CHANNEL, remote(n), lambda n=n: acked.append(n))
+            elif sent < 300:
+                w, source = rng.choice(sources)
+                message_id = f"{source}-{sent}"
+                sent += 1
+
+                def done(result: Result, source: str = source, mid: str = message_id) -> None:
+                    results.setdefault(source, []).append((mid, result))
+
+                writers[w].publish(CHANNEL, message_id, msgspec.Raw(b"1"), source, done)
+            if rng.random() < 0.3:
+                await anyio.lowlevel.checkpoint()
+        await until(lambda: sum(map(len, results.values())) == 300, "every publish answered")
+        await until(lambda: set(acked) >= set(range(1, 41)), "every remote acked")
+        tg.cancel_scope.cancel()
+    stored = await entries(log)
+    ids = [e.msg.id for e in stored]
+    assert len(ids) == len(set(ids)), "an id stored twice"
+    assert sorted(i for i in ids if i.startswith("eu-")) == sorted(f"eu-{n}" for n in range(1, 41))
+    remote_order = [int(i[3:]) for i in ids if i.startswith("eu-")]
+    assert remote_order == sorted(remote_order), "remote messages out of causal order"
+    for source, answered in results.items():
+        assert all(isinstance(r, Stored) for _, r in answered)
+        mine = [i for i in ids if i.startswith(source + "-")]
+        assert mine == [mid for mid, _ in answered], f"{source}: stored out of publish order"
+    positions = [VectorClock(e.msg.pos) for e in stored]
+    assert all(a <= b for a, b in itertools.pairwise(positions))
+
+
+async def test_a_failing_log_fails_the_publish_and_what_queued_behind_it() -> None:
+    log = MemoryRegionLog(SETTINGS)
+    await log.ensure_streams()
+    writer = RegionWriter(log, max_buffered=100)
+    answers: list[tuple[str, Result]] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.run)
+        log.fail_next = 1  # the head read of the first commit fails
+        for n in range(3):
+            writer.publish(
+                CHANNEL,
+                f"m{n}",
+                msgspec.Raw(b"1"),
+                "conn",
+                lambda r, n=n: answers.append((f"m{n}", r)),
+            )
+        await until(lambda: len(answers) == 3, "answers")
+        assert [type(r) for _, r in answers] == [Failed, Failed, Failed]
+        # The log is back: the client resends, in order, and everything is stored once.
+        for n in range(3):
+            writer.publish(
+                CHANNEL,
+                f"m{n}",
+                msgspec.Raw(b"1"),
+                "conn",
+                lambda r, n=n: answers.append((f"m{n}", r)),
+            )
+        await until(lambda: len(answers) == 6, "answers after the resend")
+        tg.cancel_scope.cancel()
+    assert all(isinstance(r, Stored) for _, r in answers[3:])
+    assert [e.msg.id for e in await entries(log)] == ["m0", "m1", "m2"]
