@@ -1,4 +1,4 @@
-"""The region log's format: subjects, stream names and the stored record.
+"""The region log's format: subjects, stream names, the stored record and the beat.
 
 Relays (which write local publishes and serve clients) and federation (which
 reads peers' logs and appends remote messages) must agree on every byte here,
@@ -19,11 +19,18 @@ Streams
 
 A subject token cannot hold ``.``, so a channel's ``.`` is written ``%2E``
 (``%`` is not allowed in channel names, which keeps the encoding injective).
+
+Beats
+    ``rlyh.v1.<region>`` (core NATS, every second, on the region's own NATS; the
+    instance serving a peer's link forwards that peer's beats): a ``Beat``. Federation's
+    says the region is alive; a relay's also says where clients reach it and whether it
+    takes them. Whoever reads one from NATS decodes it with ``decode_beat`` and ignores
+    what that refuses: beats cross regions, and nothing read from NATS is trusted blindly.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Annotated, Final, Literal
 
 import msgspec
 
@@ -108,6 +115,51 @@ def total_subject(region: str, namespace: str, channel: str) -> str:
 def heartbeat_subject(region: str) -> str:
     """Core NATS, every second, on the region's own NATS (and forwarded by its peers)."""
     return f"rlyh.v1.{region}"
+
+
+# A peer's beats are forwarded as they are: bound what one can make a reader hold.
+MAX_BEAT_BYTES: Final = 4096
+MAX_RELAY_ID_LENGTH: Final = 128
+MAX_URL_LENGTH: Final = 2048
+
+RelayState = Literal["up", "full", "draining"]
+
+
+class Beat(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One beat on ``heartbeat_subject(region)``.
+
+    The subject names the region; ``region`` and ``t`` (the sender's wall clock) are
+    informational. A relay's beat also has ``relay`` (its id), ``url`` (where clients
+    reach it) and ``state``: ``up`` (takes connections; also when absent), ``full`` (at
+    its connection limit) or ``draining`` (shutting down).
+    """
+
+    region: str = ""
+    relay: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_RELAY_ID_LENGTH)] | None = None
+    url: Annotated[str, msgspec.Meta(max_length=MAX_URL_LENGTH)] | None = None
+    state: RelayState | None = None
+    t: float = 0.0
+
+
+class BadBeat(ValueError):
+    """A payload on a beat subject that is not a beat."""
+
+
+_beat_decoder: Final = msgspec.json.Decoder(Beat)
+
+
+def encode_beat(beat: Beat) -> bytes:
+    return msgspec.json.encode(beat)
+
+
+def decode_beat(payload: bytes) -> Beat:
+    """The beat in ``payload``; raises ``BadBeat`` (only) for anything else."""
+    if len(payload) > MAX_BEAT_BYTES:
+        raise BadBeat(f"{len(payload)} bytes; a beat has at most {MAX_BEAT_BYTES}")
+    try:
+        return _beat_decoder.decode(payload)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+        raise BadBeat(str(exc)) from None
 
 
 def channel_of(subject: str) -> str:

@@ -11,7 +11,6 @@ this region's log exactly once whichever instance, link or path brings it.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -114,7 +113,8 @@ class FederationService:
         """Say we are alive, on our own NATS; peers' links forward it to their regions."""
         subject = logformat.heartbeat_subject(self.settings.region)
         while True:
-            payload = json.dumps({"region": self.settings.region, "t": time.time()}).encode()
+            beat = logformat.Beat(region=self.settings.region, t=time.time())
+            payload = logformat.encode_beat(beat)
             with contextlib.suppress(Exception):  # NATS away: silence is the signal
                 await self.nc.publish(subject, payload)
             await anyio.sleep(HEARTBEAT_INTERVAL_S)

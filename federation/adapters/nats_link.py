@@ -30,8 +30,10 @@ from nats.js.client import JetStreamContext
 from federation import logformat
 from federation.adapters.nats_client import NatsClient
 from federation.adapters.region_writer import RegionWriter
+from federation.throttled_log import ThrottledLog
 
 log = logging.getLogger("relaynet.federation")
+_bad_beats = ThrottledLog(log)
 
 MAX_ACK_PENDING = 20_000
 
@@ -124,8 +126,23 @@ class PeerLink:
         log.debug("link to %s: %r", self.peer_region, exc)
 
     async def _heartbeat(self, msg: Msg) -> None:
-        if self.forward_heartbeat is not None:
-            await self.forward_heartbeat(msg.subject, msg.data)
+        """Forward the peer's beat onto our NATS as it came (a newer peer's fields too),
+        but only a beat: what the peer's NATS carries is not trusted blindly."""
+        if self.forward_heartbeat is None:
+            return
+        try:
+            logformat.decode_beat(msg.data)
+        except logformat.BadBeat as exc:
+            _bad_beats.log(
+                logging.DEBUG,
+                self.peer_region,
+                "peer %s: not forwarding a malformed beat on %s: %s",
+                self.peer_region,
+                msg.subject,
+                exc,
+            )
+            return
+        await self.forward_heartbeat(msg.subject, msg.data)
 
     async def _pump(self, nc: NatsClient, namespace: str) -> None:
         js = nc.jetstream(timeout=5)

@@ -7,6 +7,12 @@ Publishes take no task: the reader queues each on the region writer, which
 calls back with the result, so a connection's publishes to one channel are
 stored in the order they were sent. Unsubscribe is handled inline by the
 reader, so no message of the channel can follow the "unsubscribed".
+
+A connection gets what it needs from its relay in one frozen ``ConnectionDeps``
+that the edge builds once; it never reaches back into the edge. Each of its
+subscriptions is one ``Subscription`` object, owned by the session: its state
+there, and the feed the connection attached it to (the object is its key in
+that feed).
 """
 
 from __future__ import annotations
@@ -17,38 +23,47 @@ import logging
 import os
 import time
 from contextlib import aclosing, suppress
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import anyio
+from anyio.abc import TaskGroup
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from federation.adapters.region_writer import RegionWriter
 from federation.channel_writes import Failed, Result
+from federation.region_log import LogUnavailable
 from federation.throttled_log import ThrottledLog
 from federation.vclock import VectorClock
-from relay.adapters.nats_broker import BrokerUnavailable
+from relay.adapters.feed_manager import FeedManager
+from relay.adapters.log_reader import LogReader
 from relay.adapters.outbox import Outbox
 from relay.adapters.wsframe import text_frame
 from relay.core.channels import Channel
-from relay.core.feed import AttachedLive, ChannelFeed
+from relay.core.feed import AttachedLive
 from relay.core.recovery import PositionExpired
 from relay.protocol.errors import CloseCode, ErrorCode
 from relay.protocol.frames import (
     History,
     Publish,
-    Subscribe,
-    Unsubscribe,
     ack_frame,
+    connected_frame,
     error_frame,
     history_frame,
+    message_frame,
     parse_position,
     subscribed_frame,
 )
-from relay.protocol.session import Close, Reply, ServerSession
-
-if TYPE_CHECKING:
-    from relay.adapters.ws_edge import WsEdge
+from relay.protocol.session import (
+    Close,
+    Detach,
+    Reply,
+    ServerSession,
+    SessionLimits,
+    SubscribeRequest,
+    Subscription,
+)
 
 log = logging.getLogger("relaynet.conn")
 # Shared by every connection: when NATS is away, all of them fail alike.
@@ -60,11 +75,22 @@ MAX_REQUESTS_IN_FLIGHT = 256
 DIRECT_WRITE_LIMIT_BYTES = 64 * 1024
 
 
-class _SubscriptionKey:
-    """Identity of one subscription in a ChannelFeed: a late catch-up of an earlier
-    subscription to the same channel can never flush into, or detach, a newer one."""
+@dataclass(frozen=True)
+class ConnectionDeps:
+    """Everything a connection uses of its relay, built once by the edge."""
 
-    __slots__ = ()
+    region: str
+    relay_id: str
+    heartbeat_s: float
+    max_frame_bytes: int
+    outbox_max_messages: int
+    session_limits: SessionLimits  # one for all connections (a session only reads it)
+    feeds: FeedManager
+    writer: RegionWriter
+    recovery: LogReader
+    # Connections' short tasks (subscribe catch-ups, history reads, writers of backed-up
+    # sockets): one task group for the relay, not one per connection.
+    tasks: TaskGroup
 
 
 def _forget_handshake(ws: ServerConnection) -> None:
@@ -78,21 +104,17 @@ def _forget_handshake(ws: ServerConnection) -> None:
 
 
 class Connection:
-    def __init__(self, edge: WsEdge, ws: ServerConnection) -> None:
-        self.edge = edge
+    def __init__(self, deps: ConnectionDeps, ws: ServerConnection) -> None:
+        self.deps = deps
         self.ws = ws
         _forget_handshake(ws)
-        self.id = f"{edge.relay_id}-{next(_ids)}-{os.urandom(4).hex()}"
-        limits = edge.cfg.limits
-        self.session = ServerSession(edge.session_limits)
-        self.outbox = Outbox(limits.outbox_max_messages, self._write_now, self._start_writer)
+        self.id = f"{deps.relay_id}-{next(_ids)}-{os.urandom(4).hex()}"
+        self.session = ServerSession(deps.session_limits)
+        self.outbox = Outbox(deps.outbox_max_messages, self._write_now, self._start_writer)
         # Frames written directly during this event-loop turn, sent together at its end.
         self._loop = asyncio.get_running_loop()
         self._unflushed: list[bytes] = []
         self._unflushed_bytes = 0
-        self.subscriptions: dict[Channel, tuple[ChannelFeed, _SubscriptionKey]] = {}
-        # The subscription each channel's latest subscribe request is for.
-        self._wanted: dict[Channel, _SubscriptionKey] = {}
         self._close: tuple[int, str] | None = None
         self._writer_done: anyio.Event | None = None  # set once the writer task ended
         # Requests in flight (bounded: past the bound the reader waits), and an event made
@@ -102,8 +124,18 @@ class Connection:
         self._room: anyio.Event | None = None
         self.reader_scope = anyio.CancelScope()
 
+    @property
+    def subscriptions(self) -> list[Subscription]:
+        """Those attached to their channel's feed (for /metrics)."""
+        return [sub for sub in self.session.subscriptions if sub.feed is not None]
+
     async def serve(self) -> None:
-        self.outbox.offer(self.edge.connected_frame(self.id))
+        deps = self.deps
+        self.outbox.offer(
+            connected_frame(
+                deps.region, deps.relay_id, self.id, deps.heartbeat_s, deps.max_frame_bytes
+            )
+        )
         try:
             with self.reader_scope:
                 await self._reader()
@@ -116,15 +148,15 @@ class Connection:
             else:  # nothing ever waited for the socket: close from here
                 await self._finish()
         finally:
-            for channel in list(self.subscriptions):
-                self._drop(channel)
+            for sub in self.session.subscriptions:
+                self._drop(sub)
 
     def _start_writer(self) -> None:
         """A frame has to wait for the socket (or the connection must end): from now on a
         task writes the queue. Idle connections never need one."""
-        if self._writer_done is None and self.edge.tasks is not None:
+        if self._writer_done is None:
             self._writer_done = anyio.Event()
-            self.edge.tasks.start_soon(self._writer)
+            self.deps.tasks.start_soon(self._writer)
 
     async def _wait_room(self) -> None:
         self._room = anyio.Event()
@@ -150,24 +182,19 @@ class Connection:
                     elif isinstance(action, Close):
                         self.close_with(action.code, action.reason)
                         return
-                    elif isinstance(action, Unsubscribe):
-                        self._wanted.pop(Channel(action.channel), None)
-                        self._drop(Channel(action.channel))
+                    elif isinstance(action, Detach):
+                        self._drop(action.subscription)
                     elif isinstance(action, Publish):
                         while self._publishing >= MAX_REQUESTS_IN_FLIGHT:
                             await self._wait_room()
                         self._publish(action)
-                    elif isinstance(action, Subscribe) and self._subscribe_now(action):
+                    elif isinstance(action, SubscribeRequest) and self._subscribe_now(action):
                         pass  # a live subscribe to a channel this relay serves already
                     else:
                         while self._requesting >= MAX_REQUESTS_IN_FLIGHT:
                             await self._wait_room()
-                        assert self.edge.tasks is not None
-                        key = _SubscriptionKey()
-                        if isinstance(action, Subscribe):
-                            self._wanted[Channel(action.channel)] = key
                         self._requesting += 1
-                        self.edge.tasks.start_soon(self._run_request, action, key)
+                        self.deps.tasks.start_soon(self._run_request, action)
                 if self.outbox.failed:
                     return
         except ConnectionClosed:
@@ -220,31 +247,30 @@ class Connection:
         if frames and self.ws.protocol.state is State.OPEN:
             self.ws.transport.write(b"".join(frames))
 
-    async def _run_request(self, request: Subscribe | History, key: _SubscriptionKey) -> None:
+    async def _run_request(self, request: SubscribeRequest | History) -> None:
+        frame = request.frame if isinstance(request, SubscribeRequest) else request
         try:
-            if isinstance(request, Subscribe):
-                await self._subscribe(request, key)
+            if isinstance(request, SubscribeRequest):
+                await self._subscribe(request)
             else:
                 await self._history(request)
-        except BrokerUnavailable as exc:
-            what = type(request).__name__
+        except LogUnavailable as exc:
+            what = type(frame).__name__
             _problems.log(logging.WARNING, what, "%s failed: %s", what, exc)
-            self._fail_subscribe(request, key)
-            self.outbox.offer(error_frame(ErrorCode.UNAVAILABLE, str(exc), request.ref))
+            self._fail_subscribe(request)
+            self.outbox.offer(error_frame(ErrorCode.UNAVAILABLE, str(exc), frame.ref))
         except Exception:
-            log.exception("internal error handling %s", type(request).__name__)
-            self._fail_subscribe(request, key)
-            self.outbox.offer(error_frame(ErrorCode.INTERNAL, "internal error", request.ref))
+            log.exception("internal error handling %s", type(frame).__name__)
+            self._fail_subscribe(request)
+            self.outbox.offer(error_frame(ErrorCode.INTERNAL, "internal error", frame.ref))
         finally:
             self._requesting -= 1
             self._made_room()
 
-    def _fail_subscribe(self, request: Subscribe | History, key: _SubscriptionKey) -> None:
-        channel = Channel(request.channel)
-        if isinstance(request, Subscribe) and self._wanted.get(channel) is key:
-            del self._wanted[channel]
-            self.session.subscribe_failed(channel)
-            self._drop(channel, key)
+    def _fail_subscribe(self, request: SubscribeRequest | History) -> None:
+        if isinstance(request, SubscribeRequest) and self.session.is_current(request.subscription):
+            self.session.subscribe_failed(request.subscription)
+            self._drop(request.subscription)
 
     def _publish(self, request: Publish) -> None:
         channel = Channel(request.channel)
@@ -271,90 +297,81 @@ class Connection:
 
         self._publishing += 1
         after = VectorClock(request.after) if request.after else None  # validated on decode
-        self.edge.writer.publish(channel, message_id, request.data, self, done, after)
+        self.deps.writer.publish(channel, message_id, request.data, self, done, after)
 
-    def _subscribe_now(self, request: Subscribe) -> bool:
+    def _subscribe_now(self, request: SubscribeRequest) -> bool:
         """Subscribe without a task when nothing needs waiting for: no position to catch up
         from, and the channel's feed open already (the common case: many clients of one
         channel; a task per subscribe was most of a connection's set-up cost)."""
-        if request.position is not None:
+        frame, sub = request.frame, request.subscription
+        if frame.position is not None:
             return False
-        channel = Channel(request.channel)
-        feed = self.edge.feeds.acquire_ready(channel)
+        feed = self.deps.feeds.acquire_ready(sub.channel)
         if feed is None:
             return False
-        key = _SubscriptionKey()
-        self._wanted[channel] = key
-        self.subscriptions[channel] = (feed, key)
-        attached = feed.attach(key, self.outbox, None)
+        sub.feed = feed
+        attached = feed.attach(sub, self.outbox, None)
         assert isinstance(attached, AttachedLive)  # no position: always live
-        self.session.subscribe_succeeded(channel)
-        self.outbox.offer(subscribed_frame(request.ref, channel, attached.position, False))
+        self.session.subscribe_succeeded(sub)
+        self.outbox.offer(subscribed_frame(frame.ref, sub.channel, attached.position, False))
         return True
 
-    async def _subscribe(self, request: Subscribe, key: _SubscriptionKey) -> None:
-        channel = Channel(request.channel)
-        position = parse_position(request.position, request.ref, "position")
-        feed = await self.edge.feeds.acquire(channel)
-        if self._wanted.get(channel) is not key:  # unsubscribed (maybe resubscribed) meanwhile
-            self.edge.feeds.release(channel)
+    async def _subscribe(self, request: SubscribeRequest) -> None:
+        frame, sub = request.frame, request.subscription
+        channel = sub.channel
+        position = parse_position(frame.position, frame.ref, "position")
+        feed = await self.deps.feeds.acquire(channel)
+        if not self.session.is_current(sub):  # unsubscribed (maybe resubscribed) meanwhile
+            self.deps.feeds.release(channel)
             return
-        self.subscriptions[channel] = (feed, key)
-        attached = feed.attach(key, self.outbox, position)
+        sub.feed = feed
+        attached = feed.attach(sub, self.outbox, position)
         if isinstance(attached, AttachedLive):
-            self.session.subscribe_succeeded(channel)
+            self.session.subscribe_succeeded(sub)
             self.outbox.offer(
-                subscribed_frame(request.ref, channel, attached.position, position is not None)
+                subscribed_frame(frame.ref, channel, attached.position, position is not None)
             )
             return
         assert position is not None
-        async with aclosing(self.edge.recovery.missed(channel, position, attached.upto_seq)) as it:
+        async with aclosing(self.deps.recovery.missed(channel, position, attached.upto_seq)) as it:
             try:
                 batch = await anext(it, None)
             except PositionExpired as exc:
-                self._wanted.pop(channel, None)
-                self.session.subscribe_failed(channel)
-                self._drop(channel, key)
+                self.session.subscribe_failed(sub)
+                self._drop(sub)
                 self.outbox.offer(
                     error_frame(
                         ErrorCode.POSITION_EXPIRED,
                         "messages after this position are no longer stored; subscribe again "
                         "from 'earliest' (or without a position for live only)",
-                        request.ref,
+                        frame.ref,
                         channel=channel,
                         earliest=exc.earliest.to_dict(),
                     )
                 )
                 return
-            if not self.session.subscribe_succeeded(channel):
-                self._drop(channel, key)
+            if not self.session.subscribe_succeeded(sub):
+                self._drop(sub)
                 return
             # Your own position: the replay that follows takes you from there.
-            self.outbox.offer(subscribed_frame(request.ref, channel, position, True))
+            self.outbox.offer(subscribed_frame(frame.ref, channel, position, True))
             while batch is not None:
                 for entry in batch:
-                    if not self._is_current(channel, key):
+                    if sub.feed is None:
                         return  # unsubscribed during the catch-up
-                    await self.outbox.put(entry.frame)
+                    await self.outbox.put(message_frame(entry.channel, entry.msg))
                 batch = await anext(it, None)
-        feed.finish_catch_up(key)
+        feed.finish_catch_up(sub)
 
-    def _is_current(self, channel: Channel, key: _SubscriptionKey) -> bool:
-        current = self.subscriptions.get(channel)
-        return current is not None and current[1] is key
-
-    def _drop(self, channel: Channel, key: _SubscriptionKey | None = None) -> None:
+    def _drop(self, sub: Subscription) -> None:
         """Detach from the channel's feed now; the NATS side is released in the background."""
-        current = self.subscriptions.get(channel)
-        if current is None or (key is not None and current[1] is not key):
-            return
-        del self.subscriptions[channel]
-        feed, current_key = current
-        feed.detach(current_key)
-        self.edge.feeds.release(channel)
+        feed, sub.feed = sub.feed, None
+        if feed is not None:
+            feed.detach(sub)
+            self.deps.feeds.release(sub.channel)
 
     async def _history(self, request: History) -> None:
         channel = Channel(request.channel)
         before = parse_position(request.before, request.ref, "before")
-        frames, more = await self.edge.recovery.history(channel, request.limit, before)
+        frames, more = await self.deps.recovery.history(channel, request.limit, before)
         self.outbox.offer(history_frame(request.ref, channel, frames, more))

@@ -1,13 +1,16 @@
 """The edge directory served at ``GET /v1/edges``: every region's edges and health.
 
-Two kinds of beat arrive on ``rlyh.v1.<region>`` (core NATS, every second, on
-each region's own NATS; the instance serving the link to a peer forwards that
-peer's beats onto this region's NATS):
+Two kinds of beat (``federation.logformat.Beat``) arrive on ``rlyh.v1.<region>``
+(core NATS, every second, on each region's own NATS; the instance serving the
+link to a peer forwards that peer's beats onto this region's NATS):
 
-* federation beats (``{"region", "t"}``) say a region is alive;
-* relay beats (``{"region", "relay", "url", "state", "t"}``) also say which
-  relay is reachable where and whether it takes connections (``up``), is at its
+* federation beats (``region``, ``t``) say a region is alive;
+* relay beats (also ``relay``, ``url``, ``state``) also say which relay is
+  reachable where and whether it takes connections (``up``), is at its
   connection limit (``full``) or is shutting down (``draining``).
+
+A payload that is not a beat is ignored (logged at debug level, throttled):
+it says nothing, not even that its region is alive.
 
 A region heard from within ``DOWN_AFTER_S`` is up; one heard from before but
 not since is down (its beats stopped, or the link to it is cut); one never
@@ -19,7 +22,6 @@ not heard from within ``DOWN_AFTER_S`` is left out.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -33,19 +35,20 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from federation import logformat
+from federation.logformat import BadBeat, Beat
+from federation.throttled_log import ThrottledLog
 from relay.config.schema import RelayConfig
 from relay.core.redirect import KnownRelay, RelayState, redirect_target
 
 log = logging.getLogger("relaynet.directory")
+_bad_beats = ThrottledLog(log)
 
 HEARTBEAT_SUBJECTS = "rlyh.v1.*"  # federation.logformat.heartbeat_subject(<any region>)
 DOWN_AFTER_S = 3.5
 BEAT_INTERVAL_S = 1.0
 # Beats come from our own NATS, but a peer's beats are forwarded as they are: bound
-# what one peer can make this relay remember.
-MAX_BEAT_BYTES = 4096
+# what one peer can make this relay remember (and a beat's size: logformat.MAX_BEAT_BYTES).
 MAX_RELAYS_PER_REGION = 256
-_STATES: frozenset[str] = frozenset({"up", "full", "draining"})
 
 
 @dataclass
@@ -54,25 +57,23 @@ class _Heard:
     at: float
 
 
-def _relay_beat(payload: bytes, region: str) -> KnownRelay | None:
-    """The relay a beat describes, or None (a federation beat, or garbage)."""
-    if len(payload) > MAX_BEAT_BYTES:
+def _known_relay(beat: Beat, region: str) -> KnownRelay | None:
+    """The relay a beat describes, if it names one clients can reach (a WebSocket URL
+    with a host); None for a federation beat."""
+    if beat.relay is None or beat.url is None:
         return None
-    try:
-        doc = json.loads(payload)
-    except ValueError:
-        return None
-    if not isinstance(doc, dict):
-        return None
-    relay, url, state = doc.get("relay"), doc.get("url"), doc.get("state", "up")
-    if not (isinstance(relay, str) and 0 < len(relay) <= 128):
-        return None
-    if not (isinstance(url, str) and len(url) <= 2048 and state in _STATES):
-        return None
-    parts = urlsplit(url)
+    parts = urlsplit(beat.url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         return None
-    return KnownRelay(region, relay, url, state)
+    return KnownRelay(region, beat.relay, beat.url, beat.state or "up")
+
+
+def _relay_beat(payload: bytes, region: str) -> KnownRelay | None:
+    """The relay a beat payload describes, or None (a federation beat, or not a beat)."""
+    try:
+        return _known_relay(logformat.decode_beat(payload), region)
+    except BadBeat:
+        return None
 
 
 class EdgeDirectory:
@@ -99,9 +100,16 @@ class EdgeDirectory:
 
         async def heard(msg: Msg) -> None:
             region = msg.subject.rsplit(".", 1)[-1]
+            try:
+                beat = logformat.decode_beat(msg.data)
+            except BadBeat as exc:
+                _bad_beats.log(
+                    logging.DEBUG, region, "ignoring a malformed beat on %s: %s", msg.subject, exc
+                )
+                return
             now = time.monotonic()
             self._last_seen[region] = now
-            relay = _relay_beat(msg.data, region)
+            relay = _known_relay(beat, region)
             if relay is None or relay.relay == self.cfg.relay.id:
                 return
             known = self._relays.setdefault(region, {})
@@ -122,16 +130,16 @@ class EdgeDirectory:
     async def beat(self) -> None:
         if self._nc is None:
             return
-        payload = {
-            "region": self.cfg.region.name,
-            "relay": self.cfg.relay.id,
-            "url": self.own_url,
-            "state": self._state(),
-            "t": time.time(),
-        }
+        beat = Beat(
+            region=self.cfg.region.name,
+            relay=self.cfg.relay.id,
+            url=self.own_url,
+            state=self._state(),
+            t=time.time(),
+        )
         with contextlib.suppress(Exception):  # NATS away: silence is the signal
             await self._nc.publish(
-                logformat.heartbeat_subject(self.cfg.region.name), json.dumps(payload).encode()
+                logformat.heartbeat_subject(self.cfg.region.name), logformat.encode_beat(beat)
             )
 
     @staticmethod

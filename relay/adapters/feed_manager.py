@@ -16,9 +16,11 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from nats.aio.subscription import Subscription
 
-from relay.adapters.nats_broker import BrokerUnavailable, NatsBroker
+from federation.region_log import LogUnavailable
+from relay.adapters.nats_broker import NatsBroker
 from relay.core.channels import Channel
 from relay.core.feed import ChannelFeed, FillGap, GapLost, LogEntry
+from relay.protocol.frames import message_frame
 
 log = logging.getLogger("relaynet.feeds")
 
@@ -76,7 +78,9 @@ class FeedManager:
         handle = self._handles.get(channel)
         if handle is None:
             contiguous = not self.broker.log.is_total(channel)
-            handle = _Handle(ChannelFeed(channel, self.max_pending, contiguous=contiguous))
+            handle = _Handle(
+                ChannelFeed(channel, self.max_pending, encode=message_frame, contiguous=contiguous)
+            )
             self._handles[channel] = handle
             handle.users += 1
             try:
@@ -93,7 +97,7 @@ class FeedManager:
         await handle.ready.wait()
         if handle.failed is not None:
             self.release(channel)
-            raise BrokerUnavailable(f"could not open channel {channel}: {handle.failed}")
+            raise LogUnavailable(f"could not open channel {channel}: {handle.failed}")
         return handle.feed
 
     async def _open(self, channel: Channel, handle: _Handle) -> None:
@@ -153,7 +157,7 @@ class FeedManager:
                         channel, gap.after_seq + 1, gap.before_seq - 1
                     ):
                         entries.extend(batch)
-                except BrokerUnavailable:
+                except LogUnavailable:
                     entries = None
                     if self._handles.get(channel) is not handle:
                         return
@@ -186,7 +190,7 @@ class FeedManager:
                 continue
             try:
                 last = await self.broker.last_entry(channel)
-            except BrokerUnavailable:
+            except LogUnavailable:
                 continue
             if last is not None:
                 self._schedule_fill(handle, handle.feed.check_head(last.seq))

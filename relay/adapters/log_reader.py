@@ -9,6 +9,7 @@ from relay.adapters.nats_broker import NatsBroker
 from relay.core import recovery
 from relay.core.channels import Channel
 from relay.core.feed import LogEntry
+from relay.protocol.frames import message_frame
 
 
 class LogReader:
@@ -67,7 +68,7 @@ class LogReader:
                     if entry.position.total() > end_index:
                         break
                     if not entry.msg.hidden:
-                        frames.append(entry.frame)
+                        frames.append(message_frame(channel, entry.msg))
                 if frames and len(frames) >= end_index - start_index + 1:
                     break
         return frames, start_index > first_index

@@ -18,17 +18,14 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from federation.adapters.nats_region_log import NatsRegionLog
-from federation.region_log import LoggedEntry, LogUnavailable
+from federation.logformat import decode_stored
+from federation.region_log import LoggedEntry
 from relay.config.schema import RelayConfig
 from relay.core import channels
 from relay.core.channels import Channel
 from relay.core.feed import LogEntry
-from relay.protocol.frames import decode_stored
 
 log = logging.getLogger("relaynet.broker")
-
-# Kept for the modules that still import the old name; the log's own error is LogUnavailable.
-BrokerUnavailable = LogUnavailable
 
 
 def _entry(channel: Channel, logged: LoggedEntry) -> LogEntry:

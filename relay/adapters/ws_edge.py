@@ -21,14 +21,14 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from federation.adapters.region_writer import RegionWriter
-from relay.adapters.connection import Connection
+from relay.adapters.connection import Connection, ConnectionDeps
 from relay.adapters.directory import EdgeDirectory
 from relay.adapters.feed_manager import FeedManager
 from relay.adapters.log_reader import LogReader
 from relay.config.schema import RelayConfig
 from relay.core.redirect import RelayState
 from relay.protocol.errors import CloseCode
-from relay.protocol.frames import connected_frame, redirect_frame
+from relay.protocol.frames import redirect_frame
 from relay.protocol.session import SessionLimits
 
 log = logging.getLogger("relaynet.edge")
@@ -70,17 +70,9 @@ class WsEdge:
         self.recovery = recovery
         self.connections: set[Connection] = set()
         self.connection_limit = connection_limit(cfg.limits.max_connections)
-        limits = cfg.limits
-        # One for all connections (a session only reads it).
-        self.session_limits = SessionLimits(
-            max_subscriptions=limits.max_subscriptions,
-            max_errors_per_minute=limits.max_errors_per_minute,
-            max_message_bytes=lambda ch: cfg.namespace_for(ch).max_message_bytes,
-        )
         self.metrics: Callable[[], bytes] | None = None
-        # Connections' short tasks (subscribe catch-ups, history reads, writers of backed-up
-        # sockets) run here: one task group for the relay, not one per connection.
-        self.tasks: TaskGroup | None = None
+        # What every connection gets of this relay; made once the task group runs.
+        self._deps: ConnectionDeps | None = None
         self.directory: EdgeDirectory | None = None
         self.port: int | None = None
         # Whether this relay reaches its NATS and JetStream (the node keeps it up to date).
@@ -93,13 +85,24 @@ class WsEdge:
         # (reason, "sibling" | "none") -> clients: for /metrics
         self.redirects: collections.Counter[tuple[str, str]] = collections.Counter()
 
-    def connected_frame(self, connection_id: str) -> bytes:
-        return connected_frame(
-            self.region,
-            self.relay_id,
-            connection_id,
-            self.cfg.relay.heartbeat_s,
-            self.cfg.limits.max_frame_bytes,
+    def _connection_deps(self, tasks: TaskGroup) -> ConnectionDeps:
+        cfg = self.cfg
+        limits = cfg.limits
+        return ConnectionDeps(
+            region=self.region,
+            relay_id=self.relay_id,
+            heartbeat_s=cfg.relay.heartbeat_s,
+            max_frame_bytes=limits.max_frame_bytes,
+            outbox_max_messages=limits.outbox_max_messages,
+            session_limits=SessionLimits(
+                max_subscriptions=limits.max_subscriptions,
+                max_errors_per_minute=limits.max_errors_per_minute,
+                max_message_bytes=lambda ch: cfg.namespace_for(ch).max_message_bytes,
+            ),
+            feeds=self.feeds,
+            writer=self.writer,
+            recovery=self.recovery,
+            tasks=tasks,
         )
 
     def state(self) -> RelayState:
@@ -184,7 +187,8 @@ class WsEdge:
         if len(self.connections) >= self.connection_limit:
             await self._refuse(ws)
             return
-        conn = Connection(self, ws)
+        assert self._deps is not None  # serving only inside run()
+        conn = Connection(self._deps, ws)
         self.connections.add(conn)
         try:
             await conn.serve()
@@ -223,7 +227,9 @@ class WsEdge:
                 server_header="relaynet",
             ) as server,
         ):
-            self.tasks = tasks
+            # Connections' short tasks (subscribe catch-ups, history reads, writers of
+            # backed-up sockets) run in this one task group, not one per connection.
+            self._deps = self._connection_deps(tasks)
             self._server = server
             self.port = server.sockets[0].getsockname()[1]
             log.info(

@@ -33,19 +33,21 @@ also filters live traffic it already has, which matters when its position is
 ahead of this relay's region in some entry.
 
 No I/O happens here: sinks are non-blocking (``offer``) and decide themselves
-what to do when full (the slow-consumer policy).
+what to do when full (the slow-consumer policy). Nor does the feed know the
+wire format: it is given ``encode`` (the protocol's message frame), calls it
+once per delivered entry and offers the same bytes to every sink.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Hashable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Protocol
 
+from federation.logformat import StoredMessage
 from federation.vclock import EMPTY, VectorClock
 from relay.core.channels import Channel
-from relay.protocol.frames import StoredMessage, message_frame
 
 
 class Sink(Protocol):
@@ -66,17 +68,10 @@ class LogEntry:
     last_seq: int  # stream sequence of the previous message on this channel (0: none known)
     channel: Channel
     msg: StoredMessage
-    _frame: bytes | None = field(default=None, repr=False)
 
     @property
     def position(self) -> VectorClock:
         return VectorClock(self.msg.pos)
-
-    @property
-    def frame(self) -> bytes:
-        if self._frame is None:
-            self._frame = message_frame(self.channel, self.msg)
-        return self._frame
 
     def covered_by(self, position: VectorClock) -> bool:
         return position.covers(self.msg.origin, self.msg.ts)
@@ -120,9 +115,19 @@ class _Special:
 
 
 class ChannelFeed:
-    def __init__(self, channel: Channel, max_pending: int, *, contiguous: bool = True) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        max_pending: int,
+        *,
+        encode: Callable[[Channel, StoredMessage], bytes],
+        contiguous: bool = True,
+    ) -> None:
         self.channel = channel
         self.max_pending = max_pending
+        # A message -> the frame every subscriber gets (``relay.protocol.frames.message_frame``,
+        # injected: the core does not know the wire format).
+        self._encode = encode
         # Every entry moves the applied vector by one (a region's causal log); a total-order
         # delivery log skips progress entries, so its positions jump.
         self.contiguous = contiguous
@@ -240,7 +245,7 @@ class ChannelFeed:
         self.head_position = self.head_position.merge(entry.msg.pos)
         if entry.msg.hidden or (not self._plain and not self._special):
             return  # hidden entries (dup, null) only advance the position
-        frame = entry.frame
+        frame = self._encode(entry.channel, entry.msg)
         for sink in list(self._plain.values()):
             sink.offer(frame)
         for key, sub in list(self._special.items()):

@@ -15,8 +15,8 @@ entry's origin at each step, so:
 
 from __future__ import annotations
 
+from federation.logformat import StoredMessage
 from federation.vclock import VectorClock
-from relay.protocol.frames import StoredMessage
 
 
 class PositionExpired(Exception):

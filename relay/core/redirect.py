@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
-RelayState = Literal["up", "full", "draining"]
+from federation.logformat import RelayState as RelayState  # what relays' beats say
 
 
 @dataclass(frozen=True)

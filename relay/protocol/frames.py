@@ -1,5 +1,11 @@
 """Protocol v1 frames: JSON text frames over WebSocket (see relay/PROTOCOL.md).
 
+Every frame of both directions is defined here, once, as a msgspec Struct: the
+relay decodes client frames and encodes server frames with them, and the
+Python SDK (``relay.client.session``) encodes client frames and decodes server
+frames with the very same Structs. Optional fields are left out of the JSON
+when absent (client frames: ``omit_defaults``; server frames: ``UNSET``).
+
 Decoding is typed (msgspec): one pass validates a well-formed frame and keeps a
 publish's ``data`` as the raw JSON bytes the client sent, so the relay stores
 and forwards them without re-encoding. Only a frame that fails that pass is
@@ -13,11 +19,10 @@ import re
 from typing import Any, Final
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
-# The stored record is the region log's format, shared with federation (re-exported).
-from federation.logformat import StoredMessage as StoredMessage
-from federation.logformat import decode_stored as decode_stored
-from federation.logformat import encode_stored as encode_stored
+# The stored record is the region log's format, shared with federation.
+from federation.logformat import StoredMessage
 from federation.vclock import ClockError, VectorClock
 from relay.core.channels import Channel, InvalidChannel, validate_channel
 from relay.protocol.errors import TEMPORARY_ERRORS, ErrorCode, ProtocolError
@@ -33,18 +38,18 @@ MAX_HISTORY_LIMIT: Final = 1000
 # --- client -> server -------------------------------------------------------------------
 
 
-class Subscribe(msgspec.Struct, tag="subscribe", tag_field="op"):
+class Subscribe(msgspec.Struct, tag="subscribe", tag_field="op", omit_defaults=True):
     channel: str
     position: dict[str, int] | None = None
     ref: Ref = None
 
 
-class Unsubscribe(msgspec.Struct, tag="unsubscribe", tag_field="op"):
+class Unsubscribe(msgspec.Struct, tag="unsubscribe", tag_field="op", omit_defaults=True):
     channel: str
     ref: Ref = None
 
 
-class Publish(msgspec.Struct, tag="publish", tag_field="op"):
+class Publish(msgspec.Struct, tag="publish", tag_field="op", omit_defaults=True):
     channel: str
     data: msgspec.Raw
     id: str | None = None
@@ -54,14 +59,14 @@ class Publish(msgspec.Struct, tag="publish", tag_field="op"):
     after: dict[str, int] | None = None
 
 
-class History(msgspec.Struct, tag="history", tag_field="op"):
+class History(msgspec.Struct, tag="history", tag_field="op", omit_defaults=True):
     channel: str
     limit: int = DEFAULT_HISTORY_LIMIT
     before: dict[str, int] | None = None
     ref: Ref = None
 
 
-class Ping(msgspec.Struct, tag="ping", tag_field="op"):
+class Ping(msgspec.Struct, tag="ping", tag_field="op", omit_defaults=True):
     ref: Ref = None
 
 
@@ -154,10 +159,11 @@ def _explain(raw: str | bytes, exc: msgspec.ValidationError) -> ProtocolError:
     return ProtocolError(ErrorCode.BAD_REQUEST, f"{op}: {exc}", ref)
 
 
-# --- stored in JetStream ----------------------------------------------------------------
-
-
 # --- server -> client -------------------------------------------------------------------
+#
+# A reply echoes the request's ``ref`` only when it had one: ``ref`` is UNSET (never sent)
+# otherwise. Fields a relay always sends keep a default only so that the SDK reads a frame
+# without them as older relays meant it. ``ref`` comes first, right after ``op``.
 
 
 class MessageFrame(msgspec.Struct, tag="message", tag_field="op"):
@@ -169,68 +175,154 @@ class MessageFrame(msgspec.Struct, tag="message", tag_field="op"):
     position: dict[str, int]
 
 
+class ConnectedFrame(msgspec.Struct, tag="connected", tag_field="op", kw_only=True):
+    region: str
+    relay: str
+    connection_id: str
+    heartbeat_s: float | None = None
+    max_frame_bytes: int | None = None
+
+
+class RedirectFrame(msgspec.Struct, tag="redirect", tag_field="op", kw_only=True):
+    url: str
+    region: str | None = None
+    reason: str = ""
+
+
+class SubscribedFrame(msgspec.Struct, tag="subscribed", tag_field="op", kw_only=True):
+    ref: Ref | UnsetType = UNSET
+    channel: str
+    position: dict[str, int]
+    recovered: bool = False
+
+
+class UnsubscribedFrame(msgspec.Struct, tag="unsubscribed", tag_field="op", kw_only=True):
+    ref: Ref | UnsetType = UNSET
+    channel: str
+
+
+class AckFrame(msgspec.Struct, tag="ack", tag_field="op", kw_only=True):
+    ref: Ref | UnsetType = UNSET
+    id: str
+    channel: str
+    position: dict[str, int]
+
+
+class HistoryFrame(msgspec.Struct, tag="history", tag_field="op", kw_only=True):
+    ref: Ref | UnsetType = UNSET
+    channel: str
+    more: bool = False
+    messages: list[MessageFrame]  # last: the relay splices them in already encoded
+
+
+class PongFrame(msgspec.Struct, tag="pong", tag_field="op", kw_only=True):
+    ref: Ref | UnsetType = UNSET
+
+
+class ErrorFrame(msgspec.Struct, tag="error", tag_field="op", kw_only=True):
+    ref: Ref | UnsetType = UNSET
+    code: str  # an ErrorCode; a str so that a newer relay's codes still decode
+    message: str = ""
+    temporary: bool = False
+    # What the failed request was about, for the errors that say (PROTOCOL.md).
+    channel: str | UnsetType = UNSET
+    # A publish's id (the relay's, if the client sent none; null for a fenced one without).
+    id: str | UnsetType | None = UNSET
+    behind: str | UnsetType = UNSET  # the failed publish a fenced one waits behind
+    earliest: dict[str, int] | UnsetType = UNSET  # position_expired: oldest servable
+
+
+ServerFrame = (
+    ConnectedFrame
+    | RedirectFrame
+    | SubscribedFrame
+    | UnsubscribedFrame
+    | MessageFrame
+    | AckFrame
+    | HistoryFrame
+    | PongFrame
+    | ErrorFrame
+)
+
+_encode: Final = msgspec.json.Encoder().encode
+
+
+def _ref(ref: Ref) -> Ref | UnsetType:
+    return UNSET if ref is None else ref
+
+
 def message_frame(channel: Channel, msg: StoredMessage) -> bytes:
     """Encoded once per message per relay; the same bytes go to every subscriber."""
-    return msgspec.json.encode(MessageFrame(channel, msg.id, msg.data, msg.origin, msg.ts, msg.pos))
-
-
-def _frame(op: str, ref: Ref, **fields: object) -> bytes:
-    body: dict[str, object] = {"op": op}
-    if ref is not None:
-        body["ref"] = ref
-    body.update(fields)
-    return msgspec.json.encode(body)
+    return _encode(MessageFrame(channel, msg.id, msg.data, msg.origin, msg.ts, msg.pos))
 
 
 def connected_frame(
     region: str, relay: str, connection_id: str, heartbeat_s: float, max_frame_bytes: int
 ) -> bytes:
-    return _frame(
-        "connected",
-        None,
-        region=region,
-        relay=relay,
-        connection_id=connection_id,
-        heartbeat_s=heartbeat_s,
-        max_frame_bytes=max_frame_bytes,
+    return _encode(
+        ConnectedFrame(
+            region=region,
+            relay=relay,
+            connection_id=connection_id,
+            heartbeat_s=heartbeat_s,
+            max_frame_bytes=max_frame_bytes,
+        )
     )
 
 
 def redirect_frame(url: str, region: str, reason: str) -> bytes:
     """Go to ``url`` (an edge of ``region``) instead; this relay is about to close."""
-    return _frame("redirect", None, url=url, region=region, reason=reason)
+    return _encode(RedirectFrame(url=url, region=region, reason=reason))
 
 
 def subscribed_frame(ref: Ref, channel: str, position: VectorClock, recovered: bool) -> bytes:
-    return _frame(
-        "subscribed", ref, channel=channel, position=position.to_dict(), recovered=recovered
+    return _encode(
+        SubscribedFrame(
+            ref=_ref(ref), channel=channel, position=position.to_dict(), recovered=recovered
+        )
     )
 
 
 def unsubscribed_frame(ref: Ref, channel: str) -> bytes:
-    return _frame("unsubscribed", ref, channel=channel)
+    return _encode(UnsubscribedFrame(ref=_ref(ref), channel=channel))
 
 
 def ack_frame(ref: Ref, message_id: str, channel: str, position: VectorClock) -> bytes:
-    return _frame("ack", ref, id=message_id, channel=channel, position=position.to_dict())
+    return _encode(
+        AckFrame(ref=_ref(ref), id=message_id, channel=channel, position=position.to_dict())
+    )
 
 
 def history_frame(ref: Ref, channel: str, messages: list[bytes], more: bool) -> bytes:
-    # The message frames are already encoded; splice them rather than decode and re-encode.
-    head = _frame("history", ref, channel=channel, more=more)
-    return head[:-1] + b',"messages":[' + b",".join(messages) + b"]}"
+    # The message frames are already encoded; splice them into the empty list rather than
+    # decode and re-encode them.
+    empty = _encode(HistoryFrame(ref=_ref(ref), channel=channel, more=more, messages=[]))
+    return empty[:-2] + b",".join(messages) + b"]}"
 
 
 def pong_frame(ref: Ref) -> bytes:
-    return _frame("pong", ref)
+    return _encode(PongFrame(ref=_ref(ref)))
 
 
-def error_frame(code: ErrorCode, message: str, ref: Ref = None, **details: object) -> bytes:
-    return _frame(
-        "error",
-        ref,
-        code=code.value,
-        message=message,
-        temporary=code in TEMPORARY_ERRORS,
-        **details,
+def error_frame(
+    code: ErrorCode,
+    message: str,
+    ref: Ref = None,
+    *,
+    channel: str | UnsetType = UNSET,
+    id: str | UnsetType | None = UNSET,
+    behind: str | UnsetType = UNSET,
+    earliest: dict[str, int] | UnsetType = UNSET,
+) -> bytes:
+    return _encode(
+        ErrorFrame(
+            ref=_ref(ref),
+            code=code.value,
+            message=message,
+            temporary=code in TEMPORARY_ERRORS,
+            channel=channel,
+            id=id,
+            behind=behind,
+            earliest=earliest,
+        )
     )

@@ -5,9 +5,10 @@ Theory of operation
 The WebSocket layer feeds every received frame to ``receive()`` with the
 current time and gets back a list of actions:
 
-* a request (``Subscribe``, ``Unsubscribe``, ``Publish``, ``History``) that the
-  node must carry out against NATS, then report back through
-  ``subscribe_succeeded`` / ``subscribe_failed``;
+* a request that the node must carry out against NATS: ``SubscribeRequest``
+  (reported back through ``subscribe_succeeded`` / ``subscribe_failed``),
+  ``Publish``, ``History``;
+* ``Detach(subscription)``: the client unsubscribed; stop delivering to it now;
 * ``Reply(frame)``: bytes to queue for the client (errors, pongs, unsubscribed);
 * ``Close(code, reason)``: end the connection (only for a flood of bad frames).
 
@@ -16,9 +17,14 @@ later publishes of this connection there are refused until the failed one is
 sent again, so no publish is ever stored ahead of one sent before it.
 
 Bad input never raises out of here: it becomes an ``error`` frame. The session
-tracks which channels are subscribed (or being subscribed) so that it can
-refuse double subscriptions and unsubscribes of unknown channels, and counts
-recent errors so that one misbehaving client cannot keep a relay busy.
+owns the connection's subscriptions, one ``Subscription`` object each from its
+subscribe request to its end, so that it can refuse double subscriptions and
+unsubscribes of unknown channels; the node records on the same object which
+feed it attached it to. A subscription's identity is the object, not its
+channel: the answer to an earlier subscribe request to a channel (a slow
+catch-up) can never complete, fail or detach a newer subscription to it. The
+session also counts recent errors so that one misbehaving client cannot keep a
+relay busy.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay.core.channels import Channel
+from relay.core.feed import ChannelFeed
 from relay.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from relay.protocol.frames import (
     ClientFrame,
@@ -77,19 +84,46 @@ class Close:
     reason: str
 
 
-Request = Subscribe | Unsubscribe | Publish | History
-Action = Request | Reply | Close
-
-
 class SubState(enum.Enum):
     SUBSCRIBING = "subscribing"
     SUBSCRIBED = "subscribed"
 
 
+@dataclass(eq=False)
+class Subscription:
+    """One subscription of the connection, from its subscribe request to its end.
+
+    The session keeps ``state``; the node sets ``feed`` while the subscription is
+    attached to the channel's feed (the object itself is its key there)."""
+
+    channel: Channel
+    state: SubState = SubState.SUBSCRIBING
+    feed: ChannelFeed | None = None
+
+
+@dataclass(frozen=True)
+class SubscribeRequest:
+    """Subscribe ``subscription`` as ``frame`` asks (live, or from its position)."""
+
+    frame: Subscribe
+    subscription: Subscription
+
+
+@dataclass(frozen=True)
+class Detach:
+    """The client unsubscribed: deliver nothing more for ``subscription``."""
+
+    subscription: Subscription
+
+
+Request = SubscribeRequest | Publish | History
+Action = Request | Detach | Reply | Close
+
+
 class ServerSession:
     def __init__(self, limits: SessionLimits) -> None:
         self._limits = limits
-        self._subs: dict[Channel, SubState] = {}
+        self._subs: dict[Channel, Subscription] = {}
         # channel -> id of a publish that failed: later publishes there wait for its retry.
         self._fences: dict[Channel, str] = {}
         self._errors: deque[float] | None = None  # made at the first error: most never err
@@ -97,7 +131,14 @@ class ServerSession:
 
     @property
     def channels(self) -> dict[Channel, SubState]:
-        return self._subs
+        return {channel: sub.state for channel, sub in self._subs.items()}
+
+    @property
+    def subscriptions(self) -> list[Subscription]:
+        return list(self._subs.values())
+
+    def subscription(self, channel: Channel) -> Subscription | None:
+        return self._subs.get(channel)
 
     def receive(self, raw: str | bytes, now: float, *, binary: bool = False) -> list[Action]:
         if self.closed:
@@ -127,15 +168,15 @@ class ServerSession:
                     f"at most {self._limits.max_subscriptions} subscriptions per connection",
                     frame.ref,
                 )
-            self._subs[channel] = SubState.SUBSCRIBING
-            return [frame]
+            sub = self._subs[channel] = Subscription(channel)
+            return [SubscribeRequest(frame, sub)]
         if isinstance(frame, Unsubscribe):
-            if channel not in self._subs:
+            ended = self._subs.pop(channel, None)
+            if ended is None:
                 raise ProtocolError(
                     ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {channel}", frame.ref
                 )
-            del self._subs[channel]
-            return [frame, Reply(unsubscribed_frame(frame.ref, channel))]
+            return [Detach(ended), Reply(unsubscribed_frame(frame.ref, channel))]
         if isinstance(frame, Publish):
             limit = self._limits.max_message_bytes(channel)
             if len(frame.data) > limit:
@@ -159,19 +200,21 @@ class ServerSession:
         it. (Those already queued behind it fail in the writer.)"""
         self._fences.setdefault(channel, message_id)
 
-    def is_subscribing(self, channel: Channel) -> bool:
-        return self._subs.get(channel) is SubState.SUBSCRIBING
+    def is_current(self, sub: Subscription) -> bool:
+        """Whether ``sub`` is still the client's subscription to its channel."""
+        return self._subs.get(sub.channel) is sub
 
-    def subscribe_succeeded(self, channel: Channel) -> bool:
+    def subscribe_succeeded(self, sub: Subscription) -> bool:
         """Returns False if the client unsubscribed meanwhile (the node must detach)."""
-        if self._subs.get(channel) is SubState.SUBSCRIBING:
-            self._subs[channel] = SubState.SUBSCRIBED
+        if self.is_current(sub) and sub.state is SubState.SUBSCRIBING:
+            sub.state = SubState.SUBSCRIBED
             return True
         return False
 
-    def subscribe_failed(self, channel: Channel) -> None:
-        if self._subs.get(channel) is SubState.SUBSCRIBING:
-            del self._subs[channel]
+    def subscribe_failed(self, sub: Subscription) -> None:
+        """Forget ``sub`` if it was still being subscribed (the client may try again)."""
+        if self.is_current(sub) and sub.state is SubState.SUBSCRIBING:
+            del self._subs[sub.channel]
 
     def drop_subscription(self, channel: Channel) -> None:
         self._subs.pop(channel, None)

@@ -27,10 +27,11 @@ from hypothesis.stateful import (
     rule,
 )
 
+from federation.logformat import StoredMessage
 from federation.vclock import EMPTY, VectorClock
 from relay.core.channels import Channel
 from relay.core.feed import AttachedLive, CatchUp, ChannelFeed, FillGap, GapLost, LogEntry
-from relay.protocol.frames import StoredMessage
+from relay.protocol.frames import message_frame
 
 CH = Channel("room.1")
 ORIGINS = ("r1", "r2")
@@ -82,6 +83,11 @@ class Stream:
         return [fresh(e) for e in self.entries if e.seq <= upto_seq and not e.covered_by(position)]
 
 
+def frame_of(entry: LogEntry) -> bytes:
+    """What the relay sends for an entry read from the stream (a catch-up)."""
+    return message_frame(entry.channel, entry.msg)
+
+
 def fresh(entry: LogEntry) -> LogEntry:
     return LogEntry(entry.seq, entry.last_seq, entry.channel, entry.msg)
 
@@ -119,7 +125,7 @@ class RecordingSink:
 def started(n: int = 0, *, max_pending: int = 100) -> tuple[Stream, ChannelFeed]:
     stream = Stream()
     stream.grow(n)
-    feed = ChannelFeed(CH, max_pending)
+    feed = ChannelFeed(CH, max_pending, encode=message_frame)
     assert feed.start(*stream.head()) is None
     return stream, feed
 
@@ -170,7 +176,7 @@ def test_duplicates_are_ignored() -> None:
 def test_messages_before_start_are_buffered_then_applied_minus_those_at_or_below_head() -> None:
     stream = Stream()
     stream.grow(2)
-    feed = ChannelFeed(CH, 10)
+    feed = ChannelFeed(CH, 10, encode=message_frame)
     # The live subscription is made before the head is read: 3..5 race the head read.
     early = stream.grow(3)
     assert live(feed, *early) == [None, None, None]
@@ -191,7 +197,7 @@ def test_messages_before_start_are_buffered_then_applied_minus_those_at_or_below
 def test_early_messages_with_a_hole_after_the_head_ask_for_a_fill() -> None:
     stream = Stream()
     stream.grow(2)
-    feed = ChannelFeed(CH, 10)
+    feed = ChannelFeed(CH, 10, encode=message_frame)
     head_seq, head_pos = stream.head()
     lost, arrived, later = stream.grow(3)
     live(feed, arrived, later)
@@ -322,7 +328,7 @@ def test_check_head_after_reconnect() -> None:
 
 
 def test_check_head_before_start_does_nothing() -> None:
-    feed = ChannelFeed(CH, 10)
+    feed = ChannelFeed(CH, 10, encode=message_frame)
     assert feed.check_head(10) is None
 
 
@@ -350,7 +356,7 @@ def test_attach_behind_the_head_catches_up_with_an_exact_seam() -> None:
     assert sink.frames == []
     # the node reads the missed stretch and offers it
     for entry in stream.missed(position, attached.upto_seq):
-        sink.offer(entry.frame)
+        sink.offer(frame_of(entry))
     assert sink.indexes == [3, 4, 5]
     assert feed.finish_catch_up("k") is True
     assert sink.indexes == [3, 4, 5, 6, 7]
@@ -395,7 +401,7 @@ def test_catch_up_with_a_concurrent_position() -> None:
     for origin in ["r1", "r2", "r1", "r2"]:
         stream.other()
         stream.append(origin)
-    feed = ChannelFeed(CH, 10)
+    feed = ChannelFeed(CH, 10, encode=message_frame)
     feed.start(*stream.head())
     sink = RecordingSink()
     position = VectorClock({"r1": 3})  # has r1#1..r1#3 (r1#3 comes later here), no r2
@@ -405,7 +411,7 @@ def test_catch_up_with_a_concurrent_position() -> None:
     stream.append("r2")  # r2#3
     live(feed, *stream.entries[4:])
     for entry in stream.missed(position, attached.upto_seq):
-        sink.offer(entry.frame)
+        sink.offer(frame_of(entry))
     assert feed.finish_catch_up("k")
     # entries 2 (r2#1), 4 (r2#2), 6 (r2#3); entry 5 (r1#3) was filtered by the floor
     assert sink.indexes == [2, 4, 6]
@@ -467,7 +473,7 @@ def test_attach_during_an_outstanding_fill() -> None:
     assert attached == CatchUp(stream.entries[0].seq, VectorClock({"r1": 1}))
     feed.on_fill(stream.read(gap.after_seq, gap.before_seq), gap.before_seq)
     for entry in stream.missed(EMPTY, attached.upto_seq):
-        catching.offer(entry.frame)
+        catching.offer(frame_of(entry))
     feed.finish_catch_up("c")
     assert sink.indexes == [2, 3]
     assert catching.indexes == [1, 2, 3]
@@ -492,7 +498,7 @@ class FeedMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.stream = Stream()
-        self.feed = ChannelFeed(CH, MAX_PENDING)
+        self.feed = ChannelFeed(CH, MAX_PENDING, encode=message_frame)
         self.started = False
         self.in_flight: deque[LogEntry] = deque()  # published live, not yet delivered
         self.passed: list[LogEntry] = []  # delivered or dropped: candidates for duplicates
@@ -643,7 +649,7 @@ class FeedMachine(RuleBasedStateMachine):
         model = self.sinks[key]
         assert model.catch_up is not None
         for entry in model.catch_up[:n]:
-            model.sink.offer(entry.frame)
+            model.sink.offer(frame_of(entry))
         del model.catch_up[:n]
 
     @rule(i=st.integers(0, 10**6))
@@ -657,7 +663,7 @@ class FeedMachine(RuleBasedStateMachine):
         alive = model.attached and model.sink.overflows == 0
         if alive:
             for entry in model.catch_up:
-                model.sink.offer(entry.frame)
+                model.sink.offer(frame_of(entry))
         model.catch_up = None
         assert self.feed.finish_catch_up(key) is alive
 

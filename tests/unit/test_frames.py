@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from federation.logformat import StoredMessage, decode_stored, encode_stored
 from federation.vclock import MAX_COUNTER, VectorClock
 from relay.core.channels import Channel
 from relay.protocol.errors import TEMPORARY_ERRORS, ErrorCode, ProtocolError
@@ -18,17 +19,24 @@ from relay.protocol.frames import (
     KNOWN_OPS,
     MAX_HISTORY_LIMIT,
     MAX_REF_LENGTH,
+    AckFrame,
+    ConnectedFrame,
+    ErrorFrame,
     History,
+    HistoryFrame,
+    MessageFrame,
     Ping,
+    PongFrame,
     Publish,
-    StoredMessage,
+    RedirectFrame,
+    ServerFrame,
     Subscribe,
+    SubscribedFrame,
     Unsubscribe,
+    UnsubscribedFrame,
     ack_frame,
     connected_frame,
     decode_client_frame,
-    decode_stored,
-    encode_stored,
     error_frame,
     history_frame,
     message_frame,
@@ -577,3 +585,163 @@ def test_stored_message_round_trip_random(
     decoded = decode_stored(encode_stored(msg))
     assert decoded == msg
     assert bytes(decoded.data) == raw
+
+
+# --- one definition per frame: exact bytes, and both directions through the same Structs --
+
+
+def _message(k: int) -> bytes:
+    return message_frame(Channel("c"), _stored(k))
+
+
+# The wire as relays have always written it: keys, their order, and what is left out.
+EXACT_SERVER_FRAMES = [
+    pytest.param(
+        connected_frame("us-east", "us-east-1", "c-1", 15.0, 1048576),
+        b'{"op":"connected","region":"us-east","relay":"us-east-1","connection_id":"c-1",'
+        b'"heartbeat_s":15.0,"max_frame_bytes":1048576}',
+        id="connected",
+    ),
+    pytest.param(
+        redirect_frame("ws://10.0.0.2:8701/v1/ws", "us-east", "overloaded"),
+        b'{"op":"redirect","url":"ws://10.0.0.2:8701/v1/ws","region":"us-east",'
+        b'"reason":"overloaded"}',
+        id="redirect",
+    ),
+    pytest.param(
+        subscribed_frame(1, "chat:lobby", VectorClock({}), False),
+        b'{"op":"subscribed","ref":1,"channel":"chat:lobby","position":{},"recovered":false}',
+        id="subscribed",
+    ),
+    pytest.param(
+        subscribed_frame(None, "c", VectorClock({"r1": 2}), True),
+        b'{"op":"subscribed","channel":"c","position":{"r1":2},"recovered":true}',
+        id="subscribed-no-ref",
+    ),
+    pytest.param(
+        unsubscribed_frame("u", "c"), b'{"op":"unsubscribed","ref":"u","channel":"c"}', id="unsub"
+    ),
+    pytest.param(
+        ack_frame(2, "hello-1", "chat:lobby", VectorClock({"us-east": 1})),
+        b'{"op":"ack","ref":2,"id":"hello-1","channel":"chat:lobby","position":{"us-east":1}}',
+        id="ack",
+    ),
+    pytest.param(pong_frame(0), b'{"op":"pong","ref":0}', id="pong-zero-ref"),
+    pytest.param(pong_frame(None), b'{"op":"pong"}', id="pong"),
+    pytest.param(
+        error_frame(ErrorCode.INVALID_CHANNEL, "bad", 5),
+        b'{"op":"error","ref":5,"code":"invalid_channel","message":"bad","temporary":false}',
+        id="error",
+    ),
+    pytest.param(
+        error_frame(ErrorCode.UNAVAILABLE, "m", "p", channel="c", id=None, behind="p1"),
+        b'{"op":"error","ref":"p","code":"unavailable","message":"m","temporary":true,'
+        b'"channel":"c","id":null,"behind":"p1"}',
+        id="error-fenced-without-id",
+    ),
+    pytest.param(
+        error_frame(ErrorCode.POSITION_EXPIRED, "gone", channel="c", earliest={"r1": 3}),
+        b'{"op":"error","code":"position_expired","message":"gone","temporary":false,'
+        b'"channel":"c","earliest":{"r1":3}}',
+        id="error-expired",
+    ),
+    pytest.param(
+        history_frame(4, "c", [b'{"op":"message"}'], True),
+        b'{"op":"history","ref":4,"channel":"c","more":true,"messages":[{"op":"message"}]}',
+        id="history",
+    ),
+    pytest.param(
+        history_frame(None, "c", [], False),
+        b'{"op":"history","channel":"c","more":false,"messages":[]}',
+        id="history-empty",
+    ),
+]
+
+
+@pytest.mark.parametrize(("frame", "wire"), EXACT_SERVER_FRAMES)
+def test_server_frames_byte_for_byte(frame: bytes, wire: bytes) -> None:
+    assert frame == wire
+
+
+_server_decoder = msgspec.json.Decoder(ServerFrame)
+
+
+def test_server_frames_decode_into_their_structs() -> None:
+    """What the SDK reads is what the relay wrote, through the same Structs."""
+    assert _server_decoder.decode(connected_frame("r", "r-1", "c", 15.0, 99)) == ConnectedFrame(
+        region="r", relay="r-1", connection_id="c", heartbeat_s=15.0, max_frame_bytes=99
+    )
+    assert _server_decoder.decode(redirect_frame("ws://x/v1/ws", "r", "draining")) == (
+        RedirectFrame(url="ws://x/v1/ws", region="r", reason="draining")
+    )
+    assert _server_decoder.decode(subscribed_frame(None, "c", VectorClock({"r": 1}), True)) == (
+        SubscribedFrame(ref=msgspec.UNSET, channel="c", position={"r": 1}, recovered=True)
+    )
+    assert _server_decoder.decode(unsubscribed_frame(3, "c")) == UnsubscribedFrame(
+        ref=3, channel="c"
+    )
+    assert _server_decoder.decode(ack_frame("a", "m", "c", VectorClock({"r": 2}))) == AckFrame(
+        ref="a", id="m", channel="c", position={"r": 2}
+    )
+    assert _server_decoder.decode(pong_frame(None)) == PongFrame()
+    expired = error_frame(ErrorCode.POSITION_EXPIRED, "gone", 7, channel="c", earliest={"r": 1})
+    assert _server_decoder.decode(expired) == ErrorFrame(
+        ref=7,
+        code="position_expired",
+        message="gone",
+        temporary=False,
+        channel="c",
+        earliest={"r": 1},
+    )
+    page = _server_decoder.decode(history_frame(1, "c", [_message(1), _message(2)], True))
+    assert isinstance(page, HistoryFrame)
+    assert (page.ref, page.channel, page.more) == (1, "c", True)
+    assert [m.id for m in page.messages] == ["m1", "m2"]
+    assert all(isinstance(m, MessageFrame) for m in page.messages)
+    message = _server_decoder.decode(_message(3))
+    assert isinstance(message, MessageFrame)
+    assert bytes(message.data) == b'{"n": 1}'
+
+
+def test_server_frames_read_leniently_what_older_relays_left_out() -> None:
+    assert _server_decoder.decode(b'{"op":"error","code":"x"}') == ErrorFrame(
+        code="x", message="", temporary=False
+    )
+    assert _server_decoder.decode(b'{"op":"subscribed","channel":"c","position":{}}') == (
+        SubscribedFrame(channel="c", position={}, recovered=False)
+    )
+
+
+@pytest.mark.parametrize(
+    ("frame", "wire"),
+    [
+        pytest.param(
+            Subscribe(channel="c", ref=1), b'{"op":"subscribe","channel":"c","ref":1}', id="sub"
+        ),
+        pytest.param(
+            Subscribe(channel="c", position={"r1": 4}, ref=2),
+            b'{"op":"subscribe","channel":"c","position":{"r1":4},"ref":2}',
+            id="sub-position",
+        ),
+        pytest.param(Unsubscribe(channel="c"), b'{"op":"unsubscribe","channel":"c"}', id="unsub"),
+        pytest.param(
+            Publish(channel="c", data=msgspec.Raw(b"[1,  2]"), id="m-1", ref=3),
+            b'{"op":"publish","channel":"c","data":[1,  2],"id":"m-1","ref":3}',
+            id="publish",
+        ),
+        pytest.param(
+            Publish(channel="c", data=msgspec.Raw(b"1"), id="m", ref=4, after={"r1": 2}),
+            b'{"op":"publish","channel":"c","data":1,"id":"m","ref":4,"after":{"r1":2}}',
+            id="publish-after",
+        ),
+        pytest.param(History(channel="c", ref=5), b'{"op":"history","channel":"c","ref":5}'),
+        pytest.param(Ping(), b'{"op":"ping"}', id="ping"),
+    ],
+)
+def test_client_frames_encode_without_absent_fields_and_decode_back(
+    frame: Subscribe | Unsubscribe | Publish | History | Ping, wire: bytes
+) -> None:
+    """The SDK encodes with the Structs the relay decodes with."""
+    assert msgspec.json.encode(frame) == wire
+    back = decode_client_frame(wire)
+    assert back == frame

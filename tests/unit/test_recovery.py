@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from federation.logformat import StoredMessage
 from federation.vclock import EMPTY, VectorClock
 from relay.core.recovery import (
     PositionExpired,
@@ -15,7 +16,6 @@ from relay.core.recovery import (
     position_before,
     uncovered,
 )
-from relay.protocol.frames import StoredMessage
 
 REGIONS = ("r1", "r2", "r3")
 

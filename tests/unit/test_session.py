@@ -9,14 +9,17 @@ import pytest
 
 from relay.core.channels import Channel
 from relay.protocol.errors import CloseCode, ErrorCode
-from relay.protocol.frames import History, Publish, Subscribe, Unsubscribe
+from relay.protocol.frames import History, Publish, Subscribe
 from relay.protocol.session import (
     ERROR_WINDOW_S,
     Action,
     Close,
+    Detach,
     Reply,
     ServerSession,
     SessionLimits,
+    SubscribeRequest,
+    Subscription,
     SubState,
 )
 
@@ -40,6 +43,13 @@ def only_reply(actions: list[Action]) -> dict[str, Any]:
     return body
 
 
+def subscribing(actions: list[Action]) -> Subscription:
+    """The subscription a subscribe frame started (its only action)."""
+    [req] = actions
+    assert isinstance(req, SubscribeRequest)
+    return req.subscription
+
+
 def error_of(actions: list[Action]) -> dict[str, Any]:
     body = only_reply(actions)
     assert body["op"] == "error"
@@ -55,14 +65,19 @@ def test_ping_pong() -> None:
 def test_subscribe_returns_request_then_already_subscribed() -> None:
     s = make()
     actions = s.receive(frame(op="subscribe", channel="c", ref=1), 0.0)
-    assert actions == [Subscribe(channel="c", position=None, ref=1)]
+    [req] = actions
+    assert isinstance(req, SubscribeRequest)
+    assert req.frame == Subscribe(channel="c", position=None, ref=1)
+    assert req.subscription.channel == "c"
+    assert req.subscription.feed is None
+    assert s.subscription(Channel("c")) is req.subscription
     assert s.channels == {"c": SubState.SUBSCRIBING}
     err = error_of(s.receive(frame(op="subscribe", channel="c", ref=2), 1.0))
     assert err["code"] == "already_subscribed"
     assert err["ref"] == 2
     assert err["temporary"] is False
     # also once the subscription is established
-    assert s.subscribe_succeeded(Channel("c"))
+    assert s.subscribe_succeeded(req.subscription)
     err = error_of(s.receive(frame(op="subscribe", channel="c", position={"r1": 1}), 2.0))
     assert err["code"] == "already_subscribed"
 
@@ -70,21 +85,21 @@ def test_subscribe_returns_request_then_already_subscribed() -> None:
 def test_subscribe_with_position_passes_it_through() -> None:
     s = make()
     [req] = s.receive(frame(op="subscribe", channel="c", position={"r1": 4}), 0.0)
-    assert isinstance(req, Subscribe)
-    assert req.position == {"r1": 4}
+    assert isinstance(req, SubscribeRequest)
+    assert req.frame.position == {"r1": 4}
 
 
 def test_max_subscriptions() -> None:
     s = make(max_subscriptions=2)
-    assert isinstance(s.receive(frame(op="subscribe", channel="a"), 0.0)[0], Subscribe)
-    assert isinstance(s.receive(frame(op="subscribe", channel="b"), 0.0)[0], Subscribe)
+    subscribing(s.receive(frame(op="subscribe", channel="a"), 0.0))
+    subscribing(s.receive(frame(op="subscribe", channel="b"), 0.0))
     err = error_of(s.receive(frame(op="subscribe", channel="c", ref="x"), 0.0))
     assert err["code"] == "limit_exceeded"
     assert err["ref"] == "x"
     assert set(s.channels) == {"a", "b"}
     # freeing a slot allows a new subscription
     s.receive(frame(op="unsubscribe", channel="a"), 0.0)
-    assert isinstance(s.receive(frame(op="subscribe", channel="c"), 0.0)[0], Subscribe)
+    subscribing(s.receive(frame(op="subscribe", channel="c"), 0.0))
 
 
 def test_unsubscribe_unknown() -> None:
@@ -96,11 +111,12 @@ def test_unsubscribe_unknown() -> None:
 
 def test_unsubscribe_known() -> None:
     s = make()
-    s.receive(frame(op="subscribe", channel="c"), 0.0)
-    s.subscribe_succeeded(Channel("c"))
+    sub = subscribing(s.receive(frame(op="subscribe", channel="c"), 0.0))
+    s.subscribe_succeeded(sub)
     actions = s.receive(frame(op="unsubscribe", channel="c", ref=3), 0.0)
     assert len(actions) == 2
-    assert actions[0] == Unsubscribe(channel="c", ref=3)
+    assert actions[0] == Detach(sub)
+    assert not s.is_current(sub)
     assert isinstance(actions[1], Reply)
     assert json.loads(actions[1].frame) == {"op": "unsubscribed", "ref": 3, "channel": "c"}
     assert s.channels == {}
@@ -110,11 +126,27 @@ def test_unsubscribe_known() -> None:
 
 def test_unsubscribe_while_subscribing_then_success_reports_false() -> None:
     s = make()
-    s.receive(frame(op="subscribe", channel="c"), 0.0)
+    sub = subscribing(s.receive(frame(op="subscribe", channel="c"), 0.0))
     actions = s.receive(frame(op="unsubscribe", channel="c"), 0.0)
-    assert isinstance(actions[0], Unsubscribe)
-    assert s.subscribe_succeeded(Channel("c")) is False  # node must detach
+    assert actions[0] == Detach(sub)
+    assert s.subscribe_succeeded(sub) is False  # node must detach
     assert s.channels == {}
+
+
+def test_an_earlier_subscription_never_completes_or_fails_a_newer_one() -> None:
+    """Unsubscribed and subscribed again while the first request was still in flight:
+    the first one's late answer concerns that one only."""
+    s = make()
+    first = subscribing(s.receive(frame(op="subscribe", channel="c"), 0.0))
+    s.receive(frame(op="unsubscribe", channel="c"), 0.0)
+    second = subscribing(s.receive(frame(op="subscribe", channel="c"), 0.0))
+    assert first is not second
+    assert s.subscribe_succeeded(first) is False
+    s.subscribe_failed(first)
+    assert s.is_current(second) and not s.is_current(first)
+    assert s.channels == {"c": SubState.SUBSCRIBING}
+    assert s.subscribe_succeeded(second) is True
+    assert s.channels == {"c": SubState.SUBSCRIBED}
 
 
 def test_publish_within_limit_is_a_request() -> None:
@@ -230,30 +262,30 @@ def test_old_errors_leave_the_window() -> None:
 
 def test_subscribe_succeeded_transitions() -> None:
     s = make()
-    assert s.subscribe_succeeded(Channel("c")) is False  # never asked
-    s.receive(frame(op="subscribe", channel="c"), 0.0)
-    assert s.subscribe_succeeded(Channel("c")) is True
+    assert s.subscribe_succeeded(Subscription(Channel("c"))) is False  # never asked
+    sub = subscribing(s.receive(frame(op="subscribe", channel="c"), 0.0))
+    assert s.subscribe_succeeded(sub) is True
     assert s.channels == {"c": SubState.SUBSCRIBED}
-    assert s.subscribe_succeeded(Channel("c")) is False  # already subscribed
+    assert sub.state is SubState.SUBSCRIBED
+    assert s.subscribe_succeeded(sub) is False  # already subscribed
 
 
 def test_subscribe_failed_forgets_only_a_pending_subscription() -> None:
     s = make()
-    s.receive(frame(op="subscribe", channel="a"), 0.0)
-    s.receive(frame(op="subscribe", channel="b"), 0.0)
-    s.subscribe_succeeded(Channel("b"))
-    s.subscribe_failed(Channel("a"))
-    s.subscribe_failed(Channel("b"))  # established: unaffected
-    s.subscribe_failed(Channel("zzz"))  # unknown: no-op
+    a = subscribing(s.receive(frame(op="subscribe", channel="a"), 0.0))
+    b = subscribing(s.receive(frame(op="subscribe", channel="b"), 0.0))
+    s.subscribe_succeeded(b)
+    s.subscribe_failed(a)
+    s.subscribe_failed(b)  # established: unaffected
+    s.subscribe_failed(Subscription(Channel("zzz")))  # unknown: no-op
     assert s.channels == {"b": SubState.SUBSCRIBED}
     # after a failure the client may try again
-    assert isinstance(s.receive(frame(op="subscribe", channel="a"), 0.0)[0], Subscribe)
+    subscribing(s.receive(frame(op="subscribe", channel="a"), 0.0))
 
 
 def test_drop_subscription() -> None:
     s = make()
-    s.receive(frame(op="subscribe", channel="a"), 0.0)
-    s.subscribe_succeeded(Channel("a"))
+    s.subscribe_succeeded(subscribing(s.receive(frame(op="subscribe", channel="a"), 0.0)))
     s.receive(frame(op="subscribe", channel="b"), 0.0)
     s.drop_subscription(Channel("a"))
     s.drop_subscription(Channel("b"))
