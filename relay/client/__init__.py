@@ -1,1 +1,62 @@
-"""Client-side protocol logic without I/O: backoff, region choice and the session state machine."""
+"""The Python SDK: one resilient connection to the nearest region, over plain WebSockets.
+
+``async with relay.client.connect(seeds, timeout=10) as client:`` then
+``client.subscribe``, ``client.publish``, ``client.history`` (README, "Clients").
+
+Layout, from the pure core outwards (the pure modules do no I/O and read no clock):
+
+* ``session.py``      pure: ``ClientSession`` (positions, pending publishes, frames <-> events)
+* ``supervisor.py``   pure: ``Supervisor`` (rounds, backoff, redirects, move-back) and
+                      ``ConnectionState``
+* ``routing.py``      pure: region choice and the move-back rule; ``backoff.py``: full jitter
+* ``directory.py``    pure: ``Directory``, ``Survey``, ``plan()``; ``endpoints.py``: relay URLs
+* ``history.py``      the ``history`` reply's wire Struct
+* ``http.py``         the HTTP/1.1 GET of probes and directory (h11 over anyio)
+* ``probing.py``      fetch the directory, probe the edges, ``survey()``
+* ``subscription.py`` ``Subscription`` (async iterator over a bounded queue)
+* ``client.py``       ``Client`` and ``connect()``: the anyio shell that runs the two machines
+* ``errors.py``       what the SDK raises; ``cli.py``, ``running.py``: ``relaynet sub/pub/edges``
+* ``connection.py``   the old single-module API, re-exported
+"""
+
+from relay.client.client import Client, HistoryPage, connect, data_of
+from relay.client.directory import Dial, Directory, DirectoryEdge, Survey
+from relay.client.errors import (
+    ClientClosed,
+    ClientError,
+    ConnectionFailed,
+    NoEdgeReachable,
+    PositionExpiredError,
+    RequestRefused,
+)
+from relay.client.probing import fetch_directory, survey
+from relay.client.routing import Choice, MoveBackPolicy
+from relay.client.session import Acked, FrameTooLarge, Message
+from relay.client.subscription import Subscription
+from relay.client.supervisor import ConnectionState
+
+__all__ = [
+    "Acked",
+    "Choice",
+    "Client",
+    "ClientClosed",
+    "ClientError",
+    "ConnectionFailed",
+    "ConnectionState",
+    "Dial",
+    "Directory",
+    "DirectoryEdge",
+    "FrameTooLarge",
+    "HistoryPage",
+    "Message",
+    "MoveBackPolicy",
+    "NoEdgeReachable",
+    "PositionExpiredError",
+    "RequestRefused",
+    "Subscription",
+    "Survey",
+    "connect",
+    "data_of",
+    "fetch_directory",
+    "survey",
+]

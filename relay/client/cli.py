@@ -16,19 +16,14 @@ from typing import Any, TextIO
 import anyio
 import msgspec
 
-from relay.cli import run_async
-from relay.client.connection import (
-    Client,
-    ClientError,
-    ConnectionState,
-    Message,
-    PositionExpiredError,
-    RequestRefused,
-    Survey,
-    connect,
-    relay_ws_url,
-    survey,
-)
+from relay.client.client import Client, connect
+from relay.client.directory import Survey
+from relay.client.endpoints import relay_ws_url
+from relay.client.errors import ClientError, PositionExpiredError, RequestRefused
+from relay.client.probing import survey
+from relay.client.running import run_async
+from relay.client.session import Message
+from relay.client.supervisor import ConnectionState
 
 DEFAULT_SEEDS = "ws://127.0.0.1:8701/v1/ws"
 # pub and edges give up after this long without a relay; sub keeps trying until stopped.

@@ -40,13 +40,25 @@ import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, Literal
+from functools import cached_property
+from typing import Any, Final, Literal
 
 import msgspec
 
 from federation.vclock import ClockError, VectorClock
+from relay.client.history import history_decoder, history_request
 from relay.protocol.errors import CloseCode, ErrorCode
-from relay.protocol.frames import MessageFrame  # the wire format, defined once
+from relay.protocol.frames import (  # the wire format, defined once
+    AckFrame,
+    ConnectedFrame,
+    ErrorFrame,
+    MessageFrame,
+    Publish,
+    RedirectFrame,
+    Subscribe,
+    SubscribedFrame,
+    Unsubscribe,
+)
 
 Ref = str | int | None
 ClosePolicy = Literal["reconnect", "stop"]
@@ -103,9 +115,15 @@ class Message:
     channel: str
     id: str
     data_json: bytes
+    """``data`` exactly as the publisher sent it (JSON)."""
     origin: str
     ts: VectorClock
     position: VectorClock
+
+    @cached_property
+    def data(self) -> Any:
+        """The message's ``data``: the JSON value the publisher sent, decoded."""
+        return msgspec.json.decode(self.data_json)
 
 
 @dataclass(frozen=True)
@@ -136,6 +154,18 @@ class PositionExpired:
 
 
 @dataclass(frozen=True)
+class HistoryReceived:
+    """The reply to ``history()``: the newest stored messages up to the limit, oldest first
+    (not deduplicated, and the channel's position does not move)."""
+
+    ref: int
+    channel: str
+    messages: tuple[Message, ...]
+    more: bool
+    """Older messages are still stored: ask again with ``before=messages[0].position``."""
+
+
+@dataclass(frozen=True)
 class BadFrame:
     reason: str
 
@@ -148,6 +178,7 @@ Event = (
     | Acked
     | ErrorReceived
     | PositionExpired
+    | HistoryReceived
     | BadFrame
 )
 
@@ -185,63 +216,10 @@ def close_policy(code: int) -> ClosePolicy:
 # --- wire format -------------------------------------------------------------------------
 
 
-class _SubscribeOut(msgspec.Struct, tag="subscribe", tag_field="op", omit_defaults=True):
-    channel: str
-    ref: int
-    position: dict[str, int] | None = None
-
-
-class _UnsubscribeOut(msgspec.Struct, tag="unsubscribe", tag_field="op"):
-    channel: str
-    ref: int
-
-
-class _PublishOut(msgspec.Struct, tag="publish", tag_field="op", omit_defaults=True):
-    channel: str
-    id: str
-    data: msgspec.Raw  # the caller's JSON bytes, spliced in unchanged
-    ref: int
-    after: dict[str, int] | None = None  # causal context: see ClientSession._context
-
-
-class _ConnectedIn(msgspec.Struct, tag="connected", tag_field="op"):
-    region: str
-    relay: str
-    connection_id: str
-    heartbeat_s: float | None = None
-    max_frame_bytes: int | None = None
-
-
-class _RedirectIn(msgspec.Struct, tag="redirect", tag_field="op"):
-    url: str
-    region: str | None = None
-    reason: str = ""
-
-
-class _SubscribedIn(msgspec.Struct, tag="subscribed", tag_field="op"):
-    channel: str
-    position: dict[str, int]
-    recovered: bool = False
-    ref: Ref = None
-
-
-class _AckIn(msgspec.Struct, tag="ack", tag_field="op"):
-    id: str
-    channel: str
-    position: dict[str, int]
-    ref: Ref = None
-
-
-class _ErrorIn(msgspec.Struct, tag="error", tag_field="op"):
-    code: str
-    message: str = ""
-    temporary: bool = False
-    ref: Ref = None
-    channel: str | None = None
-    earliest: dict[str, int] | None = None
-
-
-_ServerFrame = _ConnectedIn | _RedirectIn | _SubscribedIn | MessageFrame | _AckIn | _ErrorIn
+# The server frames this session acts on (the others: ignored, like a newer relay's ops).
+_ServerFrame = (
+    ConnectedFrame | RedirectFrame | SubscribedFrame | MessageFrame | AckFrame | ErrorFrame
+)
 _HANDLED_OPS: Final = frozenset({"connected", "redirect", "subscribed", "message", "ack", "error"})
 _decoder: Final = msgspec.json.Decoder(_ServerFrame)
 
@@ -263,7 +241,7 @@ class _Channel:
 
 @dataclass(frozen=True)
 class _Request:
-    op: Literal["subscribe", "unsubscribe", "publish"]
+    op: Literal["subscribe", "unsubscribe", "publish", "history"]
     channel: str
     publish_id: str | None = None
 
@@ -353,7 +331,7 @@ class ClientSession:
         del self._channels[channel]
         ref = self._ref()
         self._requests[ref] = _Request("unsubscribe", channel)
-        return msgspec.json.encode(_UnsubscribeOut(channel, ref))
+        return msgspec.json.encode(Unsubscribe(channel=channel, ref=ref))
 
     def forget(self, channel: str) -> None:
         """Drop what is known about a channel that is not subscribed (e.g. after it expired)."""
@@ -391,6 +369,20 @@ class ClientSession:
             return None
         context = (read or VectorClock()).merge(written or {})
         return context.to_dict() or None
+
+    def history(
+        self, channel: str, *, limit: int, before: Mapping[str, int] | None = None
+    ) -> tuple[int, bytes]:
+        """(ref, frame) asking for the newest ``limit`` stored messages of ``channel``
+        (before ``before``, a message's position, to page back). The reply comes as a
+        ``HistoryReceived`` with this ref, or an ``ErrorReceived``; it is not resent on
+        a new connection (the caller asks again)."""
+        if before is not None:
+            VectorClock.parse(dict(before))  # ClockError (a ValueError) for a bad position
+        ref = self._ref()
+        frame = history_request(channel, ref, limit, before)
+        self._requests[ref] = _Request("history", channel)
+        return ref, frame
 
     def drop_oversized(self) -> list[str]:
         """Forget pending publishes too large for the relay now connected (a relay with
@@ -440,13 +432,13 @@ class ClientSession:
         try:
             if isinstance(frame, MessageFrame):
                 return self._message(frame)
-            if isinstance(frame, _AckIn):
+            if isinstance(frame, AckFrame):
                 return self._ack(frame)
-            if isinstance(frame, _SubscribedIn):
+            if isinstance(frame, SubscribedFrame):
                 return self._subscribed(frame)
-            if isinstance(frame, _ErrorIn):
+            if isinstance(frame, ErrorFrame):
                 return self._error(frame)
-            if isinstance(frame, _RedirectIn):
+            if isinstance(frame, RedirectFrame):
                 return [Redirected(frame.url, frame.region, frame.reason)]
             limit = frame.max_frame_bytes
             self.max_frame_bytes = limit if limit is not None and limit > 0 else None
@@ -481,7 +473,7 @@ class ClientSession:
             del self._seen[next(iter(self._seen))]
         return [Message(frame.channel, frame.id, bytes(frame.data), frame.origin, ts, position)]
 
-    def _ack(self, frame: _AckIn) -> list[Event]:
+    def _ack(self, frame: AckFrame) -> list[Event]:
         if isinstance(frame.ref, int):
             self._requests.pop(frame.ref, None)
         # The ack's position is where the message was stored, not where this client has read
@@ -493,11 +485,15 @@ class ClientSession:
         self._written[frame.channel] = position if written is None else written.merge(position)
         return [Acked(frame.id, frame.channel, position)]
 
-    def _subscribed(self, frame: _SubscribedIn) -> list[Event]:
+    def _subscribed(self, frame: SubscribedFrame) -> list[Event]:
         if isinstance(frame.ref, int):
             self._requests.pop(frame.ref, None)
         state = self._channels.get(frame.channel)
-        if state is None or not state.wanted or (frame.ref is not None and frame.ref != state.ref):
+        if (
+            state is None
+            or not state.wanted
+            or (_ref_of(frame) is not None and frame.ref != state.ref)
+        ):
             return []  # answers a subscribe the application has since withdrawn
         position = _clock("position", frame.position)
         # Live: reading starts at the channel's current position, so that is where we are.
@@ -508,16 +504,17 @@ class ClientSession:
             state.expired = False
         return [Subscribed(frame.channel, position, frame.recovered)]
 
-    def _error(self, frame: _ErrorIn) -> list[Event]:
+    def _error(self, frame: ErrorFrame) -> list[Event]:
         request = self._requests.pop(frame.ref, None) if isinstance(frame.ref, int) else None
         if request is None:
-            return [ErrorReceived(frame.code, frame.message, frame.ref, frame.temporary)]
+            return [ErrorReceived(frame.code, frame.message, _ref_of(frame), frame.temporary)]
         if request.op == "subscribe":
             state = self._channels.get(request.channel)
             if state is None or not state.wanted or state.ref != frame.ref:
                 return []  # answers a subscribe the application has since withdrawn
             if frame.code == ErrorCode.POSITION_EXPIRED:
-                earliest = _clock("earliest", frame.earliest if frame.earliest is not None else {})
+                raw = frame.earliest
+                earliest = _clock("earliest", {} if isinstance(raw, msgspec.UnsetType) else raw)
                 # The relay did not subscribe us. Which way to go on (accept the gap from
                 # `earliest`, or live only) is the application's call; until then there is
                 # nothing to restore on a reconnect.
@@ -537,7 +534,7 @@ class ClientSession:
             ErrorReceived(
                 frame.code,
                 frame.message,
-                frame.ref,
+                _ref_of(frame),
                 frame.temporary,
                 request.channel,
                 request.publish_id,
@@ -553,9 +550,28 @@ class ClientSession:
             return [BadFrame(f"frame is not valid JSON: {bad}")]
         if not isinstance(generic, dict) or not isinstance(generic.get("op"), str):
             return [BadFrame('a frame is a JSON object with an "op" field')]
+        if generic["op"] == "history":  # not in the union above: see relay/client/history.py
+            return self._history(raw)
         if generic["op"] in _HANDLED_OPS:
             return [BadFrame(f"{generic['op']}: {exc}")]
         return []
+
+    def _history(self, raw: str | bytes) -> list[Event]:
+        try:
+            frame = history_decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            return [BadFrame(f"history: {exc}")]
+        request = self._requests.pop(frame.ref, None) if isinstance(frame.ref, int) else None
+        if request is None or request.op != "history" or not isinstance(frame.ref, int):
+            return []  # not an answer to a request of this connection
+        messages = []
+        try:
+            for m in frame.messages:
+                ts, position = _clock("ts", m.ts), _clock("position", m.position)
+                messages.append(Message(m.channel, m.id, bytes(m.data), m.origin, ts, position))
+        except ClockError as exc:
+            return [BadFrame(f"history: {exc}")]
+        return [HistoryReceived(frame.ref, frame.channel, tuple(messages), frame.more)]
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -575,7 +591,7 @@ class ClientSession:
         state.ref = ref
         self._requests[ref] = _Request("subscribe", channel)
         body = position.to_dict() if position is not None else None
-        return msgspec.json.encode(_SubscribeOut(channel, ref, body))
+        return msgspec.json.encode(Subscribe(channel=channel, position=body, ref=ref))
 
     def _publish_frame(self, message_id: str) -> bytes:
         """The frame as sent now: its causal context is taken again at every (re)send, so a
@@ -605,8 +621,14 @@ class _Pending:
     # The causal context when it was published (the same on every resend).
     after: dict[str, int] | None
 
-    def frame(self, message_id: str, ref: int) -> _PublishOut:
-        return _PublishOut(self.channel, message_id, msgspec.Raw(self.data), ref, self.after)
+    def frame(self, message_id: str, ref: int) -> Publish:
+        return Publish(
+            channel=self.channel,
+            data=msgspec.Raw(self.data),
+            id=message_id,
+            ref=ref,
+            after=self.after,
+        )
 
 
 def _publish_size(message_id: str, pending: _Pending) -> int:
@@ -615,6 +637,11 @@ def _publish_size(message_id: str, pending: _Pending) -> int:
 
 
 _LONGEST_REF: Final = 2**63
+
+
+def _ref_of(frame: SubscribedFrame | ErrorFrame) -> Ref:
+    """The ref a reply echoes; None when it has none."""
+    return None if isinstance(frame.ref, msgspec.UnsetType) else frame.ref
 
 
 def _clock(field: str, raw: dict[str, int]) -> VectorClock:

@@ -6,12 +6,13 @@
 //   const client = await connect(["ws://relay-a:8701/v1/ws"], { probes: 3 });
 //   client.subscribe("chat:lobby", (m) => console.log(m.origin, m.ts, m.data));
 //   const ack = await client.publish("chat:lobby", { text: "hi" });
+//   const { messages, more } = await client.history("chat:lobby", { limit: 50 });
 //
 // Theory of operation
 // -------------------
 // Every rule is a port of the Python reference: the pure core in relay/client/ (backoff.py,
 // routing.py, session.py; same names where possible) and the I/O around it as the Python
-// SDK does it (relay/client/connection.py).
+// SDK does it (relay/client/supervisor.py for the decisions, client.py for the I/O).
 //
 // * Where to connect. The client fetches the edge directory (GET /v1/edges) from the first
 //   source that serves one (the seeds, then every edge known so far), probes every edge
@@ -23,7 +24,8 @@
 //   `client.choice` = {order, rttMs, reasons, healthy, prefer}; `client.survey` also has the
 //   directory, the samples per edge and the candidate edges in the order to try them. The relay
 //   that served the directory stays its region's last-resort edge; relays without /v1/edges
-//   still work (each seed its own pseudo-region).
+//   still work (each seed that answers /v1/ping with "pong" its own pseudo-region; a seed that
+//   is not a relay, e.g. HTTP 404, is never used).
 // * Redirects. A relay at its connection limit (instead of `connected`, then 1013) or shutting
 //   down (then 1001) may send `redirect` to a sibling: the client goes there next without a
 //   backoff pause, but only while the redirecting relay's region (the candidate's for a first
@@ -75,7 +77,7 @@
 export const PROTOCOL_VERSION = 1;
 
 const DEFAULT_OPTIONS = Object.freeze({
-  // The Python SDK's defaults (relay/client/connection.py, connect()).
+  // The Python SDK's defaults (relay/client/client.py, connect()).
   probes: 3, // RTT probes per edge; the median decides
   probeTimeoutMs: 2000, // each directory request and each probe
   openTimeoutMs: 5000, // the WebSocket handshake, then again for the `connected` frame
@@ -315,7 +317,7 @@ export function closePolicy(code) {
 
 // --- session (relay/client/session.py), without I/O ------------------------------------------
 
-const HANDLED_OPS = new Set(["connected", "redirect", "subscribed", "message", "ack", "error"]);
+const HANDLED_OPS = new Set(["connected", "redirect", "subscribed", "message", "ack", "error", "history"]);
 const ID_PREFIX_RE = /^[\x21-\x7e]{1,100}$/;
 
 function randomHex(bytes) {
@@ -361,6 +363,13 @@ function shapeError(frame) {
         need(isStr(frame.origin), "origin") ??
         need(clockish(frame.ts), "ts") ??
         need(clockish(frame.position), "position")
+      );
+    case "history":
+      return (
+        need(isStr(frame.channel), "channel") ??
+        need(Array.isArray(frame.messages) && frame.messages.every((m) => m !== null && typeof m === "object" && shapeError({ ...m, op: "message" }) === null), "messages") ??
+        need(frame.more === undefined || typeof frame.more === "boolean", "more") ??
+        need(isRef(frame.ref), "ref")
       );
     case "ack":
       return need(isStr(frame.id), "id") ?? need(isStr(frame.channel), "channel") ?? need(clockish(frame.position), "position") ?? need(isRef(frame.ref), "ref");
@@ -459,6 +468,17 @@ export class Session {
     state.position = state.position === null ? start : mergePositions(state.position, start);
     state.expired = false;
     return this._subscribeFrame(channel, state, start);
+  }
+
+  /** [ref, frame] asking for the newest `limit` (1-1000) stored messages of `channel`, before
+   * `before` (a message's position) to page back. Answered by a "history" event with this ref
+   * (or an "error"); not resent by onReconnect (the caller asks again). */
+  history(channel, { limit = 100, before = null } = {}) {
+    if (!(Number.isInteger(limit) && limit >= 1 && limit <= 1000)) throw new RangeError(`limit must be 1..1000, not ${limit}`);
+    const frame = { op: "history", channel, limit, ref: this._ref() };
+    if (before !== null) frame.before = parseClock(before, "before");
+    this._requests.set(frame.ref, { op: "history", channel });
+    return [frame.ref, JSON.stringify(frame)];
   }
 
   unsubscribe(channel) {
@@ -573,6 +593,8 @@ export class Session {
           return this._subscribed(frame);
         case "error":
           return this._error(frame);
+        case "history":
+          return this._history(frame);
         case "redirect":
           return [{ type: "redirected", url: frame.url, region: frame.region ?? null, reason: frame.reason ?? "" }];
         default: {
@@ -609,6 +631,23 @@ export class Session {
     this._seen.set(key, true);
     if (this._seen.size > this._idMemory) this._seen.delete(this._seen.keys().next().value);
     return [{ type: "message", channel: frame.channel, id: frame.id, data: frame.data, origin: frame.origin, ts, position }];
+  }
+
+  /** The reply to history(): stored messages as they are (not deduplicated; positions stay). */
+  _history(frame) {
+    const ref = frame.ref ?? null;
+    const request = Number.isInteger(ref) ? this._requests.get(ref) : undefined;
+    if (request === undefined || request.op !== "history") return []; // not asked on this connection
+    this._requests.delete(ref);
+    const messages = frame.messages.map((m) => ({
+      channel: m.channel,
+      id: m.id,
+      data: m.data,
+      origin: m.origin,
+      ts: parseClock(m.ts, "ts"),
+      position: parseClock(m.position, "position"),
+    }));
+    return [{ type: "history", ref, channel: frame.channel, messages, more: frame.more ?? false }];
   }
 
   _ack(frame) {
@@ -737,7 +776,7 @@ export function edgeUrls(raw) {
   return { http: `${scheme}//${url.host}${path}`, ws: `${scheme === "https:" ? "wss:" : "ws:"}//${url.host}${path}/v1/ws` };
 }
 
-// --- routing: the plan of edges, moving back (relay/client/routing.py, connection.py) --------
+// --- routing: the plan of edges, moving back (relay/client/routing.py, directory.py) ---------
 
 /**
  * Where a redirect from a relay of `sourceRegion` to `url` (an edge of `region`, as the redirect
@@ -890,6 +929,7 @@ export class Client {
     this._listeners = new Map(); // event -> Set(fn)
     this._subs = new Map(); // channel -> {listeners, onError, ready, resolve, reject, settled}
     this._acks = new Map(); // publish id -> {resolve, reject}
+    this._histories = new Set(); // history requests waiting for a reply: {channel, limit, before, ref, resolve, reject}
     this._ackWaiters = new Set(); // resolved at every ack (move back "when-idle")
     this._ws = null;
     this._stopped = false;
@@ -1018,6 +1058,35 @@ export class Client {
     return promise;
   }
 
+  /**
+   * The newest `limit` (1-1000, default 100) stored messages of `channel`, oldest first, in the
+   * shape subscribe() hands them over; with `before` (a message's position) the ones that precede
+   * it. No subscription needed. Resolves with {channel, messages, more} (more: older messages are
+   * still stored); waits for a connection, and asks again on the next one if the connection ends
+   * before the reply. Rejects with a RelaynetError (e.g. invalid_channel) or when the client ends.
+   */
+  history(channel, { limit = 100, before = null } = {}) {
+    if (this._stopped) return Promise.reject(new RelaynetError(this.state, `the client is ${this.state}`));
+    if (!(Number.isInteger(limit) && limit >= 1 && limit <= 1000)) return Promise.reject(new RangeError(`limit must be 1..1000, not ${limit}`));
+    return new Promise((resolve, reject) => {
+      const request = { channel, limit, before, ref: null, resolve, reject };
+      this._histories.add(request);
+      if (this._ws && this._ws.readyState === 1 && this.state === "connected") this._askHistory(request);
+    });
+  }
+
+  _askHistory(request) {
+    let frame;
+    try {
+      [request.ref, frame] = this._session.history(request.channel, { limit: request.limit, before: request.before });
+    } catch (exc) {
+      this._histories.delete(request);
+      request.reject(exc);
+      return;
+    }
+    this._send(frame);
+  }
+
   /** Close the connection (1000) and end the client: state "closed"; pending publishes reject. */
   close() {
     this._finish("closed", new RelaynetError("closed", "client closed"));
@@ -1069,6 +1138,8 @@ export class Client {
     this._wakeAll();
     for (const [, ack] of this._acks) ack.reject(error);
     this._acks.clear();
+    for (const request of this._histories) request.reject(error);
+    this._histories.clear();
     for (const [channel, sub] of this._subs) this._endSub(channel, sub, state === "closed" ? null : error);
     this._subs.clear();
     this._setState(state, { code: error.closeCode ?? null, reason: error.message });
@@ -1088,7 +1159,7 @@ export class Client {
     }
   }
 
-  // --- the supervisor (relay/client/connection.py) ------------------------------------------
+  // --- the supervisor (relay/client/supervisor.py, run by client.py) ------------------------
 
   // After a drop the client waits a jittered delay and goes back to the same edge first, then
   // at once to the next ones in the failover order. A round in which every edge failed ends
@@ -1242,9 +1313,9 @@ export class Client {
 
   /**
    * The edge directory of the first source (in list order) that serves one; the requests go
-   * out together. When none does but some answered HTTP (relays without /v1/edges), those
-   * become the directory, each its own pseudo-region named by its URL. null when nobody
-   * answered.
+   * out together. When none does but some are relays without /v1/edges (they answer /v1/ping
+   * with "pong"), those become the directory, each its own pseudo-region named by its URL.
+   * null when no relay answered.
    */
   async _fetchDirectory(sources) {
     const attempts = sources.map((source) => this._directoryFrom(source));
@@ -1266,17 +1337,19 @@ export class Client {
     } catch {
       return { answered: false };
     }
-    if (response.status !== 200) return { answered: true };
+    // A relay without /v1/edges (an older one) still answers /v1/ping with "pong": it becomes a
+    // pseudo-region. Anything else that answers (HTTP 404, bad JSON) is not a relay: never used.
+    if (response.status !== 200) return { answered: await this._isRelay(source) };
     let doc;
     try {
       doc = JSON.parse(response.text);
     } catch {
-      return { answered: true };
+      return { answered: false };
     }
     const valid =
       doc && isStr(doc.region) && Array.isArray(doc.edges) && (doc.relay == null || isStr(doc.relay)) &&
       doc.edges.every((e) => e && isStr(e.region) && isStr(e.url) && (e.health === undefined || isStr(e.health)));
-    if (!valid) return { answered: true };
+    if (!valid) return { answered: false };
     const edges = [];
     for (const item of doc.edges) {
       let url;
@@ -1294,6 +1367,15 @@ export class Client {
       edges.push({ region: doc.region, url: source.ws, health: own.length ? own[0] : "up" });
     }
     return { answered: true, directory: { source: source.ws, region: doc.region, relay: doc.relay ?? null, edges } };
+  }
+
+  async _isRelay(source) {
+    try {
+      const { status, text } = await this._get(`${source.http}/v1/ping`);
+      return status === 200 && text.trim() === "pong";
+    } catch {
+      return false;
+    }
   }
 
   /** `probes` RTT samples in ms (null for a failed probe). Any HTTP answer below 500 is a
@@ -1459,6 +1541,8 @@ export class Client {
     this._setState("connected", { url, connectionId: hello.connectionId });
     this._emit("connected", { region: this.region, relay: this.relay, connectionId: this.connectionId, url, listedAs: region });
     this._readyResolve(this);
+    // History requests of the last connection (or made while disconnected): asked (again) here.
+    for (const request of this._histories) this._askHistory(request);
     if (this.options.moveBack !== "stay") this._watchForMove(ws, hello.region);
   }
 
@@ -1498,6 +1582,13 @@ export class Client {
         for (const wake of this._ackWaiters) wake();
         return;
       }
+      case "history": {
+        const request = [...this._histories].find((r) => r.ref === event.ref);
+        if (!request) return;
+        this._histories.delete(request);
+        request.resolve({ channel: event.channel, messages: event.messages, more: event.more });
+        return;
+      }
       case "expired":
         this._expired(event);
         return;
@@ -1514,7 +1605,7 @@ export class Client {
     }
   }
 
-  // --- redirects (connection.py: _redirect_target, _follow, _on_redirect) -------------------
+  // --- redirects (supervisor.py: redirect_target, _follow, redirect_received) ---------------
 
   /** Where a redirect from `source` (a relay of `sourceRegion`) sends us, if we follow it:
    * [region, url], or null (and a "redirect" event that says why not). Only to a sibling of
@@ -1579,6 +1670,12 @@ export class Client {
 
   _error(event) {
     const error = new RelaynetError(event.code, event.message || event.code, { temporary: event.temporary, channel: event.channel, publishId: event.publishId });
+    const request = event.ref === null ? undefined : [...this._histories].find((r) => r.ref === event.ref);
+    if (request) {
+      this._histories.delete(request);
+      request.reject(error);
+      return;
+    }
     if (event.publishId) {
       if (event.temporary) {
         this._scheduleRetry(); // the session keeps it pending

@@ -19,38 +19,16 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from relay.client.connection import ConnectionState, FrameTooLarge, connect
+from relay.client import ConnectionState, FrameTooLarge, connect
 from relay.client.session import Message
-from relay.node import RelayNode
 from tests.support.checker import check_causal, ids
+from tests.support.directory import wait_listed
 from tests.support.http import http_get_ok
 from tests.support.regions import region_configs, region_nats, running_regions
 from tests.support.relays import make_config, running_relays, timeout
 from tests.support.wsclient import protocol_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
-
-
-async def edges_of(node: RelayNode) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads(await http_get_ok(node, "/v1/edges"))
-    return doc
-
-
-async def wait_listed(
-    node: RelayNode,
-    urls: set[str],
-    seconds: float = 15,
-    unlisted: frozenset[str] | set[str] = frozenset(),
-) -> dict[str, Any]:
-    """Until ``node``'s directory lists every URL of ``urls`` and none of ``unlisted``
-    (beats come every second)."""
-    with anyio.fail_after(timeout(seconds)):
-        while True:
-            doc = await edges_of(node)
-            listed = {edge["url"] for edge in doc["edges"]}
-            if urls <= listed and not listed & unlisted:
-                return doc
-            await anyio.sleep(0.1)
 
 
 def fast(seeds: str | list[str], **kwargs: Any) -> Any:

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from federation.vclock import VectorClock
+from relay.client import data_of
 from relay.client.backoff import Backoff
 from relay.client.routing import Choice, Edge, choose, should_move_back
 from relay.client.session import (
@@ -23,6 +24,7 @@ from relay.client.session import (
     ErrorReceived,
     Event,
     FrameTooLarge,
+    HistoryReceived,
     Message,
     PositionExpired,
     Redirected,
@@ -729,3 +731,87 @@ def test_redirect_frames(raw: str, event: Redirected) -> None:
 def test_a_redirect_without_a_url_is_a_bad_frame() -> None:
     (event,) = session().receive('{"op":"redirect","region":"us-east"}')
     assert isinstance(event, BadFrame)
+
+
+# --- history and Message.data ----------------------------------------------------------
+
+
+def _history_reply(ref: int, *messages: tuple[str, int], more: bool = False) -> str:
+    return json.dumps(
+        {
+            "op": "history",
+            "ref": ref,
+            "channel": "chat:h",
+            "more": more,
+            "messages": [
+                {
+                    "op": "message",
+                    "channel": "chat:h",
+                    "id": mid,
+                    "data": {"n": n},
+                    "origin": "us-east",
+                    "ts": {"us-east": n},
+                    "position": {"us-east": n},
+                }
+                for mid, n in messages
+            ],
+        }
+    )
+
+
+def test_history_request_and_reply_leave_the_subscription_alone() -> None:
+    s = ClientSession(random.Random(0), id_prefix="h")
+    s.subscribe("chat:h")
+    s.receive(json.dumps({"op": "subscribed", "ref": 1, "channel": "chat:h", "position": {}}))
+    ref, frame = s.history("chat:h", limit=2)
+    assert json.loads(frame) == {"op": "history", "channel": "chat:h", "limit": 2, "ref": ref}
+    _, paged = s.history("chat:h", limit=5, before={"us-east": 7})
+    assert json.loads(paged)["before"] == {"us-east": 7}
+    (event,) = s.receive(_history_reply(ref, ("a", 6), ("b", 7), more=True))
+    assert isinstance(event, HistoryReceived)
+    assert (event.ref, event.channel, event.more) == (ref, "chat:h", True)
+    assert [m.data for m in event.messages] == [{"n": 6}, {"n": 7}]
+    assert event.messages[1].position == VectorClock({"us-east": 7})
+    # Not delivered, so not remembered: the same messages still come through the subscription.
+    assert s.position("chat:h") == VectorClock()
+    live = json.loads(_history_reply(0, ("b", 7)))["messages"][0]
+    assert [e.id for e in s.receive(json.dumps(live)) if isinstance(e, Message)] == ["b"]
+    # A second reply to the same ref, or one to nothing we asked: ignored.
+    assert s.receive(_history_reply(ref, ("a", 6))) == []
+
+
+def test_history_errors_and_misuse() -> None:
+    s = ClientSession(random.Random(0), id_prefix="h")
+    ref, _ = s.history("bad channel", limit=1)
+    (error,) = s.receive(
+        json.dumps({"op": "error", "ref": ref, "code": "invalid_channel", "message": "no"})
+    )
+    assert isinstance(error, ErrorReceived)
+    assert (error.code, error.channel, error.publish_id, error.ref) == (
+        "invalid_channel",
+        "bad channel",
+        None,
+        ref,
+    )
+    (bad,) = s.receive(json.dumps({"op": "history", "channel": "chat:h", "messages": 3}))
+    assert isinstance(bad, BadFrame)
+    for limit in (0, 1001):
+        with pytest.raises(ValueError, match="limit"):
+            s.history("chat:h", limit=limit)
+    with pytest.raises(ValueError):
+        s.history("chat:h", limit=1, before={"us-east": -1})
+
+
+def test_message_data_is_the_decoded_json() -> None:
+    s = ClientSession(random.Random(0), id_prefix="d")
+    s.subscribe("chat:d")
+    s.receive(json.dumps({"op": "subscribed", "ref": 1, "channel": "chat:d", "position": {}}))
+    raw = (
+        '{"op":"message","channel":"chat:d","id":"x","data":{"text":"hi","n":[1,2.5,null]},'
+        '"origin":"us-east","ts":{"us-east":1},"position":{"us-east":1}}'
+    )
+    (message,) = s.receive(raw)
+    assert isinstance(message, Message)
+    assert message.data == {"text": "hi", "n": [1, 2.5, None]}
+    assert message.data_json == b'{"text":"hi","n":[1,2.5,null]}'  # the publisher's bytes
+    assert data_of(message) == message.data

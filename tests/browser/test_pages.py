@@ -4,43 +4,39 @@ loaded from a relay, against relays of two regions federated over real nats-serv
 Every region is on loopback, so RTT probes alone cannot tell regions apart: each page gets
 network latency toward the other region's relays (its requests to them are held for a while
 before they go out, through the DevTools protocol), and the client must pick by its own
-measurements. Nothing in the page is mocked.
+measurements. Nothing in the page is mocked. The JS core's conformance to the Python SDK is
+in test_conformance.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import random
 import signal
-import socket
 import time
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlencode
 
 import anyio
 import pytest
 
-from relay.client.backoff import Backoff
-from relay.client.connection import Client, Directory, DirectoryEdge, fetch_directory, plan
-from relay.client.routing import Edge, MoveBackPolicy, choose, should_move_back
-from relay.client.session import (
-    ClientSession,
-    FrameTooLarge,
-    Redirected,
-    _Pending,
-    _publish_size,
-    close_policy,
-)
-from relay.config.schema import RelayConfig
 from relay.node import RelayNode
-from tests.browser.chromium import CHROMIUM, Browser, Page, chromium, chromium_available
-from tests.integration.test_redirect import wait_listed
-from tests.support.regions import FAST_FEDERATION, region_nats, running_regions
+from tests.browser.chromium import chromium
+from tests.browser.pages import (
+    FAR_MS,
+    federated_configs,
+    free_ports,
+    open_chat,
+    page_url,
+    regions,
+    type_and_send,
+    wait_texts,
+    watched_page,
+    where,
+    ws_url,
+)
+from tests.support.directory import sibling_listed, wait_listed
+from tests.support.regions import region_nats
 from tests.support.relays import (
     config_file,
     make_config,
@@ -51,127 +47,6 @@ from tests.support.relays import (
 from tests.support.wsclient import protocol_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
-
-MOVE_POLICIES: list[MoveBackPolicy] = ["stay", "when-idle", "immediately"]
-FAR_MS = 100  # latency added toward the other region's relays
-
-
-@pytest.fixture(autouse=True)
-def _need_chromium() -> None:
-    if chromium_available():
-        return
-    message = f"{CHROMIUM} is missing: apt-get install -y chromium"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def free_ports(n: int) -> list[int]:
-    """Ports free on 127.0.0.1 right now (held together, so they are distinct)."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-
-
-def ws_url(port: int) -> str:
-    return f"ws://127.0.0.1:{port}/v1/ws"
-
-
-def federated_configs(nats_urls: dict[str, str], ports: dict[str, list[int]]) -> list[RelayConfig]:
-    """Relays on fixed ports; each peer's edge_url is the first relay of that region, so
-    that GET /v1/edges lists edges a browser can actually reach."""
-    configs = []
-    for region, url in nats_urls.items():
-        peers = [
-            {"region": peer, "edge_url": ws_url(ports[peer][0]), "nats_url": peer_nats}
-            for peer, peer_nats in nats_urls.items()
-            if peer != region
-        ]
-        for i, port in enumerate(ports[region]):
-            configs.append(
-                make_config(
-                    nats_url=url,
-                    region=region,
-                    relay_id=f"{region}-{i + 1}",
-                    port=port,
-                    peers=peers,
-                    federation=FAST_FEDERATION,
-                )
-            )
-    return configs
-
-
-@asynccontextmanager
-async def regions(
-    tmp_path: Path, relays: dict[str, int]
-) -> AsyncIterator[tuple[dict[str, list[RelayNode]], dict[str, list[int]]]]:
-    ports_list = free_ports(sum(relays.values()))
-    ports = {r: [ports_list.pop() for _ in range(n)] for r, n in relays.items()}
-    with region_nats(tmp_path, tuple(relays)) as nats_urls:
-        async with running_regions(federated_configs(nats_urls, ports)) as nodes:
-            yield nodes, ports
-
-
-def page_url(port: int, **params: str) -> str:
-    return f"http://127.0.0.1:{port}/?{urlencode(params)}"
-
-
-async def open_chat(
-    browser: Browser,
-    port: int,
-    seeds: list[int],
-    far: list[int],
-    room: str,
-    name: str,
-    **params: str,
-) -> Page:
-    """The demo page served by the relay on ``port``, with latency toward ``far`` ports."""
-    page = await browser.new_page("about:blank")
-    for far_port in far:
-        await page.delay_requests(f"http://127.0.0.1:{far_port}/*", FAR_MS / 1000)
-    seed_list = ",".join(ws_url(p) for p in seeds)
-    await page.goto(page_url(port, room=room, seeds=seed_list, name=name, **params))
-    await page.wait_for("window.relaynetDemo?.state === 'connected'", 20, f"{name} to connect")
-    # Subscribed: the channel has a position (live subscriptions start at the channel's head).
-    await page.wait_for(
-        "relaynetDemo.client.position(relaynetDemo.channel) !== null", 10, f"{name} to subscribe"
-    )
-    return page
-
-
-async def where(page: Page) -> dict[str, Any]:
-    info = await page.evaluate(
-        "({region: relaynetDemo.client.region, relay: relaynetDemo.client.relay,"
-        " choice: relaynetDemo.client.choice, survey: relaynetDemo.client.survey,"
-        " state: relaynetDemo.state,"
-        " shown: {region: document.querySelector('[data-testid=region]').textContent,"
-        " relay: document.querySelector('[data-testid=relay]').textContent,"
-        " reason: document.querySelector('[data-testid=choice-reason]').textContent,"
-        " rows: document.querySelectorAll('[data-testid=rtt-row]').length}})"
-    )
-    assert isinstance(info, dict)
-    return info
-
-
-async def type_and_send(page: Page, text: str) -> None:
-    """Through the page's own form, as a person would."""
-    await page.evaluate(
-        "(() => { const input = document.querySelector('[data-testid=input]');"
-        f" input.value = {json.dumps(text)};"
-        " document.querySelector('[data-testid=send]').click(); })()"
-    )
-
-
-async def wait_texts(page: Page, expected: list[str], timeout_s: float, what: str) -> None:
-    wanted = json.dumps(expected)
-    await page.wait_for(
-        f"(() => {{ const have = new Set(relaynetDemo.messages.map((m) => m.text));"
-        f" return {wanted}.every((t) => have.has(t)); }})()",
-        timeout_s,
-        what,
-    )
 
 
 async def test_two_regions_chat(tmp_path: Path) -> None:
@@ -340,14 +215,20 @@ async def test_hung_relay_outage_and_recovery(tmp_path: Path, nats_url: str) -> 
             page = await browser.new_page(page_url(hung_port, room="outage"))
             await page.evaluate(
                 "(async () => { const m = await import('/v1/client.js');"
-                f" window.c = m.createClient({seeds}, {{maxMs: 1000}});"
+                # Pongs counted: the positive sign that protocol pings keep an idle page up.
+                " window.pongs = 0;"
+                " class Counted extends WebSocket { constructor(...a) { super(...a);"
+                "   this.addEventListener('message', (e) => {"
+                "     if (JSON.parse(e.data).op === 'pong') pongs += 1; }); } }"
+                f" window.c = m.createClient({seeds}, {{maxMs: 1000, WebSocket: Counted}});"
                 " window.states = [];"
                 " c.on('state', (s, info) => states.push([s, info.reason ?? null]));"
                 " window.got = []; c.subscribe('chat:outage', (msg) => got.push(msg.data));"
                 " await c.ready; })()"
             )
             assert await page.evaluate("[c.relay, c.heartbeatS]") == ["hung", 1.0]
-            await anyio.sleep(3)  # idle for 3 heartbeats: protocol pings keep it up
+            # Idle for 3 heartbeats: each time a protocol ping, answered, keeps it up.
+            await page.wait_for("pongs >= 3", 20, "three pongs while idle")
             assert await page.evaluate("states.map((s) => s[0])") == ["connecting", "connected"]
 
             spare = make_config(nats_url=nats_url, relay_id="spare", port=spare_port)
@@ -374,41 +255,6 @@ async def test_hung_relay_outage_and_recovery(tmp_path: Path, nats_url: str) -> 
 # The supervisor's order of attempts, as the page sees it: every WebSocket the client opens
 # (through options.WebSocket), every backoff pause ("retry", with the edge it precedes), every
 # drop and every connection, in one list.
-WATCHED_CLIENT = """(async () => {
-  const m = await import('/v1/client.js');
-  window.log = [];
-  class Watched extends WebSocket {
-    constructor(url, ...rest) {
-      log.push(['open', String(url)]);
-      super(url, ...rest);
-    }
-  }
-  window.c = m.createClient(%s, {WebSocket: Watched, maxMs: 1000});
-  c.on('retry', (r) => log.push(['retry', r.url ?? null]));
-  c.on('state', (s, info) => { if (s === 'disconnected') log.push([s, info.reason ?? null]); });
-  c.on('connected', (e) => log.push(['connected', e.url]));
-  await c.ready;
-})()"""
-
-
-async def sibling_listed(url: str, sibling: str) -> None:
-    """Until the relay at ``url`` lists ``sibling`` in /v1/edges (beats: every second)."""
-    with anyio.fail_after(timeout(15)):
-        while True:
-            directory = await fetch_directory([url])
-            if directory and sibling in {e.url for e in directory.edges}:
-                return
-            await anyio.sleep(0.1)
-
-
-async def watched_page(browser: Browser, origin_port: int, seed: str) -> Page:
-    """A page (served by the relay on ``origin_port``) whose client, seeded with ``seed``
-    only, is connected and writes down what it does in ``log``."""
-    page = await browser.new_page(f"http://127.0.0.1:{origin_port}/v1/ping")
-    await page.evaluate(WATCHED_CLIENT % json.dumps([seed]), timeout_s=20)
-    return page
-
-
 async def test_a_crashed_relay_one_pause_then_the_next_edge_at_once(
     tmp_path: Path, nats_url: str
 ) -> None:
@@ -544,7 +390,15 @@ async def test_a_draining_relay_sends_the_page_to_its_sibling(
             await page.wait_for(
                 f"relaynetDemo.messages.length >= {total}", 30, "every message on r2"
             )
-            await anyio.sleep(0.3)  # a duplicate would come right behind the last one
+            # A duplicate would come before a message published after all of them: wait for
+            # that one, then look at everything before it.
+            async with protocol_client(second.url) as pub:
+                last = await pub.publish("chat:drain", {"text": "the end", "name": "pub"})
+            await page.wait_for(
+                f"relaynetDemo.messages.some((m) => m.id === {json.dumps(last['id'])})",
+                20,
+                "the message published after all the others",
+            )
             got = await page.evaluate(
                 "({ids: relaynetDemo.messages.map((m) => m.id),"
                 " relay: relaynetDemo.client.relay, redirects: relaynetDemo.client.redirects,"
@@ -554,7 +408,7 @@ async def test_a_draining_relay_sends_the_page_to_its_sibling(
                 " log: document.querySelector('[data-testid=log]').textContent,"
                 " errors: relaynetDemo.errors})"
             )
-            assert got["ids"] == acked  # no loss, no duplicate, in order
+            assert got["ids"] == [*acked, last["id"]]  # no loss, no duplicate, in order
             assert (got["relay"], got["redirects"], got["connections"]) == ("r2", 1, 2)
             assert got["seen"] == [["us-east", second.url, "draining", True]]
             assert got["states"] == [
@@ -697,445 +551,3 @@ FRAME_LIMIT = """(async () => {
   d.close();
   return {small, fits, big, after, queued: await queued, clients};
 })()"""
-
-
-def _python_case(
-    rng: random.Random,
-) -> tuple[list[dict[str, str]], dict[str, list[float | None]], str | None]:
-    regions = rng.sample(
-        ["us-east", "eu-west", "ap-south", "sa-east", "af-south", "me-1"], rng.randint(0, 5)
-    )
-    edges = [
-        {
-            "region": r,
-            "url": f"ws://{r}.example/v1/ws",
-            "health": rng.choice(["up", "down", "unknown"]),
-        }
-        for r in regions
-    ]
-    samples: dict[str, list[float | None]] = {}
-    for r in [*regions, "elsewhere"]:
-        if rng.random() < 0.8:
-            samples[r] = [
-                None
-                if rng.random() < 0.3
-                else rng.choice([round(rng.uniform(0, 300), 1), 10.0, 20.0])
-                for _ in range(rng.randint(0, 5))
-            ]
-    prefer = rng.choice([None, None, *regions, "elsewhere"])
-    return edges, samples, prefer
-
-
-# Strings that JSON escapes (or does not) differently from what one might guess: the size of a
-# publish frame must come out the same in both clients, byte for byte.
-_TRICKY = ["a", "é", "\u2028", "😀", '"', "\\", "/", "\x7f", "\x01", "\n", "\t", " ", "z9"]
-
-
-def _size_case(rng: random.Random) -> tuple[str, str, str, dict[str, int] | None]:
-    def text(n: int) -> str:
-        return "".join(rng.choice(_TRICKY) for _ in range(n))
-
-    channel = "chat:" + text(rng.randint(0, 12))
-    message_id = f"{text(rng.randint(1, 6))}-{rng.randint(1, 10**9)}"
-    data = rng.choice([text(rng.randint(0, 40)), {"k": text(5), "n": [1, 2.5, None]}, 7])
-    regions = ["ap-south", "eu-west", "us-east"][: rng.randint(0, 3)]
-    after = {r: rng.randint(1, 2**53 - 1) for r in regions} or None  # a causal context
-    return channel, message_id, json.dumps(data, ensure_ascii=rng.random() < 0.5), after
-
-
-# Redirect targets against a survey whose first choice is us-east, and one where it is eu-west:
-# known URLs in any spelling, relays started since (unknown URLs naming a region), and what
-# must be ignored (a target in another region than the redirecting relay's, a redirecting
-# relay whose region is not the first choice, not a relay URL, relative, past the cap of
-# redirects in a row).
-_REDIRECT_EDGES = [
-    ("us-east", "ws://a.example:8701/v1/ws"),
-    ("us-east", "ws://b.example:8701/v1/ws"),
-    ("eu-west", "wss://e.example/prefix/v1/ws"),
-]
-_REDIRECT_TARGETS: list[tuple[str, str | None]] = [
-    ("ws://b.example:8701/v1/ws", "us-east"),
-    ("http://b.example:8701", None),
-    ("http://b.example:8701/v1/ping", "eu-west"),
-    ("wss://e.example/prefix", None),
-    ("https://e.example/prefix/v1/ws/", "us-east"),
-    ("https://e.example/prefix/v1/ws/", "eu-west"),
-    ("ws://e.example/prefix/v1/ws", "eu-west"),  # not secure: another HTTP base
-    ("ws://c.example:8701/v1/ws", "us-east"),  # a relay that started since the survey
-    ("ws://c.example:8701", "eu-west"),
-    ("ws://c.example:8701/v1/ws", "ap-south"),
-    ("ws://c.example:8701/v1/ws", None),
-    ("ftp://b.example:8701/v1/ws", "us-east"),
-    ("/v1/ws", "us-east"),
-    ("ws:///v1/ws", "us-east"),
-    ("b.example:8701", "us-east"),
-]
-# (url, region the redirect names, the redirecting relay's region, redirects followed in a row,
-# the nearest region of the survey)
-_REDIRECTS: list[tuple[str, str | None, str | None, int, str]] = [
-    (url, region, source_region, in_a_row, nearest)
-    for nearest in ("us-east", "eu-west")
-    for source_region in ("us-east", "eu-west", "ap-south", None)
-    for url, region in _REDIRECT_TARGETS
-    for in_a_row in (0, 2, 3)
-]
-
-
-def _python_redirects() -> list[list[str] | None]:
-    # Only the rule is wanted, not a running client: a bare instance with a survey (the
-    # constructor's keyword arguments change with the SDK; the rule reads only these two).
-    client = Client.__new__(Client)
-    edges = tuple(DirectoryEdge(region, url, "up") for region, url in _REDIRECT_EDGES)
-    targets = []
-    for url, region, source_region, in_a_row, nearest in _REDIRECTS:
-        client.survey = plan(
-            Directory("ws://a.example:8701/v1/ws", "us-east", None, edges),
-            {u: [1.0 if r == nearest else 50.0] for r, u in _REDIRECT_EDGES},
-        )
-        assert client.survey.choice.order[0] == nearest
-        client._redirects_in_a_row = in_a_row
-        targets.append(client._redirect_target(Redirected(url, region, ""), "x", source_region))
-    return [list(t) if t is not None else None for t in targets]
-
-
-async def test_js_core_follows_the_python_reference(tmp_path: Path, nats_url: str) -> None:
-    """The client.js that a relay serves makes the same choices as relay/client/: region
-    order, medians and reasons; moving back; backoff caps; close policy; and session decisions
-    on one script of frames (resume positions, duplicates dropped, republished ids)."""
-    rng = random.Random(20240611)
-    cases = [_python_case(rng) for _ in range(200)]
-    expected_choices = []
-    expected_moves = []
-    for edges, samples, prefer in cases:
-        c = choose(
-            [Edge.from_health(e["region"], e["url"], e["health"]) for e in edges],  # type: ignore[arg-type]
-            samples,
-            prefer=prefer,
-        )
-        expected_choices.append({"order": list(c.order), "rttMs": c.rtt_ms, "reasons": c.reasons})
-        expected_moves.append(
-            [
-                should_move_back(current, c, policy=policy, idle=idle)
-                for current in [*c.order, "elsewhere"]
-                for policy in MOVE_POLICIES
-                for idle in (True, False)
-            ]
-        )
-    b = Backoff(base_s=0.5, max_s=30.0, reset_after_s=60.0, rng=random.Random(1))
-    caps = [b.cap(n) * 1000 for n in range(12)]
-    codes = [1000, 1001, 1002, 1006, 1009, 1011, 4000, 4001, 4499, 4500, 4999, 3000]
-
-    script = _session_script()
-    py = ClientSession(random.Random(3), id_prefix="p")
-    py_out = _run_python_session(py, script)
-    sizes = [_size_case(rng) for _ in range(200)]
-    expected_sizes = [_publish_size(i, _Pending(c, d.encode(), a)) for c, i, d, a in sizes]
-    expected_redirects = _python_redirects()
-
-    async with running_relays(make_config(nats_url=nats_url)) as (relay,):
-        async with chromium(tmp_path / "chromium.log") as browser:
-            page = await browser.new_page(f"http://127.0.0.1:{relay.port}/?room=core")
-            js = await page.evaluate(
-                "(async () => { const m = await import('/v1/client.js');"
-                f" const cases = {json.dumps(cases)};"
-                " const b = new m.Backoff({baseMs: 500, maxMs: 30000, resetAfterMs: 60000});"
-                " const s = new m.Session({idPrefix: 'p'});"
-                f" const script = {json.dumps(script)};"
-                " const out = [];"
-                " for (const [kind, arg] of script) {"
-                "   if (kind === 'subscribe') out.push(['frame', JSON.parse(s.subscribe(arg))]);"
-                "   else if (kind === 'publish') { try { const [id, f] = s.publish(arg[0], arg[1]);"
-                "     out.push(['frame', JSON.parse(f)]); } catch (e) {"
-                "     if (e.code !== 'too_large') throw e;"
-                "     out.push(['refused', {size: e.size, limit: e.limit}]); } }"
-                "   else if (kind === 'drop') out.push(['dropped', s.dropOversized()]);"
-                "   else if (kind === 'reconnect')"
-                "     out.push(['frames', s.onReconnect().map((f) => JSON.parse(f))]);"
-                "   else out.push(['events', s.receive(arg).map(({type, ...e}) =>"
-                "     [type, type === 'bad_frame' ? {} : e])]);"
-                " }"
-                f" const sizes = {json.dumps(sizes)};"
-                f" const edges = {json.dumps(_REDIRECT_EDGES)};"
-                f" const redirects = {json.dumps(_REDIRECTS)};"
-                # A bare client with a survey, as the Python side: the rule reads only these.
-                " const rc = Object.create(m.Client.prototype);"
-                " rc._listeners = new Map();"
-                " const survey = (nearest) => m.plan({source: edges[0][1], region: 'us-east',"
-                "   relay: null,"
-                "   edges: edges.map(([region, url]) => ({region, url, health: 'up'}))},"
-                "   Object.fromEntries(edges.map(([r, u]) => [u, [r === nearest ? 1.0 : 50.0]])));"
-                " return {"
-                "   sizes: sizes.map(([c, i, d, a]) => m.publishSize(c, i, d, a)),"
-                "   redirects: redirects.map(([url, region, source, inARow, nearest]) => {"
-                "     rc.survey = survey(nearest);"
-                "     rc._redirectsInARow = inARow;"
-                "     return rc._redirectTarget({url, region, reason: ''}, 'x', source); }),"
-                "   choices: cases.map(([edges, samples, prefer]) => {"
-                "     const c = m.choose(edges, samples, {prefer});"
-                "     return {order: c.order, rttMs: c.rttMs, reasons: c.reasons}; }),"
-                "   moves: cases.map(([edges, samples, prefer]) => {"
-                "     const c = m.choose(edges, samples, {prefer});"
-                "     return [...c.order, 'elsewhere'].flatMap((current) =>"
-                f"       {json.dumps(MOVE_POLICIES)}.flatMap((policy) =>"
-                "         [true, false].map((idle) =>"
-                "           m.shouldMoveBack(current, c, {policy, idle}))));"
-                "   }),"
-                "   caps: [...Array(12).keys()].map((n) => b.cap(n)),"
-                f"   policies: {json.dumps(codes)}.map(m.closePolicy),"
-                "   session: out, pending: s.pending,"
-                "   position: s.position('chat:a'),"
-                " }; })()"
-            )
-            api = await page.evaluate(API_ROUNDTRIP, timeout_s=30)
-    assert api["where"] == ["us-east", "r1", "connected"]
-    assert api["order"] == ["us-east"]
-    assert api["reason"].startswith("nearest healthy: median")
-    assert api["got"] == [[api["ack"]["id"], {"n": 1}, "us-east", {"us-east": 1}]]
-    assert api["ack"]["channel"] == "chat:api" and api["ack"]["position"] == {"us-east": 1}
-    assert api["ack"]["id"].startswith(api["prefix"] + "-")
-    assert len(api["prefix"]) == 24  # 96 random bits in hex
-    assert api["badPublish"] == {"code": "invalid_channel", "temporary": False}
-    assert api["badSubscribe"] == "invalid_channel"
-    assert api["afterClose"] == "closed"
-    assert api["states"][-1] == "closed"
-    for i, (want, got) in enumerate(zip(expected_choices, js["choices"], strict=True)):
-        assert got == want, (i, cases[i])
-    assert js["moves"] == expected_moves
-    assert js["caps"] == caps
-    assert js["policies"] == [close_policy(c) for c in codes]
-    assert js["session"] == py_out
-    assert js["sizes"] == expected_sizes
-    assert js["redirects"] == expected_redirects
-    assert js["pending"] == py.pending
-    position = py.position("chat:a")
-    assert js["position"] == (position.to_dict() if position is not None else None)
-
-
-# connect(), subscribe(), publish() and close() against the relay that served the page.
-API_ROUNDTRIP = """(async () => {
-  const m = await import('/v1/client.js');
-  const c = await m.connect(location.origin, {probes: 2});
-  const states = [];
-  c.on('state', (s) => states.push(s));
-  const got = [];
-  await c.subscribe('chat:api', (msg) => got.push([msg.id, msg.data, msg.origin, msg.ts])).ready;
-  const ack = await c.publish('chat:api', {n: 1});
-  const badPublish = await c.publish('no spaces', 1).then(
-    () => null, (e) => ({code: e.code, temporary: e.temporary}));
-  const badSubscribe = await c.subscribe('no spaces', () => {}).ready.then(
-    () => null, (e) => e.code);
-  for (let i = 0; i < 200 && got.length < 1; i++) await new Promise((r) => setTimeout(r, 25));
-  const where = [c.region, c.relay, c.state];
-  c.close();
-  const afterClose = await c.publish('chat:api', 2).then(() => null, (e) => e.code);
-  return {where, order: c.choice.order, reason: c.choice.reasons[where[0]], ack, got,
-          prefix: c.idPrefix, badPublish, badSubscribe, afterClose, states};
-})()"""
-
-
-def _session_script() -> list[tuple[str, Any]]:
-    def msg(mid: str, origin: str, ts: dict[str, int], pos: dict[str, int]) -> str:
-        return json.dumps(
-            {
-                "op": "message",
-                "channel": "chat:a",
-                "id": mid,
-                "data": {"t": mid},
-                "origin": origin,
-                "ts": ts,
-                "position": pos,
-            }
-        )
-
-    return [
-        (
-            "receive",
-            json.dumps(
-                {
-                    "op": "connected",
-                    "region": "us-east",
-                    "relay": "r1",
-                    "connection_id": "c1",
-                    "heartbeat_s": 15.0,
-                }
-            ),
-        ),
-        ("subscribe", "chat:a"),
-        (
-            "receive",
-            json.dumps(
-                {
-                    "op": "subscribed",
-                    "ref": 1,
-                    "channel": "chat:a",
-                    "position": {"us-east": 2},
-                    "recovered": False,
-                }
-            ),
-        ),
-        ("receive", msg("m3", "us-east", {"us-east": 3}, {"us-east": 3})),
-        ("publish", ["chat:a", '{"text":"one"}']),
-        ("publish", ["chat:a", "[1,2]"]),
-        (
-            "receive",
-            json.dumps(
-                {
-                    "op": "ack",
-                    "ref": 2,
-                    "id": "p-1",
-                    "channel": "chat:a",
-                    "position": {"us-east": 4},
-                }
-            ),
-        ),
-        ("receive", msg("m3", "us-east", {"us-east": 3}, {"us-east": 3})),  # covered
-        ("reconnect", None),
-        (
-            "receive",
-            json.dumps(
-                {
-                    "op": "subscribed",
-                    "ref": 4,
-                    "channel": "chat:a",
-                    "position": {"us-east": 3},
-                    "recovered": True,
-                }
-            ),
-        ),
-        (
-            "receive",
-            msg("w1", "eu-west", {"eu-west": 1, "us-east": 3}, {"eu-west": 1, "us-east": 3}),
-        ),
-        # Another region's order: its position may be behind in one entry; the max is kept.
-        ("receive", msg("m4", "us-east", {"us-east": 4}, {"us-east": 4})),
-        ("receive", msg("x1", "eu-west", {"eu-west": 2}, {"eu-west": 2, "us-east": 2})),
-        ("receive", msg("x1", "us-east", {"us-east": 5}, {"us-east": 5, "eu-west": 2})),  # same id
-        (
-            "receive",
-            json.dumps(
-                {
-                    "op": "error",
-                    "ref": 5,
-                    "code": "unavailable",
-                    "message": "later",
-                    "temporary": True,
-                }
-            ),
-        ),
-        ("receive", json.dumps({"op": "error", "ref": 99, "code": "internal", "temporary": True})),
-        ("receive", "not json"),
-        ("receive", json.dumps({"op": "from-the-future"})),
-        ("receive", json.dumps({"op": "message", "channel": "chat:a"})),
-        (
-            "receive",
-            json.dumps(
-                {
-                    "op": "ack",
-                    "ref": 5,
-                    "id": "p-2",
-                    "channel": "chat:a",
-                    "position": {"us-east": 5},
-                }
-            ),
-        ),
-        (
-            "receive",
-            json.dumps(
-                {
-                    "op": "ack",
-                    "ref": 5,
-                    "id": "p-2",
-                    "channel": "chat:a",
-                    "position": {"us-east": 5},
-                }
-            ),
-        ),
-        # The relay's frame limit: none announced so far, so anything goes; a new relay
-        # announces 1024 bytes: what is pending above it is dropped, and a publish above it
-        # is refused without using up an id.
-        ("publish", ["chat:a", json.dumps("x" * 1500)]),
-        ("drop", None),
-        (
-            "receive",
-            json.dumps(
-                {
-                    "op": "connected",
-                    "region": "eu-west",
-                    "relay": "w1",
-                    "connection_id": "c2",
-                    "max_frame_bytes": 1024,
-                }
-            ),
-        ),
-        ("drop", None),
-        ("publish", ["chat:a", json.dumps("y" * 1000)]),
-        ("publish", ["chat:a", json.dumps("z" * 900)]),
-        (
-            "receive",
-            json.dumps(
-                {
-                    "op": "redirect",
-                    "url": "ws://w2:8701/v1/ws",
-                    "region": "eu-west",
-                    "reason": "draining",
-                }
-            ),
-        ),
-        ("receive", json.dumps({"op": "redirect", "url": "ws://w2:8701/v1/ws"})),
-        ("receive", json.dumps({"op": "redirect", "region": "eu-west"})),
-        ("receive", json.dumps({"op": "connected", "region": "eu-west", "relay": "w1"})),
-    ]
-
-
-def _run_python_session(session: ClientSession, script: list[tuple[str, Any]]) -> list[Any]:
-    """The Python session's outputs in the shape the JavaScript one reports them."""
-    out: list[Any] = []
-    for kind, arg in script:
-        if kind == "subscribe":
-            out.append(["frame", json.loads(session.subscribe(arg))])
-        elif kind == "publish":
-            try:
-                _, frame = session.publish(arg[0], arg[1].encode())
-            except FrameTooLarge as exc:
-                out.append(["refused", {"size": exc.size, "limit": exc.limit}])
-            else:
-                out.append(["frame", json.loads(frame)])
-        elif kind == "drop":
-            out.append(["dropped", session.drop_oversized()])
-        elif kind == "reconnect":
-            out.append(["frames", [json.loads(f) for f in session.on_reconnect()]])
-        else:
-            out.append(["events", [_event(e) for e in session.receive(arg)]])
-    return out
-
-
-def _event(event: Any) -> list[Any]:
-    name = type(event).__name__
-    fields = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
-    kinds = {
-        "Connected": "connected",
-        "Redirected": "redirected",
-        "Subscribed": "subscribed",
-        "Message": "message",
-        "Acked": "acked",
-        "ErrorReceived": "error",
-        "PositionExpired": "expired",
-        "BadFrame": "bad_frame",
-    }
-    renames = {
-        "connection_id": "connectionId",
-        "heartbeat_s": "heartbeatS",
-        "max_frame_bytes": "maxFrameBytes",
-        "publish_id": "publishId",
-        "data_json": "data",
-    }
-    result: dict[str, Any] = {}
-    if name == "BadFrame":
-        return ["bad_frame", {}]  # the reason's wording differs between the two
-    for key, value in fields.items():
-        if key == "data_json":
-            value = json.loads(value)
-        elif hasattr(value, "to_dict"):
-            value = value.to_dict()
-        result[renames.get(key, key)] = value
-    return [kinds[name], result]

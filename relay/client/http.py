@@ -1,0 +1,104 @@
+"""A minimal HTTP/1.1 GET for the directory and the RTT probes, on h11.
+
+One request per connection (``Connection: close``): the relay's endpoints answer
+and close. No proxy is ever used (the probes must measure the path the
+WebSocket takes), every request is bounded in time (``timeout_s``, connecting
+included) and in size (``MAX_RESPONSE_BYTES``). h11 does the parsing (status
+line, headers, Content-Length, chunked bodies, a body that ends at EOF); this
+module only moves bytes and times them. The elapsed time is measured from
+sending the request to the end of the response, not counting the TCP (or TLS)
+handshake.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Final
+from urllib.parse import urlsplit
+
+import anyio
+import h11
+from anyio.abc import ByteStream
+
+MAX_RESPONSE_BYTES: Final = 1024 * 1024
+USER_AGENT: Final = "relaynet-client"
+
+
+class HttpError(Exception):
+    """The peer answered something that is not an HTTP/1.1 response we can read."""
+
+
+async def http_get(url: str, *, timeout_s: float) -> tuple[int, bytes, float]:
+    """GET ``url``: (status, body, seconds from sending the request to the whole response).
+
+    Raises ``OSError`` (refused, unreachable, reset), ``TimeoutError`` (past
+    ``timeout_s``), ``anyio.BrokenResourceError`` or ``HttpError``.
+    """
+    parts = urlsplit(url)
+    secure = parts.scheme == "https"
+    host = parts.hostname
+    if host is None:
+        raise HttpError(f"no host in {url!r}")
+    port = parts.port or (443 if secure else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    authority = parts.netloc.rsplit("@", 1)[-1]
+    if not (target.isascii() and authority.isascii()):
+        raise HttpError(f"{url!r} is not ASCII")
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_BYTES)
+    try:
+        request = conn.send(
+            h11.Request(
+                method="GET",
+                target=target,
+                headers=[
+                    ("Host", authority),
+                    ("User-Agent", USER_AGENT),
+                    ("Accept", "*/*"),
+                    ("Connection", "close"),
+                ],
+            )
+        )
+        request += conn.send(h11.EndOfMessage())
+    except h11.LocalProtocolError as exc:
+        raise HttpError(f"cannot request {url!r}: {exc}") from None
+    with anyio.fail_after(timeout_s):
+        if secure:
+            stream: ByteStream = await anyio.connect_tcp(
+                host, port, ssl_context=ssl.create_default_context(), tls_standard_compatible=False
+            )
+        else:
+            stream = await anyio.connect_tcp(host, port)
+        async with stream:
+            started = anyio.current_time()
+            await stream.send(request)
+            status, body = await _read_response(conn, stream, url)
+            elapsed = anyio.current_time() - started
+    return status, body, elapsed
+
+
+async def _read_response(conn: h11.Connection, stream: ByteStream, url: str) -> tuple[int, bytes]:
+    status: int | None = None
+    body = bytearray()
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise HttpError(f"not an HTTP/1.1 response from {url}: {exc}") from None
+        if event is h11.NEED_DATA:
+            try:
+                data = await stream.receive()
+            except anyio.EndOfStream:
+                data = b""  # h11 decides whether the response was complete
+            conn.receive_data(data)
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > MAX_RESPONSE_BYTES:
+                raise HttpError(f"response from {url} larger than {MAX_RESPONSE_BYTES} bytes")
+        elif isinstance(event, h11.EndOfMessage):
+            assert status is not None  # h11 gives the response head first
+            return status, bytes(body)
+        elif isinstance(event, h11.ConnectionClosed):
+            raise HttpError(f"{url} closed the connection before answering")
+        # h11.InformationalResponse (1xx): the real answer follows.

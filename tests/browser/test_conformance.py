@@ -1,0 +1,541 @@
+"""The browser client's core (relay/web/client.js) against the Python SDK, its reference.
+
+The same inputs go through both: region choice, moving back, backoff caps, close policy,
+publish frame sizes, redirect rules and one script of frames through the two sessions; the
+page must come out with exactly what the Python code computes. Then the JS API (connect,
+subscribe, publish, history, close) once against a real relay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.client.backoff import Backoff
+from relay.client.directory import Directory, DirectoryEdge, plan
+from relay.client.routing import Edge, MoveBackPolicy, choose, should_move_back
+from relay.client.session import (
+    ClientSession,
+    FrameTooLarge,
+    Redirected,
+    _Pending,
+    _publish_size,
+    close_policy,
+)
+from relay.client.supervisor import Supervisor
+from tests.browser.chromium import chromium
+from tests.support.relays import make_config, running_relays
+
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+
+MOVE_POLICIES: list[MoveBackPolicy] = ["stay", "when-idle", "immediately"]
+
+
+def _python_case(
+    rng: random.Random,
+) -> tuple[list[dict[str, str]], dict[str, list[float | None]], str | None]:
+    regions = rng.sample(
+        ["us-east", "eu-west", "ap-south", "sa-east", "af-south", "me-1"], rng.randint(0, 5)
+    )
+    edges = [
+        {
+            "region": r,
+            "url": f"ws://{r}.example/v1/ws",
+            "health": rng.choice(["up", "down", "unknown"]),
+        }
+        for r in regions
+    ]
+    samples: dict[str, list[float | None]] = {}
+    for r in [*regions, "elsewhere"]:
+        if rng.random() < 0.8:
+            samples[r] = [
+                None
+                if rng.random() < 0.3
+                else rng.choice([round(rng.uniform(0, 300), 1), 10.0, 20.0])
+                for _ in range(rng.randint(0, 5))
+            ]
+    prefer = rng.choice([None, None, *regions, "elsewhere"])
+    return edges, samples, prefer
+
+
+# Strings that JSON escapes (or does not) differently from what one might guess: the size of a
+# publish frame must come out the same in both clients, byte for byte.
+_TRICKY = ["a", "é", "\u2028", "😀", '"', "\\", "/", "\x7f", "\x01", "\n", "\t", " ", "z9"]
+
+
+def _size_case(rng: random.Random) -> tuple[str, str, str, dict[str, int] | None]:
+    def text(n: int) -> str:
+        return "".join(rng.choice(_TRICKY) for _ in range(n))
+
+    channel = "chat:" + text(rng.randint(0, 12))
+    message_id = f"{text(rng.randint(1, 6))}-{rng.randint(1, 10**9)}"
+    data = rng.choice([text(rng.randint(0, 40)), {"k": text(5), "n": [1, 2.5, None]}, 7])
+    regions = ["ap-south", "eu-west", "us-east"][: rng.randint(0, 3)]
+    after = {r: rng.randint(1, 2**53 - 1) for r in regions} or None  # a causal context
+    return channel, message_id, json.dumps(data, ensure_ascii=rng.random() < 0.5), after
+
+
+# Redirect targets against a survey whose first choice is us-east, and one where it is eu-west:
+# known URLs in any spelling, relays started since (unknown URLs naming a region), and what
+# must be ignored (a target in another region than the redirecting relay's, a redirecting
+# relay whose region is not the first choice, not a relay URL, relative, past the cap of
+# redirects in a row).
+_REDIRECT_EDGES = [
+    ("us-east", "ws://a.example:8701/v1/ws"),
+    ("us-east", "ws://b.example:8701/v1/ws"),
+    ("eu-west", "wss://e.example/prefix/v1/ws"),
+]
+_REDIRECT_TARGETS: list[tuple[str, str | None]] = [
+    ("ws://b.example:8701/v1/ws", "us-east"),
+    ("http://b.example:8701", None),
+    ("http://b.example:8701/v1/ping", "eu-west"),
+    ("wss://e.example/prefix", None),
+    ("https://e.example/prefix/v1/ws/", "us-east"),
+    ("https://e.example/prefix/v1/ws/", "eu-west"),
+    ("ws://e.example/prefix/v1/ws", "eu-west"),  # not secure: another HTTP base
+    ("ws://c.example:8701/v1/ws", "us-east"),  # a relay that started since the survey
+    ("ws://c.example:8701", "eu-west"),
+    ("ws://c.example:8701/v1/ws", "ap-south"),
+    ("ws://c.example:8701/v1/ws", None),
+    ("ftp://b.example:8701/v1/ws", "us-east"),
+    ("/v1/ws", "us-east"),
+    ("ws:///v1/ws", "us-east"),
+    ("b.example:8701", "us-east"),
+]
+# (url, region the redirect names, the redirecting relay's region, redirects followed in a row,
+# the nearest region of the survey)
+_REDIRECTS: list[tuple[str, str | None, str | None, int, str]] = [
+    (url, region, source_region, in_a_row, nearest)
+    for nearest in ("us-east", "eu-west")
+    for source_region in ("us-east", "eu-west", "ap-south", None)
+    for url, region in _REDIRECT_TARGETS
+    for in_a_row in (0, 2, 3)
+]
+
+
+def _python_redirects() -> list[list[str] | None]:
+    # The rule is the supervisor's, pure: a supervisor with a survey and a count of
+    # redirects in a row is all it reads.
+    edges = tuple(DirectoryEdge(region, url, "up") for region, url in _REDIRECT_EDGES)
+    targets = []
+    for url, region, source_region, in_a_row, nearest in _REDIRECTS:
+        sup = Supervisor(rng=random.Random(0))
+        sup.survey = plan(
+            Directory("ws://a.example:8701/v1/ws", "us-east", None, edges),
+            {u: [1.0 if r == nearest else 50.0] for r, u in _REDIRECT_EDGES},
+        )
+        assert sup.survey.choice.order[0] == nearest
+        sup.redirects_in_a_row = in_a_row
+        target, _ = sup.redirect_target(Redirected(url, region, ""), "x", source_region)
+        targets.append(target)
+    return [list(t) if t is not None else None for t in targets]
+
+
+async def test_js_core_follows_the_python_reference(tmp_path: Path, nats_url: str) -> None:
+    """The client.js that a relay serves makes the same choices as relay/client/: region
+    order, medians and reasons; moving back; backoff caps; close policy; and session decisions
+    on one script of frames (resume positions, duplicates dropped, republished ids)."""
+    rng = random.Random(20240611)
+    cases = [_python_case(rng) for _ in range(200)]
+    expected_choices = []
+    expected_moves = []
+    for edges, samples, prefer in cases:
+        c = choose(
+            [Edge.from_health(e["region"], e["url"], e["health"]) for e in edges],  # type: ignore[arg-type]
+            samples,
+            prefer=prefer,
+        )
+        expected_choices.append({"order": list(c.order), "rttMs": c.rtt_ms, "reasons": c.reasons})
+        expected_moves.append(
+            [
+                should_move_back(current, c, policy=policy, idle=idle)
+                for current in [*c.order, "elsewhere"]
+                for policy in MOVE_POLICIES
+                for idle in (True, False)
+            ]
+        )
+    b = Backoff(base_s=0.5, max_s=30.0, reset_after_s=60.0, rng=random.Random(1))
+    caps = [b.cap(n) * 1000 for n in range(12)]
+    codes = [1000, 1001, 1002, 1006, 1009, 1011, 4000, 4001, 4499, 4500, 4999, 3000]
+
+    script = _session_script()
+    py = ClientSession(random.Random(3), id_prefix="p")
+    py_out = _run_python_session(py, script)
+    sizes = [_size_case(rng) for _ in range(200)]
+    expected_sizes = [_publish_size(i, _Pending(c, d.encode(), a)) for c, i, d, a in sizes]
+    expected_redirects = _python_redirects()
+
+    async with running_relays(make_config(nats_url=nats_url)) as (relay,):
+        async with chromium(tmp_path / "chromium.log") as browser:
+            page = await browser.new_page(f"http://127.0.0.1:{relay.port}/?room=core")
+            js = await page.evaluate(
+                "(async () => { const m = await import('/v1/client.js');"
+                f" const cases = {json.dumps(cases)};"
+                " const b = new m.Backoff({baseMs: 500, maxMs: 30000, resetAfterMs: 60000});"
+                " const s = new m.Session({idPrefix: 'p'});"
+                f" const script = {json.dumps(script)};"
+                " const out = [];"
+                " for (const [kind, arg] of script) {"
+                "   if (kind === 'subscribe') out.push(['frame', JSON.parse(s.subscribe(arg))]);"
+                "   else if (kind === 'publish') { try { const [id, f] = s.publish(arg[0], arg[1]);"
+                "     out.push(['frame', JSON.parse(f)]); } catch (e) {"
+                "     if (e.code !== 'too_large') throw e;"
+                "     out.push(['refused', {size: e.size, limit: e.limit}]); } }"
+                "   else if (kind === 'drop') out.push(['dropped', s.dropOversized()]);"
+                "   else if (kind === 'history')"
+                "     out.push(['frame', JSON.parse(s.history(arg[0], {limit: arg[1]})[1])]);"
+                "   else if (kind === 'reconnect')"
+                "     out.push(['frames', s.onReconnect().map((f) => JSON.parse(f))]);"
+                "   else out.push(['events', s.receive(arg).map(({type, ...e}) =>"
+                "     [type, type === 'bad_frame' ? {} : e])]);"
+                " }"
+                f" const sizes = {json.dumps(sizes)};"
+                f" const edges = {json.dumps(_REDIRECT_EDGES)};"
+                f" const redirects = {json.dumps(_REDIRECTS)};"
+                # A bare client with a survey, as the Python side: the rule reads only these.
+                " const rc = Object.create(m.Client.prototype);"
+                " rc._listeners = new Map();"
+                " const survey = (nearest) => m.plan({source: edges[0][1], region: 'us-east',"
+                "   relay: null,"
+                "   edges: edges.map(([region, url]) => ({region, url, health: 'up'}))},"
+                "   Object.fromEntries(edges.map(([r, u]) => [u, [r === nearest ? 1.0 : 50.0]])));"
+                " return {"
+                "   sizes: sizes.map(([c, i, d, a]) => m.publishSize(c, i, d, a)),"
+                "   redirects: redirects.map(([url, region, source, inARow, nearest]) => {"
+                "     rc.survey = survey(nearest);"
+                "     rc._redirectsInARow = inARow;"
+                "     return rc._redirectTarget({url, region, reason: ''}, 'x', source); }),"
+                "   choices: cases.map(([edges, samples, prefer]) => {"
+                "     const c = m.choose(edges, samples, {prefer});"
+                "     return {order: c.order, rttMs: c.rttMs, reasons: c.reasons}; }),"
+                "   moves: cases.map(([edges, samples, prefer]) => {"
+                "     const c = m.choose(edges, samples, {prefer});"
+                "     return [...c.order, 'elsewhere'].flatMap((current) =>"
+                f"       {json.dumps(MOVE_POLICIES)}.flatMap((policy) =>"
+                "         [true, false].map((idle) =>"
+                "           m.shouldMoveBack(current, c, {policy, idle}))));"
+                "   }),"
+                "   caps: [...Array(12).keys()].map((n) => b.cap(n)),"
+                f"   policies: {json.dumps(codes)}.map(m.closePolicy),"
+                "   session: out, pending: s.pending,"
+                "   position: s.position('chat:a'),"
+                " }; })()"
+            )
+            api = await page.evaluate(API_ROUNDTRIP, timeout_s=30)
+    assert api["where"] == ["us-east", "r1", "connected"]
+    assert api["order"] == ["us-east"]
+    assert api["reason"].startswith("nearest healthy: median")
+    assert api["got"] == [[api["ack"]["id"], {"n": 1}, "us-east", {"us-east": 1}]]
+    assert api["ack"]["channel"] == "chat:api" and api["ack"]["position"] == {"us-east": 1}
+    assert api["ack"]["id"].startswith(api["prefix"] + "-")
+    assert len(api["prefix"]) == 24  # 96 random bits in hex
+    assert api["badPublish"] == {"code": "invalid_channel", "temporary": False}
+    assert api["badSubscribe"] == "invalid_channel"
+    assert api["afterClose"] == "closed"
+    assert api["states"][-1] == "closed"
+    history = api["history"]
+    past = history["past"]
+    assert history["newest"] == {
+        "more": True,
+        "channel": "chat:past",
+        "messages": [
+            [past[1], {"h": 1}, "us-east", {"us-east": 2}],
+            [past[2], {"h": 2}, "us-east", {"us-east": 3}],
+        ],
+    }
+    assert history["older"] == {
+        "more": False,
+        "channel": "chat:past",
+        "messages": [[past[0], {"h": 0}, "us-east", {"us-east": 1}]],
+    }
+    assert history["refused"] == "invalid_channel"
+    assert history["badLimit"] == "RangeError"
+    assert history["afterClose"] == "closed"
+    for i, (want, got) in enumerate(zip(expected_choices, js["choices"], strict=True)):
+        assert got == want, (i, cases[i])
+    assert js["moves"] == expected_moves
+    assert js["caps"] == caps
+    assert js["policies"] == [close_policy(c) for c in codes]
+    assert js["session"] == py_out
+    assert js["sizes"] == expected_sizes
+    assert js["redirects"] == expected_redirects
+    assert js["pending"] == py.pending
+    position = py.position("chat:a")
+    assert js["position"] == (position.to_dict() if position is not None else None)
+
+
+# connect(), subscribe(), publish() and close() against the relay that served the page.
+API_ROUNDTRIP = """(async () => {
+  const m = await import('/v1/client.js');
+  const c = await m.connect(location.origin, {probes: 2});
+  const states = [];
+  c.on('state', (s) => states.push(s));
+  const got = [];
+  await c.subscribe('chat:api', (msg) => got.push([msg.id, msg.data, msg.origin, msg.ts])).ready;
+  const ack = await c.publish('chat:api', {n: 1});
+  const badPublish = await c.publish('no spaces', 1).then(
+    () => null, (e) => ({code: e.code, temporary: e.temporary}));
+  const badSubscribe = await c.subscribe('no spaces', () => {}).ready.then(
+    () => null, (e) => e.code);
+  for (let i = 0; i < 200 && got.length < 1; i++) await new Promise((r) => setTimeout(r, 25));
+  // history(): stored messages of a channel nobody subscribed to, newest page then older.
+  const past = [];
+  for (let h = 0; h < 3; h++) past.push((await c.publish('chat:past', {h})).id);
+  const newest = await c.history('chat:past', {limit: 2});
+  const older = await c.history('chat:past', {limit: 10, before: newest.messages[0].position});
+  const shape = (page) => ({more: page.more, channel: page.channel,
+    messages: page.messages.map((m) => [m.id, m.data, m.origin, m.position])});
+  const history = {past, newest: shape(newest), older: shape(older),
+    refused: await c.history('no spaces').then(() => null, (e) => e.code),
+    badLimit: await c.history('chat:past', {limit: 0}).then(() => null, (e) => e.name)};
+  const where = [c.region, c.relay, c.state];
+  c.close();
+  history.afterClose = await c.history('chat:past').then(() => null, (e) => e.code);
+  const afterClose = await c.publish('chat:api', 2).then(() => null, (e) => e.code);
+  return {where, order: c.choice.order, reason: c.choice.reasons[where[0]], ack, got,
+          prefix: c.idPrefix, badPublish, badSubscribe, afterClose, states, history};
+})()"""
+
+
+# The ref the script's history request gets (refs count every request the session made).
+HISTORY_REF = 8
+
+
+def _session_script() -> list[tuple[str, Any]]:
+    def msg(mid: str, origin: str, ts: dict[str, int], pos: dict[str, int]) -> str:
+        return json.dumps(
+            {
+                "op": "message",
+                "channel": "chat:a",
+                "id": mid,
+                "data": {"t": mid},
+                "origin": origin,
+                "ts": ts,
+                "position": pos,
+            }
+        )
+
+    return [
+        (
+            "receive",
+            json.dumps(
+                {
+                    "op": "connected",
+                    "region": "us-east",
+                    "relay": "r1",
+                    "connection_id": "c1",
+                    "heartbeat_s": 15.0,
+                }
+            ),
+        ),
+        ("subscribe", "chat:a"),
+        (
+            "receive",
+            json.dumps(
+                {
+                    "op": "subscribed",
+                    "ref": 1,
+                    "channel": "chat:a",
+                    "position": {"us-east": 2},
+                    "recovered": False,
+                }
+            ),
+        ),
+        ("receive", msg("m3", "us-east", {"us-east": 3}, {"us-east": 3})),
+        ("publish", ["chat:a", '{"text":"one"}']),
+        ("publish", ["chat:a", "[1,2]"]),
+        (
+            "receive",
+            json.dumps(
+                {
+                    "op": "ack",
+                    "ref": 2,
+                    "id": "p-1",
+                    "channel": "chat:a",
+                    "position": {"us-east": 4},
+                }
+            ),
+        ),
+        ("receive", msg("m3", "us-east", {"us-east": 3}, {"us-east": 3})),  # covered
+        ("reconnect", None),
+        (
+            "receive",
+            json.dumps(
+                {
+                    "op": "subscribed",
+                    "ref": 4,
+                    "channel": "chat:a",
+                    "position": {"us-east": 3},
+                    "recovered": True,
+                }
+            ),
+        ),
+        (
+            "receive",
+            msg("w1", "eu-west", {"eu-west": 1, "us-east": 3}, {"eu-west": 1, "us-east": 3}),
+        ),
+        # Another region's order: its position may be behind in one entry; the max is kept.
+        ("receive", msg("m4", "us-east", {"us-east": 4}, {"us-east": 4})),
+        ("receive", msg("x1", "eu-west", {"eu-west": 2}, {"eu-west": 2, "us-east": 2})),
+        ("receive", msg("x1", "us-east", {"us-east": 5}, {"us-east": 5, "eu-west": 2})),  # same id
+        (
+            "receive",
+            json.dumps(
+                {
+                    "op": "error",
+                    "ref": 5,
+                    "code": "unavailable",
+                    "message": "later",
+                    "temporary": True,
+                }
+            ),
+        ),
+        ("receive", json.dumps({"op": "error", "ref": 99, "code": "internal", "temporary": True})),
+        ("receive", "not json"),
+        ("receive", json.dumps({"op": "from-the-future"})),
+        ("receive", json.dumps({"op": "message", "channel": "chat:a"})),
+        (
+            "receive",
+            json.dumps(
+                {
+                    "op": "ack",
+                    "ref": 5,
+                    "id": "p-2",
+                    "channel": "chat:a",
+                    "position": {"us-east": 5},
+                }
+            ),
+        ),
+        (
+            "receive",
+            json.dumps(
+                {
+                    "op": "ack",
+                    "ref": 5,
+                    "id": "p-2",
+                    "channel": "chat:a",
+                    "position": {"us-east": 5},
+                }
+            ),
+        ),
+        # The relay's frame limit: none announced so far, so anything goes; a new relay
+        # announces 1024 bytes: what is pending above it is dropped, and a publish above it
+        # is refused without using up an id.
+        ("publish", ["chat:a", json.dumps("x" * 1500)]),
+        ("drop", None),
+        (
+            "receive",
+            json.dumps(
+                {
+                    "op": "connected",
+                    "region": "eu-west",
+                    "relay": "w1",
+                    "connection_id": "c2",
+                    "max_frame_bytes": 1024,
+                }
+            ),
+        ),
+        ("drop", None),
+        ("publish", ["chat:a", json.dumps("y" * 1000)]),
+        ("publish", ["chat:a", json.dumps("z" * 900)]),
+        (
+            "receive",
+            json.dumps(
+                {
+                    "op": "redirect",
+                    "url": "ws://w2:8701/v1/ws",
+                    "region": "eu-west",
+                    "reason": "draining",
+                }
+            ),
+        ),
+        ("receive", json.dumps({"op": "redirect", "url": "ws://w2:8701/v1/ws"})),
+        ("receive", json.dumps({"op": "redirect", "region": "eu-west"})),
+        ("receive", json.dumps({"op": "connected", "region": "eu-west", "relay": "w1"})),
+        # History: a request, its reply (stored messages as they are: not deduplicated
+        # against what was delivered, the position stays), a reply nobody asked for, and
+        # a malformed one.
+        ("history", ["chat:a", 2]),
+        (
+            "receive",
+            json.dumps(
+                {
+                    "op": "history",
+                    "ref": HISTORY_REF,
+                    "channel": "chat:a",
+                    "more": True,
+                    "messages": [
+                        json.loads(msg("m3", "us-east", {"us-east": 3}, {"us-east": 3})),
+                        json.loads(msg("m4", "us-east", {"us-east": 4}, {"us-east": 4})),
+                    ],
+                }
+            ),
+        ),
+        ("receive", json.dumps({"op": "history", "ref": 999, "channel": "chat:a", "messages": []})),
+        ("receive", json.dumps({"op": "history", "channel": "chat:a", "messages": 3})),
+    ]
+
+
+def _run_python_session(session: ClientSession, script: list[tuple[str, Any]]) -> list[Any]:
+    """The Python session's outputs in the shape the JavaScript one reports them."""
+    out: list[Any] = []
+    for kind, arg in script:
+        if kind == "subscribe":
+            out.append(["frame", json.loads(session.subscribe(arg))])
+        elif kind == "publish":
+            try:
+                _, frame = session.publish(arg[0], arg[1].encode())
+            except FrameTooLarge as exc:
+                out.append(["refused", {"size": exc.size, "limit": exc.limit}])
+            else:
+                out.append(["frame", json.loads(frame)])
+        elif kind == "drop":
+            out.append(["dropped", session.drop_oversized()])
+        elif kind == "history":
+            _, frame = session.history(arg[0], limit=arg[1])
+            out.append(["frame", json.loads(frame)])
+        elif kind == "reconnect":
+            out.append(["frames", [json.loads(f) for f in session.on_reconnect()]])
+        else:
+            out.append(["events", [_event(e) for e in session.receive(arg)]])
+    return out
+
+
+def _event(event: Any) -> list[Any]:
+    name = type(event).__name__
+    fields = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
+    kinds = {
+        "Connected": "connected",
+        "Redirected": "redirected",
+        "Subscribed": "subscribed",
+        "Message": "message",
+        "Acked": "acked",
+        "ErrorReceived": "error",
+        "PositionExpired": "expired",
+        "BadFrame": "bad_frame",
+        "HistoryReceived": "history",
+    }
+    renames = {
+        "connection_id": "connectionId",
+        "heartbeat_s": "heartbeatS",
+        "max_frame_bytes": "maxFrameBytes",
+        "publish_id": "publishId",
+        "data_json": "data",
+    }
+    result: dict[str, Any] = {}
+    if name == "BadFrame":
+        return ["bad_frame", {}]  # the reason's wording differs between the two
+    for key, value in fields.items():
+        if key == "messages":
+            value = [_event(m)[1] for m in value]
+        elif key == "data_json":
+            value = json.loads(value)
+        elif hasattr(value, "to_dict"):
+            value = value.to_dict()
+        result[renames.get(key, key)] = value
+    return [kinds[name], result]
