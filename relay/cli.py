@@ -6,12 +6,13 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import TypeVar
 
 import anyio
 
 from relay import __version__
+from relay.client.running import event_loop_options, run_async
 from relay.config.loader import ConfigError, load_config
 from relay.config.schema import RelayConfig
 
@@ -28,26 +29,7 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def event_loop_options() -> dict[str, object]:
-    """uvloop where it is installed (Linux and macOS): the same code, a faster loop."""
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return {}
-    return {"use_uvloop": True}
-
-
 E = TypeVar("E", bound=BaseException)
-
-
-def run_async(func: Callable[..., Awaitable[int]], *args: object) -> int:
-    """Run an async command to its exit code; Ctrl-C is 130 without a traceback (every
-    command stops what it started on the way out)."""
-    try:
-        code: int = anyio.run(func, *args, backend_options=event_loop_options())
-    except KeyboardInterrupt:
-        return 130
-    return code
 
 
 def _load(path: str) -> RelayConfig | None:

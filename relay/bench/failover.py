@@ -49,21 +49,17 @@ which a relay frozen at that moment only acts on once continued.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import itertools
-import json
 import math
 import os
 import random
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import msgspec
@@ -71,24 +67,15 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from federation.linkproxy import LinkProxy
-from relay.bench import processes
-from relay.bench.fanout import (
-    BUSY_ELSEWHERE,
-    _open,
-    close_all,
-    percentile,
-)
-from relay.bench.federation import REGIONS, NatsServer, _spawn_nats, _stop_all
-from relay.bench.processes import (
-    ServerProcess,
-    clock,
-    poll_until,
-)
+from relay.bench.fanout import BUSY_ELSEWHERE, close_all, open_connection, percentile
 from relay.bench.report import BenchError, run_and_report, server_log_lines
 from relay.client import connection as sdk
 from relay.client.connection import ConnectionState, Subscription, data_of
+from relay.harness import toolkit
+from relay.harness.network import FAST_FEDERATION, Network, ProcessRelay
+from relay.harness.toolkit import CpuMeter, clock, poll_until
 
+REGIONS = ("us-east", "eu-west", "ap-south")
 HOME, NEXT, FAR = REGIONS  # the client is near HOME; NEXT is L ms away, FAR 2 L
 PUBLISHER = FAR
 DEFAULT_CONNECTS = 20
@@ -115,142 +102,33 @@ PROBE_TIMEOUT_S = 2.0  # the SDK's default, for the routing steps timed on their
 # --- the network --------------------------------------------------------------------------
 
 
-def _free_ports(count: int) -> list[int]:
-    """Ports free on 127.0.0.1 right now (held together, so they are distinct)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-
-
-def _edge_url(port: int) -> str:
-    return f"ws://127.0.0.1:{port}/v1/ws"
-
-
-def _relay_config(region: str, port: int, nats_url: str, peers: dict[str, tuple[int, str]]) -> str:
-    """A relay on a fixed port; ``peers``: region -> (edge port, NATS URL)."""
-    lines = [
-        "[region]",
-        f"name = {json.dumps(region)}",
-        "[relay]",
-        f"id = {json.dumps(region + '-1')}",
-        'host = "127.0.0.1"',
-        f"port = {port}",
-        "shutdown_grace_s = 1.0",
-        "[nats]",
-        f"url = {json.dumps(nats_url)}",
-        "[federation]",
-        "ack_wait_s = 2.0",
-        # A restarted relay takes the links back from its dead predecessor after this.
-        "lease_ttl_s = 1.5",
+def _network(workdir: Path) -> Network:
+    """A nats-server and a relay process per region; the relays read each other's NATS
+    directly (this measures the client's failover, not the links)."""
+    settings = {
+        "relay": {"shutdown_grace_s": 1.0},
+        # A restarted relay takes the links back from its dead predecessor after 1.5 s.
+        "federation": FAST_FEDERATION,
         # A frozen relay is noticed after tens of seconds: keep what was published meanwhile,
         # or the client's position would expire (default: 1000 messages per channel).
-        "[[namespaces]]",
-        'name = "bench"',
-        'prefix = "bench:"',
-        f"history_max_messages = {HISTORY_MESSAGES}",
-    ]
-    for peer, (edge_port, url) in peers.items():
-        lines += [
-            "[[peers]]",
-            f"region = {json.dumps(peer)}",
-            f"edge_url = {json.dumps(_edge_url(edge_port))}",
-            f"nats_url = {json.dumps(url)}",
-        ]
-    return "\n".join(lines) + "\n"
+        "namespaces": [
+            {"name": "bench", "prefix": "bench:", "history_max_messages": HISTORY_MESSAGES}
+        ],
+    }
+    return Network(REGIONS, workdir, links=False, settings=settings, name="bench")
 
 
-@dataclass
-class Network:
-    workdir: Path
-    nats: dict[str, NatsServer] = field(default_factory=dict)
-    ports: dict[str, int] = field(default_factory=dict)
-    relays: dict[str, ServerProcess] = field(default_factory=dict)
-    retired: list[ServerProcess] = field(default_factory=list)  # killed incarnations
-    frozen: set[int] = field(default_factory=set)
-    starts: int = 0
-
-    def url(self, region: str) -> str:
-        return _edge_url(self.ports[region])
-
-    def spawn_relay(self, region: str) -> ServerProcess:
-        """Start (or restart) a region's relay; ``wait_ready`` before using it."""
-        self.starts += 1
-        home = self.workdir / f"relay-{region}-{self.starts}"
-        home.mkdir()
-        config = home / "relay.toml"
-        peers = {p: (self.ports[p], self.nats[p].url) for p in REGIONS if p != region}
-        config.write_text(_relay_config(region, self.ports[region], self.nats[region].url, peers))
-        argv = [sys.executable, "-m", "relay.cli", "relay", "--config", str(config)]
-        stdout, log = home / "stdout", home / "relay.log"
-        relay = ServerProcess(f"relay {region}", processes.spawn(argv, stdout, log), stdout, [log])
-        self.relays[region] = relay
-        return relay
-
-    def signal(self, region: str, sig: signal.Signals) -> None:
-        pid = self.relays[region].proc.pid
-        if sig == signal.SIGSTOP:
-            self.frozen.add(pid)
-        os.kill(pid, sig)
-
-    def kill_and_respawn(self, region: str) -> None:
-        old = self.relays[region]
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(old.proc.pid, signal.SIGKILL)  # also ends a frozen one
-        old.proc.wait()  # a killed process is gone at once; reap it
-        self.frozen.discard(old.proc.pid)
-        self.retired.append(old)
-        self.spawn_relay(region)
-
-    async def stop(self) -> None:
-        with anyio.CancelScope(shield=True):
-            for pid in self.frozen:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGCONT)  # a stopped process does not act on SIGTERM
-            self.frozen.clear()
-            await _stop_all(self.relays.values())
-            await _stop_all(self.nats.values())
-
-    def logs(self) -> list[Path]:
-        relays = [*self.retired, *self.relays.values()]
-        return [log for r in relays for log in r.logs] + [s.log for s in self.nats.values()]
+def _home(net: Network) -> ProcessRelay:
+    relay = net.region(HOME).relays[0]
+    assert isinstance(relay, ProcessRelay)
+    return relay
 
 
-class CpuMeter:
-    """Cores busy during a phase: this run (this process and every process it started)
-    and everything else on the machine, which makes the figures noisy."""
-
-    def __init__(self, net: Network) -> None:
-        self.net = net
-        self._ours = self._ours_now()
-        self._machine = processes.machine_busy_seconds()
-        self._wall = clock()
-
-    def _ours_now(self) -> float:
-        times = os.times()  # children: the ones already reaped (killed relays)
-        live = [s.proc for s in self.net.nats.values()]
-        live += [r.proc for r in self.net.relays.values()]
-        running = [processes.cpu_seconds(proc.pid) for proc in live if proc.returncode is None]
-        return sum(times[:4]) + sum(s for s in running if not math.isnan(s))
-
-    def stop(self) -> tuple[float, float]:
-        """(cores this run used, cores other processes used), on average."""
-        wall = max(clock() - self._wall, 1e-9)
-        ours = self._ours_now() - self._ours
-        machine = processes.machine_busy_seconds() - self._machine
-        return ours / wall, max(0.0, machine - ours) / wall
-
-
-def _dialer(routes: dict[str, str]) -> Callable[[str], str]:
-    """The SDK's dial hook: requests to a routed host:port go to the proxy instead."""
-
-    def dial(url: str) -> str:
-        parts = urlsplit(url)
-        target = routes.get(parts.netloc)
-        return url if target is None else urlunsplit(parts._replace(netloc=target))
-
-    return dial
+def _cpu(meter: CpuMeter) -> tuple[float, float]:
+    """(cores this run used: this process and every one it started, cores other
+    processes used), on average."""
+    use = meter.stop()
+    return use.cores(use.servers + use.here), use.elsewhere
 
 
 # --- what the SDK is configured with -------------------------------------------------------
@@ -348,9 +226,9 @@ async def _routing_steps(seed: str, probes: int, dial: Callable[[str], str]) -> 
 async def _measure_connects(
     net: Network, count: int, dial: Callable[[str], str], probes: int
 ) -> ConnectFigures:
-    seed = net.url(HOME)
+    seed = net.edge(HOME)
     figures = ConnectFigures()
-    meter = CpuMeter(net)
+    meter = CpuMeter(net.pids)
     for i in range(count + 1):  # the first one warms up and is not counted
         started = clock()
         try:
@@ -374,7 +252,7 @@ async def _measure_connects(
         figures.probes_s.append(probes_s)
         figures.bare_s.append(bare_s)
         figures.regions[region] = figures.regions.get(region, 0) + 1
-    figures.cpu = meter.stop()
+    figures.cpu = _cpu(meter)
     return figures
 
 
@@ -529,7 +407,9 @@ async def _trial(
     sig, timeout_s = (
         (signal.SIGKILL, KILLED_TIMEOUT_S) if kind == "kill" else (signal.SIGSTOP, FROZEN_TIMEOUT_S)
     )
-    await net.relays[HOME].wait_ready()
+    home = _home(net)
+    assert home.process is not None
+    await home.process.wait_ready()
     channel = f"bench:failover-{index}"
     states, rng, arrivals = StateLog(), RecordingRandom(), Arrivals()
     opened: list[ClientConnection] = []
@@ -538,8 +418,8 @@ async def _trial(
     cap = 2 * CONNECT_TIMEOUT_S + WARM_TIMEOUT_S + timeout_s + AFTER_CATCH_UP_S + DRAIN_TIMEOUT_S
     try:
         with anyio.fail_after(cap):
-            pub = RatePublisher(await _open(net.url(PUBLISHER), opened), channel, rate)
-            async with sdk.connect([net.url(HOME)], on_state=states, rng=rng, dial=dial) as client:
+            pub = RatePublisher(await open_connection(net.edge(PUBLISHER), opened), channel, rate)
+            async with sdk.connect([net.edge(HOME)], on_state=states, rng=rng, dial=dial) as client:
                 if client.region != HOME:
                     raise BenchError(
                         f"the client chose {client.region}, not {HOME}: {client.choice}"
@@ -559,7 +439,10 @@ async def _trial(
                             f"from {PUBLISHER} within {WARM_TIMEOUT_S:g}s"
                         )
                     t_signal = clock()
-                    net.signal(HOME, sig)
+                    if sig == signal.SIGSTOP:
+                        net.freeze(home.pid)
+                    elif home.pid is not None:
+                        os.kill(home.pid, sig)
                     caught_up = await poll_until(
                         lambda: (
                             arrivals.first_published_after(t_signal) is not None
@@ -573,7 +456,8 @@ async def _trial(
                     elif not caught_up:
                         problem = f"no message published after the {sig.name} within {timeout_s:g}s"
                     # The next trial needs HOME back: it starts while this one drains.
-                    net.kill_and_respawn(HOME)
+                    await home.down(kill=True)
+                    home.spawn()
                     if caught_up:
                         await anyio.sleep(AFTER_CATCH_UP_S)
                     stop.set()
@@ -628,54 +512,29 @@ class Report:
     problems: list[str] = field(default_factory=list)
 
 
-async def _start(net: Network) -> None:
-    for region, port in zip(REGIONS, _free_ports(len(REGIONS)), strict=True):
-        net.ports[region] = port
-        net.nats[region] = _spawn_nats(region, net.workdir)
-    for server in net.nats.values():
-        await server.wait_ready()
-    for region in REGIONS:
-        net.spawn_relay(region)
-    for relay in net.relays.values():
-        await relay.wait_ready()
-
-
 async def _run(
     connects: int, trials: int, stop_trials: int, rate: int, latency_ms: float
 ) -> Report:
     settings = sdk_settings()
     probes = settings.get("probes", 3)
+    hops = {NEXT: 1, FAR: 2}  # the client is near HOME
     assert isinstance(probes, int)
     with tempfile.TemporaryDirectory(
         prefix="relaynet-bench-failover-", ignore_cleanup_errors=True
     ) as tmp:
-        net = Network(Path(tmp))
-        try:
-            await _start(net)
-            async with anyio.create_task_group() as tg:
-                routes: dict[str, str] = {}
-                for region, hops in ((NEXT, 1), (FAR, 2)):
-                    proxy = LinkProxy(
-                        "127.0.0.1",
-                        net.ports[region],
-                        latency_ms=hops * latency_ms,
-                        name=f"client->{region}",
-                    )
-                    await tg.start(proxy.run)
-                    routes[f"127.0.0.1:{net.ports[region]}"] = f"127.0.0.1:{proxy.port}"
-                dial = _dialer(routes)
-                connect_figures = await _measure_connects(net, connects, dial, probes)
-                results: list[Trial] = []
-                cpu: dict[str, tuple[float, float]] = {}
-                for kind, count in (("kill", trials), ("freeze", stop_trials)):
-                    meter = CpuMeter(net)
-                    for _ in range(count):
-                        results.append(await _trial(net, len(results), kind, rate, dial))
-                    cpu[kind] = meter.stop()
-                tg.cancel_scope.cancel()
-        finally:
-            await net.stop()
-        problems = processes.problems(net.logs())
+        net = _network(Path(tmp))
+        async with net:
+            await net.add_client_paths(HOME, lambda _, region: hops[region] * latency_ms)
+            dial = net.dial(HOME)
+            connect_figures = await _measure_connects(net, connects, dial, probes)
+            results: list[Trial] = []
+            cpu: dict[str, tuple[float, float]] = {}
+            for kind, count in (("kill", trials), ("freeze", stop_trials)):
+                meter = CpuMeter(net.pids)
+                for _ in range(count):
+                    results.append(await _trial(net, len(results), kind, rate, dial))
+                cpu[kind] = _cpu(meter)
+        problems = toolkit.problems(net.logs())
     return Report(latency_ms, rate, settings, connect_figures, results, cpu, problems)
 
 

@@ -31,7 +31,6 @@ import math
 import os
 import sys
 import tempfile
-import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,18 +41,19 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from relay.bench.processes import (
+from relay.bench.report import BenchError, first_error, server_log_lines
+from relay.harness.toolkit import (
+    CpuMeter,
+    CpuUse,
+    HarnessError,
     ServerProcess,
     clock,
-    machine_busy_seconds,
     peer_command,
     poll_until,
-    problems,
     raise_fd_limit,
     relay_command,
-    spawn,
+    running_server,
 )
-from relay.bench.report import BenchError, server_log_lines
 
 CHANNEL = "bench:fanout"
 ACK_WINDOW = 64  # publishes in flight without an ack
@@ -329,7 +329,7 @@ async def drain(
 # --- connections --------------------------------------------------------------------------
 
 
-async def _open(url: str, opened: list[ClientConnection]) -> ClientConnection:
+async def open_connection(url: str, opened: list[ClientConnection]) -> ClientConnection:
     """Connect and read the greeting; the connection goes into ``opened`` at once, so
     that the caller closes it whatever happens next."""
     try:
@@ -344,11 +344,11 @@ async def _open(url: str, opened: list[ClientConnection]) -> ClientConnection:
     except (OSError, TimeoutError, InvalidHandshake) as exc:
         raise BenchError(f"cannot connect to {url}: {exc}") from exc
     opened.append(ws)
-    await _expect(ws, "connected")
+    await expect_frame(ws, "connected")
     return ws
 
 
-async def _expect(ws: ClientConnection, op: str) -> None:
+async def expect_frame(ws: ClientConnection, op: str) -> None:
     try:
         frame = _decode(await ws.recv(decode=False))
     except (ConnectionClosed, msgspec.DecodeError) as exc:
@@ -364,9 +364,9 @@ async def connect_subscribers(url: str, count: int, opened: list[ClientConnectio
 
     async def one() -> None:
         async with limiter:
-            ws = await _open(url, opened)
+            ws = await open_connection(url, opened)
             await ws.send(_encode({"op": "subscribe", "channel": CHANNEL, "ref": 1}), text=True)
-            await _expect(ws, "subscribed")
+            await expect_frame(ws, "subscribed")
 
     try:
         with anyio.fail_after(CONNECT_TIMEOUT_S):
@@ -378,10 +378,8 @@ async def connect_subscribers(url: str, count: int, opened: list[ClientConnectio
             f"{count} subscribers took over {CONNECT_TIMEOUT_S:.0f}s to connect"
         ) from None
     except ExceptionGroup as group:  # the first failure says enough
-        first: BaseException = group
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        raise first if isinstance(first, BenchError) else BenchError(str(first)) from group
+        first = first_error(group)
+        raise first if isinstance(first, HarnessError) else BenchError(str(first)) from group
 
 
 async def close_all(connections: list[ClientConnection]) -> None:
@@ -422,43 +420,6 @@ class Load:
     size: int  # bytes of padding per payload
 
 
-@dataclass(frozen=True)
-class CpuUse:
-    """CPU seconds used from the first publish to the end of draining."""
-
-    server: dict[str, float]  # per process of the server under test
-    load_generator: float
-    machine: float  # everything on the machine, the two above included
-    wall: float
-
-    def cores(self, seconds: float) -> float:
-        return seconds / max(self.wall, 1e-9)
-
-    @property
-    def elsewhere(self) -> float:
-        """Cores busy with neither the server nor the load generator: other work on the
-        machine, which makes the figures noisy."""
-        return self.cores(self.machine - sum(self.server.values()) - self.load_generator)
-
-
-class CpuMeter:
-    def __init__(self, server: ServerProcess) -> None:
-        self.server = server
-        self._server = server.cpu_seconds()
-        self._client = time.process_time()
-        self._machine = machine_busy_seconds()
-        self._wall = clock()
-
-    def stop(self) -> CpuUse:
-        after = self.server.cpu_seconds()
-        return CpuUse(
-            server={name: after[name] - self._server.get(name, 0.0) for name in after},
-            load_generator=time.process_time() - self._client,
-            machine=machine_busy_seconds() - self._machine,
-            wall=clock() - self._wall,
-        )
-
-
 @dataclass
 class RunResult:
     target: Target
@@ -497,8 +458,8 @@ async def measure(server: ServerProcess, target: Target, load: Load) -> RunResul
     try:
         await connect_subscribers(server.url, load.subscribers, opened)
         subs = [Subscriber(ws) for ws in opened]
-        publisher = Publisher(await _open(server.url, opened))
-        meter = CpuMeter(server)
+        publisher = Publisher(await open_connection(server.url, opened))
+        meter = CpuMeter(server.pids)
         # The hard cap: publishing plus draining never outlast it, whatever the server does.
         with anyio.move_on_after(load.seconds + DRAIN_CAP_S + 5):
             async with anyio.create_task_group() as tg:
@@ -566,23 +527,18 @@ def _summarise(
 async def run_target(target: Target, load: Load) -> RunResult:
     with tempfile.TemporaryDirectory(prefix="relaynet-bench-", ignore_cleanup_errors=True) as tmp:
         workdir = Path(tmp)
-        argv, extra_logs = target.command(workdir)
-        stdout, log = workdir / "server.out", workdir / "server.log"
-        server = ServerProcess(target.label, spawn(argv, stdout, log), stdout, [log, *extra_logs])
-        try:
-            await server.wait_ready()
+        argv, logs = target.command(workdir)
+        found: list[str] = []
+        async with running_server(target.label, argv, workdir, logs, found) as server:
             result = await measure(server, target, load)
-        finally:
-            await server.stop()
-        # After the stop, so that warnings logged while shutting down count too.
-        result.problems = problems(server.logs)
+        result.problems = found
     return result
 
 
 # --- output -------------------------------------------------------------------------------
 
 
-def _ms(value: float) -> str:
+def msec(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.1f} ms"
 
 
@@ -596,14 +552,14 @@ def _total_rss_kb(result: RunResult) -> int | None:
 
 
 def _load_generator_saturated(r: RunResult) -> bool:
-    return r.cpu.cores(r.cpu.load_generator) > SATURATED
+    return r.cpu.cores(r.cpu.here) > SATURATED
 
 
 def _cpu_lines(r: RunResult) -> list[str]:
     cpu = r.cpu
-    server = " + ".join(f"{name} {s:.1f} s" for name, s in cpu.server.items())
-    server_cores = cpu.cores(sum(cpu.server.values()))
-    client = cpu.cores(cpu.load_generator)
+    server = " + ".join(f"{name} {s:.1f} s" for name, s in cpu.processes.items())
+    server_cores = cpu.cores(sum(cpu.processes.values()))
+    client = cpu.cores(cpu.here)
     lines = [
         f"server CPU            {server} in {cpu.wall:.1f} s = {server_cores:.0%} of a core",
         f"load generator CPU    {client:.0%} of a core"
@@ -640,9 +596,9 @@ def format_result(r: RunResult) -> str:
         f"delivered             {r.deliveries:,} deliveries in {r.delivery_seconds:.2f} s "
         "(first publish to last delivery)",
         f"delivered rate        {r.delivered_per_s:,.0f} msgs/s",
-        f"publish -> deliver    p50 {_ms(r.latency_ms[0])}   p99 {_ms(r.latency_ms[1])}   "
-        f"max {_ms(r.latency_ms[2])}   ({sampled})",
-        f"publish -> ack        p50 {_ms(r.ack_ms[0])}   p99 {_ms(r.ack_ms[1])}",
+        f"publish -> deliver    p50 {msec(r.latency_ms[0])}   "
+        f"p99 {msec(r.latency_ms[1])}   max {msec(r.latency_ms[2])}   ({sampled})",
+        f"publish -> ack        p50 {msec(r.ack_ms[0])}   p99 {msec(r.ack_ms[1])}",
         f"lost                  {r.lost} (acked, not delivered to some subscriber)",
         f"out of order / dups   {r.disordered}",
         f"disconnected          {len(r.disconnected)} subscribers"
@@ -719,7 +675,7 @@ async def run_fanout(subscribers: int, seconds: float, rate: int, size: int) -> 
             result = await run_target(target, load)
             print(format_result(result) + "\n", flush=True)
             results.append(result)
-    except BenchError as exc:
+    except HarnessError as exc:
         print(f"bench fanout: {exc}", file=sys.stderr)
         return 1
     print(format_comparison(results), flush=True)

@@ -36,10 +36,8 @@ the children also get SIGTERM if this process dies (PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,27 +56,22 @@ from nats.aio.msg import Msg
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from federation.linkproxy import LinkProxy
-from relay.adapters.embedded_nats import EmbeddedNatsError, find_nats_server
-from relay.bench import processes
 from relay.bench.fanout import (
     ACK_WINDOW,
     BUSY_ELSEWHERE,
     SATURATED,
     LatencySampler,
     Publisher,
-    _ms,
-    _open,
     close_all,
+    msec,
+    open_connection,
     percentile,
 )
-from relay.bench.processes import (
-    READY_TIMEOUT_S,
-    ServerProcess,
-    clock,
-    poll_until,
-)
 from relay.bench.report import BenchError, run_and_report, server_log_lines
+from relay.harness import toolkit
+from relay.harness.linkproxy import LinkProxy
+from relay.harness.network import Network
+from relay.harness.toolkit import CpuMeter, CpuUse, clock, poll_until
 
 REGIONS = ("us-east", "eu-west", "ap-south")
 HOME = "us-east"  # where the publisher is
@@ -128,124 +121,17 @@ def _publish_frame(channel: str, n: int, ref: int | str) -> tuple[float, bytes]:
     return t, _encode({"op": "publish", "channel": channel, "data": {"n": n, "t": t}, "ref": ref})
 
 
-# --- processes ----------------------------------------------------------------------------
+# --- the network -------------------------------------------------------------------------
 
 
-@dataclass
-class NatsServer:
-    region: str
-    proc: subprocess.Popen[bytes]
-    ports_dir: Path
-    log: Path
-    url: str = ""
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
-
-    async def wait_ready(self) -> None:
-        ports_file = self.ports_dir / f"nats-server_{self.proc.pid}.ports"
-        deadline = clock() + READY_TIMEOUT_S
-        while True:
-            if self.proc.poll() is not None:
-                state = f"exited with code {self.proc.returncode}"
-            elif clock() > deadline:
-                state = f"not ready after {READY_TIMEOUT_S:.0f}s"
-            else:
-                try:
-                    urls = json.loads(ports_file.read_text())["nats"]
-                except (OSError, ValueError, KeyError):
-                    urls = []
-                if urls:
-                    self.url = str(urls[0])
-                    return
-                await anyio.sleep(0.02)
-                continue
-            last_lines = processes.tail(self.log)
-            raise BenchError(
-                f"nats-server of {self.region} {state}; its last log lines:\n{last_lines}"
-            )
-
-    async def stop(self) -> None:
-        with anyio.CancelScope(shield=True):
-            await processes.terminate(self.proc.pid, lambda: self.proc.poll() is not None)
-
-
-def _spawn_nats(region: str, workdir: Path) -> NatsServer:
-    store = workdir / f"nats-{region}"
-    ports = store / "ports"
-    ports.mkdir(parents=True)
-    log = store / "nats-server.log"
-    try:
-        binary = find_nats_server()
-    except EmbeddedNatsError as exc:
-        raise BenchError(str(exc)) from exc
-    argv = [
-        binary,
-        "--addr",
-        "127.0.0.1",
-        "--port",
-        "-1",
-        "--jetstream",
-        "--store_dir",
-        str(store),
-        "--server_name",
-        f"bench-{region}",
-        "--ports_file_dir",
-        str(ports),
-        "--log",
-        str(log),
-    ]
-    return NatsServer(region, processes.spawn(argv, store / "stdout", store / "stderr"), ports, log)
-
-
-def _relay_config(region: str, nats_url: str, peer_urls: dict[str, str]) -> str:
-    lines = [
-        "[region]",
-        f"name = {json.dumps(region)}",
-        "[relay]",
-        f"id = {json.dumps(region + '-1')}",
-        'host = "127.0.0.1"',
-        "port = 0",
-        "shutdown_grace_s = 2.0",
-        "[nats]",
-        f"url = {json.dumps(nats_url)}",
-        "[limits]",
-        "outbox_max_messages = 100000",  # this measures links, not the slow-consumer policy
-        "[federation]",
-        f"ack_wait_s = {ACK_WAIT_S}",
-        "[[namespaces]]",
-        'name = "total"',
-        'prefix = "total:"',
-        'ordering = "total"',
-    ]
-    for peer, url in peer_urls.items():
-        lines += [
-            "[[peers]]",
-            f"region = {json.dumps(peer)}",
-            'edge_url = "ws://127.0.0.1:1/v1/ws"',
-            f"nats_url = {json.dumps(url)}",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def _spawn_relay(
-    region: str, workdir: Path, nats_url: str, peer_urls: dict[str, str]
-) -> ServerProcess:
-    home = workdir / f"relay-{region}"
-    home.mkdir()
-    config = home / "relay.toml"
-    config.write_text(_relay_config(region, nats_url, peer_urls))
-    argv = [sys.executable, "-m", "relay.cli", "relay", "--config", str(config)]
-    stdout, log = home / "stdout", home / "relay.log"
-    return ServerProcess(f"relay {region}", processes.spawn(argv, stdout, log), stdout, [log])
-
-
-async def _stop_all(stoppers: Iterable[ServerProcess | NatsServer]) -> None:
-    with anyio.CancelScope(shield=True):
-        async with anyio.create_task_group() as tg:
-            for process in stoppers:
-                tg.start_soon(process.stop)
+def _network(workdir: Path, latency_ms: float) -> Network:
+    """A nats-server and a relay process per region; links delayed by ``latency_ms``."""
+    settings = {
+        "limits": {"outbox_max_messages": 100_000},  # this measures links, not slow consumers
+        "federation": {"ack_wait_s": ACK_WAIT_S},
+        "namespaces": [{"name": "total", "prefix": "total:", "ordering": "total"}],
+    }
+    return Network(REGIONS, workdir, latency_ms=latency_ms, settings=settings, name="bench")
 
 
 # --- subscribers and publishers -----------------------------------------------------------
@@ -376,7 +262,7 @@ async def _drain(pub: Publisher, receivers: Sequence[Receiver], deadline: float)
 
 async def _warm_up(url: str, receivers: Sequence[Receiver], opened: list[ClientConnection]) -> None:
     """One message per channel from us-east must reach every region: the links are up."""
-    ws = await _open(url, opened)
+    ws = await open_connection(url, opened)
     for i, channel in enumerate(ALL_CHANNELS):
         await ws.send(_publish_frame(channel, -1, f"warm-{i}")[1], text=True)
     deadline = clock() + WARMUP_TIMEOUT_S
@@ -424,34 +310,6 @@ class LinkLatency:
 
 
 @dataclass(frozen=True)
-class CpuSplit:
-    """Cores busy during a phase: the servers, this process, everything else."""
-
-    servers: float  # relays and nats-servers
-    here: float  # this process: load generator and the six proxies
-    elsewhere: float  # other processes on the machine: noise
-
-
-class CpuMeter:
-    def __init__(self, pids: Iterable[int]) -> None:
-        self.pids = list(pids)
-        self._servers = self._servers_now()
-        self._here = time.process_time()
-        self._machine = processes.machine_busy_seconds()
-        self._wall = clock()
-
-    def _servers_now(self) -> float:
-        return sum(processes.cpu_seconds(pid) for pid in self.pids)
-
-    def stop(self) -> CpuSplit:
-        wall = max(clock() - self._wall, 1e-9)
-        servers = self._servers_now() - self._servers
-        here = time.process_time() - self._here
-        machine = processes.machine_busy_seconds() - self._machine
-        return CpuSplit(servers / wall, here / wall, max(0.0, machine - servers - here) / wall)
-
-
-@dataclass(frozen=True)
 class PhaseResult:
     channels: tuple[str, ...]
     seconds: float
@@ -466,7 +324,7 @@ class PhaseResult:
     regions: dict[str, RegionFigures]
     links: LinkLatency
     disconnected: list[str]
-    cpu: CpuSplit
+    cpu: CpuUse
 
 
 def _drain_cap(seconds: float) -> float:
@@ -529,13 +387,13 @@ async def _relaynet_phase(
     channels: tuple[str, ...],
     seconds: float,
     rate: int,
-    pids: Iterable[int],
+    pids: dict[str, int],
 ) -> PhaseResult:
     _clear_link_samples(proxies.values())
     for receiver in receivers.values():
         receiver.start_phase(channels)
-    pub = Publisher(await _open(url, opened))
-    meter = CpuMeter(pids)
+    pub = Publisher(await open_connection(url, opened))
+    meter = CpuMeter(lambda: pids)
     ended = "cap"
     drain_cap = _drain_cap(seconds)
     async with anyio.create_task_group() as tg:
@@ -759,44 +617,40 @@ class Report:
     problems: list[str] = field(default_factory=list)
 
 
-async def _measure(
-    latency_ms: float,
-    seconds: float,
-    rate: int,
-    relays: dict[str, ServerProcess],
-    nats_servers: dict[str, NatsServer],
-    proxies: dict[tuple[str, str], LinkProxy],
-) -> Report:
+async def _measure(latency_ms: float, seconds: float, rate: int, net: Network) -> Report:
     started = clock()
     cpu_before = time.process_time()
     opened: list[ClientConnection] = []
-    pids = {f"relay {r}": p.proc.pid for r, p in relays.items()}
-    pids |= {f"nats {r}": s.proc.pid for r, s in nats_servers.items()}
+    pids: dict[str, int] = {}
+    for r in REGIONS:
+        pids[f"relay {r}"] = net.region(r).relays[0].pid or 0
+        pids[f"nats {r}"] = net.region(r).nats.pid or 0
+    proxies = net.proxies
     try:
         receivers: dict[str, Receiver] = {}
         for region in REGIONS:
-            receivers[region] = Receiver(region, await _open(relays[region].url, opened))
+            receivers[region] = Receiver(region, await open_connection(net.edge(region), opened))
             await receivers[region].subscribe(ALL_CHANNELS)
         async with anyio.create_task_group() as tg:
             for receiver in receivers.values():
                 tg.start_soon(receiver.receive)
-            await _warm_up(relays[HOME].url, list(receivers.values()), opened)
+            await _warm_up(net.edge(HOME), list(receivers.values()), opened)
             warm_up_s = clock() - started
-            url = relays[HOME].url
+            url = net.edge(HOME)
             fixed = await _relaynet_phase(
-                url, receivers, proxies, opened, (LATENCY_CHANNEL,), seconds, rate, pids.values()
+                url, receivers, proxies, opened, (LATENCY_CHANNEL,), seconds, rate, pids
             )
             total = await _relaynet_phase(
-                url, receivers, proxies, opened, (TOTAL_CHANNEL,), seconds, rate, pids.values()
+                url, receivers, proxies, opened, (TOTAL_CHANNEL,), seconds, rate, pids
             )
             burst = await _relaynet_phase(
-                url, receivers, proxies, opened, THROUGHPUT_CHANNELS, seconds, 0, pids.values()
+                url, receivers, proxies, opened, THROUGHPUT_CHANNELS, seconds, 0, pids
             )
             tg.cancel_scope.cancel()
     finally:
         await close_all(opened)
     order = _check_order(receivers)
-    bare = await _bare_nats(nats_servers[HOME].url, proxies[LINK], seconds, rate)
+    bare = await _bare_nats(net.region(HOME).nats.url, proxies[LINK], seconds, rate)
     return Report(
         latency_ms=latency_ms,
         seconds=seconds,
@@ -807,8 +661,8 @@ async def _measure(
         throughput=burst,
         order=order,
         bare=bare,
-        rss_kb={name: processes.peak_rss_kb(pid) for name, pid in pids.items()},
-        cpu_s={name: processes.cpu_seconds(pid) for name, pid in pids.items()}
+        rss_kb={name: toolkit.peak_rss_kb(pid) for name, pid in pids.items()},
+        cpu_s={name: toolkit.cpu_seconds(pid) for name, pid in pids.items()}
         | {"this process (load + proxies)": time.process_time() - cpu_before},
         wall_s=clock() - started,
     )
@@ -818,47 +672,11 @@ async def _run(latency_ms: float, seconds: float, rate: int) -> Report:
     with tempfile.TemporaryDirectory(
         prefix="relaynet-bench-fed-", ignore_cleanup_errors=True
     ) as tmp:
-        workdir = Path(tmp)
-        nats_servers: dict[str, NatsServer] = {}
-        relays: dict[str, ServerProcess] = {}
-        try:
-            for region in REGIONS:
-                nats_servers[region] = _spawn_nats(region, workdir)
-            for server in nats_servers.values():
-                await server.wait_ready()
-            async with anyio.create_task_group() as tg:
-                proxies: dict[tuple[str, str], LinkProxy] = {}
-                for a in REGIONS:
-                    for b in REGIONS:
-                        if a != b:
-                            proxy = LinkProxy(
-                                "127.0.0.1",
-                                nats_servers[b].port,
-                                latency_ms=latency_ms,
-                                name=f"{a}<-{b}",
-                            )
-                            await tg.start(proxy.run)
-                            proxies[(a, b)] = proxy
-                try:
-                    for a in REGIONS:
-                        peers = {
-                            b: f"nats://127.0.0.1:{proxies[(a, b)].port}" for b in REGIONS if b != a
-                        }
-                        relays[a] = _spawn_relay(a, workdir, nats_servers[a].url, peers)
-                    for relay in relays.values():
-                        await relay.wait_ready()
-                    report = await _measure(
-                        latency_ms, seconds, rate, relays, nats_servers, proxies
-                    )
-                finally:
-                    # Relays first, while their links and NATS are still there.
-                    await _stop_all(relays.values())
-                    tg.cancel_scope.cancel()
-        finally:
-            await _stop_all(nats_servers.values())
+        net = _network(Path(tmp), latency_ms)
+        async with net:
+            report = await _measure(latency_ms, seconds, rate, net)
         # After the stop, so that warnings logged while shutting down count too.
-        logs = [log for relay in relays.values() for log in relay.logs]
-        report.problems = processes.problems([*logs, *(s.log for s in nats_servers.values())])
+        report.problems = toolkit.problems(net.logs())
     return report
 
 
@@ -873,9 +691,9 @@ def _link_line(links: LinkLatency) -> str:
     worst = max(
         (v for v in links.per_link.values() if v is not None), key=lambda v: v[1], default=None
     )
-    text = f"measured one way over the 6 links: p50 {_ms(links.p50)}, p99 {_ms(links.p99)}"
+    text = f"measured one way over the 6 links: p50 {msec(links.p50)}, p99 {msec(links.p99)}"
     if worst is not None:
-        text += f" (worst link p99 {_ms(worst[1])})"
+        text += f" (worst link p99 {msec(worst[1])})"
     return text
 
 
@@ -912,23 +730,24 @@ def _phase_common(phase: PhaseResult) -> list[str]:
     }[phase.ended]
     missing = "not yet delivered" if phase.ended == "cap" else "lost"
     cpu = phase.cpu
+    servers, here = cpu.cores(cpu.servers), cpu.cores(cpu.here)
     cpu_line = (
-        f"CPU                   relays + nats-servers {cpu.servers:.1f} cores, this process "
-        f"(load + proxies) {cpu.here:.1f}, other processes {cpu.elsewhere:.1f}, "
+        f"CPU                   relays + nats-servers {servers:.1f} cores, this process "
+        f"(load + proxies) {here:.1f}, other processes {cpu.elsewhere:.1f}, "
         f"of {os.cpu_count()}"
     )
 
     cores = os.cpu_count() or 1
-    if cpu.here > SATURATED:
+    if here > SATURATED:
         cpu_line += "  <- this process saturated: proxies may add delay"
-    elif cpu.servers + cpu.here + cpu.elsewhere > SATURATED * cores:
+    elif servers + here + cpu.elsewhere > SATURATED * cores:
         cpu_line += "  <- machine saturated: the figures measure CPU as much as links"
     elif cpu.elsewhere > BUSY_ELSEWHERE:
         cpu_line += "  <- contended: figures are noisy"
     lines = [
         f"published             {phase.published} msgs in {phase.publish_seconds:.2f} s, "
         f"{phase.acked} acked ({phase.acks_per_s:,.0f} acks/s), {len(phase.errors)} errors",
-        f"publish -> ack        p50 {_ms(phase.ack_ms[0])}   p99 {_ms(phase.ack_ms[1])}",
+        f"publish -> ack        p50 {msec(phase.ack_ms[0])}   p99 {msec(phase.ack_ms[1])}",
         f"drain                 {ended}",
         f"{missing + ' / duplicates':<22}{lost} / {dups}  (acked but not delivered in some "
         "region / delivered twice)",
@@ -944,7 +763,7 @@ def _phase_common(phase: PhaseResult) -> list[str]:
 
 def _cost(region: str, causal: PhaseResult, total: PhaseResult) -> str:
     c, t = causal.regions[region].latency_ms, total.regions[region].latency_ms
-    return f"{region} {_ms(t[0] - c[0])} / {_ms(t[1] - c[1])}"
+    return f"{region} {msec(t[0] - c[0])} / {msec(t[1] - c[1])}"
 
 
 def format_report(r: Report) -> str:
@@ -985,16 +804,16 @@ def format_report(r: Report) -> str:
         f"-- 3. bare NATS over the same link: core publish on {HOME}'s NATS, subscriber "
         f"through the {LINK[0]}<-{LINK[1]} proxy --",
         f"at {bare.rate} msgs/s          sent {bare.sent}, received {bare.received}: "
-        f"p50 {_ms(bare.latency_ms[0])}   p99 {_ms(bare.latency_ms[1])}   "
-        f"max {_ms(bare.latency_ms[2])}",
+        f"p50 {msec(bare.latency_ms[0])}   p99 {msec(bare.latency_ms[1])}   "
+        f"max {msec(bare.latency_ms[2])}",
         f"as fast as possible   sent {bare.burst_sent}, received {bare.burst_received} "
         f"(window {BARE_WINDOW:,} unreceived): {bare.burst_per_s:,.0f} msgs/s, "
-        f"p50 {_ms(bare.burst_latency_ms[0])}   p99 {_ms(bare.burst_latency_ms[1])}",
+        f"p50 {msec(bare.burst_latency_ms[0])}   p99 {msec(bare.burst_latency_ms[1])}",
         "link                  measured one way "
         + (
             "n/a"
             if bare.link is None
-            else f"p50 {_ms(bare.link[0])}, p99 {_ms(bare.link[1])} (at the fixed rate)"
+            else f"p50 {msec(bare.link[0])}, p99 {msec(bare.link[1])} (at the fixed rate)"
         ),
         "",
         f"-- relaynet vs bare NATS over a {r.latency_ms:g} ms link, at {fixed.rate} msgs/s --",

@@ -15,8 +15,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from relay.bench.processes import clock, poll_until, spawn, tail, terminate
 from relay.bench.report import BenchError
+from relay.harness.toolkit import clock, poll_until, spawn, tail, terminate
 
 SOURCE = Path(__file__).with_name("node")
 FILES = ("package.json", "package-lock.json", "loadgen.js", "ws_server.js", "socketio_server.js")

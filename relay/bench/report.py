@@ -8,10 +8,12 @@ from typing import TypeVar
 
 import anyio
 
+from relay.harness.toolkit import HarnessError
+
 R = TypeVar("R")
 
 
-class BenchError(Exception):
+class BenchError(HarnessError):
     """The benchmark could not run (a server did not start, a handshake failed)."""
 
 
@@ -39,17 +41,17 @@ async def run_and_report(
     failed: Callable[[R], list[str]],
 ) -> int:
     """Run within ``cap_s`` seconds and print the figures: 0, or 1 when the run
-    failed (a ``BenchError``, the cap, or ``failed`` naming reasons). Other errors
-    are bugs and propagate."""
+    failed (a ``HarnessError`` such as a ``BenchError``, the cap, or ``failed`` naming
+    reasons). Other errors are bugs and propagate."""
     report: R | None = None
     done = False
     try:
         with anyio.move_on_after(cap_s):  # cleanup runs shielded, so it still happens
             report = await run()
             done = True
-    except (BenchError, ExceptionGroup) as exc:
+    except (HarnessError, ExceptionGroup) as exc:
         first = first_error(exc)
-        if not isinstance(first, BenchError):
+        if not isinstance(first, HarnessError):
             raise
         print(f"bench {name}: {first}", file=sys.stderr)
         return 1

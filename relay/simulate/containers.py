@@ -16,7 +16,6 @@ and :func:`remove_leftovers` removes them by label.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import hashlib
 import importlib.metadata
@@ -28,7 +27,6 @@ import socket
 import struct
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -81,7 +79,7 @@ class PortInUseError(ContainerError):
     def __init__(self, port: int, what: str) -> None:
         super().__init__(
             f"127.0.0.1:{port} ({what}) is already in use by another process; "
-            "pick a free port (relay.simulate.containers.free_port()) or stop what holds it"
+            "pick a free port (relay.harness.toolkit.free_port()) or stop what holds it"
         )
         self.port = port
 
@@ -142,24 +140,6 @@ def docker_available() -> str | None:
     if error is None:
         return None
     return f"Docker engine not reachable at {url}: {error} — start it with tests/docker_engine.sh"
-
-
-_handed_out: collections.deque[int] = collections.deque(maxlen=512)
-_handed_out_lock = threading.Lock()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now, and not one this process
-    got from here recently (two calls in a row never return the same port)."""
-    with _handed_out_lock:
-        for _ in range(100):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.bind(("127.0.0.1", 0))
-                port: int = sock.getsockname()[1]
-            if port not in _handed_out:
-                _handed_out.append(port)
-                return port
-    raise ContainerError("no free port on 127.0.0.1 after 100 tries")
 
 
 def _check_port_free(port: int, what: str) -> None:
@@ -365,6 +345,49 @@ class ManagedContainer:
         status: str = container.status
         return status
 
+    def logs(self) -> str:
+        raise NotImplementedError
+
+    def _launch(
+        self, tc: DockerContainer, image: str, network: str, labels: dict[str, str]
+    ) -> None:
+        """Create and start ``tc``: our labels, the caller's uid (files it writes on the host
+        belong to whoever runs the simulation, not to root; it reads what they wrote)."""
+        tc.image = image  # no TESTCONTAINERS_HUB_IMAGE_NAME_PREFIX: the tag is local
+        tc.with_kwargs(network=network, labels=labels, user=f"{os.getuid()}:{os.getgid()}")
+        self._tc = tc
+        try:
+            tc.start()
+        except Exception as e:
+            self.remove()
+            raise ContainerError(f"{self.name}: could not start: {_one_line(e)}") from e
+
+    def _wait_http(self, url: str, what: str, timeout_s: float) -> None:
+        """Polls ``url`` (200 once ready) every 50 ms; fails fast if the container exits;
+        the error carries the container's last log lines."""
+        started = time.monotonic()
+        while True:
+            with (
+                contextlib.suppress(urllib.error.URLError, OSError),  # not listening yet, 503
+                urllib.request.urlopen(url, timeout=1) as response,
+            ):
+                if response.status == 200:
+                    log.debug("%s ready in %.2fs", self.name, time.monotonic() - started)
+                    return
+            status = self.status()
+            if status in ("exited", "dead"):
+                code = self._container().attrs.get("State", {}).get("ExitCode")
+                raise ContainerError(
+                    f"{what} exited with code {code} before it was ready; "
+                    f"last log lines:\n{self.logs()}"
+                )
+            if time.monotonic() - started > timeout_s:
+                raise ContainerError(
+                    f"{what} not ready within {timeout_s:.0f}s ({url}, status {status}); "
+                    f"last log lines:\n{self.logs()}"
+                )
+            time.sleep(_POLL_S)
+
 
 class NatsContainer(ManagedContainer):
     """One region's nats-server (JetStream) in a container on the host network.
@@ -447,7 +470,6 @@ class NatsContainer(ManagedContainer):
         self._check_ports()
         self.store_dir.mkdir(parents=True, exist_ok=True)
         tc = DockerContainer(self.image, name=self.name).with_command(self.command)
-        tc.image = self.image  # no TESTCONTAINERS_HUB_IMAGE_NAME_PREFIX: the tag is local
         tc.with_volume_mapping(str(self.store_dir.resolve()), "/data", mode="rw")
         if self.network is not None:
             # testcontainers' with_bind_ports takes no host address, and the ports must be
@@ -455,18 +477,8 @@ class NatsContainer(ManagedContainer):
             ports: dict[str, Any] = tc.ports  # typed for ports only; docker-py takes both
             ports[f"{_INNER_CLIENT_PORT}/tcp"] = ("127.0.0.1", self.client_port)
             ports[f"{_INNER_MONITOR_PORT}/tcp"] = ("127.0.0.1", self.monitor_port)
-        tc.with_kwargs(
-            network=self.network or "host",
-            labels={LABEL: self.session, f"{LABEL}.region": self.region},
-            # the store on the host belongs to whoever runs the simulation, not to root
-            user=f"{os.getuid()}:{os.getgid()}",
-        )
-        self._tc = tc
-        try:
-            tc.start()
-        except Exception as e:
-            self.remove()
-            raise ContainerError(f"{self.name}: could not start: {_one_line(e)}") from e
+        labels = {LABEL: self.session, f"{LABEL}.region": self.region}
+        self._launch(tc, self.image, self.network or "host", labels)
         try:
             self._wait_ready()
         except BaseException:
@@ -498,32 +510,9 @@ class NatsContainer(ManagedContainer):
         return "\n".join(lines)
 
     def _wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
-        """Polls /healthz (200 once JetStream is up) every 50 ms; fails fast if the
-        container exits; the error carries the container's last log lines."""
-        started = time.monotonic()
-        deadline = started + timeout_s
-        healthz = f"{self.monitor_url}/healthz"
-        while True:
-            try:
-                with urllib.request.urlopen(healthz, timeout=1) as response:
-                    if response.status == 200:
-                        log.debug("%s ready in %.2fs", self.name, time.monotonic() - started)
-                        return
-            except (urllib.error.URLError, OSError):
-                pass  # not listening yet, or 503 while JetStream starts
-            status = self.status()
-            if status in ("exited", "dead"):
-                code = self._container().attrs.get("State", {}).get("ExitCode")
-                raise ContainerError(
-                    f"{self.name} ({self.image}) exited with code {code} before it was ready; "
-                    f"last log lines:\n{self.logs()}"
-                )
-            if time.monotonic() > deadline:
-                raise ContainerError(
-                    f"{self.name} ({self.image}) not ready within {timeout_s:.0f}s "
-                    f"({healthz}, status {status}); last log lines:\n{self.logs()}"
-                )
-            time.sleep(_POLL_S)
+        """/healthz answers 200 once JetStream is up."""
+        what = f"{self.name} ({self.image})"
+        self._wait_http(f"{self.monitor_url}/healthz", what, timeout_s)
 
     def __enter__(self) -> Self:
         return self.start()

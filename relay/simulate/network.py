@@ -1,18 +1,15 @@
-"""RelayNetwork: a multi-region relaynet on one machine, for demos and for tests.
+"""RelayNetwork: a multi-region relaynet on one machine in Docker, for tests and
+``relaynet simulate``.
 
-Per region: a NATS (JetStream) container started with testcontainers (host
-networking on its own loopback port) and relay processes; per directed
-inter-region link: a delay/cut proxy (``federation.linkproxy``) that carries
-one region's federation reads of the other's NATS. Everything stays on
-127.0.0.1. Partitions, latency changes, region kills and restarts act on those
-real parts; nothing is mocked.
-
-Clients have locations too: each region is also a place a client can be. For
-every location L and every other region R a delay proxy stands in front of each
-of R's relays with the matrix's L -> R latency (each way), and L's own relays
-are reached directly. ``dial(near=L)`` maps a relay's own URL to the one a
-client at L opens, so a routing client (``sdk_client(near=L)``) measures the
-configured map and connects to the region nearest to L.
+It is a ``relay.harness.network.Network`` whose regions' NATS are containers
+(testcontainers; host networking on their own loopback ports, or a bridge network
+of the session's own) and whose relays are processes or, with
+``relays_in_containers``, containers of the image built from deploy/Dockerfile.
+Every directed inter-region link goes through a delay/cut proxy
+(``relay.harness.linkproxy``); every region is also a place a client can be, with
+a delay proxy in front of every other region's relays (``dial``, ``sdk_client``).
+Everything stays on 127.0.0.1. Partitions, latency changes, region kills and
+restarts act on those real parts; nothing is mocked.
 
 Use it as an async context manager (``async with RelayNetwork(spec) as net``)
 or, from synchronous code and the pytest fixture, through ``BlockingRelayNetwork``
@@ -22,127 +19,123 @@ which runs the same object on an event loop in a background thread.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
-from anyio.abc import TaskGroup
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from federation.linkproxy import LinkProxy
-from relay.adapters import child_process
 from relay.client.connection import Client, Dial, connect
+from relay.config.writer import write_config
+from relay.harness import toolkit
+from relay.harness.network import RELAY_START_TIMEOUT_S, Network
+from relay.harness.toolkit import edge_url
 from relay.simulate import containers, relay_image
 from relay.simulate.client import ProtocolClient, protocol_client
 from relay.simulate.spec import NetworkSpec, SpecError
 
 log = logging.getLogger("relaynet.simulate")
 
-RELAY_START_TIMEOUT_S = 30.0
 
+class ContainerNats:
+    """A region's NATS in a container: created at the first ``up()``, started again (same
+    store) at the next ones."""
 
-@dataclass
-class _Relay:
-    relay_id: str
-    port: int
-    config: Path
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-    container: relay_image.RelayContainer | None = None  # with relays_in_containers
+    def __init__(self, net: RelayNetwork, region: str) -> None:
+        self.net, self.region = net, region
+        self.store = net.workdir / region / "nats"
+        client_port, monitor_port = toolkit.free_ports(2)
+        self.ports = client_port, monitor_port
+        self.container: containers.NatsContainer | None = None
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/ws"
+        return f"nats://127.0.0.1:{self.ports[0]}"
 
     @property
-    def alive(self) -> bool:
+    def running(self) -> bool:
+        return self.container is not None and not self.net.regions[self.region].down
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    async def up(self) -> str:
+        if self.container is None:
+            self.store.mkdir(parents=True, exist_ok=True)
+            assert self.net.nats_image is not None
+            self.container = containers.NatsContainer(
+                self.region,
+                client_port=self.ports[0],
+                monitor_port=self.ports[1],
+                store_dir=self.store,
+                image=self.net.nats_image,
+                session=self.net.session,
+                network=self.net.bridge,
+            )
+            await anyio.to_thread.run_sync(self.container.start)
+        else:
+            await anyio.to_thread.run_sync(self.container.start_again)
+        return self.url
+
+    async def down(self, *, kill: bool = False) -> None:
         if self.container is not None:
-            return self.container.alive
-        return self.proc is not None and self.proc.poll() is None
+            await anyio.to_thread.run_sync(self.container.kill if kill else self.container.stop)
 
 
 @dataclass
-class _Region:
-    name: str
-    nats: containers.NatsContainer
-    relays: list[_Relay] = field(default_factory=list)
-    down: bool = False
+class ContainerRelay:
+    """A relay in a container on the host network, its config bind-mounted."""
+
+    net: RelayNetwork
+    relay_id: str
+    region: str
+    port: int
+    container: relay_image.RelayContainer | None = None
+
+    @property
+    def url(self) -> str:
+        return edge_url(self.port)
+
+    @property
+    def alive(self) -> bool:
+        return self.container is not None and self.container.alive
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    async def up(self) -> None:
+        if self.container is None:
+            assert self.net.relay_image is not None
+            self.container = relay_image.RelayContainer(
+                self.relay_id,
+                region=self.region,
+                port=self.port,
+                config=self.net.workdir / self.region / f"{self.relay_id}.toml",
+                image=self.net.relay_image,
+                session=self.net.session,
+                start_timeout_s=RELAY_START_TIMEOUT_S,
+            )
+        self.container.config.parent.mkdir(parents=True, exist_ok=True)
+        write_config(self.container.config, self.net.config(self))
+        await anyio.to_thread.run_sync(self.container.start)
+
+    async def down(self, *, kill: bool = False) -> None:
+        if self.container is not None:
+            await anyio.to_thread.run_sync(self.container.kill if kill else self.container.stop)
 
 
-def _relay_toml(
-    region: str,
-    relay: _Relay,
-    nats_url: str,
-    peers: Sequence[tuple[str, str, str]],
-    namespaces: Sequence[dict[str, Any]],
-) -> str:
-    lines = [
-        "[region]", f"name = {json.dumps(region)}",
-        "[relay]", f"id = {json.dumps(relay.relay_id)}", 'host = "127.0.0.1"',
-        f"port = {relay.port}", "shutdown_grace_s = 2.0",
-        "[nats]", f"url = {json.dumps(nats_url)}",
-        # Quick hand-overs and redeliveries: a simulation is about seeing effects soon.
-        "[federation]", "ack_wait_s = 2.0", "lease_ttl_s = 1.5",
-    ]  # fmt: skip
-    for rule in namespaces:
-        lines.append("[[namespaces]]")
-        lines += [f"{key} = {json.dumps(value)}" for key, value in rule.items()]
-    for peer, edge_url, peer_nats_url in peers:
-        lines += [
-            "[[peers]]", f"region = {json.dumps(peer)}",
-            f"edge_url = {json.dumps(edge_url)}", f"nats_url = {json.dumps(peer_nats_url)}",
-        ]  # fmt: skip
-    return "\n".join(lines) + "\n"
+class RelayNetwork(Network):
+    usage_error = SpecError
 
-
-def _fork_relay(relay: _Relay) -> subprocess.Popen[bytes]:
-    """The relay process, its stdout a pipe to watch for "ready on" (quick: call it from the
-    event loop's thread, as ``child_process.spawn`` requires)."""
-    with open(relay.log, "ab") as out:
-        return child_process.spawn(
-            [sys.executable, "-m", "relay.cli", "relay", "--config", str(relay.config)],
-            stdout=subprocess.PIPE,
-            stderr=out,
-            start_new_session=True,
-        )
-
-
-async def _read_line_with(fd: int, marker: bytes) -> bool:
-    """Read a pipe without blocking the loop until a whole line with ``marker`` came (True:
-    its writer is done with it) or the writer closed the pipe (False)."""
-    os.set_blocking(fd, False)
-    pending = b""
-    while True:
-        await anyio.wait_readable(fd)
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            continue
-        if not chunk:
-            return False
-        *lines, pending = (pending + chunk).split(b"\n")
-        if any(marker in line for line in lines):
-            return True
-
-
-def _log_tail(log: Path) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-10:])
-
-
-class RelayNetwork:
     def __init__(
         self,
         spec: NetworkSpec,
@@ -167,200 +160,73 @@ class RelayNetwork:
                 "bridge networking runs relays as local processes: relays in containers use "
                 "host networking (they reach the links' proxies on 127.0.0.1)"
             )
+        self.spec = spec
         self.networking = networking
         self.bridge: str | None = None
-        self.spec = spec
-        self.relays_per_region = relays_per_region
         self.namespaces = list(namespaces)
         self.relays_in_containers = relays_in_containers
-        self._relay_tag: str | None = None
+        self.nats_image: str | None = None
+        self.relay_image: str | None = None
         self.session = uuid.uuid4().hex[:8]
         self._own_workdir = workdir is None
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"relaynet-sim-{self.session}-"))
-        self.regions: dict[str, _Region] = {}
-        self.proxies: dict[tuple[str, str], LinkProxy] = {}
-        # (client location, region) -> relay port -> the proxy clients at that location
-        # reach that relay through; none for a location's own region (direct).
-        self.client_paths: dict[tuple[str, str], dict[int, LinkProxy]] = {}
-        self._tg: TaskGroup | None = None
+        self._docker = False  # an engine answered: there may be containers to remove
+        settings: dict[str, Any] = {"federation": {"ack_wait_s": 2.0, "lease_ttl_s": 1.5}}
+        if self.namespaces:
+            settings["namespaces"] = self.namespaces
+        super().__init__(
+            spec.regions,
+            workdir or Path(tempfile.gettempdir()) / f"relaynet-sim-{self.session}",
+            relays=relays_per_region,
+            latency_ms=spec.link_latency,
+            settings=settings,
+            name=f"sim-{self.session}",
+            nats=lambda net, region: ContainerNats(self, region),
+            relay=(lambda net, *a: ContainerRelay(self, *a)) if relays_in_containers else None,
+        )
 
     # --- lifecycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> RelayNetwork:
-        reason = await anyio.to_thread.run_sync(containers.docker_available)
-        if reason is not None:
-            raise RuntimeError(reason)
-        if self.relays_in_containers:  # before anything starts: its errors leave nothing behind
-            self._relay_tag = await anyio.to_thread.run_sync(relay_image.ensure_relay_image)
-        self._stack = contextlib.AsyncExitStack()
-        await self._stack.__aenter__()
         try:
-            self._stack.push_async_callback(self._teardown)
-            self._tg = await self._stack.enter_async_context(anyio.create_task_group())
-            await self._start()
+            self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)  # here: removed on exit
+            reason = await anyio.to_thread.run_sync(containers.docker_available)
+            if reason is not None:
+                raise RuntimeError(reason)
+            self._docker = True
+            if self.relays_in_containers:  # before anything starts: its errors leave nothing
+                self.relay_image = await anyio.to_thread.run_sync(relay_image.ensure_relay_image)
+            self.nats_image = await anyio.to_thread.run_sync(containers.ensure_nats_image)
+            if self.networking == "bridge":
+                self.bridge = await anyio.to_thread.run_sync(
+                    containers.create_bridge_network, self.session
+                )
+            await super().__aenter__()
         except BaseException:
-            await self._stack.__aexit__(*sys.exc_info())
+            await self._remove()
             raise
+        try:
+            for location in self.regions:
+                await self.add_client_paths(location, self.spec.link_latency)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        log.info("network %s up: %s", self.session, ", ".join(self.edges().values()))
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        assert self._tg is not None
-        self._tg.cancel_scope.cancel()
-        await self._stack.__aexit__(*exc)
-
-    async def _start(self) -> None:
-        assert self._tg is not None
-        image = await anyio.to_thread.run_sync(containers.ensure_nats_image)
-        if self.networking == "bridge":
-            self.bridge = await anyio.to_thread.run_sync(
-                containers.create_bridge_network, self.session
-            )
-        for name in self.spec.regions:
-            store = self.workdir / name / "nats"
-            store.mkdir(parents=True, exist_ok=True)
-            nats = containers.NatsContainer(
-                name,
-                client_port=containers.free_port(),
-                monitor_port=containers.free_port(),
-                store_dir=store,
-                image=image,
-                session=self.session,
-                network=self.bridge,
-            )
-            self.regions[name] = _Region(name, nats)
-        for region in self.regions.values():
-            await anyio.to_thread.run_sync(region.nats.start)
-        for (a, b), latency in self.spec.latency_ms.items():
-            target = self.regions[b].nats
-            proxy = LinkProxy("127.0.0.1", target.client_port, latency_ms=latency, name=f"{a}<-{b}")
-            await self._tg.start(proxy.run)
-            self.proxies[(a, b)] = proxy
-        for region in self.regions.values():
-            for i in range(self.relays_per_region):
-                relay_id = f"{region.name}-{i + 1}"
-                region.relays.append(
-                    _Relay(
-                        relay_id,
-                        containers.free_port(),
-                        self.workdir / region.name / f"{relay_id}.toml",
-                        self.workdir / region.name / f"{relay_id}.log",
-                    )
-                )
-                if self._relay_tag is not None:
-                    relay = region.relays[-1]
-                    relay.container = relay_image.RelayContainer(
-                        relay_id,
-                        region=region.name,
-                        port=relay.port,
-                        config=relay.config,
-                        image=self._relay_tag,
-                        session=self.session,
-                        start_timeout_s=RELAY_START_TIMEOUT_S,
-                    )
-        for region in self.regions.values():
-            self._write_configs(region)
-        await self._start_client_paths()
-        with anyio.fail_after(RELAY_START_TIMEOUT_S):
-            async with anyio.create_task_group() as tg:
-                for region in self.regions.values():
-                    for relay in region.relays:
-                        tg.start_soon(self._start_relay, relay)
-        log.info("network %s up: %s", self.session, ", ".join(self.edges().values()))
-
-    async def _start_client_paths(self) -> None:
-        """A delay proxy from every client location to every relay of every other region."""
-        assert self._tg is not None
-        for location in self.spec.regions:
-            for region in self.regions.values():
-                if region.name == location:
-                    continue
-                latency = self.spec.latency_ms[(location, region.name)]
-                paths = self.client_paths.setdefault((location, region.name), {})
-                for relay in region.relays:
-                    proxy = LinkProxy(
-                        "127.0.0.1",
-                        relay.port,
-                        latency_ms=latency,
-                        name=f"client@{location}->{relay.relay_id}",
-                    )
-                    await self._tg.start(proxy.run)
-                    paths[relay.port] = proxy
-
-    def _write_configs(self, region: _Region) -> None:
-        peers = [
-            (
-                peer,
-                self.regions[peer].relays[0].url,
-                f"nats://127.0.0.1:{self.proxies[(region.name, peer)].port}",
-            )
-            for peer in self.spec.regions
-            if peer != region.name
-        ]
-        for relay in region.relays:
-            relay.config.write_text(
-                _relay_toml(region.name, relay, region.nats.url, peers, self.namespaces)
-            )
-
-    async def _start_relay(self, relay: _Relay) -> None:
-        """Start a relay (again) and return once it serves. A process is forked here, in the
-        event loop's thread: forked from a worker thread it would get SIGTERM when anyio
-        retires that worker (``child_process``), about 10 s later."""
-        if relay.container is not None:  # the same container again after a stop or kill
-            await anyio.to_thread.run_sync(relay.container.start)
-            return
-        proc = relay.proc = _fork_relay(relay)
-        assert proc.stdout is not None
         try:
-            with anyio.fail_after(RELAY_START_TIMEOUT_S):
-                ready = await _read_line_with(proc.stdout.fileno(), b"ready on ")
-        except TimeoutError:
-            ready = False
+            await super().__aexit__(*exc)
         finally:
-            proc.stdout.close()
-        if not ready:
-            raise RuntimeError(f"relay {relay.relay_id} did not start:\n{_log_tail(relay.log)}")
+            await self._remove()
 
-    @staticmethod
-    def _stop_relay(relay: _Relay, sig: int = signal.SIGTERM) -> None:
-        if relay.container is not None:
-            if sig == signal.SIGKILL:
-                relay.container.kill()
-            else:
-                relay.container.stop()
-            return
-        proc = relay.proc
-        if proc is None or proc.poll() is not None:
-            return
-        os.kill(proc.pid, sig)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    async def _teardown(self) -> None:
+    async def _remove(self) -> None:
         with anyio.CancelScope(shield=True):
-            for region in self.regions.values():
-                for relay in region.relays:
-                    if relay.container is None:
-                        await anyio.to_thread.run_sync(self._stop_relay, relay)
-                        continue
-                    with contextlib.suppress(Exception):  # a force-remove: a kill
-                        await anyio.to_thread.run_sync(relay.container.remove)
-            for region in self.regions.values():
-                with contextlib.suppress(Exception):
-                    await anyio.to_thread.run_sync(region.nats.remove)
-            await anyio.to_thread.run_sync(containers.remove_leftovers, self.session)
+            if self._docker:
+                await anyio.to_thread.run_sync(containers.remove_leftovers, self.session)
             if self._own_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
 
     # --- what tests use -------------------------------------------------------------------
-
-    def edge(self, region: str) -> str:
-        return self._region(region).relays[0].url
-
-    def edges(self) -> dict[str, str]:
-        return {name: self.edge(name) for name in self.regions}
 
     @asynccontextmanager
     async def client(self, near: str) -> AsyncIterator[ProtocolClient]:
@@ -369,32 +235,6 @@ class RelayNetwork:
         For a client that picks its region by measuring the map, use ``sdk_client``."""
         async with protocol_client(self.edge(near)) as client:
             yield client
-
-    def dial(self, near: str) -> Dial:
-        """How a client at location ``near`` reaches the relays: a function mapping a
-        relay's own URL (``ws://127.0.0.1:PORT/...``, ``http://...``) to the URL it opens
-        from there. ``near``'s own relays are direct; the others go through that
-        location's delay proxies (``set_latency`` changes them too). Raises
-        ``SpecError`` for a URL that is not one of this network's relays."""
-        self._region(near)
-
-        def dial(url: str) -> str:
-            parts = urlsplit(url)
-            if parts.hostname in ("127.0.0.1", "localhost") and parts.port is not None:
-                if any(relay.port == parts.port for relay in self.regions[near].relays):
-                    return url
-                for (location, _), paths in self.client_paths.items():
-                    if location == near and parts.port in paths:
-                        netloc = f"127.0.0.1:{paths[parts.port].port}"
-                        return urlunsplit(parts._replace(netloc=netloc))
-            raise SpecError(f"{url!r} is not a relay of this network (dialled from {near})")
-
-        return dial
-
-    def seeds(self, near: str) -> list[str]:
-        """Every region's edge (its own URL), ``near``'s first: seeds for a client there."""
-        self._region(near)
-        return [self.edge(near)] + [url for name, url in self.edges().items() if name != near]
 
     @asynccontextmanager
     async def sdk_client(self, near: str, **kwargs: Any) -> AsyncIterator[Client]:
@@ -405,53 +245,6 @@ class RelayNetwork:
         ``client.choice`` name the relays' own URLs (``edges()``)."""
         async with connect(self.seeds(near), dial=self.dial(near), **kwargs) as client:
             yield client
-
-    def partition(self, a: str, b: str) -> None:
-        """Cut the link between two regions, both ways (connections reset, none accepted).
-
-        Only the regions' backbone is cut: clients at location ``a`` still reach
-        ``b``'s edges (and the other way round), as a client on the open internet
-        would during a partition between two datacentres."""
-        for link in ((a, b), (b, a)):
-            self._proxy(link).cut()
-
-    def hold(self, a: str, b: str) -> None:
-        """A silent partition: bytes stop flowing, connections stay open."""
-        for link in ((a, b), (b, a)):
-            self._proxy(link).hold()
-
-    def heal(self) -> None:
-        for proxy in self.proxies.values():
-            proxy.heal()
-
-    def set_latency(self, a: str, b: str, ms: float) -> None:
-        """One-way latency between two regions, both ways: the link between them and
-        the paths of clients at ``a`` to ``b``'s edges (and at ``b`` to ``a``'s)."""
-        if ms < 0:
-            raise SpecError(f"latency {a} <-> {b} must not be negative (got {ms})")
-        for link in ((a, b), (b, a)):
-            self._proxy(link).set_latency(ms)
-            for path in self.client_paths.get(link, {}).values():
-                path.set_latency(ms)
-
-    async def kill_region(self, region: str) -> None:
-        """SIGKILL the region's relays and its NATS: a region burning down."""
-        target = self._region(region)
-        for relay in target.relays:
-            await anyio.to_thread.run_sync(self._stop_relay, relay, signal.SIGKILL)
-        await anyio.to_thread.run_sync(target.nats.kill)
-        target.down = True
-
-    async def restart_region(self, region: str) -> None:
-        """Bring a region back: the same NATS container (and store), then its relays."""
-        target = self._region(region)
-        for relay in target.relays:
-            await anyio.to_thread.run_sync(self._stop_relay, relay)
-        await anyio.to_thread.run_sync(target.nats.start_again)
-        with anyio.fail_after(RELAY_START_TIMEOUT_S):
-            for relay in target.relays:
-                await self._start_relay(relay)
-        target.down = False
 
     def status(self) -> list[dict[str, Any]]:
         """One row per directed link: state, requested and measured latency."""
@@ -467,20 +260,6 @@ class RelayNetwork:
                 }
             )
         return rows
-
-    def _region(self, name: str) -> _Region:
-        try:
-            return self.regions[name]
-        except KeyError:
-            known = ", ".join(self.regions)
-            raise SpecError(f"unknown region {name!r} (this network has: {known})") from None
-
-    def _proxy(self, link: tuple[str, str]) -> LinkProxy:
-        self._region(link[0])
-        self._region(link[1])
-        if link not in self.proxies:
-            raise SpecError(f"no link between {link[0]} and itself")
-        return self.proxies[link]
 
 
 class BlockingRelayNetwork:

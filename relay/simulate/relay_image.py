@@ -41,8 +41,6 @@ import tarfile
 import tempfile
 import time
 import tomllib
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -87,7 +85,6 @@ _ETC_FILES = {
 _BASE_ENV = ("PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8",
              "LD_LIBRARY_PATH=/usr/local/lib")  # fmt: skip
 _HASH_LABEL = "relaynet.image.sha256"
-_POLL_S = 0.05
 
 
 class ImageError(containers.ContainerError):
@@ -575,28 +572,15 @@ class RelayContainer(containers.ManagedContainer):
         if self._tc is None:
             containers._configure_testcontainers()
             tc = DockerContainer(self.image, name=self.name).with_command(self.command)
-            tc.image = self.image  # a local tag: no TESTCONTAINERS_HUB_IMAGE_NAME_PREFIX
             tc.with_volume_mapping(
                 str(self.config.resolve()), f"/config/{self.config.name}", mode="ro"
             )
-            tc.with_kwargs(
-                network="host",
-                labels={
-                    containers.LABEL: self.session,
-                    f"{containers.LABEL}.region": self.region,
-                    f"{containers.LABEL}.relay": self.relay_id,
-                },
-                # reads the config as whoever wrote it (a umask of 077 leaves it 0600)
-                user=f"{os.getuid()}:{os.getgid()}",
-            )
-            self._tc = tc
-            try:
-                tc.start()
-            except Exception as e:
-                self.remove()
-                raise containers.ContainerError(
-                    f"{self.name}: could not start: {containers._one_line(e)}"
-                ) from e
+            labels = {
+                containers.LABEL: self.session,
+                f"{containers.LABEL}.region": self.region,
+                f"{containers.LABEL}.relay": self.relay_id,
+            }
+            self._launch(tc, self.image, "host", labels)
         else:
             self._container().start()
         self._wait_ready()
@@ -620,30 +604,9 @@ class RelayContainer(containers.ManagedContainer):
         return raw.decode(errors="replace").rstrip()
 
     def _wait_ready(self) -> None:
-        started = time.monotonic()
+        what = f"relay {self.relay_id} ({self.name}, {self.image})"
         health = f"http://127.0.0.1:{self.port}/v1/health"
-        while True:
-            with (
-                contextlib.suppress(urllib.error.URLError, OSError),  # not listening yet
-                urllib.request.urlopen(health, timeout=1) as response,
-            ):
-                if response.status == 200:
-                    log.debug("%s ready in %.2fs", self.name, time.monotonic() - started)
-                    return
-            status = self.status()
-            if status in ("exited", "dead"):
-                code = self._container().attrs.get("State", {}).get("ExitCode")
-                raise containers.ContainerError(
-                    f"relay {self.relay_id} ({self.name}, {self.image}) exited with code "
-                    f"{code} before it was ready; last log lines:\n{self.logs()}"
-                )
-            if time.monotonic() - started > self.start_timeout_s:
-                raise containers.ContainerError(
-                    f"relay {self.relay_id} ({self.name}) not ready within "
-                    f"{self.start_timeout_s:.0f}s ({health}, status {status}); "
-                    f"last log lines:\n{self.logs()}"
-                )
-            time.sleep(_POLL_S)
+        self._wait_http(health, what, self.start_timeout_s)
 
     def __repr__(self) -> str:
         return f"RelayContainer({self.relay_id!r}, port={self.port}, name={self.name!r})"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from relay.bench.chaos import plan_faults
-from relay.bench.processes import start_time
+from relay.harness.toolkit import start_time
 from relay.simulate.client import timeout
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""The Python SDK (relay.client.connection) against real relays and real nats-servers.
+"""The Python SDK (relay.client) against real relays and real nats-servers.
 
 What the application gets from a ``Subscription`` must be exactly what was acked:
 no gap and no duplicate, across a relay going away, a publish in flight at that
@@ -28,21 +28,21 @@ from typing import Any
 import anyio
 import pytest
 
-from federation.linkproxy import LinkProxy
-from relay.client.cli import edges_command, pub_command, sub_command
-from relay.client.connection import (
+from relay.client import (
     Client,
     ConnectionFailed,
     ConnectionState,
+    Message,
     Subscription,
     connect,
     data_of,
-    fetch_directory,
 )
-from relay.client.session import Message
+from relay.client.cli import edges_command, pub_command, sub_command
 from relay.config.schema import RelayConfig
+from relay.harness.linkproxy import LinkProxy
 from relay.node import RelayNode
 from tests.support.checker import check_causal, check_contiguous, ids
+from tests.support.directory import sibling_listed
 from tests.support.regions import FAST_FEDERATION, REGIONS, region_nats, running_regions
 from tests.support.relays import (
     config_file,
@@ -596,12 +596,7 @@ async def test_a_frozen_relay_is_left_by_keepalive_and_tried_last(
         frozen_url,
     ):
         async with running_relays(make_config(nats_url=nats_url, relay_id="other")) as (other,):
-            with anyio.fail_after(timeout(15)):
-                while True:  # the frozen-to-be relay must list its sibling (beats: 1 s)
-                    directory = await fetch_directory([frozen_url])
-                    if directory and other.url in {e.url for e in directory.edges}:
-                        break
-                    await anyio.sleep(0.1)
+            await sibling_listed(frozen_url, other.url)  # else no edge to go to
             states = States()
             received = Received()
             acked: list[str] = []
@@ -672,12 +667,7 @@ async def test_a_crashed_relay_one_pause_then_the_next_edge_at_once(
         dead_url,
     ):
         async with running_relays(make_config(nats_url=nats_url, relay_id="other")) as (other,):
-            with anyio.fail_after(timeout(15)):
-                while True:  # the relay about to die must list its sibling (beats: 1 s)
-                    directory = await fetch_directory([dead_url])
-                    if directory and other.url in {e.url for e in directory.edges}:
-                        break
-                    await anyio.sleep(0.1)
+            await sibling_listed(dead_url, other.url)  # else no edge to go to
             states, opened, jitter = States(), Opened(), Jitter()
             with anyio.fail_after(timeout(30)):
                 async with fast_connect(dead_url, on_state=states, dial=opened, rng=jitter) as c:

@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from federation.linkproxy import LinkProxy
+from relay.harness.linkproxy import LinkProxy
 from relay.protocol.errors import CloseCode
 from relay.simulate.client import protocol_client
 from tests.support.nats import nats_server

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.bench.processes import free_ports
+from relay.harness.toolkit import free_ports
 from relay.simulate.client import ProtocolClient, protocol_client
 from tests.support.relays import config_file, make_config, relay_process
 

@@ -3,9 +3,9 @@
 They get PR_SET_PDEATHSIG, which the kernel sends when the *thread* that forked them
 exits. Forked from an anyio worker thread, a relay got SIGTERM as soon as anyio retired
 that worker (idle for 10 s, or at the end of the loop). Here the network's own region
-restart starts a relay against a local nats-server (no Docker: the region's NATS
-container is replaced by one that is already running), the loop's worker threads are
-retired, and the relay must still serve.
+restart (``relay.harness.network``, which ``RelayNetwork`` is) starts a relay against a
+local nats-server (no Docker: the region's NATS is one that is already running), the
+loop's worker threads are retired, and the relay must still serve.
 """
 
 from __future__ import annotations
@@ -15,16 +15,13 @@ import json
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import anyio
 import pytest
 from websockets.asyncio.client import connect
 
-from relay.simulate import containers
+from relay.harness.network import Network, ProcessRelay
 from relay.simulate.client import timeout
-from relay.simulate.network import RelayNetwork, _Region, _Relay, _relay_toml
-from relay.simulate.spec import uniform
 
 pytestmark = pytest.mark.integration
 
@@ -33,16 +30,30 @@ def anyio_workers() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name == "AnyIO worker thread"}
 
 
+class AlreadyRunning:
+    """A region's NATS that is up already (the test's nats-server)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.running = True
+        self.pid = None
+
+    async def up(self) -> str:
+        # Blocking work in a worker thread, as a container's start is: a worker that
+        # anyio retires when the loop ends.
+        await anyio.to_thread.run_sync(time.sleep, 0)
+        return self.url
+
+    async def down(self, *, kill: bool = False) -> None:
+        return None
+
+
 def test_a_relay_restarted_by_the_network_outlives_the_worker_threads(
     nats_url: str, tmp_path: Path
 ) -> None:
-    network = RelayNetwork(uniform(("us-east",), 0), workdir=tmp_path)
-    relay = _Relay(
-        "us-east-1", containers.free_port(), tmp_path / "us-east-1.toml", tmp_path / "us-east-1.log"
-    )
-    relay.config.write_text(_relay_toml("us-east", relay, nats_url, [], []))
-    already_running = SimpleNamespace(start_again=lambda: None)
-    network.regions["us-east"] = _Region("us-east", already_running, [relay])  # type: ignore[arg-type]
+    network = Network(("us-east",), tmp_path, nats=lambda net, region: AlreadyRunning(nats_url))
+    (relay,) = network.region("us-east").relays
+    assert isinstance(relay, ProcessRelay)
 
     async def restart() -> set[threading.Thread]:
         before = anyio_workers()
@@ -53,8 +64,8 @@ def test_a_relay_restarted_by_the_network_outlives_the_worker_threads(
     # after 10 idle seconds, without the wait. The thread that ran the loop lives on.
     workers = anyio.run(restart)
     try:
-        proc = relay.proc
-        assert proc is not None
+        assert relay.process is not None
+        proc, log = relay.process.proc, relay.process.logs[0]
         assert workers, "restart_region used no worker thread: nothing to retire"
         for worker in workers:
             worker.join(timeout(10))
@@ -64,8 +75,8 @@ def test_a_relay_restarted_by_the_network_outlives_the_worker_threads(
         # "SIGTERM: shutting down" and stops. Give it time to show.
         deadline = time.monotonic() + timeout(2)
         while time.monotonic() < deadline:
-            assert proc.poll() is None, relay.log.read_text()
-            assert "shutting down" not in relay.log.read_text(), relay.log.read_text()
+            assert proc.poll() is None, log.read_text()
+            assert "shutting down" not in log.read_text(), log.read_text()
             time.sleep(0.05)
 
         async def greeting() -> dict[str, object]:
@@ -75,4 +86,4 @@ def test_a_relay_restarted_by_the_network_outlives_the_worker_threads(
 
         assert asyncio.run(greeting())["op"] == "connected"
     finally:
-        RelayNetwork._stop_relay(relay)
+        anyio.run(relay.down)

@@ -22,6 +22,7 @@ import nats
 import pytest
 
 from relay.adapters.embedded_nats import find_nats_server
+from relay.harness.toolkit import free_port
 from relay.simulate import containers
 from relay.simulate.containers import ContainerError, NatsContainer, PortInUseError
 
@@ -66,8 +67,8 @@ def ours(client: Any, session: str = SESSION) -> list[Any]:
 def new_container(image: str, tmp_path: Path, region: str = "eu", **kw: Any) -> NatsContainer:
     return NatsContainer(
         region,
-        client_port=kw.pop("client_port", None) or containers.free_port(),
-        monitor_port=kw.pop("monitor_port", None) or containers.free_port(),
+        client_port=kw.pop("client_port", None) or free_port(),
+        monitor_port=kw.pop("monitor_port", None) or free_port(),
         store_dir=tmp_path / f"{region}-store",
         image=image,
         session=kw.pop("session", SESSION),

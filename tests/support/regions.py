@@ -1,4 +1,7 @@
-"""Several regions on loopback: a nats-server per region, relays, federation between them."""
+"""Several regions on loopback: a nats-server per region, relays, federation between them.
+
+The tests' view of ``relay.harness.network``: the same link proxies and relay configs,
+with each test choosing what to start when."""
 
 from __future__ import annotations
 
@@ -9,14 +12,15 @@ from typing import Any
 
 import anyio
 
-from federation.linkproxy import LinkProxy
 from relay.config.schema import RelayConfig
+from relay.harness.linkproxy import LinkProxy
+from relay.harness.network import FAST_FEDERATION, proxy_url, start_link_proxies
+from relay.harness.toolkit import relay_config
 from relay.node import RelayNode
 from tests.support.nats import nats_server
-from tests.support.relays import make_config, running_relays
+from tests.support.relays import running_relays
 
 REGIONS = ("us-east", "eu-west", "ap-south")
-FAST_FEDERATION = {"ack_wait_s": 2.0, "lease_ttl_s": 1.5}
 
 
 @contextmanager
@@ -47,11 +51,12 @@ def region_configs(
             if peer != region
         ]
         for i in range(relays_per_region):
+            relay_id = f"{region}-{i + 1}"
             configs.append(
-                make_config(
+                relay_config(
                     nats_url=url,
                     region=region,
-                    relay_id=f"{region}-{i + 1}",
+                    relay_id=relay_id,
                     peers=peers,
                     federation=federation,
                     **overrides,
@@ -75,20 +80,11 @@ async def link_proxies(
 ) -> AsyncIterator[dict[tuple[str, str], LinkProxy]]:
     """A proxy for every directed link: ``proxies[(a, b)]`` carries a's reads of b's NATS."""
     async with anyio.create_task_group() as tg:
-        proxies: dict[tuple[str, str], LinkProxy] = {}
-        for a in nats_urls:
-            for b, url in nats_urls.items():
-                if a == b:
-                    continue
-                host, port = url.removeprefix("nats://").rsplit(":", 1)
-                proxy = LinkProxy(host, int(port), latency_ms=latency_ms, name=f"{a}<-{b}")
-                await tg.start(proxy.run)
-                proxies[(a, b)] = proxy
         try:
-            yield proxies
+            yield await start_link_proxies(tg, nats_urls, latency_ms)
         finally:
             tg.cancel_scope.cancel()
 
 
 def proxy_urls(proxies: dict[tuple[str, str], LinkProxy]) -> dict[tuple[str, str], str]:
-    return {link: f"nats://127.0.0.1:{proxy.port}" for link, proxy in proxies.items()}
+    return {link: proxy_url(proxy) for link, proxy in proxies.items()}

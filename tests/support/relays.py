@@ -10,51 +10,18 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
 
 import anyio
 
 from relay.config.schema import RelayConfig
 from relay.config.writer import write_config
+from relay.harness.toolkit import relay_config
 from relay.node import RelayNode
 
 # Waits in tests scale with RELAYNET_TEST_TIMEOUT_FACTOR (slow machines set it higher).
 from relay.simulate.client import timeout as timeout
 
-
-def make_config(
-    *,
-    nats_url: str,
-    region: str = "us-east",
-    relay_id: str = "r1",
-    port: int = 0,
-    namespaces: list[dict[str, Any]] | None = None,
-    limits: dict[str, Any] | None = None,
-    relay: dict[str, Any] | None = None,
-    nats: dict[str, Any] | None = None,
-    peers: list[dict[str, Any]] | None = None,
-    federation: dict[str, Any] | None = None,
-) -> RelayConfig:
-    data: dict[str, Any] = {
-        "region": {"name": region},
-        "relay": {
-            "id": relay_id,
-            "host": "127.0.0.1",
-            "port": port,
-            "shutdown_grace_s": 2.0,
-            **(relay or {}),
-        },
-        "nats": {"url": nats_url, **(nats or {})},
-    }
-    if namespaces is not None:
-        data["namespaces"] = namespaces
-    if limits is not None:
-        data["limits"] = limits
-    if peers is not None:
-        data["peers"] = peers
-    if federation is not None:
-        data["federation"] = federation
-    return RelayConfig.model_validate(data)
+make_config = relay_config  # a relay on 127.0.0.1, any free port, 2 s shutdown grace
 
 
 @asynccontextmanager

@@ -26,7 +26,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from federation.linkproxy import LinkProxy, loopback_host, main
+from relay.harness.linkproxy import LinkProxy, loopback_host, main
 
 FACTOR = float(os.environ.get("RELAYNET_TEST_TIMEOUT_FACTOR", "1"))
 PROMPT = 3.0 * FACTOR  # "at once": generous, only hit when something is broken
@@ -519,7 +519,7 @@ async def test_subprocess_mode_forwards_is_controllable_and_exits_0_on_sigterm(
         cmd = [
             sys.executable,
             "-m",
-            "federation.linkproxy",
+            "relay.harness.linkproxy",
             "--listen",
             "127.0.0.1:0",
             "--target",

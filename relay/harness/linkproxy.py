@@ -48,7 +48,7 @@ traffic anywhere else.
 
 Control methods (``set_latency``, ``cut``, ``hold``, ``heal``) must be called
 from the thread running the event loop (``anyio.from_thread.run_sync``
-otherwise). As a subprocess (``python -m federation.linkproxy``) it can be
+otherwise). As a subprocess (``python -m relay.harness.linkproxy``) it can be
 controlled with one-line commands on stdin when started with ``--control``.
 """
 
@@ -74,7 +74,7 @@ from typing import Literal
 import anyio
 import anyio.abc
 
-log = logging.getLogger("federation.linkproxy")  # not "__main__" under -m
+log = logging.getLogger("relaynet.linkproxy")  # not "__main__" under -m
 
 State = Literal["open", "cut", "held"]
 
@@ -621,7 +621,7 @@ async def _serve_until_signalled(proxy: LinkProxy, control: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m federation.linkproxy",
+        prog="python -m relay.harness.linkproxy",
         description="Loopback TCP proxy adding one-way latency and partitions to one link.",
     )
     parser.add_argument("--listen", type=_parse_hostport, default=("127.0.0.1", 0))
