@@ -13,9 +13,9 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
+from relay.node import RelayNode
 from tests.support.regions import (
     link_proxies,
     proxy_urls,
@@ -23,6 +23,7 @@ from tests.support.regions import (
     region_nats,
     running_regions,
 )
+from tests.support.waiting import wait_until
 from tests.support.wsclient import ProtocolClient, protocol_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -57,9 +58,15 @@ async def test_publishes_after_a_failover_wait_for_what_their_clients_had_seen(
                 ):
                     c2 = await c_east.send(_publish("c2", after=c1["position"]))
                     d1 = await d_west.send(_publish("d1", after=d_read))
-                    # Held, not refused: their regions do not have c1. (Waiting is the point:
-                    # nothing can arrive while the links stay cut.)
-                    await anyio.sleep(1)
+                    # Held, not refused: their regions do not have c1. Each relay shows it
+                    # holds the publish (or answers it, wrongly: then the asserts say so).
+                    for node, client, ref in ((east, c_east, c2), (west, d_west, d1)):
+                        await wait_until(
+                            lambda node=node, client=client, ref=ref: (
+                                held_for_context(node) >= 1 or client.reply(ref) is not None
+                            ),
+                            f"{node.cfg.region.name} holding the publish",
+                        )
                     assert c_east.reply(c2) is None and d_west.reply(d1) is None
                     for name in ("us-east", "eu-west"):
                         assert watchers[name].messages[CHANNEL] == [], name
@@ -79,6 +86,12 @@ async def test_publishes_after_a_failover_wait_for_what_their_clients_had_seen(
                     for message in watcher.messages[CHANNEL]:
                         if message["id"] in ("c2", "d1"):  # stamped after what it depends on
                             assert message["ts"].get("ap-south", 0) >= 1, (name, message)
+
+
+def held_for_context(node: RelayNode) -> int:
+    """Publishes the relay holds until its region's log covers their causal context."""
+    assert node.edge is not None
+    return node.edge.writer.waiting_for_context()
 
 
 def _publish(message_id: str, *, after: dict[str, Any]) -> dict[str, Any]:

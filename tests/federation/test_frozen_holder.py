@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import anyio
@@ -15,6 +16,7 @@ import pytest
 from tests.support.checker import check_causal, ids
 from tests.support.regions import FAST_FEDERATION, region_configs, region_nats
 from tests.support.relays import config_file, relay_process, running_relays, timeout
+from tests.support.waiting import wait_until
 from tests.support.wsclient import protocol_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -22,6 +24,25 @@ pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 FREEZE_S = 10.0
 # Takeover within the lease TTL plus a few seconds, well inside the freeze.
 TAKEOVER_BOUND_S = FAST_FEDERATION["lease_ttl_s"] + 4.0
+
+
+def _metrics(ws_url: str) -> str:
+    url = ws_url.replace("ws://", "http://").replace("/v1/ws", "/metrics")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=timeout(5)) as response:
+        return str(response.read().decode())
+
+
+async def holder_settled(ws_url: str) -> bool:
+    """The relay at ws_url no longer serves its link to us-east and buffers nothing."""
+    text = await anyio.to_thread.run_sync(_metrics, ws_url)
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("relaynet_federation_link_up{") and 'peer="us-east"' in line:
+            values["link_up"] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("relaynet_federation_buffered_messages{"):
+            values["buffered"] = float(line.rsplit(" ", 1)[1])
+    return values == {"link_up": 0.0, "buffered": 0.0}
 
 
 async def test_a_frozen_link_holder_is_taken_over_within_the_lease(tmp_path: Path) -> None:
@@ -61,7 +82,16 @@ async def test_a_frozen_link_holder_is_taken_over_within_the_lease(tmp_path: Pat
                         for n in range(20, 40):
                             acked.append((await pub.publish("chat:frozen", n))["id"])
                         await sub.wait_messages("chat:frozen", len(acked), 30)
-                        await anyio.sleep(1)  # a late duplicate would show now
+                        # The thawed holder lets go (its lease is gone): it serves the link
+                        # no more and holds no remote message back. What it applied late
+                        # is in the region's log by then.
+                        await wait_until(
+                            lambda: holder_settled(holder_url), "the thawed holder let go", 30
+                        )
+                        # A late duplicate is stored before this marker, so it arrives
+                        # before it (one order per channel): read up to the marker.
+                        acked.append((await pub.publish("chat:frozen", "end", id="end"))["id"])
+                        await sub.wait_for(lambda: "end" in ids(sub.messages["chat:frozen"]), 30)
                         received = sub.messages["chat:frozen"]
                         assert ids(received) == acked
                         assert check_causal(received) == []

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import anyio
 import pytest
 
 from tests.support.checker import check_causal, ids
 from tests.support.nats import NatsProcess
 from tests.support.regions import region_configs, running_regions
+from tests.support.waiting import wait_until
 from tests.support.wsclient import protocol_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -32,7 +32,9 @@ async def test_subscriber_survives_its_regions_nats_restart(tmp_path: Path) -> N
                 servers["eu-west"].kill()
                 for n in range(20, 60):
                     acked.append((await pub.publish("chat:bump", n))["id"])
-                await anyio.sleep(0.5)
+                # eu-west's relay has seen its NATS go: the restart below is one it lives
+                # through (back within NATS_LOST_GRACE_S, so it keeps its clients).
+                await wait_until(lambda: not west.nats.available(), "eu-west's NATS lost")
                 servers["eu-west"].start()
                 await sub.wait_messages("chat:bump", 60, 60)
                 received = sub.messages["chat:bump"]

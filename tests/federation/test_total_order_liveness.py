@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import urllib.request
 from pathlib import Path
 
 import anyio
@@ -14,7 +15,8 @@ import pytest
 
 from tests.support.nats import NatsProcess, nats_server
 from tests.support.regions import REGIONS, region_configs
-from tests.support.relays import config_file, relay_process, running_relays
+from tests.support.relays import config_file, relay_process, running_relays, timeout
+from tests.support.waiting import wait_until
 from tests.support.wsclient import protocol_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -38,14 +40,24 @@ async def test_a_region_killed_mid_apply_does_not_stall_quiet_channels(tmp_path:
             configs = {c.region.name: c for c in region_configs(urls, namespaces=NAMESPACES)}
             south_file = config_file(tmp_path / "south.toml", configs[south])
             async with running_relays(configs[east], configs[west]) as (east_relay, west_relay):
-                with relay_process(south_file, tmp_path / "south-1.log") as (proc, _):
+                with relay_process(south_file, tmp_path / "south-1.log") as (proc, south_url):
+                    before = await applied(south_url)
                     async with protocol_client(east_relay.url) as pub:
                         async with anyio.create_task_group() as tg:
                             for channel in CHANNELS:
                                 tg.start_soon(pub.publish, channel, channel)
-                    await anyio.sleep(0.05)  # ap-south is applying the burst now
+                    # ap-south is applying the burst once it has applied some of it.
+                    await wait_until(
+                        lambda: _more_than(south_url, before),
+                        "ap-south applying the burst",
+                        DELIVERY_BOUND_S,
+                        poll_s=0.005,
+                    )
                     os.kill(proc.pid, signal.SIGKILL)
                     south_nats.kill()
+                # The region stays down a moment, as a crashed one does (its peers' links
+                # break and retry). Not a wait for anything: the test's bound starts once
+                # it is back.
                 await anyio.sleep(0.5)
                 south_nats.start()
                 with relay_process(south_file, tmp_path / "south-2.log") as (_, south_url):
@@ -53,6 +65,26 @@ async def test_a_region_killed_mid_apply_does_not_stall_quiet_channels(tmp_path:
                         await _every_channel_delivers_its_message(url)
         finally:
             south_nats.stop()
+
+
+def _metrics(ws_url: str) -> str:
+    url = ws_url.replace("ws://", "http://").replace("/v1/ws", "/metrics")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=timeout(5)) as response:
+        return str(response.read().decode())
+
+
+async def applied(ws_url: str) -> float:
+    """How many remote messages the relay has appended to its log so far."""
+    text = await anyio.to_thread.run_sync(_metrics, ws_url)
+    for line in text.splitlines():
+        if line.startswith("relaynet_federation_applied_total{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"relaynet_federation_applied_total not in:\n{text}")
+
+
+async def _more_than(ws_url: str, count: float) -> bool:
+    return await applied(ws_url) > count
 
 
 async def _every_channel_delivers_its_message(url: str) -> None:

@@ -30,7 +30,7 @@ async def until_health(node: RelayNode, status: int, seconds: float = 15) -> Non
         while True:  # polls HTTP: nothing to wait on in-process
             if (await http_get(node, "/v1/health"))[0] == status:
                 return
-            await anyio.sleep(0.1)
+            await anyio.sleep(0.1)  # the poll interval
 
 
 async def test_a_killed_embedded_nats_server_is_started_again(
@@ -53,6 +53,7 @@ async def test_a_killed_embedded_nats_server_is_started_again(
                         if reply["op"] == "ack":
                             break
                         assert reply["temporary"], reply
+                        # A client's pause before retrying; the loop ends on the ack.
                         await anyio.sleep(0.2)
             assert any("starting it again" in r.message for r in caplog.records)
             # The subscriber's feed resynced: it gets the message, once, after the first.

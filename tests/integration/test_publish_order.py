@@ -14,6 +14,7 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -22,12 +23,14 @@ from websockets.asyncio.client import connect
 from relay.simulate.client import protocol_client
 from tests.support.nats import NatsProcess
 from tests.support.relays import make_config, running_relays, timeout
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
 MESSAGES = 400
 WINDOW = 64
 CHANNEL = "chat:order"
+FREEZE_S = 1.5
 
 
 async def test_publishes_after_a_failed_one_are_never_stored_ahead_of_it(tmp_path: Path) -> None:
@@ -40,13 +43,20 @@ async def test_publishes_after_a_failed_one_are_never_stored_ahead_of_it(tmp_pat
             async with protocol_client(ws_url) as sub:
                 await sub.subscribe(CHANNEL)
                 errors = await _publish_through_a_freeze(ws_url, server)
-                await sub.wait_messages(CHANNEL, MESSAGES, seconds=30)
-                await anyio.sleep(0.2)  # a duplicate, if any, would arrive now
-            got = [m["id"] for m in sub.messages[CHANNEL]]
+                # A duplicate is stored before this marker, so it arrives before it (one
+                # order per channel): read up to the marker.
+                async with protocol_client(ws_url) as marker:
+                    assert (await marker.publish(CHANNEL, "end", id="end"))["op"] == "ack"
+                await sub.wait_for(lambda: "end" in _ids(sub.messages[CHANNEL]), 30)
+            got = _ids(sub.messages[CHANNEL])
     finally:
         server.stop()
     assert errors > 0, "the freeze made no publish fail: the test proved nothing"
-    assert got == [f"m{n}" for n in range(MESSAGES)]
+    assert got == [f"m{n}" for n in range(MESSAGES)] + ["end"]
+
+
+def _ids(messages: list[dict[str, Any]]) -> list[str]:
+    return [m["id"] for m in messages]
 
 
 async def _publish_through_a_freeze(ws_url: str, server: NatsProcess) -> int:
@@ -56,6 +66,7 @@ async def _publish_through_a_freeze(ws_url: str, server: NatsProcess) -> int:
     acked: set[str] = set()
     errors = 0
     retry = anyio.Event()
+    answered = anyio.Event()  # set (and replaced) at each frame the relay sends
     quarter_acked = anyio.Event()
     next_n = 0
     assert server.proc is not None
@@ -69,8 +80,10 @@ async def _publish_through_a_freeze(ws_url: str, server: NatsProcess) -> int:
             await ws.send(json.dumps({**frame, "id": message_id, "ref": message_id}))
 
         async def reader() -> None:
-            nonlocal errors
+            nonlocal errors, answered
             async for raw in ws:
+                answered.set()
+                answered = anyio.Event()
                 frame = json.loads(raw)
                 if frame["op"] == "ack":
                     acked.add(frame["id"])
@@ -86,7 +99,11 @@ async def _publish_through_a_freeze(ws_url: str, server: NatsProcess) -> int:
             await quarter_acked.wait()
             os.kill(pid, signal.SIGSTOP)
             try:
-                await anyio.sleep(1.5)
+                # The fault's shape, not a wait: NATS stays away three times the relay's
+                # NATS timeout (0.5 s), so publishes and the resends after them fail...
+                await anyio.sleep(FREEZE_S)
+                # ...and in any case until a publish has failed, or nothing is tested.
+                await wait_until(lambda: errors > 0, "a publish failing in the freeze", 30)
             finally:
                 os.kill(pid, signal.SIGCONT)
 
@@ -96,7 +113,8 @@ async def _publish_through_a_freeze(ws_url: str, server: NatsProcess) -> int:
                 tg.start_soon(freeze)
                 while len(acked) < MESSAGES:
                     if retry.is_set():
-                        await anyio.sleep(0.2)  # the SDKs' pause before resending
+                        # Shaping, as the SDKs do: they pause before resending.
+                        await anyio.sleep(0.2)
                         retry = anyio.Event()
                         for message_id in list(pending):
                             await send(message_id)
@@ -106,6 +124,6 @@ async def _publish_through_a_freeze(ws_url: str, server: NatsProcess) -> int:
                         next_n += 1
                         await send(message_id)
                     else:
-                        await anyio.sleep(0.002)
+                        await answered.wait()  # the window is full: until an ack or error
                 tg.cancel_scope.cancel()
     return errors

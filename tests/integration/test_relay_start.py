@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.relays import config_file, make_config, timeout
+from tests.support.waiting import wait_until_blocking
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +31,16 @@ def _start(tmp_path: Path, connect_timeout_s: float) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def _handles(pid: int, signum: int) -> bool:
+    """Whether process pid has a handler for signum (Linux: SigCgt in /proc/PID/status).
+    Python handles SIGINT from its start; SIGTERM only once the relay says so."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
 
 
 def test_unreachable_nats_ends_the_relay_with_one_line(tmp_path: Path) -> None:
@@ -49,7 +60,14 @@ def test_unreachable_nats_ends_the_relay_with_one_line(tmp_path: Path) -> None:
 def test_a_signal_stops_a_relay_still_connecting(tmp_path: Path, signum: int) -> None:
     proc = _start(tmp_path, connect_timeout_s=60.0)
     try:
-        time.sleep(1.5)  # it is trying to connect now (and would for a minute)
+        # Starting, it handles SIGTERM and Ctrl-C (one receiver for both, opened before it
+        # connects); once it does, it is trying to connect (and would for a minute).
+        wait_until_blocking(
+            lambda: proc.poll() is not None or _handles(proc.pid, signal.SIGTERM),
+            "the relay handling signals",
+            20,
+        )
+        assert proc.poll() is None, proc.communicate()[1]
         os.kill(proc.pid, signum)
         _, err = proc.communicate(timeout=timeout(5))
     finally:

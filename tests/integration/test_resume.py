@@ -7,6 +7,7 @@ import pytest
 
 from tests.support.checker import check_contiguous
 from tests.support.relays import make_config, running_relays
+from tests.support.waiting import wait_until
 from tests.support.wsclient import protocol_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -17,12 +18,15 @@ async def test_resume_on_another_relay_while_publishing_continues(nats_url: str)
     async with running_relays(*cfgs) as (a, b):
         total = 400
         done = anyio.Event()
+        published = 0
 
         async def publisher() -> None:
+            nonlocal published
             async with protocol_client(a.url) as pub:
                 for n in range(total):
                     ack = await pub.publish("chat:resume", {"n": n})
                     assert ack["op"] == "ack"
+                    published += 1
             done.set()
 
         received: list[dict[str, object]] = []
@@ -32,8 +36,9 @@ async def test_resume_on_another_relay_while_publishing_continues(nats_url: str)
                 tg.start_soon(publisher)
                 await first.wait_messages("chat:resume", 50)
                 received.extend(first.messages["chat:resume"])
-            # Gone while publishing goes on; come back on the other relay.
-            await anyio.sleep(0.05)
+            # Gone while publishing goes on: back on the other relay once it missed some.
+            missed = min(total, len(received) + 20)
+            await wait_until(lambda: published >= missed, "publishes while gone")
             position = received[-1]["position"]
             async with protocol_client(b.url) as second:
                 reply = await second.subscribe("chat:resume", position=position)  # type: ignore[arg-type]

@@ -13,7 +13,13 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.support.checker import check_contiguous, check_publisher_order
-from tests.support.relays import config_file, make_config, relay_process, running_relays
+from tests.support.relays import (
+    config_file,
+    make_config,
+    relay_process,
+    running_relays,
+    timeout,
+)
 from tests.support.wsclient import protocol_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -63,7 +69,7 @@ async def test_sigkill_mid_stream_then_resume_elsewhere(nats_url: str, tmp_path:
                     os.kill(proc.pid, signal.SIGKILL)
                     await sub.wait_closed()
                     received.extend(sub.messages[CHANNEL])
-                assert proc.wait(5) == -signal.SIGKILL
+                assert proc.wait(timeout(5)) == -signal.SIGKILL
                 position = received[-1]["position"]
                 async with protocol_client(survivor.url) as resumed:
                     reply = await resumed.subscribe(CHANNEL, position=position)
