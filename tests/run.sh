@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the tests need (into .venv) and runs the whole suite:
-# lint, type checks, unit tests, integration tests against real nats-server processes.
+# lint, import contracts, type checks, unit tests, integration tests against real nats-server processes.
 # Extra arguments go to pytest, e.g. `tests/run.sh -k resume -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,8 @@ fi
 echo "== ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+echo "== import contracts (pyproject.toml [tool.importlinter])"
+.venv/bin/lint-imports --no-cache
 echo "== mypy"
 .venv/bin/mypy
 echo "== chromium (for tests/browser)"
