@@ -156,7 +156,13 @@ class Connection:
         task writes the queue. Idle connections never need one."""
         if self._writer_done is None:
             self._writer_done = anyio.Event()
-            self.deps.tasks.start_soon(self._writer)
+            try:
+                self.deps.tasks.start_soon(self._writer)
+            except RuntimeError:
+                # The edge's task group has ended: the relay is stopping, and what still
+                # arrives (the region writer failing what it held) has nobody to go to.
+                # Raising here ended the relay with code 1 (found by bench chaos).
+                self._writer_done.set()
 
     async def _wait_room(self) -> None:
         self._room = anyio.Event()

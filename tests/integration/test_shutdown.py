@@ -59,3 +59,38 @@ async def test_sigterm_flushes_acks_closes_1001_stops_nats_and_data_survives(
             assert stored == acked
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout(15)) == 0
+
+
+async def test_sigterm_with_publishes_held_for_their_context_exits_cleanly(
+    tmp_path: Path,
+) -> None:
+    """Found by bench chaos: at shutdown the writer fails what it still holds, the failure
+    reaches a connection whose socket is gone, and queueing the error frame started a writer
+    task in the edge's finished task group: RuntimeError, exit code 1."""
+    cfg = make_config(
+        nats_url="embedded", nats={"store_dir": str(tmp_path / "s"), "embedded_port": 0}
+    )
+    path = config_file(tmp_path / "relay.toml", cfg)
+    log = tmp_path / "relay.log"
+    with relay_process(path, log) as (proc, url):
+        async with protocol_client(url) as client:
+            for n in range(20):  # a context no region will ever reach: held until shutdown
+                await client.send_raw(
+                    json.dumps(
+                        {
+                            "op": "publish",
+                            "channel": "chat:held",
+                            "id": f"h{n}",
+                            "data": n,
+                            "after": {"eu-west": 1_000_000},
+                            "ref": n,
+                        }
+                    )
+                )
+            pong = await client.request({"op": "ping"})
+            assert pong["op"] == "pong"
+            assert not [f for f in client.frames if f["op"] in ("ack", "error")]
+        # The client is gone; its connection still waits for the held publishes' answers.
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout(30)) == 0, log.read_text()[-3000:]
+    assert "Traceback" not in log.read_text()
