@@ -14,12 +14,18 @@ buffer: nats-py's ``publish`` builds and validates headers with a regex per key,
 queues a flush, per message (15% of a relay's CPU). Our headers are ASCII tokens and
 values we made and checked (channel names and ids are validated), so they are written as
 they are; sizes are checked against the server's limit like nats-py does.
+
+``_connect_to_server`` closes the socket of a failed attempt before the next one: nats-py
+reuses its transport object and overwrote the stream of an attempt whose TCP connect
+succeeded but whose INFO never came (a frozen nats-server still accepts connections), so a
+relay leaked one socket per attempt for as long as its NATS stayed frozen.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
@@ -28,6 +34,11 @@ _NAME_HAS_SPACE = re.compile(r"\s")
 
 
 class NatsClient(Client):
+    async def _connect_to_server(self, s: Any) -> None:
+        if self._transport is not None:
+            self._transport.close()  # type: ignore[no-untyped-call]  # the last attempt's socket
+        await super()._connect_to_server(s)
+
     @staticmethod
     def _parse_header_lines(raw: bytes) -> dict[str, str]:
         out: dict[str, str] = {}
