@@ -18,7 +18,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -40,6 +39,7 @@ from relay.client import (
 from relay.client.cli import edges_command, pub_command, sub_command
 from relay.config.schema import RelayConfig
 from relay.harness.linkproxy import LinkProxy
+from relay.harness.toolkit import free_ports
 from relay.node import RelayNode
 from tests.support.checker import check_causal, check_contiguous, ids
 from tests.support.directory import sibling_listed
@@ -110,18 +110,6 @@ class States:
         with anyio.fail_after(timeout(seconds)):
             while self.seen.count(state) < times:
                 await self._changed.wait()
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports free on 127.0.0.1 right now (held together, so they are distinct)."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def edge_configs(
@@ -537,6 +525,12 @@ async def _latency_and_move_back(
                 ack = await pub.publish("chat:back", {"pub": "remote", "n": n})
                 acked.append(ack["id"])
                 n += 1
+                # Paced (about 200 msgs/s), not flat out: the three regions, their links and
+                # this publisher share one event loop, and an unpaced publisher outran the
+                # restarted region's catch-up on a loaded machine, so the moved-back client
+                # waited over 30 s for new messages (a throughput limit of this one-process
+                # setup, not the guarantee under test).
+                await anyio.sleep(0.005)
 
     async with anyio.create_task_group() as relays:
         first = RelayNode(near_cfg)
