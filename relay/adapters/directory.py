@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -39,6 +40,7 @@ from federation.logformat import BadBeat, Beat
 from federation.throttled_log import ThrottledLog
 from relay.config.schema import RelayConfig
 from relay.core.redirect import KnownRelay, RelayState, redirect_target
+from relay.protocol.edges import Edge, EdgesDocument
 
 log = logging.getLogger("relaynet.directory")
 _bad_beats = ThrottledLog(log)
@@ -172,36 +174,37 @@ class EdgeDirectory:
         return redirect_target(self.cfg.region.name, self.cfg.relay.id, self.relays(), spread)
 
     def edges(self) -> dict[str, Any]:
-        """Per region its public edge first (this relay, or the peer's configured
+        """The ``GET /v1/edges`` document (``relay.protocol.edges``), as JSON-ready values:
+        per region its public edge first (this relay, or the peer's configured
         ``edge_url``), then every other relay of it that takes connections."""
         now = time.monotonic()
         own = self.cfg.region.name
         relays = self.relays(now)
         own_health = self.health(own, now)
-        rows: list[dict[str, Any]] = [
-            {"region": own, "url": self.own_url, "health": own_health, "relay": self.cfg.relay.id}
-        ]
+        rows = [Edge(region=own, url=self.own_url, health=own_health, relay=self.cfg.relay.id)]
         rows += self._relay_rows(own, relays, {self.own_url}, own_health)
         for peer in self.cfg.peers:
             seen = self._last_seen.get(peer.region)
             health = self.health(peer.region, now)
             rows.append(
-                {
-                    "region": peer.region,
-                    "url": peer.edge_url,
-                    "health": health,
-                    "last_heartbeat_s_ago": None if seen is None else round(now - seen, 3),
-                }
+                Edge(
+                    region=peer.region,
+                    url=peer.edge_url,
+                    health=health,
+                    last_heartbeat_s_ago=None if seen is None else round(now - seen, 3),
+                )
             )
             rows += self._relay_rows(peer.region, relays, {peer.edge_url}, health)
-        return {"region": own, "relay": self.cfg.relay.id, "edges": rows}
+        doc = EdgesDocument(region=own, relay=self.cfg.relay.id, edges=rows)
+        builtins: dict[str, Any] = msgspec.to_builtins(doc)  # fields left out stay out
+        return builtins
 
     @staticmethod
     def _relay_rows(
         region: str, relays: list[KnownRelay], listed: set[str], health: str
-    ) -> list[dict[str, Any]]:
+    ) -> list[Edge]:
         return [
-            {"region": region, "url": r.url, "health": health, "relay": r.relay}
+            Edge(region=region, url=r.url, health=health, relay=r.relay)
             for r in relays
             if r.region == region and r.state == "up" and r.url not in listed
         ]

@@ -63,6 +63,7 @@ continued before it is stopped, and is gone when the run ends, however it ends
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -284,6 +285,14 @@ class Started:
     started: str | None
 
 
+async def _sees_every_region_up(url: str, up: set[str]) -> bool:
+    """Whether the relay at ``url`` says every region is up; ``up``: those it says are."""
+    directory = await fetch_directory([url], timeout_s=2.0)
+    up.clear()
+    up.update(e.region for e in (directory.edges if directory else ()) if e.health == "up")
+    return up >= set(REGIONS)
+
+
 class Cluster:
     """The network of the run (``relay.harness.network``), the faults it goes through and
     what it noticed: every signal to its processes goes through here."""
@@ -358,14 +367,10 @@ class Cluster:
         """Until every relay's directory shows every region up (the links carry beats)."""
         deadline = clock() + START_TIMEOUT_S
         for relay_id in self.relay_ids:
-            while True:
-                directory = await fetch_directory([self.relay(relay_id).url], timeout_s=2.0)
-                up = {e.region for e in directory.edges if e.health == "up"} if directory else set()
-                if up >= set(REGIONS):
-                    break
-                if clock() > deadline:
-                    raise BenchError(f"{relay_id} does not see every region up: {sorted(up)}")
-                await anyio.sleep(0.2)
+            up: set[str] = set()  # the regions it saw up the last time it was asked
+            linked = functools.partial(_sees_every_region_up, self.relay(relay_id).url, up)
+            if not await poll_until(linked, deadline, 0.2):
+                raise BenchError(f"{relay_id} does not see every region up: {sorted(up)}")
 
     # --- faults
 

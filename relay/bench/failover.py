@@ -67,13 +67,21 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from relay.bench.fanout import BUSY_ELSEWHERE, close_all, open_connection, percentile
+from relay.bench.fanout import (
+    BUSY_ELSEWHERE,
+    close_all,
+    decode_frame,
+    open_connection,
+    percentile,
+    publish_frame,
+)
 from relay.bench.report import BenchError, run_and_report, server_log_lines
 from relay.client import connection as sdk
 from relay.client.connection import ConnectionState, Subscription, data_of
 from relay.harness import toolkit
 from relay.harness.network import FAST_FEDERATION, Network, ProcessRelay
 from relay.harness.toolkit import CpuMeter, clock, poll_until
+from relay.protocol.frames import AckFrame, ConnectedFrame, ErrorFrame
 
 REGIONS = ("us-east", "eu-west", "ap-south")
 HOME, NEXT, FAR = REGIONS  # the client is near HOME; NEXT is L ms away, FAR 2 L
@@ -205,7 +213,11 @@ async def _bare_connect(url: str) -> float:
         raise BenchError(f"baseline: {url} closed before `connected`: {exc}") from exc
     finally:
         await ws.close()
-    if b'"connected"' not in first:
+    try:
+        connected = isinstance(decode_frame(first), ConnectedFrame)
+    except msgspec.DecodeError:
+        connected = False
+    if not connected:
         raise BenchError(f"baseline: {url} did not start with `connected`: {first[:200]!r}")
     return elapsed
 
@@ -259,17 +271,6 @@ async def _measure_connects(
 # --- 2. and 3. failover -------------------------------------------------------------------
 
 
-class _Reply(msgspec.Struct):
-    op: str
-    id: str | None = None
-    code: str | None = None
-    message: str | None = None
-
-
-_decode_reply = msgspec.json.Decoder(_Reply).decode
-_encode = msgspec.json.encode
-
-
 @dataclass
 class RatePublisher:
     """Publishes at a fixed rate over a plain WebSocket, each publish with its own id."""
@@ -293,16 +294,10 @@ class RatePublisher:
             if stop.is_set() or self.closed:
                 return
             message_id = f"{self.channel}-{n}"
-            frame = {
-                "op": "publish",
-                "channel": self.channel,
-                "id": message_id,
-                "data": {"n": n, "t": clock()},
-                "ref": n,
-            }
+            _, frame = publish_frame(self.channel, n, n, id=message_id)
             self.sent.append(message_id)
             try:
-                await self.ws.send(_encode(frame), text=True)
+                await self.ws.send(frame, text=True)
             except ConnectionClosed as exc:
                 self.closed = str(exc)
                 return
@@ -311,13 +306,13 @@ class RatePublisher:
         try:
             while True:
                 try:
-                    reply = _decode_reply(await self.ws.recv(decode=False))
+                    reply = decode_frame(await self.ws.recv(decode=False))
                 except msgspec.DecodeError as exc:
                     self.errors.append(f"unexpected frame: {exc}")
                     continue
-                if reply.op == "ack" and reply.id is not None:
+                if isinstance(reply, AckFrame):
                     self.acked.add(reply.id)
-                elif reply.op == "error":
+                elif isinstance(reply, ErrorFrame):
                     self.errors.append(f"{reply.code}: {reply.message}")
         except ConnectionClosed as exc:
             self.closed = str(exc)

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import anyio
 import msgspec
+from msgspec import UNSET
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
@@ -53,6 +54,16 @@ from relay.harness.toolkit import (
     raise_fd_limit,
     relay_command,
     running_server,
+)
+from relay.protocol.frames import (
+    AckFrame,
+    ConnectedFrame,
+    ErrorFrame,
+    MessageFrame,
+    Publish,
+    ServerFrame,
+    Subscribe,
+    SubscribedFrame,
 )
 
 CHANNEL = "bench:fanout"
@@ -72,31 +83,50 @@ BUSY_ELSEWHERE = 0.25  # cores busy with other processes above which figures are
 
 
 # --- frames -------------------------------------------------------------------------------
+#
+# The protocol's own frames (relay.protocol.frames), for every benchmark: server frames are
+# decoded by one Decoder made once, and a message's data stays raw until the payload's own
+# Decoder reads ``n`` and ``t`` from it (skipping the padding).
 
 
-class _Payload(msgspec.Struct):
+class Payload(msgspec.Struct):
+    """A benchmark message's data: its number (negative for a warm-up message) and the
+    ``clock()`` at send. Receivers in the same process subtract it from their own."""
+
     n: int
     t: float
 
 
-class _Incoming(msgspec.Struct):
-    """The fields the load generator looks at; msgspec skips the rest (and the padding)."""
-
-    op: str
-    data: _Payload | None = None
-    ref: int | str | None = None
-    code: str | None = None
-    message: str | None = None
-
-
-_decode = msgspec.json.Decoder(_Incoming).decode
+decode_frame = msgspec.json.Decoder(ServerFrame).decode
+decode_payload = msgspec.json.Decoder(Payload).decode
 _encode = msgspec.json.encode
 
 
-def _publish_frame(n: int, pad: str) -> tuple[float, bytes]:
+def publish_frame(
+    channel: str, n: int, ref: int | str, *, pad: str = "", id: str | None = None
+) -> tuple[float, bytes]:
+    """(send time, the publish of message ``n``), padded with ``pad`` if any."""
     t = clock()
-    data = {"n": n, "t": t, "pad": pad}
-    return t, _encode({"op": "publish", "channel": CHANNEL, "data": data, "ref": n})
+    data = {"n": n, "t": t, "pad": pad} if pad else {"n": n, "t": t}
+    return t, _encode(Publish(channel, msgspec.Raw(_encode(data)), id=id, ref=ref))
+
+
+def read_message(raw: bytes) -> tuple[MessageFrame, Payload] | None:
+    """A message frame and its benchmark payload; None for any other frame."""
+    try:
+        frame = decode_frame(raw)
+        if type(frame) is not MessageFrame:
+            return None
+        return frame, decode_payload(frame.data)
+    except msgspec.DecodeError:
+        return None
+
+
+def frame_name(frame: ServerFrame) -> str:
+    """``"ack"``; for an error frame, its code and message too."""
+    if isinstance(frame, ErrorFrame):
+        return f"error {frame.code}: {frame.message}"
+    return str(frame.__struct_config__.tag)
 
 
 # --- measuring ----------------------------------------------------------------------------
@@ -183,17 +213,15 @@ class Subscriber:
     closed: str | None = None
 
     async def receive(self, deliveries: Deliveries) -> None:
-        ws, decode = self.ws, _decode
+        ws, read = self.ws, read_message
         try:
             while True:
                 raw = await ws.recv(decode=False)
                 now = clock()
-                try:
-                    payload = decode(raw).data
-                except msgspec.DecodeError:
+                message = read(raw)
+                if message is None:
                     continue
-                if payload is None:
-                    continue
+                payload = message[1]
                 if payload.n >= self.next_n:
                     self.received += 1
                     self.next_n = payload.n + 1
@@ -234,18 +262,20 @@ class Publisher:
                 raw = await self.ws.recv(decode=False)
                 now = clock()
                 try:
-                    frame = _decode(raw)
+                    frame = decode_frame(raw)
                 except msgspec.DecodeError as exc:
                     self.errors.append(f"unexpected frame: {exc}")
                     continue
-                if frame.op == "ack" and isinstance(frame.ref, int) and 0 <= frame.ref < self.sent:
-                    self.acked += 1
-                    self.last_ack = now
-                    self.ack_latency.append(now - self.sent_at[frame.ref])
-                    self.window.release()
-                elif frame.op == "error":
+                if isinstance(frame, AckFrame):
+                    ref = frame.ref
+                    if isinstance(ref, int) and 0 <= ref < self.sent:
+                        self.acked += 1
+                        self.last_ack = now
+                        self.ack_latency.append(now - self.sent_at[ref])
+                        self.window.release()
+                elif isinstance(frame, ErrorFrame):
                     self.errors.append(f"{frame.code}: {frame.message}")
-                    if frame.ref is not None:
+                    if frame.ref is not UNSET and frame.ref is not None:
                         self.window.release()
         except ConnectionClosed as exc:
             self.closed = str(exc)
@@ -300,7 +330,7 @@ async def publish_for(
                     await publisher.wait_for_room(n, deliveries, delivery_window, not_before)
             if clock() >= stop_at or publisher.closed:
                 break
-            t, frame = _publish_frame(n, pad)
+            t, frame = publish_frame(CHANNEL, n, n, pad=pad)
             publisher.sent_at.append(t)
             deliveries.expect()
             await publisher.ws.send(frame, text=True)
@@ -344,17 +374,18 @@ async def open_connection(url: str, opened: list[ClientConnection]) -> ClientCon
     except (OSError, TimeoutError, InvalidHandshake) as exc:
         raise BenchError(f"cannot connect to {url}: {exc}") from exc
     opened.append(ws)
-    await expect_frame(ws, "connected")
+    await expect_frame(ws, ConnectedFrame)
     return ws
 
 
-async def expect_frame(ws: ClientConnection, op: str) -> None:
+async def expect_frame(ws: ClientConnection, kind: type[ServerFrame]) -> None:
+    expected = kind.__struct_config__.tag
     try:
-        frame = _decode(await ws.recv(decode=False))
+        frame = decode_frame(await ws.recv(decode=False))
     except (ConnectionClosed, msgspec.DecodeError) as exc:
-        raise BenchError(f"expected a {op!r} frame: {exc}") from exc
-    if frame.op != op:
-        raise BenchError(f"expected {op!r} frame, got {frame.op!r}: {frame.code} {frame.message}")
+        raise BenchError(f"expected a {expected!r} frame: {exc}") from exc
+    if not isinstance(frame, kind):
+        raise BenchError(f"expected {expected!r} frame, got {frame_name(frame)}")
 
 
 async def connect_subscribers(url: str, count: int, opened: list[ClientConnection]) -> None:
@@ -365,8 +396,8 @@ async def connect_subscribers(url: str, count: int, opened: list[ClientConnectio
     async def one() -> None:
         async with limiter:
             ws = await open_connection(url, opened)
-            await ws.send(_encode({"op": "subscribe", "channel": CHANNEL, "ref": 1}), text=True)
-            await expect_frame(ws, "subscribed")
+            await ws.send(_encode(Subscribe(CHANNEL, ref=1)), text=True)
+            await expect_frame(ws, SubscribedFrame)
 
     try:
         with anyio.fail_after(CONNECT_TIMEOUT_S):

@@ -61,17 +61,24 @@ from relay.bench.fanout import (
     BUSY_ELSEWHERE,
     SATURATED,
     LatencySampler,
+    Payload,
     Publisher,
     close_all,
+    decode_frame,
+    decode_payload,
+    frame_name,
     msec,
     open_connection,
     percentile,
+    publish_frame,
+    read_message,
 )
 from relay.bench.report import BenchError, run_and_report, server_log_lines
 from relay.harness import toolkit
 from relay.harness.linkproxy import LinkProxy
 from relay.harness.network import Network
 from relay.harness.toolkit import CpuMeter, CpuUse, clock, poll_until
+from relay.protocol.frames import AckFrame, ErrorFrame, Subscribe, SubscribedFrame
 
 REGIONS = ("us-east", "eu-west", "ap-south")
 HOME = "us-east"  # where the publisher is
@@ -93,32 +100,7 @@ MAX_SECONDS = 600.0
 MAX_RATE = 10_000
 
 
-class _Data(msgspec.Struct):
-    n: int  # message number in its phase; negative for warm-up messages
-    t: float  # perf_counter at send
-
-
-class _Frame(msgspec.Struct):
-    """The fields the load generator looks at, of any frame a relay sends."""
-
-    op: str
-    channel: str = ""
-    data: _Data | None = None
-    origin: str = ""
-    ts: dict[str, int] = msgspec.field(default_factory=dict)
-    ref: int | str | None = None
-    code: str | None = None
-    message: str | None = None
-
-
-_decode = msgspec.json.Decoder(_Frame).decode
-_decode_data = msgspec.json.Decoder(_Data).decode
 _encode = msgspec.json.encode
-
-
-def _publish_frame(channel: str, n: int, ref: int | str) -> tuple[float, bytes]:
-    t = clock()
-    return t, _encode({"op": "publish", "channel": channel, "data": {"n": n, "t": t}, "ref": ref})
 
 
 # --- the network -------------------------------------------------------------------------
@@ -162,17 +144,13 @@ class Receiver:
 
     async def subscribe(self, channels: Sequence[str]) -> None:
         for i, channel in enumerate(channels):
-            await self.ws.send(
-                _encode({"op": "subscribe", "channel": channel, "ref": i}), text=True
-            )
+            await self.ws.send(_encode(Subscribe(channel, ref=i)), text=True)
             try:
-                frame = _decode(await self.ws.recv(decode=False))
+                frame = decode_frame(await self.ws.recv(decode=False))
             except (ConnectionClosed, msgspec.DecodeError) as exc:
                 raise BenchError(f"{self.region}: subscribe {channel}: {exc}") from exc
-            if frame.op != "subscribed":
-                raise BenchError(
-                    f"{self.region}: subscribe {channel}: {frame.code} {frame.message}"
-                )
+            if not isinstance(frame, SubscribedFrame):
+                raise BenchError(f"{self.region}: subscribe {channel}: {frame_name(frame)}")
 
     def start_phase(self, channels: Iterable[str]) -> Tally:
         self.tally = Tally(frozenset(channels))
@@ -186,22 +164,20 @@ class Receiver:
             while True:
                 raw = await self.ws.recv(decode=False)
                 now = clock()
-                try:
-                    frame = _decode(raw)
-                except msgspec.DecodeError:
+                message = read_message(raw)
+                if message is None:
                     continue
-                if frame.op != "message" or frame.data is None:
-                    continue
+                frame, data = message
                 key = (frame.channel, frame.origin)
                 seq = frame.ts.get(frame.origin, 0)
                 previous = self.last_seq.get(key)
                 if previous is not None and seq != previous + 1:
                     self.seq_breaks += 1
                 self.last_seq[key] = seq
-                self.arrivals.setdefault(key, array("q")).append(frame.data.n)
+                self.arrivals.setdefault(key, array("q")).append(data.n)
                 tally = self.tally
-                if frame.data.n >= 0 and frame.channel in tally.channels:
-                    tally.latency.add(now - frame.data.t)
+                if data.n >= 0 and frame.channel in tally.channels:
+                    tally.latency.add(now - data.t)
                     tally.count += 1
                     tally.last = now
         except ConnectionClosed as exc:
@@ -231,7 +207,7 @@ async def _publish(pub: Publisher, channels: Sequence[str], seconds: float, rate
                     break
             if clock() >= stop_at or pub.closed:
                 break
-            t, frame = _publish_frame(channels[n % len(channels)], n, n)
+            t, frame = publish_frame(channels[n % len(channels)], n, n)
             pub.sent_at.append(t)
             await pub.ws.send(frame, text=True)
     finally:
@@ -264,18 +240,18 @@ async def _warm_up(url: str, receivers: Sequence[Receiver], opened: list[ClientC
     """One message per channel from us-east must reach every region: the links are up."""
     ws = await open_connection(url, opened)
     for i, channel in enumerate(ALL_CHANNELS):
-        await ws.send(_publish_frame(channel, -1, f"warm-{i}")[1], text=True)
+        await ws.send(publish_frame(channel, -1, f"warm-{i}")[1], text=True)
     deadline = clock() + WARMUP_TIMEOUT_S
     acks = 0
     with anyio.move_on_after(WARMUP_TIMEOUT_S):
         while acks < len(ALL_CHANNELS):
             try:
-                frame = _decode(await ws.recv(decode=False))
+                frame = decode_frame(await ws.recv(decode=False))
             except (ConnectionClosed, msgspec.DecodeError) as exc:
                 raise BenchError(f"warm-up publisher: {exc}") from exc
-            if frame.op == "ack":
+            if isinstance(frame, AckFrame):
                 acks += 1
-            elif frame.op == "error":
+            elif isinstance(frame, ErrorFrame):
                 raise BenchError(f"warm-up publish refused: {frame.code} {frame.message}")
     if acks < len(ALL_CHANNELS):
         raise BenchError(f"warm-up publishes not acked within {WARMUP_TIMEOUT_S:.0f}s")
@@ -480,7 +456,7 @@ class BareSubscriber:
     async def on_message(self, msg: Msg) -> None:
         now = clock()
         try:
-            data = _decode_data(msg.data)
+            data = decode_payload(msg.data)
         except msgspec.DecodeError:
             return
         self.latency.add(now - data.t)
@@ -545,7 +521,7 @@ async def _bare_nats(direct_url: str, proxy: LinkProxy, seconds: float, rate: in
         sent = 0
         for n in range(min(MAX_MESSAGES, math.ceil(rate * seconds))):
             await anyio.sleep(max(0.0, start + n / rate - clock()))
-            await pub_nc.publish(BARE_SUBJECT, _encode({"n": n, "t": clock()}))
+            await pub_nc.publish(BARE_SUBJECT, _encode(Payload(n, clock())))
             sent += 1
         await pub_nc.flush()
         await _bare_wait(sub, sent, clock() + DRAIN_CAP_S)
@@ -562,7 +538,7 @@ async def _bare_nats(direct_url: str, proxy: LinkProxy, seconds: float, rate: in
                 with anyio.move_on_after(max(0.0, stop_at - clock())):
                     await sub.wait_for(burst - BARE_WINDOW // 2)
                 continue
-            await pub_nc.publish(BARE_SUBJECT, _encode({"n": burst, "t": clock()}))
+            await pub_nc.publish(BARE_SUBJECT, _encode(Payload(burst, clock())))
             burst += 1
             if burst % 256 == 0:
                 await anyio.lowlevel.checkpoint()  # let nats-py's flusher write

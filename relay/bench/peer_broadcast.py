@@ -27,23 +27,25 @@ import msgspec
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
-from relay.protocol.frames import MessageFrame  # the same frames the relay sends
+from federation.vclock import VectorClock
+from relay.protocol.errors import ErrorCode, ProtocolError
+from relay.protocol.frames import (
+    MessageFrame,
+    Publish,
+    Subscribe,
+    ack_frame,
+    connected_frame,
+    decode_client_frame,
+    error_frame,
+    subscribed_frame,
+)
 
-
-class _Request(msgspec.Struct):
-    op: str
-    channel: str = ""
-    data: msgspec.Raw = msgspec.Raw(b"null")
-    ref: str | int | None = None
-
-
-_decode = msgspec.json.Decoder(_Request).decode
+# The frames are the relay's own, read with its decoder (and validation) and written with its
+# encoders; acks and subscriptions carry an empty position (nothing is stored).
+MAX_FRAME_BYTES = 2**20
+PING_INTERVAL_S = 20.0  # websockets' default, which serve() below keeps
+_NO_POSITION = VectorClock()
 _encode = msgspec.json.encode
-
-
-async def _reply(ws: ServerConnection, op: str, ref: str | int | None, **fields: object) -> None:
-    frame: dict[str, object] = {"op": op} if ref is None else {"op": op, "ref": ref}
-    await ws.send(_encode(frame | fields), text=True)
 
 
 class BroadcastServer:
@@ -52,10 +54,17 @@ class BroadcastServer:
     def __init__(self) -> None:
         self.channels: dict[str, set[ServerConnection]] = {}
         self._ids = itertools.count(1)
+        self._connections = itertools.count(1)
 
     async def handle(self, ws: ServerConnection) -> None:
         subscribed: set[str] = set()
-        await _reply(ws, "connected", None, relay="peer-broadcast")
+        connection_id = str(next(self._connections))
+        await ws.send(
+            connected_frame(
+                "peer", "peer-broadcast", connection_id, PING_INTERVAL_S, MAX_FRAME_BYTES
+            ),
+            text=True,
+        )
         try:
             async for raw in ws:
                 await self._dispatch(ws, raw, subscribed)
@@ -71,22 +80,24 @@ class BroadcastServer:
 
     async def _dispatch(self, ws: ServerConnection, raw: str | bytes, subscribed: set[str]) -> None:
         try:
-            request = _decode(raw)
-        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
-            await _reply(ws, "error", None, code="bad_request", message=str(exc))
+            request = decode_client_frame(raw)
+        except ProtocolError as exc:
+            await ws.send(error_frame(exc.code, exc.message, exc.ref), text=True)
             return
-        channel = request.channel
-        if request.op == "publish":
+        if isinstance(request, Publish):
             message_id = str(next(self._ids))
-            await _reply(ws, "ack", request.ref, id=message_id, channel=channel)
+            channel = request.channel
+            await ws.send(ack_frame(request.ref, message_id, channel, _NO_POSITION), text=True)
             self._broadcast(channel, message_id, request.data)
-        elif request.op == "subscribe":
+        elif isinstance(request, Subscribe):
+            channel = request.channel
             self.channels.setdefault(channel, set()).add(ws)
             subscribed.add(channel)
-            await _reply(ws, "subscribed", request.ref, channel=channel)
+            reply = subscribed_frame(request.ref, channel, _NO_POSITION, recovered=False)
+            await ws.send(reply, text=True)
         else:
             message = "this server knows only subscribe and publish"
-            await _reply(ws, "error", request.ref, code="unknown_op", message=message)
+            await ws.send(error_frame(ErrorCode.UNKNOWN_OP, message, request.ref), text=True)
 
     def _broadcast(self, channel: str, message_id: str, data: msgspec.Raw) -> None:
         members = self.channels.get(channel)
@@ -104,7 +115,9 @@ async def serve_until_signalled(host: str, port: int) -> None:
         loop.add_signal_handler(signum, stop.set)
     server = BroadcastServer()
     # compression=None as in the relay's edge, so both servers send the same bytes.
-    async with serve(server.handle, host, port, compression=None, max_size=2**20) as ws_server:
+    async with serve(
+        server.handle, host, port, compression=None, max_size=MAX_FRAME_BYTES
+    ) as ws_server:
         bound = ws_server.sockets[0].getsockname()[1]
         print(f"ready on ws://{host}:{bound}", flush=True)
         await stop.wait()

@@ -41,26 +41,12 @@ from relay.client.directory import (
 )
 from relay.client.endpoints import EDGES_PATH, PING_PATH, endpoint
 from relay.client.http import HttpError, http_get
+from relay.protocol.edges import decode_edges
 
 log = logging.getLogger("relaynet.client")
 
 # What a GET or a WebSocket open raises when the other end is not there or misbehaves.
 NETWORK_ERRORS: Final = (OSError, TimeoutError, anyio.BrokenResourceError, HttpError)
-
-
-class _EdgeDoc(msgspec.Struct):
-    region: str
-    url: str
-    health: str = "unknown"
-
-
-class _DirectoryDoc(msgspec.Struct):
-    region: str
-    edges: list[_EdgeDoc]
-    relay: str | None = None
-
-
-_directory_decoder: Final = msgspec.json.Decoder(_DirectoryDoc)
 
 
 def describe_failure(exc: BaseException, timeout_s: float | None = None) -> str:
@@ -118,7 +104,7 @@ async def fetch_directory(
                 log.debug("directory from %s: %s", base.http_base, failed[base.ws_url])
             continue
         try:
-            doc = _directory_decoder.decode(body)
+            doc = decode_edges(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             failed[base.ws_url] = f"bad JSON in {EDGES_PATH}: {exc}"
             log.warning("directory from %s is not usable: %s", base.http_base, exc)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import inspect
 import math
 import os
 import re
@@ -29,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,15 +58,28 @@ class HarnessError(RuntimeError):
     """A tool could not run: a server did not start, a handshake failed."""
 
 
-async def poll_until(done: Callable[[], bool], deadline: float, interval: float = 0.02) -> bool:
-    """For states without an event to wait on: counters, another process's exit.
-    ``deadline`` is a ``clock()`` time."""
+async def poll_until(
+    done: Callable[[], bool | Awaitable[bool]], deadline: float, interval: float = 0.02
+) -> bool:
+    """For states without an event to wait on: counters, another process's exit, an HTTP
+    endpoint. True as soon as ``done()`` is; False if it is not by ``deadline`` (a
+    ``clock()`` time). ``done`` may be a coroutine function; a call of it still running at
+    the deadline is cancelled."""
     with anyio.move_on_after(deadline - clock()):
         while True:
-            if done():
+            if await _holds(done):
                 return True
-            await anyio.sleep(interval)
-    return done()
+            await anyio.sleep(interval)  # the poll interval, not a wait for anything
+    # One last look, for a state reached during the last interval; past the deadline, a
+    # coroutine function's look is cancelled at its first checkpoint.
+    with anyio.move_on_after(0):
+        return await _holds(done)
+    return False
+
+
+async def _holds(done: Callable[[], bool | Awaitable[bool]]) -> bool:
+    result = done()
+    return bool(await result) if inspect.isawaitable(result) else result
 
 
 # --- /proc --------------------------------------------------------------------------------

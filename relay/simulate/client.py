@@ -1,9 +1,11 @@
 """A minimal protocol-v1 client over a plain WebSocket, as any user could write it.
 
-What ``RelayNetwork.client()`` hands to tests: it records every frame it gets,
-matches replies to requests by ``ref``, and waits on conditions with a bound
-(scaled by ``RELAYNET_TEST_TIMEOUT_FACTOR`` on slow machines), never with
-fixed sleeps.
+What ``RelayNetwork.client()`` hands to tests: it records every frame it gets (as
+the JSON objects they are, so that a test sees exactly what came), matches replies
+to requests by ``ref``, and waits on conditions with a bound (scaled by
+``RELAYNET_TEST_TIMEOUT_FACTOR`` on slow machines), never with fixed sleeps.
+The frames it builds itself are the protocol's own (``relay.protocol.frames``);
+``send`` and ``request`` also take a plain dict, for frames a test makes up.
 """
 
 from __future__ import annotations
@@ -17,14 +19,20 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+from relay.protocol.frames import ClientFrame, Publish, Subscribe
 
 TIMEOUT_FACTOR = float(os.environ.get("RELAYNET_TEST_TIMEOUT_FACTOR", "1"))
 
 
 def timeout(seconds: float) -> float:
     return seconds * TIMEOUT_FACTOR
+
+
+_encode = msgspec.json.Encoder().encode
 
 
 class ProtocolClient:
@@ -81,15 +89,21 @@ class ProtocolClient:
         with anyio.fail_after(timeout(seconds)):
             await self._done.wait()
 
-    async def request(self, frame: dict[str, Any], seconds: float = 10) -> dict[str, Any]:
+    async def request(
+        self, frame: ClientFrame | dict[str, Any], seconds: float = 10
+    ) -> dict[str, Any]:
         ref = await self.send(frame)
         await self.wait_for(lambda: ref in self._replies, seconds)
         return self._replies.pop(ref)
 
-    async def send(self, frame: dict[str, Any]) -> str:
-        """Send a request without waiting for its reply; returns its ref (see ``reply``)."""
+    async def send(self, frame: ClientFrame | dict[str, Any]) -> str:
+        """Send a request without waiting for its reply; returns its ref (see ``reply``).
+        The frame's own ref, if any, is replaced."""
         ref = f"c{next(self._refs)}"
-        await self.ws.send(json.dumps({**frame, "ref": ref}))
+        if isinstance(frame, dict):
+            await self.ws.send(json.dumps({**frame, "ref": ref}))
+        else:
+            await self.ws.send(_encode(msgspec.structs.replace(frame, ref=ref)), text=True)
         return ref
 
     def reply(self, ref: str) -> dict[str, Any] | None:
@@ -102,16 +116,10 @@ class ProtocolClient:
     async def subscribe(
         self, channel: str, position: dict[str, int] | None = None
     ) -> dict[str, Any]:
-        frame: dict[str, Any] = {"op": "subscribe", "channel": channel}
-        if position is not None:
-            frame["position"] = position
-        return await self.request(frame)
+        return await self.request(Subscribe(channel, position))
 
     async def publish(self, channel: str, data: Any, id: str | None = None) -> dict[str, Any]:
-        frame: dict[str, Any] = {"op": "publish", "channel": channel, "data": data}
-        if id is not None:
-            frame["id"] = id
-        return await self.request(frame)
+        return await self.request(Publish(channel, msgspec.Raw(_encode(data)), id))
 
     async def wait_messages(self, channel: str, count: int, seconds: float = 10) -> None:
         await self.wait_for(lambda: len(self.messages[channel]) >= count, seconds)

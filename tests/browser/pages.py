@@ -4,29 +4,20 @@ latency toward far regions, and a client whose every WebSocket and pause is writ
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import AsyncIterator
-from contextlib import ExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 from relay.config.schema import RelayConfig
+from relay.harness.toolkit import free_ports
 from relay.node import RelayNode
 from tests.browser.chromium import Browser, Page
 from tests.support.regions import FAST_FEDERATION, region_nats, running_regions
 from tests.support.relays import make_config
 
 FAR_MS = 100  # latency added toward the other region's relays
-
-
-def free_ports(n: int) -> list[int]:
-    """Ports free on 127.0.0.1 right now (held together, so they are distinct)."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
 
 
 def ws_url(port: int) -> str:

@@ -20,12 +20,12 @@ from pathlib import Path
 import anyio
 import pytest
 
+from relay.harness.toolkit import free_ports
 from relay.node import RelayNode
 from tests.browser.chromium import chromium
 from tests.browser.pages import (
     FAR_MS,
     federated_configs,
-    free_ports,
     open_chat,
     page_url,
     regions,

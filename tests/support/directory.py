@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import anyio
-
 from relay.client.probing import fetch_directory
 from relay.node import RelayNode
 from tests.support.http import http_get_ok
-from tests.support.relays import timeout
+from tests.support.waiting import wait_until
+
+POLL_S = 0.1  # the next look; beats come every second
 
 
 async def edges_of(node: RelayNode) -> dict[str, Any]:
@@ -30,20 +30,24 @@ async def wait_listed(
     unlisted: frozenset[str] | set[str] = frozenset(),
 ) -> dict[str, Any]:
     """Until ``node``'s directory lists every URL of ``urls`` and none of ``unlisted``."""
-    with anyio.fail_after(timeout(seconds)):
-        while True:
-            doc = await edges_of(node)
-            listed = {edge["url"] for edge in doc["edges"]}
-            if urls <= listed and not listed & unlisted:
-                return doc
-            await anyio.sleep(0.1)  # the next look; beats come every second
+    docs: list[dict[str, Any]] = []
+
+    async def listed() -> bool:
+        docs[:] = [await edges_of(node)]
+        urls_listed = {edge["url"] for edge in docs[-1]["edges"]}
+        return urls <= urls_listed and not urls_listed & unlisted
+
+    await wait_until(
+        listed, f"{node.url} lists {urls} and none of {set(unlisted)}", seconds, poll_s=POLL_S
+    )
+    return docs[-1]
 
 
 async def sibling_listed(url: str, sibling: str, seconds: float = 15) -> None:
     """Until the relay at ``url`` (any relay, a subprocess too) lists ``sibling``."""
-    with anyio.fail_after(timeout(seconds)):
-        while True:
-            directory = await fetch_directory([url])
-            if directory and sibling in {e.url for e in directory.edges}:
-                return
-            await anyio.sleep(0.1)  # the next look; beats come every second
+
+    async def listed() -> bool:
+        directory = await fetch_directory([url])
+        return directory is not None and sibling in {e.url for e in directory.edges}
+
+    await wait_until(listed, f"{url} lists {sibling}", seconds, poll_s=POLL_S)
