@@ -10,8 +10,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -19,6 +17,7 @@ import pytest
 
 from relay.adapters import child_process
 from relay.simulate.client import timeout
+from tests.support.waiting import wait_until_blocking
 
 pytestmark = pytest.mark.integration
 
@@ -33,12 +32,11 @@ def gone(pid: int) -> bool:
         return True
 
 
-def wait_until(predicate: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + timeout(seconds)
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
+def _gone_within(pid: int, seconds: float) -> bool:
+    try:
+        wait_until_blocking(lambda: gone(pid), f"process {pid} gone", seconds)
+    except TimeoutError:
+        return False
     return True
 
 
@@ -114,6 +112,6 @@ def test_the_child_dies_with_a_sigkilled_parent(tmp_path: Path) -> None:
         parent.wait()
         if parent.stdout is not None:
             parent.stdout.close()
-    if not wait_until(lambda: gone(child), 10):
+    if not _gone_within(child, 10):
         os.kill(child, signal.SIGKILL)
         raise AssertionError("the child outlived its SIGKILLed parent")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import anyio
 
+from relay.adapters.child_process import spawn
 from relay.config.schema import RelayConfig
 from relay.config.writer import write_config
 from relay.harness.toolkit import relay_config
@@ -50,12 +51,8 @@ def cli_process(
     """``python -m relay.cli ARGS`` as a child process, once it printed a line containing
     ``ready``; yields (process, that line). SIGKILLed on exit if still running."""
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "relay.cli", *args],
-            stdout=subprocess.PIPE,
-            stderr=out,
-            stdin=subprocess.DEVNULL,
-        )
+        # spawn: the child gets SIGTERM when this process dies, even if pytest is killed.
+        proc = spawn([sys.executable, "-m", "relay.cli", *args], stdout=subprocess.PIPE, stderr=out)
     try:
         assert proc.stdout is not None
         line = ""

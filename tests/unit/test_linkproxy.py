@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import signal
@@ -27,8 +26,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from relay.harness.linkproxy import LinkProxy, loopback_host, main
+from relay.simulate.client import TIMEOUT_FACTOR
 
-FACTOR = float(os.environ.get("RELAYNET_TEST_TIMEOUT_FACTOR", "1"))
+FACTOR = TIMEOUT_FACTOR  # the suite's one factor (RELAYNET_TEST_TIMEOUT_FACTOR)
 PROMPT = 3.0 * FACTOR  # "at once": generous, only hit when something is broken
 DEAD = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
