@@ -405,7 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle", default="1000,5000,10000", help="idle connection counts (default 1000,5000,10000)"
     )
     compare.add_argument(
-        "--systems", default="relaynet,socketio,ws,python", help="comma-separated (default all)"
+        "--systems",
+        default="relaynet,socketio,ws,python",
+        help="comma-separated; picows too with the bench extra (default: all but picows)",
     )
     compare.add_argument(
         "--json", help="write every run and the medians here (default .relaynet/bench-compare.json)"

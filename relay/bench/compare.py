@@ -11,7 +11,9 @@ the slowest subscriber. Acks are counted and timed but do not hold the
 publisher back: an ack window would throttle the systems that ack against the
 one that does not. Each measurement gets a fresh server: relaynet (a relay with
 its embedded nats-server), a Socket.IO 4 room, a ``ws`` broadcast and the bare
-Python websockets broadcaster of ``bench fanout``. With ``taskset`` the server
+Python websockets broadcaster of ``bench fanout``; with picows installed (the
+``bench`` extra), ``--systems ...,picows`` adds that broadcaster on picows
+(``peer_picows``) to weigh the WebSocket library alone. With ``taskset`` the server
 and its children run on CPU 0 and the generator on CPU 1.
 
 Rounds are interleaved: round 1 measures every scenario on every system once,
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -73,7 +76,9 @@ from relay.harness.toolkit import (
 )
 
 SCENARIOS = ("fanout", "latency", "idle", "publish-rate", "connect-rate")
-SYSTEM_KEYS = ("relaynet", "socketio", "ws", "python")
+# picows only when installed, and only when --systems names it (the default list is the CLI's).
+HAS_PICOWS = importlib.util.find_spec("picows") is not None
+SYSTEM_KEYS = ("relaynet", "socketio", "ws", "python", *(("picows",) if HAS_PICOWS else ()))
 PAYLOAD_BYTES = 100
 IN_FLIGHT_DELIVERIES = 50_000  # the window, for every system: messages ahead x N subscribers
 MIN_WINDOW, MAX_WINDOW = 32, 10_000  # in messages
@@ -109,6 +114,15 @@ def _node_server(script: str) -> Callable[[Path, NodeKit], tuple[list[str], list
     return command
 
 
+def _picows() -> dict[str, System]:
+    """``peer_broadcast`` on picows (``relay.bench.peer_picows``), when picows is installed."""
+    if not HAS_PICOWS:
+        return {}
+    argv = [sys.executable, "-m", "relay.bench.peer_picows", "--port", "0"]
+    label = f"picows {importlib.metadata.version('picows')}"
+    return {"picows": System("picows", label, lambda w, _: (list(argv), []))}
+
+
 def systems(kit: NodeKit) -> dict[str, System]:
     """Every system, and the ceiling source, labelled with the versions measured."""
     websockets = importlib.metadata.version("websockets")
@@ -121,6 +135,7 @@ def systems(kit: NodeKit) -> dict[str, System]:
         ),
         "ws": System("ws", f"ws {kit.version_of('ws')}", _node_server("ws_server.js")),
         "python": System("python", f"Python websockets {websockets}", lambda w, _: peer_command(w)),
+        **_picows(),
         "ceiling": System("ceiling", "generator ceiling", _node_server("ws_server.js")),
     }
 

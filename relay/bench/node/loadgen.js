@@ -9,8 +9,8 @@
 // times that). It opens N subscriber connections and one publisher to the
 // system under test, speaking that system's protocol:
 //
-//   relaynet, python   the relaynet protocol v1 over `ws` (the Python broadcaster
-//                      speaks the subset the benchmark needs)
+//   relaynet, python,  the relaynet protocol v1 over `ws` (the Python broadcasters,
+//   picows             websockets' and picows', speak the subset the benchmark needs)
 //   socketio           socket.io-client, WebSocket transport only
 //   ws                 plain `ws`: every text message is a payload
 //   ceiling            plain `ws`, but the publisher sends batches of ready-made
@@ -582,7 +582,7 @@ const socketio = {
   },
 };
 
-const PROTOCOLS = { relaynet, python: relaynet, socketio, ws: plainWs, ceiling };
+const PROTOCOLS = { relaynet, python: relaynet, picows: relaynet, socketio, ws: plainWs, ceiling };
 
 // --- connections --------------------------------------------------------------------------
 
