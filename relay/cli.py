@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import anyio
@@ -48,6 +50,8 @@ def _cmd_relay(args: argparse.Namespace) -> int:
     if cfg is None:
         return 1
     _setup_logging(args.verbose)
+    if not _auth_usable(args.config, cfg):
+        return 1
     node = RelayNode(cfg)
 
     async def main() -> int:
@@ -83,6 +87,72 @@ def _cmd_relay(args: argparse.Namespace) -> int:
 
     code: int = anyio.run(main, backend_options=event_loop_options())
     return code
+
+
+def _auth_usable(path: str, cfg: RelayConfig) -> bool:
+    """Check ``[auth]``'s key files before starting; warn about an exposed anonymous relay."""
+    from relay.adapters.tokens import KeyConfigError, session_auth
+
+    try:
+        session_auth(cfg.auth)
+    except KeyConfigError as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return False
+    if cfg.auth.mode == "anonymous" and not _is_loopback(cfg.relay.host):
+        logging.getLogger("relaynet").warning(
+            "ANONYMOUS RELAY ON A NON-LOOPBACK ADDRESS (%s): anyone who reaches it may %s; "
+            'set [auth] mode = "token" (README, Security)',
+            cfg.relay.host,
+            "do anything on any channel" if "*" in dict(cfg.auth.anonymous) else "use it",
+        )
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def _cmd_token_issue(args: argparse.Namespace) -> int:
+    import json
+
+    from relay.adapters.tokens import KeyConfigError, issue_token
+    from relay.core.capabilities import CapabilityError
+
+    try:
+        secret = Path(args.secret_file).read_bytes().strip()
+    except OSError as exc:
+        print(f"relaynet token issue: {args.secret_file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        caps = json.loads(args.caps)
+        ttl_s = _duration_s(args.ttl)
+        token = issue_token(secret, args.sub, caps, ttl_s, jti=args.jti)
+    except (ValueError, CapabilityError, KeyConfigError, TypeError) as exc:
+        print(f"relaynet token issue: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration_s(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``1h``, ``7d`` -> seconds."""
+    unit = _UNITS.get(text[-1:])
+    number = text[:-1] if unit is not None else text
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        raise ValueError(f"bad duration {text!r}: use e.g. 90s, 15m, 1h, 7d") from None
+    if not 0 < value < 10 * 365 * 86400:
+        raise ValueError(f"bad duration {text!r}: must be positive")
+    return value
 
 
 def _first(exc: BaseException, kind: type[E]) -> E | None:
@@ -343,6 +413,20 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--duration", type=float, help="stop after this many seconds")
     simulate.add_argument("-v", "--verbose", action="store_true")
     simulate.set_defaults(func=_cmd_simulate)
+
+    token = sub.add_parser("token", help="client tokens (JWT) for relays in token mode")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    issue = token_sub.add_parser("issue", help="print an HS256 token signed with a secret file")
+    issue.add_argument("--secret-file", required=True, help="the [auth] secret_file")
+    issue.add_argument("--sub", required=True, help="the client's identity (sub claim)")
+    issue.add_argument(
+        "--caps",
+        required=True,
+        help='capabilities, JSON: {"chat:*": ["subscribe", "publish", "history"]}',
+    )
+    issue.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d (default 1h)")
+    issue.add_argument("--jti", default=None, help="token id (jti claim), optional")
+    issue.set_defaults(func=_cmd_token_issue)
 
     config = sub.add_parser("config", help="config file tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)

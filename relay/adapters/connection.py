@@ -24,6 +24,7 @@ import os
 import time
 from contextlib import aclosing, suppress
 from dataclasses import dataclass
+from urllib.parse import parse_qs
 
 import anyio
 from anyio.abc import TaskGroup
@@ -40,6 +41,7 @@ from relay.adapters.feed_manager import FeedManager
 from relay.adapters.log_reader import LogReader
 from relay.adapters.outbox import Outbox
 from relay.adapters.wsframe import text_frame
+from relay.core.capabilities import TokenRejected
 from relay.core.channels import Channel
 from relay.core.feed import AttachedLive
 from relay.core.recovery import PositionExpired
@@ -56,10 +58,13 @@ from relay.protocol.frames import (
     subscribed_frame,
 )
 from relay.protocol.session import (
+    ANONYMOUS,
+    Action,
     Close,
     Detach,
     Reply,
     ServerSession,
+    SessionAuth,
     SessionLimits,
     SubscribeRequest,
     Subscription,
@@ -91,6 +96,19 @@ class ConnectionDeps:
     # Connections' short tasks (subscribe catch-ups, history reads, writers of backed-up
     # sockets): one task group for the relay, not one per connection.
     tasks: TaskGroup
+    auth: SessionAuth = ANONYMOUS  # everything allowed
+
+
+def _query_token(ws: ServerConnection) -> str | None:
+    """The ``token`` query parameter of the WebSocket request, if any. The query is then
+    dropped from the kept request, so the token is not held (or logged) past its check."""
+    request = ws.request
+    if request is None or "?" not in request.path:
+        return None
+    path, query = request.path.split("?", 1)
+    request.path = path
+    values = parse_qs(query).get("token")
+    return values[0] if values else None
 
 
 def _forget_handshake(ws: ServerConnection) -> None:
@@ -107,9 +125,11 @@ class Connection:
     def __init__(self, deps: ConnectionDeps, ws: ServerConnection) -> None:
         self.deps = deps
         self.ws = ws
+        self._token = _query_token(ws) if deps.auth.required else None
         _forget_handshake(ws)
         self.id = f"{deps.relay_id}-{next(_ids)}-{os.urandom(4).hex()}"
-        self.session = ServerSession(deps.session_limits)
+        self.session = ServerSession(deps.session_limits, deps.auth)
+        self._expiry_scope: anyio.CancelScope | None = None  # made once a token is accepted
         self.outbox = Outbox(deps.outbox_max_messages, self._write_now, self._start_writer)
         # Frames written directly during this event-loop turn, sent together at its end.
         self._loop = asyncio.get_running_loop()
@@ -129,16 +149,40 @@ class Connection:
         """Those attached to their channel's feed (for /metrics)."""
         return [sub for sub in self.session.subscriptions if sub.feed is not None]
 
-    async def serve(self) -> None:
+    def _connected(self) -> bytes:
+        """The ``connected`` frame; with ``?token=``, the token is checked first (a refused
+        one gets an ``unauthorized`` error and the connection closes)."""
         deps = self.deps
-        self.outbox.offer(
-            connected_frame(
+        token, self._token = self._token, None
+        if token is None:
+            return connected_frame(
                 deps.region, deps.relay_id, self.id, deps.heartbeat_s, deps.max_frame_bytes
             )
-        )
         try:
-            with self.reader_scope:
-                await self._reader()
+            credentials = self.session.authenticate(token)
+        except TokenRejected as exc:
+            if exc.expired:
+                self._close = (CloseCode.TOKEN_EXPIRED, "token_expired")
+            else:
+                self._close = (CloseCode.UNAUTHORIZED, "unauthorized")
+            return error_frame(ErrorCode.UNAUTHORIZED, exc.reason)
+        self._watch_expiry()
+        return connected_frame(
+            deps.region,
+            deps.relay_id,
+            self.id,
+            deps.heartbeat_s,
+            deps.max_frame_bytes,
+            sub=credentials.sub,
+            exp=credentials.exp,
+        )
+
+    async def serve(self) -> None:
+        self.outbox.offer(self._connected())
+        try:
+            if self._close is None:  # else the token was refused
+                with self.reader_scope:
+                    await self._reader()
             # Requests in flight (publishes awaiting their ack) are answered first.
             while self._requesting or self._publishing:
                 await self._wait_room()
@@ -148,8 +192,34 @@ class Connection:
             else:  # nothing ever waited for the socket: close from here
                 await self._finish()
         finally:
+            if self._expiry_scope is not None:
+                self._expiry_scope.cancel()
             for sub in self.session.subscriptions:
                 self._drop(sub)
+
+    def _watch_expiry(self) -> None:
+        """Once a token is accepted: close the connection when it expires unrenewed."""
+        if self._expiry_scope is None:
+            self._expiry_scope = anyio.CancelScope()
+            with suppress(RuntimeError):  # the relay is stopping
+                self.deps.tasks.start_soon(self._expire, self._expiry_scope)
+
+    async def _expire(self, scope: anyio.CancelScope) -> None:
+        with scope:
+            while (exp := self.session.expires_at) is not None:
+                await anyio.sleep(max(0.0, exp - time.time()))
+                actions = self.session.tick(time.time())
+                if actions:
+                    self._act(actions)
+                    return
+
+    def _act(self, actions: list[Action]) -> None:
+        """Replies and a close, outside of the reader (token expiry)."""
+        for action in actions:
+            if isinstance(action, Reply):
+                self.outbox.offer(action.frame)
+            elif isinstance(action, Close):
+                self.close_with(action.code, action.reason)
 
     def _start_writer(self) -> None:
         """A frame has to wait for the socket (or the connection must end): from now on a
@@ -201,6 +271,8 @@ class Connection:
                             await self._wait_room()
                         self._requesting += 1
                         self.deps.tasks.start_soon(self._run_request, action)
+                if self.session.credentials is not None and self._expiry_scope is None:
+                    self._watch_expiry()
                 if self.outbox.failed:
                     return
         except ConnectionClosed:

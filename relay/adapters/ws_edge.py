@@ -25,6 +25,7 @@ from relay.adapters.connection import Connection, ConnectionDeps
 from relay.adapters.directory import EdgeDirectory
 from relay.adapters.feed_manager import FeedManager
 from relay.adapters.log_reader import LogReader
+from relay.adapters.tokens import session_auth
 from relay.config.schema import RelayConfig
 from relay.core.redirect import RelayState
 from relay.protocol.errors import CloseCode
@@ -70,6 +71,8 @@ class WsEdge:
         self.recovery = recovery
         self.connections: set[Connection] = set()
         self.connection_limit = connection_limit(cfg.limits.max_connections)
+        # Key files are read here, once: a relay that cannot verify tokens does not start.
+        self.auth = session_auth(cfg.auth)
         self.metrics: Callable[[], bytes] | None = None
         # What every connection gets of this relay; made once the task group runs.
         self._deps: ConnectionDeps | None = None
@@ -103,6 +106,7 @@ class WsEdge:
             writer=self.writer,
             recovery=self.recovery,
             tasks=tasks,
+            auth=self.auth,
         )
 
     def state(self) -> RelayState:

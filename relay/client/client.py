@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ from relay.client.probing import NETWORK_ERRORS, describe_failure, survey
 from relay.client.routing import Choice, MoveBackPolicy
 from relay.client.session import (
     Acked,
+    Authed,
     BadFrame,
     ClientSession,
     Connected,
@@ -76,6 +78,7 @@ from relay.client.session import (
     PositionExpired,
     Redirected,
     Subscribed,
+    renewal_delay_s,
 )
 from relay.client.subscription import Subscription
 from relay.client.supervisor import (
@@ -243,6 +246,10 @@ class Client:
         self._history_waiters: dict[int, _Waiter[HistoryReceived]] = {}
         self._state_changed = anyio.Event()
         self._acked = anyio.Event()
+        # The current connection's token: when it expires, and news of a renewal.
+        self.token_exp: float | None = None
+        """When the token of the current connection expires (seconds since the epoch)."""
+        self._renewed = anyio.Event()
         self._terminal: ClientError | None = None
         self._scope = anyio.CancelScope()
 
@@ -573,6 +580,9 @@ class Client:
             log.info("connected to %s (%s, relay %s)", url, hello.region, hello.relay)
             async with anyio.create_task_group() as tg:
                 await self._act(self._sup.connected(hello.region, anyio.current_time()), ws, tg)
+                self.token_exp = hello.exp
+                if hello.exp is not None and self._token_provider is not None:
+                    tg.start_soon(self._renew, ws)
                 await self._read(ws, tg)
                 tg.cancel_scope.cancel()
         finally:
@@ -661,8 +671,36 @@ class Client:
             await self._act(self._on_error(event), ws, tg)
         elif isinstance(event, Redirected):
             await self._act(self._sup.redirect_received(event), ws, tg)
+        elif isinstance(event, Authed):
+            self.token_exp = event.exp
+            self._renewed.set()
         elif isinstance(event, BadFrame):
             log.warning("%s sent a bad frame: %s", self.url, event.reason)
+
+    async def _renew(self, ws: ClientConnection) -> None:
+        """Before the token expires, get a fresh one and present it on this connection.
+        If that fails the relay closes with 4003 at expiry, and the reconnect asks the
+        provider again."""
+        assert self._token_provider is not None
+        while (exp := self.token_exp) is not None:
+            await anyio.sleep(renewal_delay_s(exp, time.time()))
+            try:
+                token = await self._token_provider()
+            except Exception:
+                log.exception("token provider failed; renewal retried in 1 s")
+                await anyio.sleep(1.0)
+                continue
+            if token is None:
+                return
+            self._renewed = anyio.Event()
+            async with self._send_lock:
+                if self._ws is not ws:
+                    return
+                await self._send(self._session.auth(token))
+            with anyio.move_on_after(OPEN_TIMEOUT_S):
+                await self._renewed.wait()
+            if self.token_exp == exp:  # refused or unanswered: try again shortly
+                await anyio.sleep(1.0)
 
     async def _leave_after(self, ws: ClientConnection, seconds: float) -> None:
         await anyio.sleep(seconds)
@@ -769,7 +807,9 @@ async def connect(
     ``on_state`` is called with every ``ConnectionState``. ``rng`` drives the
     backoff jitter only (publish ids always come from the system's random
     source). ``token_provider`` is awaited before every connection attempt and
-    its result sent as the ``token`` query parameter. ``dial`` maps a relay's URL
+    its result sent as the ``token`` query parameter; with a relay in token mode it
+    is awaited again before the token expires, and the fresh token sent on the live
+    connection (an ``auth`` frame). ``dial`` maps a relay's URL
     to the one to open instead (a client behind a proxy or NAT, or a simulated
     client location); the directory, ``client.url`` and ``client.choice`` keep the
     relays' own URLs. ``keepalive_s``: a ping this often, and a connection whose

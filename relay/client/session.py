@@ -9,6 +9,12 @@ received text frame to ``receive()`` and gets back events (nouns:
 connection, in whichever region, it sends what ``on_reconnect()`` returns.
 When a connection closes, ``close_policy(code)`` says whether to come back.
 
+Tokens (relays in token mode): the I/O layer puts the token in the connection URL
+(``?token=``); the ``connected`` frame then says when it expires (``exp``), and
+``renewal_delay_s`` says when to send a fresh one with ``auth()`` (answered by an
+``Authed`` event with the new ``exp``). A token that expires unrenewed closes the
+connection with 4003, which reconnects with a fresh token.
+
 Two things survive a reconnect:
 
 * **Subscriptions and positions.** For each channel the session keeps the
@@ -50,6 +56,8 @@ from relay.client.history import history_decoder, history_request
 from relay.protocol.errors import CloseCode, ErrorCode
 from relay.protocol.frames import (  # the wire format, defined once
     AckFrame,
+    Auth,
+    AuthedFrame,
     ConnectedFrame,
     ErrorFrame,
     MessageFrame,
@@ -92,6 +100,17 @@ class Connected:
     connection_id: str
     heartbeat_s: float | None = None
     max_frame_bytes: int | None = None
+    # With a token: whose it is, and when it expires (seconds since the epoch).
+    sub: str | None = None
+    exp: float | None = None
+
+
+@dataclass(frozen=True)
+class Authed:
+    """The relay accepted a renewed token; it now expires at ``exp``."""
+
+    sub: str
+    exp: float
 
 
 @dataclass(frozen=True)
@@ -172,6 +191,7 @@ class BadFrame:
 
 Event = (
     Connected
+    | Authed
     | Redirected
     | Subscribed
     | Message
@@ -218,9 +238,28 @@ def close_policy(code: int) -> ClosePolicy:
 
 # The server frames this session acts on (the others: ignored, like a newer relay's ops).
 _ServerFrame = (
-    ConnectedFrame | RedirectFrame | SubscribedFrame | MessageFrame | AckFrame | ErrorFrame
+    ConnectedFrame
+    | RedirectFrame
+    | SubscribedFrame
+    | MessageFrame
+    | AckFrame
+    | ErrorFrame
+    | AuthedFrame
 )
-_HANDLED_OPS: Final = frozenset({"connected", "redirect", "subscribed", "message", "ack", "error"})
+_HANDLED_OPS: Final = frozenset(
+    {"connected", "redirect", "subscribed", "message", "ack", "error", "authed"}
+)
+
+
+def renewal_delay_s(exp: float, now: float) -> float:
+    """Seconds from ``now`` until a token expiring at ``exp`` should be renewed: 30 s
+    before it expires, or at three quarters of what is left for short-lived tokens."""
+    left = exp - now
+    if left >= 120.0:
+        return left - 30.0
+    return max(0.0, left * 0.75)
+
+
 _decoder: Final = msgspec.json.Decoder(_ServerFrame)
 
 
@@ -415,6 +454,10 @@ class ClientSession:
         frames.extend(self._publish_frame(message_id) for message_id in self._pending)
         return frames
 
+    def auth(self, token: str) -> bytes:
+        """An ``auth`` frame presenting ``token`` (renewal on a live connection)."""
+        return msgspec.json.encode(Auth(token=token, ref=self._ref()))
+
     def republish_pending(self) -> list[bytes]:
         """Frames publishing every pending message again on the current connection
         (after a temporary error such as ``unavailable``); the ids make it safe."""
@@ -440,6 +483,10 @@ class ClientSession:
                 return self._error(frame)
             if isinstance(frame, RedirectFrame):
                 return [Redirected(frame.url, frame.region, frame.reason)]
+            if isinstance(frame, AuthedFrame):
+                if isinstance(frame.ref, int):
+                    self._requests.pop(frame.ref, None)
+                return [Authed(frame.sub, frame.exp)]
             limit = frame.max_frame_bytes
             self.max_frame_bytes = limit if limit is not None and limit > 0 else None
             return [
@@ -449,6 +496,8 @@ class ClientSession:
                     frame.connection_id,
                     frame.heartbeat_s,
                     self.max_frame_bytes,
+                    None if isinstance(frame.sub, msgspec.UnsetType) else frame.sub,
+                    None if isinstance(frame.exp, msgspec.UnsetType) else frame.exp,
                 )
             ]
         except ClockError as exc:
@@ -506,6 +555,14 @@ class ClientSession:
 
     def _error(self, frame: ErrorFrame) -> list[Event]:
         request = self._requests.pop(frame.ref, None) if isinstance(frame.ref, int) else None
+        channel = None if isinstance(frame.channel, msgspec.UnsetType) else frame.channel
+        if request is None and frame.code == ErrorCode.FORBIDDEN and channel is not None:
+            # A renewed token no longer allows a subscription: the relay ended it.
+            state = self._channels.get(channel)
+            if state is not None:
+                state.wanted = False
+                state.ref = None
+            return [ErrorReceived(frame.code, frame.message, None, False, channel)]
         if request is None:
             return [ErrorReceived(frame.code, frame.message, _ref_of(frame), frame.temporary)]
         if request.op == "subscribe":

@@ -57,9 +57,7 @@ def _type(info: FieldInfo) -> str:
     optional = type(None) in typing.get_args(annotation)
     if optional:
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
-    name = {int: "integer", float: "float", str: "string", bool: "boolean"}.get(
-        annotation, str(annotation)
-    )
+    name = _type_name(annotation)
     bounds = _bounds(info)
     if bounds:
         name += f" ({bounds})"
@@ -68,7 +66,35 @@ def _type(info: FieldInfo) -> str:
     return name
 
 
+_SCALARS: dict[Any, str] = {int: "integer", float: "float", str: "string", bool: "boolean"}
+
+
+def _type_name(annotation: Any) -> str:
+    if annotation in _SCALARS:
+        return _SCALARS[annotation]
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is tuple and len(args) == 2 and args[1] is Ellipsis:
+        item = args[0]
+        if item in _SCALARS:
+            return f"array of {_SCALARS[item]}s"
+        if typing.get_origin(item) is tuple and len(typing.get_args(item)) == 2:
+            # (key, value) pairs: how the schema keeps a TOML table in a frozen model
+            return f"table of {_type_name(typing.get_args(item)[1])}"
+    return str(annotation)
+
+
+def _is_table(value: tuple[object, ...]) -> bool:
+    return bool(value) and all(
+        isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) for pair in value
+    )
+
+
 def _toml(value: object) -> str:
+    if isinstance(value, tuple):
+        if _is_table(value):
+            pairs = ", ".join(f"{_toml(k)} = {_toml(v)}" for k, v in value)
+            return "{ " + pairs + " }"
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, bool):

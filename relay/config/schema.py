@@ -9,6 +9,7 @@ silent coercion), reject unknown keys, and are frozen (hashable, safe to share a
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
@@ -315,10 +316,107 @@ DEFAULT_NAMESPACE = NamespaceRule(name=DEFAULT_NAMESPACE_NAME, prefix="")
 class AuthSection(_Section):
     """``[auth]``: how clients authenticate."""
 
-    mode: Literal["anonymous"] = Field(
+    mode: Literal["anonymous", "token"] = Field(
         default="anonymous",
-        description='Client authentication; `"anonymous"` accepts every client.',
+        description=(
+            '`"anonymous"`: every client gets the `anonymous` capabilities (for local use). '
+            '`"token"`: a client must present a JWT (`?token=` or an `auth` frame) before '
+            "anything but `ping`, and may do what the token's `caps` claim allows."
+        ),
     )
+    secret_file: str | None = Field(
+        default=None,
+        description=(
+            "File holding the HS256 shared secret (surrounding whitespace ignored). Secrets "
+            "are never written inline in the config."
+        ),
+    )
+    secret_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+        description="Name of an environment variable holding the HS256 shared secret.",
+    )
+    public_key_files: tuple[str, ...] = Field(
+        default=(),
+        strict=False,  # TOML arrays arrive as lists
+        description=(
+            "PEM files of public keys that verify tokens: Ed25519 keys for EdDSA, RSA keys "
+            "for RS256 (relays need not hold the signing key)."
+        ),
+    )
+    jwks_file: str | None = Field(
+        default=None,
+        description="A JWKS (JSON Web Key Set) file of public keys; tokens pick one by `kid`.",
+    )
+    leeway_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        allow_inf_nan=False,
+        description="Seconds of clock skew tolerated when checking a token's `exp` and `iat`.",
+    )
+    # Written as a TOML table; kept as (pattern, operations) pairs so the config stays hashable.
+    anonymous: tuple[tuple[str, tuple[str, ...]], ...] = Field(
+        default=(("*", ("subscribe", "publish", "history", "presence")),),
+        strict=False,  # TOML arrays arrive as lists
+        description=(
+            'A TOML table: in `"anonymous"` mode, what every client may do: channel pattern '
+            "(a name, `prefix*` or `*`) to operations (`subscribe`, `publish`, `history`, "
+            '`presence`), e.g. `{ "news:*" = ["subscribe", "history"] }`. Default: everything.'
+        ),
+    )
+
+    @field_validator("anonymous", mode="before")
+    @classmethod
+    def _table_to_pairs(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return tuple(
+                (pattern, tuple(ops) if isinstance(ops, list) else ops)
+                for pattern, ops in value.items()
+            )
+        if isinstance(value, tuple):  # already pairs (a model built in Python)
+            return value
+        raise PydanticCustomError(
+            FIELD_ERROR_TYPE,
+            'a table of channel pattern = [operations], e.g. { "*" = ["subscribe"] }',
+        )
+
+    @field_validator("anonymous")
+    @classmethod
+    def _check_anonymous(
+        cls, value: tuple[tuple[str, tuple[str, ...]], ...]
+    ) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        ops = {"subscribe", "publish", "history", "presence"}
+        for pattern, granted in value:
+            body = pattern[:-1] if pattern.endswith("*") else pattern
+            if (
+                not pattern
+                or len(body) > 200
+                or not re.fullmatch(r"[A-Za-z0-9_\-:@/=+!~.,]*", body)
+            ):
+                raise PydanticCustomError(
+                    FIELD_ERROR_TYPE,
+                    f"channel patterns: a channel name, 'prefix*' or '*' (not {pattern[:40]!r})",
+                )
+            if not set(granted) <= ops:
+                raise PydanticCustomError(
+                    FIELD_ERROR_TYPE,
+                    "operations from subscribe, publish, history, presence "
+                    f"(not {sorted(set(granted) - ops)[:3]!r})",
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> Self:
+        if self.mode == "token" and not (
+            self.secret_file or self.secret_env or self.public_key_files or self.jwks_file
+        ):
+            raise PydanticCustomError(
+                FIELD_ERROR_TYPE,
+                'with mode = "token", at least one of secret_file, secret_env, '
+                "public_key_files, jwks_file",
+            )
+        return self
 
 
 class PeerSection(_Section):

@@ -25,6 +25,8 @@ class ErrorCode(StrEnum):
     LIMIT_EXCEEDED = "limit_exceeded"
     POSITION_EXPIRED = "position_expired"
     RATE_LIMITED = "rate_limited"
+    UNAUTHORIZED = "unauthorized"  # no valid token yet (token mode), or a token refused
+    FORBIDDEN = "forbidden"  # the token's capabilities do not allow this on the channel
     SLOW_CONSUMER = "slow_consumer"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
@@ -45,14 +47,24 @@ class CloseCode(IntEnum):
     SLOW_CONSUMER = 4000  # outbox overflowed: reconnect and resume from your last position
     UNAVAILABLE = 4001  # relay lost its NATS connection: reconnect, maybe elsewhere
     GAP = 4002  # a channel's feed had a gap it could not fill: reconnect and resume
+    TOKEN_EXPIRED = 4003  # the token expired without renewal: reconnect with a fresh one
     TOO_MANY_ERRORS = 4500  # the client keeps sending bad frames: fix the client
+    UNAUTHORIZED = 4501  # the ?token= was refused (bad signature, claims...): fix the token
 
 
 class ProtocolError(Exception):
     """A client frame we refuse; becomes an ``error`` frame, the connection stays open."""
 
-    def __init__(self, code: ErrorCode, message: str, ref: str | int | None = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        ref: str | int | None = None,
+        *,
+        channel: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.ref = ref
+        self.channel = channel  # what the refused request was about, for errors that say

@@ -70,8 +70,15 @@ class Ping(msgspec.Struct, tag="ping", tag_field="op", omit_defaults=True):
     ref: Ref = None
 
 
-ClientFrame = Subscribe | Unsubscribe | Publish | History | Ping
-KNOWN_OPS: Final = frozenset({"subscribe", "unsubscribe", "publish", "history", "ping"})
+class Auth(msgspec.Struct, tag="auth", tag_field="op", omit_defaults=True):
+    """Present a token (first, or again to renew it on a live connection)."""
+
+    token: str
+    ref: Ref = None
+
+
+ClientFrame = Subscribe | Unsubscribe | Publish | History | Ping | Auth
+KNOWN_OPS: Final = frozenset({"subscribe", "unsubscribe", "publish", "history", "ping", "auth"})
 
 _decoder: Final = msgspec.json.Decoder(ClientFrame)
 # A causal context names regions; no deployment has more than this many.
@@ -88,7 +95,7 @@ def decode_client_frame(raw: str | bytes) -> ClientFrame:
         raise _bad_json(exc) from None
     if isinstance(frame.ref, str) and len(frame.ref) > MAX_REF_LENGTH:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"ref longer than {MAX_REF_LENGTH} characters")
-    if isinstance(frame, Ping):
+    if isinstance(frame, Ping | Auth):
         return frame
     try:
         validate_channel(frame.channel)
@@ -181,6 +188,9 @@ class ConnectedFrame(msgspec.Struct, tag="connected", tag_field="op", kw_only=Tr
     connection_id: str
     heartbeat_s: float | None = None
     max_frame_bytes: int | None = None
+    # Only when the client presented a token with ?token=: whose it is and when it expires.
+    sub: str | UnsetType = UNSET
+    exp: float | UnsetType = UNSET
 
 
 class RedirectFrame(msgspec.Struct, tag="redirect", tag_field="op", kw_only=True):
@@ -219,6 +229,12 @@ class PongFrame(msgspec.Struct, tag="pong", tag_field="op", kw_only=True):
     ref: Ref | UnsetType = UNSET
 
 
+class AuthedFrame(msgspec.Struct, tag="authed", tag_field="op", kw_only=True):
+    ref: Ref | UnsetType = UNSET
+    sub: str
+    exp: float  # seconds since the epoch: renew before, or the relay closes with 4003
+
+
 class ErrorFrame(msgspec.Struct, tag="error", tag_field="op", kw_only=True):
     ref: Ref | UnsetType = UNSET
     code: str  # an ErrorCode; a str so that a newer relay's codes still decode
@@ -241,6 +257,7 @@ ServerFrame = (
     | AckFrame
     | HistoryFrame
     | PongFrame
+    | AuthedFrame
     | ErrorFrame
 )
 
@@ -257,7 +274,14 @@ def message_frame(channel: Channel, msg: StoredMessage) -> bytes:
 
 
 def connected_frame(
-    region: str, relay: str, connection_id: str, heartbeat_s: float, max_frame_bytes: int
+    region: str,
+    relay: str,
+    connection_id: str,
+    heartbeat_s: float,
+    max_frame_bytes: int,
+    *,
+    sub: str | UnsetType = UNSET,
+    exp: float | UnsetType = UNSET,
 ) -> bytes:
     return _encode(
         ConnectedFrame(
@@ -266,8 +290,14 @@ def connected_frame(
             connection_id=connection_id,
             heartbeat_s=heartbeat_s,
             max_frame_bytes=max_frame_bytes,
+            sub=sub,
+            exp=exp,
         )
     )
+
+
+def authed_frame(ref: Ref, sub: str, exp: float) -> bytes:
+    return _encode(AuthedFrame(ref=_ref(ref), sub=sub, exp=exp))
 
 
 def redirect_frame(url: str, region: str, reason: str) -> bytes:

@@ -10,7 +10,20 @@ current time and gets back a list of actions:
   ``Publish``, ``History``;
 * ``Detach(subscription)``: the client unsubscribed; stop delivering to it now;
 * ``Reply(frame)``: bytes to queue for the client (errors, pongs, unsubscribed);
-* ``Close(code, reason)``: end the connection (only for a flood of bad frames).
+* ``Close(code, reason)``: end the connection (a flood of bad frames, an expired token).
+
+Authentication (``SessionAuth``). Every session checks capabilities
+(``relay.core.capabilities``): ``subscribe``, ``publish`` and ``history`` on a channel
+its capabilities do not allow get a ``forbidden`` error naming the channel. An
+anonymous session has the configured anonymous capabilities from the start. In token
+mode a session has none until a token is accepted -- from the connection URL
+(``authenticate``) or an ``auth`` frame -- and refuses everything but ``auth`` and
+``ping`` with ``unauthorized``. A later ``auth`` (renewal, same ``sub``) replaces the
+capabilities at once: a subscription they no longer allow is ended (``Detach`` and a
+``forbidden`` error saying so). ``tick(now_epoch_s)`` closes the session with
+``token_expired`` (4003) once the token's ``exp`` passed without a renewal; the
+caller calls it at ``expires_at``. Tokens are verified by an injected function (the
+relay's PyJWT adapter), so this module stays free of keys and I/O.
 
 A publish that could not be stored (``publish_failed``) fences its channel:
 later publishes of this connection there are refused until the failed one is
@@ -32,18 +45,23 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from msgspec import UNSET
+
+from relay.core.capabilities import Capabilities, Credentials, Op, TokenRejected
 from relay.core.channels import Channel
 from relay.core.feed import ChannelFeed
 from relay.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from relay.protocol.frames import (
+    Auth,
     ClientFrame,
     History,
     Ping,
     Publish,
     Subscribe,
     Unsubscribe,
+    authed_frame,
     decode_client_frame,
     error_frame,
     pong_frame,
@@ -71,6 +89,22 @@ class SessionLimits:
     max_errors_per_minute: int
     # Per namespace; the session asks rather than holding the config tree.
     max_message_bytes: Callable[[Channel], int]
+
+
+@dataclass(frozen=True)
+class SessionAuth:
+    """How sessions authenticate: ``verify`` a token (raises ``TokenRejected``), or None
+    for anonymous mode, where every session has ``anonymous`` capabilities."""
+
+    verify: Callable[[str], Credentials] | None = None
+    anonymous: Capabilities = field(default_factory=Capabilities.everything)
+
+    @property
+    def required(self) -> bool:
+        return self.verify is not None
+
+
+ANONYMOUS = SessionAuth()
 
 
 @dataclass(frozen=True)
@@ -120,9 +154,15 @@ Request = SubscribeRequest | Publish | History
 Action = Request | Detach | Reply | Close
 
 
+_OPS = {Subscribe: Op.SUBSCRIBE, Publish: Op.PUBLISH, History: Op.HISTORY}
+
+
 class ServerSession:
-    def __init__(self, limits: SessionLimits) -> None:
+    def __init__(self, limits: SessionLimits, auth: SessionAuth = ANONYMOUS) -> None:
         self._limits = limits
+        self._auth = auth
+        self.credentials: Credentials | None = None
+        self._caps: Capabilities = auth.anonymous if auth.verify is None else Capabilities()
         self._subs: dict[Channel, Subscription] = {}
         # channel -> id of a publish that failed: later publishes there wait for its retry.
         self._fences: dict[Channel, str] = {}
@@ -140,6 +180,72 @@ class ServerSession:
     def subscription(self, channel: Channel) -> Subscription | None:
         return self._subs.get(channel)
 
+    @property
+    def expires_at(self) -> float | None:
+        """When the token expires (seconds since the epoch); None without one."""
+        return None if self.credentials is None else self.credentials.exp
+
+    def authenticate(self, token: str) -> Credentials:
+        """Accept the token the client presented in the connection URL, or raise
+        ``TokenRejected`` (the caller refuses the connection)."""
+        verify = self._auth.verify
+        if verify is None:
+            raise TokenRejected("this relay takes no tokens (anonymous mode)")
+        credentials = verify(token)
+        self._grant(credentials)
+        return credentials
+
+    def tick(self, now_epoch_s: float) -> list[Action]:
+        """Close the connection once its token expired without a renewal."""
+        exp = self.expires_at
+        if self.closed or exp is None or now_epoch_s < exp:
+            return []
+        self.closed = True
+        return [
+            Reply(error_frame(ErrorCode.UNAUTHORIZED, "token expired; reconnect with a new one")),
+            Close(CloseCode.TOKEN_EXPIRED, "token_expired"),
+        ]
+
+    def _grant(self, credentials: Credentials) -> list[Action]:
+        """Take ``credentials``' capabilities now; end the subscriptions they do not allow."""
+        self.credentials = credentials
+        self._caps = credentials.capabilities
+        actions: list[Action] = []
+        for channel, sub in list(self._subs.items()):
+            if not self._caps.allows(Op.SUBSCRIBE, channel):
+                del self._subs[channel]
+                actions.append(Detach(sub))
+                actions.append(
+                    Reply(
+                        error_frame(
+                            ErrorCode.FORBIDDEN,
+                            f"subscription to {channel} ended: the renewed token does not "
+                            "allow subscribe there",
+                            channel=channel,
+                        )
+                    )
+                )
+        return actions
+
+    def _auth_frame(self, frame: Auth) -> list[Action]:
+        verify = self._auth.verify
+        if verify is None:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, "this relay takes no tokens (anonymous mode)", frame.ref
+            )
+        try:
+            credentials = verify(frame.token)
+        except TokenRejected as exc:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, exc.reason, frame.ref) from None
+        if self.credentials is not None and credentials.sub != self.credentials.sub:
+            raise ProtocolError(
+                ErrorCode.UNAUTHORIZED,
+                "a renewed token must have the same sub as the connection's",
+                frame.ref,
+            )
+        actions = self._grant(credentials)
+        return [Reply(authed_frame(frame.ref, credentials.sub, credentials.exp)), *actions]
+
     def receive(self, raw: str | bytes, now: float, *, binary: bool = False) -> list[Action]:
         if self.closed:
             return []
@@ -156,7 +262,20 @@ class ServerSession:
     def _handle(self, frame: ClientFrame) -> list[Action]:
         if isinstance(frame, Ping):
             return [Reply(pong_frame(frame.ref))]
+        if isinstance(frame, Auth):
+            return self._auth_frame(frame)
+        if self._auth.required and self.credentials is None:
+            raise ProtocolError(
+                ErrorCode.UNAUTHORIZED,
+                "authenticate first: an auth frame with a token (or ?token= on connect)",
+                frame.ref,
+            )
         channel = Channel(frame.channel)
+        op = _OPS.get(type(frame))
+        if op is not None and not self._caps.allows(op, channel):
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN, f"not allowed to {op} on {channel}", frame.ref, channel=channel
+            )
         if isinstance(frame, Subscribe):
             if channel in self._subs:
                 raise ProtocolError(
@@ -225,7 +344,10 @@ class ServerSession:
         self._errors.append(now)
         while self._errors and self._errors[0] <= now - ERROR_WINDOW_S:
             self._errors.popleft()
-        actions: list[Action] = [Reply(error_frame(exc.code, exc.message, exc.ref))]
+        channel = UNSET if exc.channel is None else exc.channel
+        actions: list[Action] = [
+            Reply(error_frame(exc.code, exc.message, exc.ref, channel=channel))
+        ]
         if len(self._errors) > self._limits.max_errors_per_minute:
             self.closed = True
             actions.append(Close(CloseCode.TOO_MANY_ERRORS, "too_many_errors"))

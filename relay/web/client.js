@@ -95,6 +95,10 @@ const DEFAULT_OPTIONS = Object.freeze({
   maxFrameBytes: 1048576,
   idMemory: 4096,
   random: Math.random,
+  // async () => token (a JWT) or null: awaited before every connection attempt (sent as
+  // ?token=) and again before the token expires (sent on the live connection as an `auth`
+  // frame). null: no token (anonymous relays).
+  tokenProvider: null,
 });
 
 // --- vector clocks ---------------------------------------------------------------------------
@@ -315,9 +319,25 @@ export function closePolicy(code) {
   return (code >= 4500 && code <= 4999) || STOP_CODES.has(code) ? "stop" : "reconnect";
 }
 
+// --- tokens (relay/client/session.py renewal_delay_s) ----------------------------------------
+
+/** Ms from `nowMs` until a token expiring at `expMs` should be renewed: 30 s before it
+ * expires, or at three quarters of what is left for short-lived tokens. */
+export function renewalDelayMs(expMs, nowMs) {
+  const left = expMs - nowMs;
+  if (left >= 120000) return left - 30000;
+  return Math.max(0, left * 0.75);
+}
+
+/** `url` with the `token` query parameter, if any. */
+export function withToken(url, token) {
+  if (token === null || token === undefined) return url;
+  return `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
+}
+
 // --- session (relay/client/session.py), without I/O ------------------------------------------
 
-const HANDLED_OPS = new Set(["connected", "redirect", "subscribed", "message", "ack", "error", "history"]);
+const HANDLED_OPS = new Set(["connected", "redirect", "subscribed", "message", "ack", "error", "history", "authed"]);
 const ID_PREFIX_RE = /^[\x21-\x7e]{1,100}$/;
 
 function randomHex(bytes) {
@@ -340,8 +360,12 @@ function shapeError(frame) {
         need(isStr(frame.relay), "relay") ??
         need(isStr(frame.connection_id), "connection_id") ??
         need(frame.heartbeat_s == null || typeof frame.heartbeat_s === "number", "heartbeat_s") ??
-        need(frame.max_frame_bytes == null || Number.isInteger(frame.max_frame_bytes), "max_frame_bytes")
+        need(frame.max_frame_bytes == null || Number.isInteger(frame.max_frame_bytes), "max_frame_bytes") ??
+        need(frame.sub == null || isStr(frame.sub), "sub") ??
+        need(frame.exp == null || typeof frame.exp === "number", "exp")
       );
+    case "authed":
+      return need(isStr(frame.sub), "sub") ?? need(typeof frame.exp === "number", "exp") ?? need(isRef(frame.ref), "ref");
     case "redirect":
       return (
         need(isStr(frame.url), "url") ??
@@ -481,6 +505,11 @@ export class Session {
     return [frame.ref, JSON.stringify(frame)];
   }
 
+  /** An `auth` frame presenting `token` (renewal on a live connection). */
+  auth(token) {
+    return JSON.stringify({ op: "auth", token, ref: this._ref() });
+  }
+
   unsubscribe(channel) {
     const state = this._channels.get(channel);
     if (!state || !state.wanted) throw new Error(`not subscribed to ${JSON.stringify(channel)}`);
@@ -597,6 +626,9 @@ export class Session {
           return this._history(frame);
         case "redirect":
           return [{ type: "redirected", url: frame.url, region: frame.region ?? null, reason: frame.reason ?? "" }];
+        case "authed":
+          if (Number.isInteger(frame.ref)) this._requests.delete(frame.ref);
+          return [{ type: "authed", sub: frame.sub, exp: frame.exp }];
         default: {
           const limit = frame.max_frame_bytes;
           this.maxFrameBytes = Number.isInteger(limit) && limit > 0 ? limit : null;
@@ -608,6 +640,8 @@ export class Session {
               connectionId: frame.connection_id,
               heartbeatS: frame.heartbeat_s ?? null,
               maxFrameBytes: this.maxFrameBytes,
+              sub: frame.sub ?? null, // with a token: whose it is
+              exp: frame.exp ?? null, // and when it expires (seconds since the epoch)
             },
           ];
         }
@@ -680,6 +714,15 @@ export class Session {
     const ref = frame.ref ?? null;
     const base = { type: "error", code: frame.code, message: frame.message ?? "", ref, temporary: frame.temporary ?? false };
     const request = Number.isInteger(ref) ? this._requests.get(ref) : undefined;
+    if (request === undefined && frame.code === "forbidden" && isStr(frame.channel)) {
+      // A renewed token no longer allows a subscription: the relay ended it.
+      const state = this._channels.get(frame.channel);
+      if (state) {
+        state.wanted = false;
+        state.ref = null;
+      }
+      return [{ ...base, channel: frame.channel, publishId: null }];
+    }
     if (request === undefined) return [{ ...base, channel: null, publishId: null }];
     this._requests.delete(ref);
     if (request.op === "subscribe") {
@@ -924,6 +967,8 @@ export class Client {
     this.closeCode = null;
     this.closeReason = null;
     this.connections = 0; // how many connections were established so far
+    this.tokenExp = null; // when the current connection's token expires (s since the epoch)
+    this._renewTimer = null;
     this.redirects = 0; // how many redirects from relays the client followed
 
     this._listeners = new Map(); // event -> Set(fn)
@@ -1195,7 +1240,19 @@ export class Client {
           pause = false;
         }
         if (this.state !== "suspended") this._setState("connecting", { url, attempt: this._backoff.attempt });
-        const outcome = await this._connection(region, url);
+        let token = null;
+        if (this.options.tokenProvider) {
+          try {
+            token = await this.options.tokenProvider();
+          } catch (exc) {
+            // Most likely transient (the token service is unreachable): a failed attempt.
+            this._emit("error", new RelaynetError("token_provider", `token provider failed: ${exc?.message ?? exc}`));
+            if (this._stopped) return;
+            continue;
+          }
+          if (this._stopped) return;
+        }
+        const outcome = await this._connection(region, url, token);
         if (this._stopped) return;
         if (outcome === null) continue;
         connected = true;
@@ -1402,11 +1459,11 @@ export class Client {
    * go elsewhere; null if it never got up (no WebSocket, or the first frame within
    * openTimeoutMs was neither `connected` nor a `redirect` we follow).
    */
-  _connection(region, url) {
+  _connection(region, url, token = null) {
     return new Promise((resolve) => {
       let ws;
       try {
-        ws = new this._WebSocket(url);
+        ws = new this._WebSocket(withToken(url, token));
       } catch {
         resolve(null);
         return;
@@ -1422,6 +1479,8 @@ export class Client {
         if (this._ws === ws) this._ws = null;
         this._interrupt = null;
         this._stopLiveness();
+        clearTimeout(this._renewTimer);
+        this._renewTimer = null;
         clearTimeout(this._redirectGrace);
         this._redirectGrace = null;
         if (up) this._backoff.disconnected(now());
@@ -1538,12 +1597,37 @@ export class Client {
     this._backoff.connected(now());
     this._retryBackoff.reset();
     this._startLiveness(ws);
+    this.tokenExp = hello.exp ?? null;
+    this._scheduleRenewal(ws);
     this._setState("connected", { url, connectionId: hello.connectionId });
     this._emit("connected", { region: this.region, relay: this.relay, connectionId: this.connectionId, url, listedAs: region });
     this._readyResolve(this);
     // History requests of the last connection (or made while disconnected): asked (again) here.
     for (const request of this._histories) this._askHistory(request);
     if (this.options.moveBack !== "stay") this._watchForMove(ws, hello.region);
+  }
+
+  /** Before the token expires, get a fresh one and present it on this connection. If that
+   * fails the relay closes with 4003 at expiry, and the reconnect asks the provider again. */
+  _scheduleRenewal(ws, delayMs = null) {
+    clearTimeout(this._renewTimer);
+    this._renewTimer = null;
+    const provider = this.options.tokenProvider;
+    if (!provider || this.tokenExp === null) return;
+    const delay = delayMs ?? renewalDelayMs(this.tokenExp * 1000, Date.now());
+    this._renewTimer = setTimeout(async () => {
+      if (this._ws !== ws) return;
+      let token;
+      try {
+        token = await provider();
+      } catch (exc) {
+        this._emit("error", new RelaynetError("token_provider", `token provider failed: ${exc?.message ?? exc}`));
+        if (this._ws === ws) this._scheduleRenewal(ws, 1000);
+        return;
+      }
+      if (token === null || token === undefined || this._ws !== ws || ws.readyState !== 1) return;
+      ws.send(this._session.auth(token));
+    }, delay);
   }
 
   _send(frame) {
@@ -1597,6 +1681,10 @@ export class Client {
         return;
       case "redirected":
         this._onRedirect(event);
+        return;
+      case "authed":
+        this.tokenExp = event.exp;
+        if (this._ws) this._scheduleRenewal(this._ws);
         return;
       case "bad_frame":
         this._emit("error", new RelaynetError("bad_frame", `${this.url} sent a bad frame: ${event.reason}`));

@@ -18,6 +18,7 @@ from relay.client.backoff import Backoff
 from relay.client.routing import Choice, Edge, choose, should_move_back
 from relay.client.session import (
     Acked,
+    Authed,
     BadFrame,
     ClientSession,
     Connected,
@@ -30,6 +31,7 @@ from relay.client.session import (
     Redirected,
     Subscribed,
     close_policy,
+    renewal_delay_s,
 )
 
 # --- backoff -----------------------------------------------------------------------------
@@ -815,3 +817,60 @@ def test_message_data_is_the_decoded_json() -> None:
     assert message.data == {"text": "hi", "n": [1, 2.5, None]}
     assert message.data_json == b'{"text":"hi","n":[1,2.5,null]}'  # the publisher's bytes
     assert data_of(message) == message.data
+
+
+# --- tokens ----------------------------------------------------------------------------------
+
+
+def test_connected_with_a_url_token_says_whose_and_until_when() -> None:
+    s = session()
+    raw = (
+        '{"op":"connected","region":"us-east","relay":"r-1","connection_id":"x",'
+        '"sub":"alice","exp":1800000000.0}'
+    )
+    assert s.receive(raw) == [Connected(US, "r-1", "x", None, None, "alice", 1800000000.0)]
+    # Without a token (anonymous relay): neither.
+    assert s.receive(connected(None)) == [Connected(US, "r-1", "x", None)]
+
+
+def test_auth_frame_and_authed_event() -> None:
+    s = session()
+    assert decoded(s.auth("tok-2")) == {"op": "auth", "token": "tok-2", "ref": 1}
+    assert s.receive('{"op":"authed","ref":1,"sub":"alice","exp":1800000060.0}') == [
+        Authed("alice", 1800000060.0)
+    ]
+
+
+def test_forbidden_after_renewal_ends_the_subscription_for_good() -> None:
+    s = session()
+    s.subscribe("chat:secret")
+    s.receive('{"op":"subscribed","ref":1,"channel":"chat:secret","position":{}}')
+    events = s.receive(
+        '{"op":"error","code":"forbidden","message":"subscription to chat:secret ended",'
+        '"temporary":false,"channel":"chat:secret"}'
+    )
+    assert events == [
+        ErrorReceived("forbidden", "subscription to chat:secret ended", None, False, "chat:secret")
+    ]
+    assert s.channels == []
+    assert s.on_reconnect() == []  # not resubscribed on the next connection
+
+
+@pytest.mark.parametrize(
+    ("left", "delay"),
+    [(3600.0, 3570.0), (120.0, 90.0), (60.0, 45.0), (4.0, 3.0), (0.0, 0.0), (-5.0, 0.0)],
+)
+def test_renewal_delay(left: float, delay: float) -> None:
+    assert renewal_delay_s(1000.0 + left, 1000.0) == pytest.approx(delay)
+
+
+@given(left=st.floats(-100.0, 10**6))
+def test_renewal_comes_before_expiry(left: float) -> None:
+    delay = renewal_delay_s(1000.0 + left, 1000.0)
+    assert delay >= 0.0
+    assert delay < left or left <= 0
+
+
+@pytest.mark.parametrize(("code", "policy"), [(4003, "reconnect"), (4501, "stop")])
+def test_close_policy_for_token_codes(code: int, policy: str) -> None:
+    assert close_policy(code) == policy

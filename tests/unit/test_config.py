@@ -392,13 +392,58 @@ BAD_CONFIGS = [
         id="zero-replicas",
     ),
     pytest.param(
-        MINIMAL + '[auth]\nmode = "token"\n',
+        MINIMAL + '[auth]\nmode = "password"\n',
         "auth.mode",
-        "'anonymous'",
-        "token",
+        "'anonymous' or 'token'",
+        "password",
         id="unknown-auth-mode",
     ),
+    pytest.param(
+        MINIMAL + '[auth]\nmode = "token"\n',
+        "auth",
+        'with mode = "token", at least one of secret_file, secret_env, public_key_files, jwks_file',
+        {"mode": "token"},
+        id="token-mode-without-keys",
+    ),
+    pytest.param(
+        MINIMAL + '[auth]\nanonymous = { "a b" = ["subscribe"] }\n',
+        "auth.anonymous",
+        "channel patterns: a channel name, 'prefix*' or '*' (not 'a b')",
+        {"a b": ["subscribe"]},
+        id="anonymous-bad-pattern",
+    ),
+    pytest.param(
+        MINIMAL + '[auth]\nanonymous = { "news:*" = ["subscribe", "fly"] }\n',
+        "auth.anonymous",
+        "operations from subscribe, publish, history, presence (not ['fly'])",
+        {"news:*": ["subscribe", "fly"]},
+        id="anonymous-unknown-op",
+    ),
+    pytest.param(
+        MINIMAL + '[auth]\nanonymous = ["subscribe"]\n',
+        "auth.anonymous",
+        "a table of channel pattern = [operations]",
+        ["subscribe"],
+        id="anonymous-not-a-table",
+    ),
 ]
+
+
+def test_token_mode_with_key_files_and_anonymous_capabilities(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        MINIMAL
+        + '[auth]\nmode = "token"\nsecret_env = "RELAY_SECRET"\n'
+        + 'public_key_files = ["a.pem", "b.pem"]\nleeway_s = 2.0\n'
+        + 'anonymous = { "news:*" = ["subscribe", "history"] }\n',
+    )
+    auth = load_config(path, env={}).auth
+    assert auth.mode == "token"
+    assert auth.secret_env == "RELAY_SECRET"
+    assert auth.public_key_files == ("a.pem", "b.pem")
+    assert auth.leeway_s == 2.0
+    assert auth.anonymous == (("news:*", ("subscribe", "history")),)
+    assert hash(auth) == hash(load_config(path, env={}).auth)
 
 
 @pytest.mark.parametrize(("text", "field", "expected", "value"), BAD_CONFIGS)

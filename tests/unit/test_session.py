@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from relay.core.capabilities import Credentials, TokenRejected, parse_capabilities
 from relay.core.channels import Channel
 from relay.protocol.errors import CloseCode, ErrorCode
 from relay.protocol.frames import History, Publish, Subscribe
@@ -17,6 +18,7 @@ from relay.protocol.session import (
     Detach,
     Reply,
     ServerSession,
+    SessionAuth,
     SessionLimits,
     SubscribeRequest,
     Subscription,
@@ -324,3 +326,169 @@ def test_a_failed_publish_fences_its_channel_until_it_is_sent_again() -> None:
 def _published(actions: list[Action]) -> str | None:
     assert len(actions) == 1 and isinstance(actions[0], Publish), actions
     return actions[0].id
+
+
+# --- authentication and capabilities -------------------------------------------------------
+
+NOW_EPOCH = 1_800_000_000.0
+
+
+def _creds(sub: str, caps: dict[str, list[str]], exp: float = NOW_EPOCH + 60) -> Credentials:
+    return Credentials(sub=sub, exp=exp, capabilities=parse_capabilities(caps))
+
+
+# Tokens are verified by an injected function: here a table of known tokens.
+TOKENS = {
+    "full": _creds("alice", {"chat:*": ["subscribe", "publish", "history"]}),
+    "narrow": _creds("alice", {"chat:lobby": ["subscribe"]}, exp=NOW_EPOCH + 120),
+    "bob": _creds("bob", {"*": ["subscribe", "publish", "history"]}),
+}
+
+
+def _verify(token: str) -> Credentials:
+    if token == "expired":
+        raise TokenRejected("token expired", expired=True)
+    if token not in TOKENS:
+        raise TokenRejected("bad signature")
+    return TOKENS[token]
+
+
+def token_session() -> ServerSession:
+    return ServerSession(SessionLimits(3, 50, _limit), SessionAuth(_verify))
+
+
+def authed(s: ServerSession, token: str = "full", ref: int = 1) -> None:
+    [reply] = s.receive(frame(op="auth", token=token, ref=ref), 0.0)
+    assert isinstance(reply, Reply)
+    body = json.loads(reply.frame)
+    assert body == {"op": "authed", "ref": ref, "sub": TOKENS[token].sub, "exp": TOKENS[token].exp}
+
+
+@pytest.mark.parametrize(
+    "request_frame",
+    [
+        {"op": "subscribe", "channel": "chat:lobby", "ref": 7},
+        {"op": "publish", "channel": "chat:lobby", "data": 1, "ref": 7},
+        {"op": "history", "channel": "chat:lobby", "ref": 7},
+        {"op": "unsubscribe", "channel": "chat:lobby", "ref": 7},
+    ],
+)
+def test_token_mode_refuses_everything_but_auth_and_ping_before_auth(
+    request_frame: dict[str, object],
+) -> None:
+    s = token_session()
+    body = error_of(s.receive(json.dumps(request_frame), 0.0))
+    assert (body["code"], body["ref"]) == (ErrorCode.UNAUTHORIZED, 7)
+    assert only_reply(s.receive(frame(op="ping", ref=2), 0.0))["op"] == "pong"
+    authed(s)
+    assert s.credentials == TOKENS["full"]
+    assert s.expires_at == TOKENS["full"].exp
+
+
+def test_a_refused_auth_frame_says_why_and_leaves_the_session_unauthenticated() -> None:
+    s = token_session()
+    body = error_of(s.receive(frame(op="auth", token="forged", ref=3), 0.0))
+    assert body == {
+        "op": "error",
+        "ref": 3,
+        "code": "unauthorized",
+        "message": "bad signature",
+        "temporary": False,
+    }
+    assert s.credentials is None
+    assert error_of(s.receive(frame(op="subscribe", channel="chat:a"), 0.0))["code"] == (
+        ErrorCode.UNAUTHORIZED
+    )
+
+
+@pytest.mark.parametrize(
+    ("op", "extra"),
+    [("subscribe", {}), ("publish", {"data": 1}), ("history", {})],
+)
+def test_capabilities_allow_and_forbid_per_channel(op: str, extra: dict[str, object]) -> None:
+    s = token_session()
+    authed(s)
+    allowed = s.receive(frame(op=op, channel="chat:lobby", ref=1, **extra), 0.0)
+    assert not any(isinstance(a, Reply) for a in allowed)
+    body = error_of(s.receive(frame(op=op, channel="news:today", ref=2, **extra), 0.0))
+    assert body["code"] == ErrorCode.FORBIDDEN
+    assert body["channel"] == "news:today"
+    assert body["ref"] == 2
+    assert op in body["message"]
+
+
+def test_anonymous_capabilities_apply_without_a_token() -> None:
+    auth = SessionAuth(None, parse_capabilities({"news:*": ["subscribe", "history"]}))
+    s = ServerSession(SessionLimits(3, 50, _limit), auth)
+    assert isinstance(s.receive(frame(op="subscribe", channel="news:a"), 0.0)[0], SubscribeRequest)
+    body = error_of(s.receive(frame(op="publish", channel="news:a", data=1), 0.0))
+    assert (body["code"], body["channel"]) == (ErrorCode.FORBIDDEN, "news:a")
+    # An anonymous relay takes no tokens.
+    assert error_of(s.receive(frame(op="auth", token="full"), 0.0))["code"] == ErrorCode.BAD_REQUEST
+
+
+def test_default_session_is_anonymous_with_everything_allowed() -> None:
+    s = make()
+    assert isinstance(
+        s.receive(frame(op="subscribe", channel="any:thing"), 0.0)[0], SubscribeRequest
+    )
+    assert isinstance(s.receive(frame(op="publish", channel="x", data=1), 0.0)[0], Publish)
+
+
+def test_renewal_narrowing_ends_a_subscription_at_once() -> None:
+    s = token_session()
+    authed(s, "full")
+    lobby = subscribing(s.receive(frame(op="subscribe", channel="chat:lobby"), 0.0))
+    other = subscribing(s.receive(frame(op="subscribe", channel="chat:other"), 0.0))
+    s.subscribe_succeeded(lobby)
+    s.subscribe_succeeded(other)
+    actions = s.receive(frame(op="auth", token="narrow", ref=9), 0.0)
+    assert isinstance(actions[0], Reply)
+    assert json.loads(actions[0].frame)["op"] == "authed"
+    assert actions[1] == Detach(other)
+    assert isinstance(actions[2], Reply)
+    ended = json.loads(actions[2].frame)
+    assert (ended["code"], ended["channel"]) == ("forbidden", "chat:other")
+    assert "ended" in ended["message"]
+    assert len(actions) == 3
+    assert s.channels == {Channel("chat:lobby"): SubState.SUBSCRIBED}
+    # The new capabilities hold from now on.
+    assert error_of(s.receive(frame(op="publish", channel="chat:lobby", data=1), 0.0))["code"] == (
+        ErrorCode.FORBIDDEN
+    )
+    assert s.expires_at == TOKENS["narrow"].exp
+
+
+def test_a_renewal_must_keep_the_sub() -> None:
+    s = token_session()
+    authed(s, "full")
+    body = error_of(s.receive(frame(op="auth", token="bob", ref=4), 0.0))
+    assert body["code"] == ErrorCode.UNAUTHORIZED
+    assert s.credentials == TOKENS["full"]
+
+
+def test_expiry_closes_with_token_expired_unless_renewed() -> None:
+    s = token_session()
+    assert s.tick(NOW_EPOCH + 10_000) == []  # no token: nothing expires
+    authed(s, "full")
+    assert s.tick(NOW_EPOCH + 59) == []
+    authed(s, "narrow", ref=2)  # renewed: expires later
+    assert s.tick(NOW_EPOCH + 61) == []
+    actions = s.tick(NOW_EPOCH + 120)
+    assert actions[-1] == Close(CloseCode.TOKEN_EXPIRED, "token_expired")
+    assert isinstance(actions[0], Reply)
+    assert json.loads(actions[0].frame)["code"] == "unauthorized"
+    assert s.closed
+    assert s.receive(frame(op="ping"), 0.0) == []
+    assert s.tick(NOW_EPOCH + 200) == []
+
+
+def test_authenticate_with_a_url_token() -> None:
+    s = token_session()
+    assert s.authenticate("full") == TOKENS["full"]
+    assert isinstance(s.receive(frame(op="subscribe", channel="chat:a"), 0.0)[0], SubscribeRequest)
+    with pytest.raises(TokenRejected) as info:
+        token_session().authenticate("expired")
+    assert info.value.expired
+    with pytest.raises(TokenRejected):
+        make().authenticate("full")  # anonymous: no tokens
