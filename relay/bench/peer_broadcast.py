@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import signal
 import sys
 from collections.abc import Sequence
@@ -27,85 +26,33 @@ import msgspec
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
-from federation.vclock import VectorClock
-from relay.protocol.errors import ErrorCode, ProtocolError
-from relay.protocol.frames import (
-    MessageFrame,
-    Publish,
-    Subscribe,
-    ack_frame,
-    connected_frame,
-    decode_client_frame,
-    error_frame,
-    subscribed_frame,
-)
+from relay.bench.peer_rooms import MAX_FRAME_BYTES, PeerRooms
 
-# The frames are the relay's own, read with its decoder (and validation) and written with its
-# encoders; acks and subscriptions carry an empty position (nothing is stored).
-MAX_FRAME_BYTES = 2**20
-PING_INTERVAL_S = 20.0  # websockets' default, which serve() below keeps
-_NO_POSITION = VectorClock()
 _encode = msgspec.json.encode
 
 
 class BroadcastServer:
-    """Channel -> subscribed connections; nothing else is kept."""
+    """The rooms, on websockets."""
 
     def __init__(self) -> None:
-        self.channels: dict[str, set[ServerConnection]] = {}
-        self._ids = itertools.count(1)
-        self._connections = itertools.count(1)
+        self.rooms: PeerRooms[ServerConnection] = PeerRooms("peer-broadcast")
 
     async def handle(self, ws: ServerConnection) -> None:
         subscribed: set[str] = set()
-        connection_id = str(next(self._connections))
-        await ws.send(
-            connected_frame(
-                "peer", "peer-broadcast", connection_id, PING_INTERVAL_S, MAX_FRAME_BYTES
-            ),
-            text=True,
-        )
+        await ws.send(self.rooms.hello(), text=True)
         try:
             async for raw in ws:
-                await self._dispatch(ws, raw, subscribed)
+                reply, fan_out = self.rooms.receive(ws, raw, subscribed)
+                await ws.send(reply, text=True)
+                if fan_out is not None:
+                    members, message = fan_out
+                    # Encoded once; broadcast() writes the same bytes to every socket
+                    # without waiting.
+                    broadcast(members, _encode(message), text=True)
         except ConnectionClosed:
             pass
         finally:
-            for channel in subscribed:
-                members = self.channels.get(channel)
-                if members is not None:
-                    members.discard(ws)
-                    if not members:
-                        del self.channels[channel]
-
-    async def _dispatch(self, ws: ServerConnection, raw: str | bytes, subscribed: set[str]) -> None:
-        try:
-            request = decode_client_frame(raw)
-        except ProtocolError as exc:
-            await ws.send(error_frame(exc.code, exc.message, exc.ref), text=True)
-            return
-        if isinstance(request, Publish):
-            message_id = str(next(self._ids))
-            channel = request.channel
-            await ws.send(ack_frame(request.ref, message_id, channel, _NO_POSITION), text=True)
-            self._broadcast(channel, message_id, request.data)
-        elif isinstance(request, Subscribe):
-            channel = request.channel
-            self.channels.setdefault(channel, set()).add(ws)
-            subscribed.add(channel)
-            reply = subscribed_frame(request.ref, channel, _NO_POSITION, recovered=False)
-            await ws.send(reply, text=True)
-        else:
-            message = "this server knows only subscribe and publish"
-            await ws.send(error_frame(ErrorCode.UNKNOWN_OP, message, request.ref), text=True)
-
-    def _broadcast(self, channel: str, message_id: str, data: msgspec.Raw) -> None:
-        members = self.channels.get(channel)
-        if not members:
-            return
-        # Encoded once; broadcast() writes the same bytes to every socket without waiting.
-        frame = _encode(MessageFrame(channel, message_id, data, "peer", {}, {}))
-        broadcast(members, frame, text=True)
+            self.rooms.forget(ws, subscribed)
 
 
 async def serve_until_signalled(host: str, port: int) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import signal
 import sys
 from collections.abc import Sequence
@@ -46,22 +45,9 @@ from picows import (
     ws_create_server,
 )
 
-from federation.vclock import VectorClock
-from relay.protocol.errors import ErrorCode, ProtocolError
-from relay.protocol.frames import (
-    MessageFrame,
-    Publish,
-    Subscribe,
-    ack_frame,
-    connected_frame,
-    decode_client_frame,
-    error_frame,
-    subscribed_frame,
-)
+from relay.bench.peer_rooms import MAX_FRAME_BYTES, PING_INTERVAL_S, PeerRooms
 
-MAX_FRAME_BYTES = 2**20  # per message, as peer_broadcast's max_size
-PING_INTERVAL_S = 20.0  # websockets' defaults, which peer_broadcast keeps
-PING_TIMEOUT_S = 20.0
+PING_TIMEOUT_S = 20.0  # websockets' default, which peer_broadcast keeps
 OPEN_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 10.0
 # picows keeps a read buffer per connection, 16 KiB to start with by default: that doubled the
@@ -70,72 +56,44 @@ CLOSE_TIMEOUT_S = 10.0
 # between reads.
 READ_BUFFER_BYTES = 2048
 HEADROOM = 14  # bytes picows needs in front of a payload for the longest frame header
-_NO_POSITION = VectorClock()
 _encode_into = msgspec.json.Encoder().encode_into
 _TEXT = WSMsgType.TEXT
 
 
 class BroadcastServer:
-    """Channel -> subscribed connections, and every open connection (to close at exit)."""
+    """The rooms, on picows, and every open connection (to close at exit)."""
 
     def __init__(self) -> None:
-        self.channels: dict[str, set[WSTransport]] = {}
+        self.rooms: PeerRooms[WSTransport] = PeerRooms("peer-picows")
         self.connections: set[WSTransport] = set()
-        self._ids = itertools.count(1)
-        self._connection_ids = itertools.count(1)
 
     def listener(self, request: WSUpgradeRequest) -> Connection:
-        return Connection(self, str(next(self._connection_ids)))
+        return Connection(self)
 
     def dispatch(self, transport: WSTransport, raw: str | bytes, subscribed: set[str]) -> None:
-        try:
-            request = decode_client_frame(raw)
-        except ProtocolError as exc:
-            transport.send(_TEXT, error_frame(exc.code, exc.message, exc.ref))
+        reply, fan_out = self.rooms.receive(transport, raw, subscribed)
+        transport.send(_TEXT, reply)
+        if fan_out is None:
             return
-        if isinstance(request, Publish):
-            message_id = str(next(self._ids))
-            channel = request.channel
-            transport.send(_TEXT, ack_frame(request.ref, message_id, channel, _NO_POSITION))
-            self._broadcast(channel, message_id, request.data)
-        elif isinstance(request, Subscribe):
-            channel = request.channel
-            self.channels.setdefault(channel, set()).add(transport)
-            subscribed.add(channel)
-            reply = subscribed_frame(request.ref, channel, _NO_POSITION, recovered=False)
-            transport.send(_TEXT, reply)
-        else:
-            message = "this server knows only subscribe and publish"
-            transport.send(_TEXT, error_frame(ErrorCode.UNKNOWN_OP, message, request.ref))
-
-    def _broadcast(self, channel: str, message_id: str, data: msgspec.Raw) -> None:
-        members = self.channels.get(channel)
-        if not members:
-            return
+        members, message = fan_out
         # Encoded once, behind room for the header; every send writes its (same) header there
         # and sends from this buffer, copying only what the socket does not take at once.
         frame = bytearray(HEADROOM)
-        _encode_into(MessageFrame(channel, message_id, data, "peer", {}, {}), frame, HEADROOM)
-        for transport in members:
-            transport.send_reuse_external_bytearray(_TEXT, frame, HEADROOM)
+        _encode_into(message, frame, HEADROOM)
+        for member in members:
+            member.send_reuse_external_bytearray(_TEXT, frame, HEADROOM)
 
     def forget(self, transport: WSTransport, subscribed: set[str]) -> None:
         self.connections.discard(transport)
-        for channel in subscribed:
-            members = self.channels.get(channel)
-            if members is not None:
-                members.discard(transport)
-                if not members:
-                    del self.channels[channel]
+        self.rooms.forget(transport, subscribed)
 
 
 class Connection(WSListener):
     """One client: picows calls these back from the event loop, one frame at a time."""
 
-    def __init__(self, server: BroadcastServer, connection_id: str) -> None:
+    def __init__(self, server: BroadcastServer) -> None:
         super().__init__()
         self.server = server
-        self.connection_id = connection_id
         self.subscribed: set[str] = set()
         self.transport: WSTransport | None = None
         self._fragments = bytearray()  # of a fragmented message (or a binary one)
@@ -144,10 +102,7 @@ class Connection(WSListener):
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         self.server.connections.add(transport)
-        hello = connected_frame(
-            "peer", "peer-picows", self.connection_id, PING_INTERVAL_S, MAX_FRAME_BYTES
-        )
-        transport.send(_TEXT, hello)
+        transport.send(_TEXT, self.server.rooms.hello())
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
