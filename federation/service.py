@@ -58,6 +58,8 @@ class FederationService:
                 region=region,
                 peer_region=peer.region,
                 peer_url=peer.nats_url,
+                peer_user=peer.user,
+                peer_password_file=peer.password_file,
                 namespaces=namespaces,
                 writer=self.writer,
                 ack_wait_s=settings.ack_wait_s,

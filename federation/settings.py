@@ -25,6 +25,10 @@ class Namespace:
 class Peer:
     region: str
     nats_url: str
+    #: Credentials on the peer's NATS ("": none); the password is read from the file at
+    #: each connect.
+    user: str = ""
+    password_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -182,6 +182,13 @@ def _cmd_federate(args: argparse.Namespace) -> int:
     url = cfg.nats.url
     if url == "embedded":  # the region's relay runs the server; connect to it
         url = f"nats://{cfg.nats.embedded_host}:{cfg.nats.embedded_port}"
+    from relay.adapters.embedded_nats import EmbeddedNatsError, nats_credentials
+
+    try:  # embedded: the relay user's password in the relay's store_dir
+        creds = nats_credentials(cfg.nats)
+    except EmbeddedNatsError as exc:
+        print(f"{args.config}: {exc}", file=sys.stderr)
+        return 1
 
     async def main() -> None:
         from federation.adapters.nats_client import NatsClient
@@ -190,6 +197,8 @@ def _cmd_federate(args: argparse.Namespace) -> int:
         await nc.connect(
             servers=[u.strip() for u in url.split(",")],
             name=f"relaynet-federate-{cfg.region.name}",
+            user=creds.user if creds else None,
+            password=creds.password if creds else None,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float works; typed int
         )

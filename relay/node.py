@@ -20,9 +20,16 @@ from anyio.abc import TaskStatus
 from federation.adapters.nats_client import NatsClient
 from federation.adapters.nats_region_log import NatsRegionLog
 from federation.adapters.region_writer import RegionWriter
+from federation.logformat import stream_name
 from federation.service import FederationService
 from relay.adapters.directory import EdgeDirectory
-from relay.adapters.embedded_nats import EmbeddedNats
+from relay.adapters.embedded_nats import (
+    EmbeddedNats,
+    EmbeddedNatsError,
+    NatsCredentials,
+    nats_credentials,
+    peer_permissions,
+)
 from relay.adapters.feed_manager import FeedManager
 from relay.adapters.log_reader import LogReader
 from relay.adapters.metrics import RelayCollector, make_registry, render
@@ -98,6 +105,7 @@ class RelayNode:
         self._finished = anyio.Event()
         self.nats = NatsHealth()
         self.embedded: EmbeddedNats | None = None  # the nats-server this relay started
+        self.nats_credentials: NatsCredentials | None = None
 
     @property
     def port(self) -> int:
@@ -141,11 +149,21 @@ class RelayNode:
                     port=cfg.nats.embedded_port,
                     store_dir=cfg.nats.store_dir,
                     server_name=f"relaynet-{cfg.region.name}-{cfg.relay.id}",
+                    peer_permissions=peer_permissions(
+                        cfg.region.name,
+                        [stream_name(cfg.region.name, ns.name) for ns in cfg.all_namespaces],
+                        [peer.region for peer in cfg.peers],
+                    ),
                 )
                 self.nats_url = await stack.enter_async_context(embedded)
+                self.nats_credentials = embedded.credentials
             else:
                 embedded = None
                 self.nats_url = cfg.nats.url
+                try:
+                    self.nats_credentials = nats_credentials(cfg.nats)
+                except EmbeddedNatsError as exc:  # an unreadable password_file
+                    raise NatsUnreachable(f"NATS at {cfg.nats.url}: {exc}") from None
             self.embedded = embedded
             async with anyio.create_task_group() as tg:
                 if embedded is not None:
@@ -238,12 +256,15 @@ class RelayNode:
         failures: list[Exception] = []
         connected_once = False
         nc = NatsClient()
+        creds = self.nats_credentials
         deadline = self.cfg.nats.connect_timeout_s
         try:
             with anyio.fail_after(deadline):
                 await nc.connect(
                     servers=[u.strip() for u in self.nats_url.split(",")],
                     name=f"relaynet-{self.cfg.relay.id}",
+                    user=creds.user if creds else None,
+                    password=creds.password if creds else None,
                     connect_timeout=deadline,  # type: ignore[arg-type]  # float works; typed int
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float works; typed int

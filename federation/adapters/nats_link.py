@@ -36,6 +36,15 @@ log = logging.getLogger("relaynet.federation")
 _bad_beats = ThrottledLog(log)
 
 MAX_ACK_PENDING = 20_000
+#: Inbox prefix of a link's connection: a peer's NATS lets its "peer" user subscribe to
+#: this prefix only, not to the region's own ``_INBOX.>`` (relay.adapters.embedded_nats).
+PEER_INBOX_PREFIX = "_RLYPEER"
+
+
+def read_password(path: str) -> str:
+    """The password in ``path``, read at each connect (so a rotated file is picked up)."""
+    with open(path) as f:
+        return f.read().strip()
 
 
 class PeerLink:
@@ -46,6 +55,8 @@ class PeerLink:
         peer_region: str,
         peer_url: str,
         namespaces: Sequence[str],
+        peer_user: str = "",
+        peer_password_file: str = "",
         writer: RegionWriter,
         ack_wait_s: float,
         forward_heartbeat: Callable[[str, bytes], Awaitable[None]] | None = None,
@@ -53,6 +64,8 @@ class PeerLink:
         self.region = region
         self.peer_region = peer_region
         self.peer_url = peer_url
+        self.peer_user = peer_user
+        self.peer_password_file = peer_password_file
         self.namespaces = list(namespaces)
         self.writer = writer
         self.ack_wait_s = ack_wait_s
@@ -67,8 +80,12 @@ class PeerLink:
         while True:
             nc = NatsClient()
             try:
+                password = read_password(self.peer_password_file) if self.peer_user else None
                 await nc.connect(
                     self.peer_url,
+                    user=self.peer_user or None,
+                    password=password,
+                    inbox_prefix=PEER_INBOX_PREFIX,
                     name=f"relaynet-federation-{self.region}-from-{self.peer_region}",
                     connect_timeout=2,
                     allow_reconnect=True,

@@ -76,6 +76,9 @@ _problems = ThrottledLog(log)
 _ids = itertools.count(1)
 
 MAX_REQUESTS_IN_FLIGHT = 256
+# History reads in flight per connection: each holds a page (up to MAX_HISTORY_LIMIT
+# messages) in memory until the outbox takes it, where it counts against the byte bound.
+MAX_HISTORY_IN_FLIGHT = 4
 # Above this many bytes waiting in the transport, frames go through the outbox.
 DIRECT_WRITE_LIMIT_BYTES = 64 * 1024
 
@@ -97,6 +100,9 @@ class ConnectionDeps:
     # sockets): one task group for the relay, not one per connection.
     tasks: TaskGroup
     auth: SessionAuth = ANONYMOUS  # everything allowed
+    outbox_max_bytes: int = 4 * 1024 * 1024
+    # A frame the socket takes none of for this long closes the connection as slow.
+    write_timeout_s: float = 15.0
 
 
 def _query_token(ws: ServerConnection) -> str | None:
@@ -128,9 +134,11 @@ class Connection:
         self._token = _query_token(ws) if deps.auth.required else None
         _forget_handshake(ws)
         self.id = f"{deps.relay_id}-{next(_ids)}-{os.urandom(4).hex()}"
-        self.session = ServerSession(deps.session_limits, deps.auth)
+        self.session = ServerSession(deps.session_limits, deps.auth, time.time())
         self._expiry_scope: anyio.CancelScope | None = None  # made once a token is accepted
-        self.outbox = Outbox(deps.outbox_max_messages, self._write_now, self._start_writer)
+        self.outbox = Outbox(
+            deps.outbox_max_messages, self._write_now, self._start_writer, deps.outbox_max_bytes
+        )
         # Frames written directly during this event-loop turn, sent together at its end.
         self._loop = asyncio.get_running_loop()
         self._unflushed: list[bytes] = []
@@ -141,6 +149,7 @@ class Connection:
         # only when someone waits for one to finish: most connections never do.
         self._requesting = 0  # subscribes and history reads
         self._publishing = 0  # publishes queued on the writer, not yet answered
+        self._histories = 0  # history reads among the requests
         self._room: anyio.Event | None = None
         self.reader_scope = anyio.CancelScope()
 
@@ -179,6 +188,8 @@ class Connection:
 
     async def serve(self) -> None:
         self.outbox.offer(self._connected())
+        if self.session.deadline is not None:  # token mode: the authentication deadline
+            self._watch_expiry()
         try:
             if self._close is None:  # else the token was refused
                 with self.reader_scope:
@@ -198,7 +209,8 @@ class Connection:
                 self._drop(sub)
 
     def _watch_expiry(self) -> None:
-        """Once a token is accepted: close the connection when it expires unrenewed."""
+        """Close the connection when it has no token by the authentication deadline, or
+        once its token expires unrenewed."""
         if self._expiry_scope is None:
             self._expiry_scope = anyio.CancelScope()
             with suppress(RuntimeError):  # the relay is stopping
@@ -206,8 +218,8 @@ class Connection:
 
     async def _expire(self, scope: anyio.CancelScope) -> None:
         with scope:
-            while (exp := self.session.expires_at) is not None:
-                await anyio.sleep(max(0.0, exp - time.time()))
+            while (deadline := self.session.deadline) is not None:
+                await anyio.sleep(max(0.0, deadline - time.time()))
                 actions = self.session.tick(time.time())
                 if actions:
                     self._act(actions)
@@ -267,9 +279,12 @@ class Connection:
                     elif isinstance(action, SubscribeRequest) and self._subscribe_now(action):
                         pass  # a live subscribe to a channel this relay serves already
                     else:
-                        while self._requesting >= MAX_REQUESTS_IN_FLIGHT:
+                        while self._requesting >= MAX_REQUESTS_IN_FLIGHT or (
+                            isinstance(action, History) and self._histories >= MAX_HISTORY_IN_FLIGHT
+                        ):
                             await self._wait_room()
                         self._requesting += 1
+                        self._histories += isinstance(action, History)
                         self.deps.tasks.start_soon(self._run_request, action)
                 if self.session.credentials is not None and self._expiry_scope is None:
                     self._watch_expiry()
@@ -283,7 +298,12 @@ class Connection:
             while batch := await self.outbox.get_batch():
                 self._flush()  # what was written directly goes first
                 for frame in batch:
-                    await self.ws.send(frame, text=True)
+                    # Each send waits for the socket to take the one before it.
+                    with anyio.move_on_after(self.deps.write_timeout_s) as stuck:
+                        await self.ws.send(frame, text=True)
+                    if stuck.cancelled_caught:
+                        self.outbox.fail(CloseCode.SLOW_CONSUMER, "write_timeout")
+                        break
                 self.outbox.batch_sent()
             await self._finish()
         except ConnectionClosed:
@@ -298,10 +318,21 @@ class Connection:
         if self.outbox.failed:
             self._close = self.outbox.close_code
             self.reader_scope.cancel()
+            failed_code, failed_reason = self.outbox.close_code
+            _problems.log(
+                logging.INFO,
+                failed_reason,
+                "closing %s: %s (%d)",
+                self.id,
+                failed_reason,
+                failed_code,
+            )
         self._flush()
         code, reason = self._close or (CloseCode.GOING_AWAY, "going_away")
-        with anyio.move_on_after(2, shield=True), suppress(ConnectionClosed):
+        with anyio.move_on_after(2, shield=True) as timed_out, suppress(ConnectionClosed):
             await self.ws.close(code, reason)
+        if timed_out.cancelled_caught:  # the client reads nothing: drop what it never took
+            self.ws.transport.abort()
 
     def _write_now(self, frame: bytes) -> bool:
         """What websockets' broadcast() does, but only while the socket keeps up, and one
@@ -343,6 +374,7 @@ class Connection:
             self.outbox.offer(error_frame(ErrorCode.INTERNAL, "internal error", frame.ref))
         finally:
             self._requesting -= 1
+            self._histories -= isinstance(request, History)
             self._made_room()
 
     def _fail_subscribe(self, request: SubscribeRequest | History) -> None:
@@ -449,6 +481,8 @@ class Connection:
             self.deps.feeds.release(sub.channel)
 
     async def _history(self, request: History) -> None:
+        if self.outbox.failed or self.outbox.closed:
+            return  # nobody to read it for
         channel = Channel(request.channel)
         before = parse_position(request.before, request.ref, "before")
         frames, more = await self.deps.recovery.history(channel, request.limit, before)

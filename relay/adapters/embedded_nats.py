@@ -5,6 +5,12 @@ Python interpreter's scripts. ``RELAYNET_NATS_SERVER`` names another binary.
 The child gets PR_SET_PDEATHSIG (``child_process.spawn``, from the event loop's thread)
 so that a relay killed with SIGKILL does not leave an orphaned server holding its port
 and store.
+
+Credentials: the server refuses anonymous connections. On first start the relay makes a
+random password per user (``relay``: the region's relays and federation, everything;
+``peer``: other regions' federation links, read-only on the region's streams) and keeps
+each in ``<store_dir>/auth/<user>.password`` (mode 0600, re-used on restart); the server's
+config with the users and their permissions is written next to them.
 """
 
 from __future__ import annotations
@@ -12,17 +18,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 
+from federation.adapters.nats_link import PEER_INBOX_PREFIX
 from relay.adapters import child_process
+from relay.config.schema import NatsSection
 
 log = logging.getLogger("relaynet.nats")
 
@@ -33,6 +44,110 @@ SUPERVISE_POLL_S = 0.2
 
 class EmbeddedNatsError(RuntimeError):
     pass
+
+
+#: The embedded server's users: the region's relays (and federation instances), and the
+#: federation links of peer regions.
+RELAY_USER = "relay"
+PEER_USER = "peer"
+
+
+@dataclass(frozen=True, slots=True)
+class NatsCredentials:
+    user: str
+    password: str = ""
+
+    def __repr__(self) -> str:  # never print a password
+        return f"NatsCredentials(user={self.user!r})"
+
+
+def auth_dir(store_dir: str | os.PathLike[str]) -> Path:
+    return Path(store_dir) / "auth"
+
+
+def password_file(store_dir: str | os.PathLike[str], user: str) -> Path:
+    """Where the embedded server of ``store_dir`` keeps ``user``'s password."""
+    return auth_dir(store_dir) / f"{user}.password"
+
+
+def read_password_file(path: str | os.PathLike[str]) -> str:
+    """The password in ``path`` (surrounding whitespace dropped); EmbeddedNatsError if the
+    file cannot be read or is empty."""
+    try:
+        password = Path(path).read_text().strip()
+    except OSError as exc:
+        raise EmbeddedNatsError(f"cannot read NATS password file {path}: {exc}") from None
+    if not password:
+        raise EmbeddedNatsError(f"NATS password file {path} is empty")
+    return password
+
+
+def embedded_credentials(store_dir: str | os.PathLike[str]) -> NatsCredentials:
+    """The relay user's credentials for the embedded server of ``store_dir``."""
+    return NatsCredentials(RELAY_USER, read_password_file(password_file(store_dir, RELAY_USER)))
+
+
+def nats_credentials(nats: NatsSection) -> NatsCredentials | None:
+    """The credentials ``[nats]`` gives for the region's NATS: ``user`` and its
+    ``password_file``; for ``embedded``, the relay user's of that server's store (what a
+    ``relaynet federate`` process with the relay's config uses); else None."""
+    if nats.is_embedded:
+        return embedded_credentials(nats.store_dir)
+    if nats.user:
+        return NatsCredentials(nats.user, read_password_file(nats.password_file))
+    return None
+
+
+def ensure_passwords(store_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """Each user's password, made (random, mode 0600) on first use and re-used after."""
+    folder = auth_dir(store_dir)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    passwords = {}
+    for user in (RELAY_USER, PEER_USER):
+        path = password_file(store_dir, user)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+        os.chmod(path, 0o600)
+        passwords[user] = read_password_file(path)
+    return passwords
+
+
+def peer_permissions(
+    region: str, streams: Sequence[str], peer_regions: Sequence[str]
+) -> dict[str, object]:
+    """What another region's federation link may do here: read the region's streams through
+    its own durable consumer (``fed-<peer>``) and hear the region's beats. No publish to any
+    store, live or beat subject, no stream management, no other consumer."""
+    publish = ["$JS.API.INFO"]
+    for stream in streams:
+        publish.append(f"$JS.API.STREAM.INFO.{stream}")
+        for peer in peer_regions:
+            durable = f"fed-{peer}"
+            publish += [
+                f"$JS.API.CONSUMER.INFO.{stream}.{durable}",
+                f"$JS.API.CONSUMER.CREATE.{stream}.{durable}",
+                f"$JS.API.CONSUMER.CREATE.{stream}.{durable}.>",
+                f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+                f"$JS.API.CONSUMER.DELETE.{stream}.{durable}",
+                f"$JS.ACK.{stream}.{durable}.>",
+            ]
+    subscribe = [f"{PEER_INBOX_PREFIX}.>", f"rlyh.v1.{region}"]
+    return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
+
+
+def server_config(passwords: dict[str, str], peer: dict[str, object]) -> str:
+    """nats-server config (its syntax takes JSON) with the users; no anonymous access."""
+    users = [
+        {"user": RELAY_USER, "password": passwords[RELAY_USER]},
+        {"user": PEER_USER, "password": passwords[PEER_USER], "permissions": peer},
+    ]
+    return json.dumps({"authorization": {"users": users}}, indent=2) + "\n"
 
 
 def find_nats_server() -> str:
@@ -85,6 +200,11 @@ def nats_url_from_ports_file(ports_dir: Path, pid: int) -> str | None:
     return str(urls[0]) if urls else None
 
 
+def peer_permissions_none() -> dict[str, object]:
+    """The peer user of a region without peers: it may connect, and do nothing."""
+    return {"publish": {"deny": [">"]}, "subscribe": {"deny": [">"]}}
+
+
 class EmbeddedNats:
     """Async context manager: yields the client URL of a running nats-server."""
 
@@ -97,6 +217,7 @@ class EmbeddedNats:
         server_name: str,
         startup_timeout_s: float = 10.0,
         extra_args: list[str] | None = None,
+        peer_permissions: dict[str, object] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -104,6 +225,10 @@ class EmbeddedNats:
         self.server_name = server_name
         self.startup_timeout_s = startup_timeout_s
         self.extra_args = extra_args or []
+        self.peer_permissions = peer_permissions or peer_permissions_none()
+        #: The relay user's credentials, once the server was started.
+        self.credentials: NatsCredentials | None = None
+        self._config_file: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.url: str | None = None
         self._ports_dir: str | None = None
@@ -113,6 +238,13 @@ class EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self._ports_dir = tempfile.mkdtemp(prefix="relaynet-nats-ports-")
         self._log_file = self.store_dir / "nats-server.log"
+        passwords = ensure_passwords(self.store_dir)
+        self.credentials = NatsCredentials(RELAY_USER, passwords[RELAY_USER])
+        self._config_file = auth_dir(self.store_dir) / "nats-server.conf"
+        fd = os.open(self._config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(server_config(passwords, self.peer_permissions))
+        os.chmod(self._config_file, 0o600)
         self._spawn(self.port if self.port else -1)
         try:
             self.url = await self._wait_ready()
@@ -133,6 +265,7 @@ class EmbeddedNats:
             name=self.server_name,
             ports_dir=Path(self._ports_dir),
             log=self._log_file,
+            config=self._config_file,
         )
         args += self.extra_args
         log.info("starting embedded nats-server: %s", " ".join(args))

@@ -3,10 +3,14 @@
 ``offer`` never blocks. When nothing is queued and the socket keeps up, the
 frame is written straight away through ``write_now`` (no task switch per
 delivery, which dominated fan-out cost); otherwise it is queued for the
-connection's writer task. Past ``max_messages`` queued frames the outbox marks
-itself failed and the connection is closed with ``slow_consumer`` (the client
-resumes from its last position, so nothing is lost). ``put`` waits for room;
-only a subscriber's own catch-up uses it, since only that subscriber waits.
+connection's writer task. Past ``max_messages`` queued frames, or ``max_bytes``
+of frames queued or in the writer's hands (one int kept up to date, nothing
+allocated per frame), the outbox marks itself failed and the connection is
+closed with ``slow_consumer`` (the client resumes from its last position, so
+nothing is lost). ``put`` waits for room; only a subscriber's own catch-up uses
+it, since only that subscriber waits. One frame larger than ``max_bytes`` is
+still taken when nothing else waits (a big history page), so every reply can be
+sent; the bound is then that one frame.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ class Outbox:
     only then."""
 
     __slots__ = (
+        "_batch_bytes",
+        "_bytes",
         "_frames",
         "_on_queued",
         "_readable",
@@ -34,6 +40,7 @@ class Outbox:
         "close_code",
         "closed",
         "failed",
+        "max_bytes",
         "max_messages",
     )
 
@@ -42,8 +49,12 @@ class Outbox:
         max_messages: int,
         write_now: Callable[[bytes], bool] | None = None,
         on_queued: Callable[[], None] | None = None,
+        max_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self._bytes = 0  # in ``_frames`` and in the batch the writer is sending
+        self._batch_bytes = 0  # of those, in the batch
         # Writes a frame to the socket if it can without waiting; False if it cannot.
         self._write_now = write_now
         self._on_queued = on_queued  # a frame waits: the owner's writer must run
@@ -58,6 +69,15 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._frames) if self._frames else 0
 
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of frames waiting or being sent by the writer."""
+        return self._bytes
+
+    def _full(self, size: int) -> bool:
+        held = self._bytes
+        return len(self) >= self.max_messages or (held > 0 and held + size > self.max_bytes)
+
     def offer(self, frame: bytes) -> None:
         if self.failed or self.closed:
             return
@@ -67,10 +87,14 @@ class Outbox:
             return
         if frames is None:
             frames = self._frames = deque()
-        if len(frames) >= self.max_messages:
+        # _full(), inlined: this is the fan-out's path to every backed-up subscriber.
+        held = self._bytes
+        after = held + len(frame)
+        if len(frames) >= self.max_messages or (held and after > self.max_bytes):
             self.overflow()
             return
         frames.append(frame)
+        self._bytes = after
         self._wake_reader()
         if len(frames) == 1 and self._on_queued is not None:
             self._on_queued()
@@ -89,12 +113,13 @@ class Outbox:
         self.failed = True
         if self._frames:
             self._frames.clear()
+        self._bytes = self._batch_bytes  # the writer still holds its batch
         self._wake_all()
         if self._on_queued is not None:
             self._on_queued()  # the writer closes the connection
 
     async def put(self, frame: bytes) -> None:
-        while len(self) >= self.max_messages and not (self.failed or self.closed):
+        while self._full(len(frame)) and not (self.failed or self.closed):
             self._writable = anyio.Event()
             await self._writable.wait()
         self.offer(frame)
@@ -108,6 +133,7 @@ class Outbox:
             await self._readable.wait()
         batch = list(self._frames)
         self._frames.clear()
+        self._batch_bytes = self._bytes  # the batch before it was sent: all of it is this one
         self._sending = True
         if self._writable is not None:
             self._writable.set()
@@ -115,6 +141,10 @@ class Outbox:
 
     def batch_sent(self) -> None:
         self._sending = False
+        self._bytes -= self._batch_bytes
+        self._batch_bytes = 0
+        if self._writable is not None:
+            self._writable.set()
 
     def close(self) -> None:
         self.closed = True

@@ -725,16 +725,16 @@ class Client:
             history_waiter.fail(refused)
             return []
         if event.publish_id is not None:
-            if event.temporary:
-                return self._sup.temporary_error()  # the session keeps it pending
+            if event.temporary:  # the session keeps it pending
+                return self._sup.temporary_error(_seconds(event.retry_after_ms))
             waiter = self._pub_waiters.pop(event.publish_id, None)
             if waiter is not None:
                 waiter.fail(refused)
             return []
         benign = (ErrorCode.ALREADY_SUBSCRIBED, ErrorCode.NOT_SUBSCRIBED)
         if event.channel is not None and event.channel in self._subs and event.code not in benign:
-            if event.temporary:
-                return self._sup.temporary_error()  # the session still wants the channel
+            if event.temporary:  # the session still wants the channel
+                return self._sup.temporary_error(_seconds(event.retry_after_ms))
             self._end_subscription(event.channel, refused)
             return []
         log.warning("relay error %s: %s (ref %r)", event.code, event.message, event.ref)
@@ -772,6 +772,10 @@ class Client:
                     return
                 elif isinstance(action, Log):
                     log.log(action.level, "%s", action.text)
+
+
+def _seconds(ms: int | None) -> float | None:
+    return None if ms is None else ms / 1000
 
 
 @asynccontextmanager

@@ -161,6 +161,8 @@ class ErrorReceived:
     # What the failed request was about, when the session sent it.
     channel: str | None = None
     publish_id: str | None = None
+    # rate_limited: the wait before sending it again (at most 60 s, whatever the relay says)
+    retry_after_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -587,6 +589,7 @@ class ClientSession:
         elif request.op == "publish" and not frame.temporary:
             assert request.publish_id is not None
             self._pending.pop(request.publish_id, None)  # resending it would be refused again
+        retry_ms = frame.retry_after_ms
         return [
             ErrorReceived(
                 frame.code,
@@ -595,6 +598,7 @@ class ClientSession:
                 frame.temporary,
                 request.channel,
                 request.publish_id,
+                None if isinstance(retry_ms, msgspec.UnsetType) else min(max(0, retry_ms), 60_000),
             )
         ]
 

@@ -55,7 +55,8 @@ Policy:
   ``stay`` a fresh survey every ``refresh_s`` while connected; ``when-idle``
   waits (up to ``refresh_s``) for no publish in flight.
 * **Temporary errors** of a publish or subscribe: one ``RetryAfter`` at a time,
-  with its own backoff, reset by every new connection.
+  with its own backoff, reset by every new connection; ``rate_limited`` says how
+  long to wait (``retry_after_ms``), and that is the pause, without backing off.
 """
 
 from __future__ import annotations
@@ -284,11 +285,14 @@ class Supervisor:
         self._follow(target)
         return [Log(logging.INFO, note), LeaveAfter(REDIRECT_GRACE_S)]
 
-    def temporary_error(self) -> list[Action]:
-        """A publish or subscribe failed with a temporary error on this connection."""
+    def temporary_error(self, retry_after_s: float | None = None) -> list[Action]:
+        """A publish or subscribe failed with a temporary error on this connection;
+        ``retry_after_s``: the relay said when to send again (``rate_limited``)."""
         if self._retry_scheduled or self.state is not ConnectionState.CONNECTED:
             return []
         self._retry_scheduled = True
+        if retry_after_s is not None:
+            return [RetryAfter(retry_after_s)]
         return [RetryAfter(self._retry_backoff.next_delay())]
 
     def retry_started(self) -> None:

@@ -231,6 +231,22 @@ class NatsSection(_Section):
         allow_inf_nan=False,
         description="Seconds to wait for the NATS connection at startup before giving up.",
     )
+    user: str = Field(
+        default="",
+        description=(
+            "NATS user for an existing server (not with `embedded`, which makes its own "
+            "credentials in `<store_dir>/auth/`). A second relay of a region that shares "
+            "another relay's embedded server uses `\"relay\"` with that server's "
+            "`auth/relay.password`."
+        ),
+    )
+    password_file: str = Field(
+        default="",
+        description=(
+            "File holding the password of `user` (surrounding whitespace ignored); required "
+            "with `user`. Secrets are never inline in the config."
+        ),
+    )
 
     @field_validator("url")
     @classmethod
@@ -355,6 +371,16 @@ class AuthSection(_Section):
         allow_inf_nan=False,
         description="Seconds of clock skew tolerated when checking a token's `exp` and `iat`.",
     )
+    auth_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description=(
+            'With mode = "token": a connection without an accepted token this long after '
+            "connecting is closed with 4501 `unauthorized`."
+        ),
+    )
     # Written as a TOML table; kept as (pattern, operations) pairs so the config stays hashable.
     anonymous: tuple[tuple[str, tuple[str, ...]], ...] = Field(
         default=(("*", ("subscribe", "publish", "history", "presence")),),
@@ -432,6 +458,20 @@ class PeerSection(_Section):
     nats_url: str = Field(
         description="URL of the peer region's NATS server (`nats://` or `tls://`).",
     )
+    nats_user: str = Field(
+        default="",
+        description=(
+            "NATS user on the peer's server: for a peer's embedded server, `\"peer\"` "
+            "(read-only on its streams)."
+        ),
+    )
+    nats_password_file: str = Field(
+        default="",
+        description=(
+            "File holding the password of `nats_user` (for a peer's embedded server: its "
+            "`<store_dir>/auth/peer.password`); required with `nats_user`."
+        ),
+    )
 
     @field_validator("edge_url")
     @classmethod
@@ -448,12 +488,13 @@ class LimitsSection(_Section):
     """``[limits]``: resource limits, per connection and for the relay."""
 
     max_connections: int = Field(
-        default=0,
+        default=20000,
         ge=0,
         description=(
-            "Connections this relay holds at most (0: no limit). Past it a new client gets a "
-            "`redirect` to another relay of the region that takes connections, if there is "
-            "one, and close code 1013."
+            "Connections this relay holds at most (0: as many as the file-descriptor limit "
+            "allows; the limit in effect is never above the descriptor limit less 64). Past "
+            "it a new client gets a `redirect` to another relay of the region that takes "
+            "connections, if there is one, and close code 1013."
         ),
     )
 
@@ -472,6 +513,60 @@ class LimitsSection(_Section):
         description=(
             "Size of each connection's bounded send queue; a client that lets it overflow is "
             "disconnected with `slow_consumer`."
+        ),
+    )
+    outbox_max_bytes: int = Field(
+        default=4194304,
+        ge=65536,
+        le=1073741824,
+        description=(
+            "Bytes each connection's send queue holds at most (messages, history pages, "
+            "resume replay); past it the client is closed with 4000 `slow_consumer` and "
+            "resumes from its position. One reply larger than this is still sent when "
+            "nothing else waits."
+        ),
+    )
+    write_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description=(
+            "A connection whose queued frames make no progress into its socket for this "
+            "long is closed with 4000 `slow_consumer` (reason `write_timeout`)."
+        ),
+    )
+    publish_rate: float = Field(
+        default=10000.0,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "Publishes per second one connection may sustain (a token bucket); above it a "
+            "publish gets the temporary error `rate_limited` with `retry_after_ms` and is "
+            "not stored (the SDKs wait and resend it, in order, same id). The default is "
+            "about what one connection can get stored; lower it for untrusted clients."
+        ),
+    )
+    publish_burst: int = Field(
+        default=20000,
+        ge=1,
+        description="Publishes one connection may send at once above `publish_rate`.",
+    )
+    subscribe_rate: float = Field(
+        default=100.0,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "Subscribe requests per second one connection may sustain; above it a subscribe "
+            "gets `rate_limited` with `retry_after_ms`."
+        ),
+    )
+    subscribe_burst: int = Field(
+        default=1000,
+        ge=1,
+        description=(
+            "Subscribe requests one connection may send at once (a reconnect resubscribes "
+            "everything: keep it at least `max_subscriptions`)."
         ),
     )
     max_subscriptions: int = Field(
@@ -623,6 +718,27 @@ class RelayConfig(_Section):
                     'rule with prefix = "" and a smaller max_message_bytes)',
                 )
             )
+        if self.nats.is_embedded and (self.nats.user or self.nats.password_file):
+            problems.append(
+                (
+                    "nats.user" if self.nats.user else "nats.password_file",
+                    self.nats.user or self.nats.password_file,
+                    'no credentials with url = "embedded" (it makes its own)',
+                )
+            )
+        elif bool(self.nats.user) != bool(self.nats.password_file):
+            missing = "nats.password_file" if self.nats.user else "nats.user"
+            problems.append((missing, "", "set together with the other of nats.user/password_file"))
+        for i, peer in enumerate(self.peers):
+            if bool(peer.nats_user) != bool(peer.nats_password_file):
+                missing = "nats_password_file" if peer.nats_user else "nats_user"
+                problems.append(
+                    (
+                        f"peers[{i}].{missing}",
+                        "",
+                        "set together with the other of nats_user/nats_password_file",
+                    )
+                )
         peer_regions: dict[str, int] = {}
         for i, peer in enumerate(self.peers):
             if peer.region == self.region.name:
@@ -686,7 +802,10 @@ class RelayConfig(_Section):
                 )
                 for rule in self.all_namespaces
             ),
-            peers=tuple(Peer(peer.region, peer.nats_url) for peer in self.peers),
+            peers=tuple(
+                Peer(peer.region, peer.nats_url, peer.nats_user, peer.nats_password_file)
+                for peer in self.peers
+            ),
             connect_timeout_s=self.nats.connect_timeout_s,
             ack_wait_s=self.federation.ack_wait_s,
             lease_ttl_s=self.federation.lease_ttl_s,

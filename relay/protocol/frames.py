@@ -246,6 +246,7 @@ class ErrorFrame(msgspec.Struct, tag="error", tag_field="op", kw_only=True):
     id: str | UnsetType | None = UNSET
     behind: str | UnsetType = UNSET  # the failed publish a fenced one waits behind
     earliest: dict[str, int] | UnsetType = UNSET  # position_expired: oldest servable
+    retry_after_ms: int | UnsetType = UNSET  # rate_limited: wait this long, then send again
 
 
 ServerFrame = (
@@ -343,6 +344,7 @@ def error_frame(
     id: str | UnsetType | None = UNSET,
     behind: str | UnsetType = UNSET,
     earliest: dict[str, int] | UnsetType = UNSET,
+    retry_after_ms: int | UnsetType = UNSET,
 ) -> bytes:
     return _encode(
         ErrorFrame(
@@ -354,5 +356,6 @@ def error_frame(
             id=id,
             behind=behind,
             earliest=earliest,
+            retry_after_ms=retry_after_ms,
         )
     )

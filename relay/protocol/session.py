@@ -22,8 +22,18 @@ mode a session has none until a token is accepted -- from the connection URL
 capabilities at once: a subscription they no longer allow is ended (``Detach`` and a
 ``forbidden`` error saying so). ``tick(now_epoch_s)`` closes the session with
 ``token_expired`` (4003) once the token's ``exp`` passed without a renewal; the
-caller calls it at ``expires_at``. Tokens are verified by an injected function (the
+caller calls it at ``expires_at``. A session made with ``now`` in token mode also has an
+authentication deadline (``limits.auth_timeout_s``): ``tick`` closes it with
+``unauthorized`` (4501) if no token was accepted by then; ``deadline`` is the next time
+``tick`` has something to decide. Tokens are verified by an injected function (the
 relay's PyJWT adapter), so this module stays free of keys and I/O.
+
+Rate limits: publishes and subscribes each take a token from a per-session
+``TokenBucket`` (``relay.core.rate``, made at the first request, timed by ``receive``'s
+``now``). Without one the request gets ``rate_limited`` (temporary, with
+``retry_after_ms``), is not carried out, and is not counted as a bad frame. A
+rate-limited publish with an id fences its channel like a failed one (below), so a
+client resending it keeps its order.
 
 A publish that could not be stored (``publish_failed``) fences its channel:
 later publishes of this connection there are refused until the failed one is
@@ -43,6 +53,7 @@ relay busy.
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +63,7 @@ from msgspec import UNSET
 from relay.core.capabilities import Capabilities, Credentials, Op, TokenRejected
 from relay.core.channels import Channel
 from relay.core.feed import ChannelFeed
+from relay.core.rate import TokenBucket
 from relay.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from relay.protocol.frames import (
     Auth,
@@ -89,6 +101,11 @@ class SessionLimits:
     max_errors_per_minute: int
     # Per namespace; the session asks rather than holding the config tree.
     max_message_bytes: Callable[[Channel], int]
+    publish_rate: float = 10000.0  # per second and connection
+    publish_burst: int = 20000
+    subscribe_rate: float = 100.0
+    subscribe_burst: int = 1000
+    auth_timeout_s: float = 10.0  # token mode: close an unauthenticated connection then
 
 
 @dataclass(frozen=True)
@@ -157,15 +174,41 @@ Action = Request | Detach | Reply | Close
 _OPS = {Subscribe: Op.SUBSCRIBE, Publish: Op.PUBLISH, History: Op.HISTORY}
 
 
+def rate_limited_frame(
+    what: str, wait_s: float, ref: str | int | None, channel: Channel, message_id: str | None
+) -> bytes:
+    retry_after_ms = max(1, math.ceil(wait_s * 1000))
+    return error_frame(
+        ErrorCode.RATE_LIMITED,
+        f"{what} rate limit reached; send it again in {retry_after_ms} ms",
+        ref,
+        channel=channel,
+        id=UNSET if message_id is None else message_id,
+        retry_after_ms=retry_after_ms,
+    )
+
+
 class ServerSession:
-    def __init__(self, limits: SessionLimits, auth: SessionAuth = ANONYMOUS) -> None:
+    def __init__(
+        self, limits: SessionLimits, auth: SessionAuth = ANONYMOUS, now: float | None = None
+    ) -> None:
+        """``now`` (seconds since the epoch, as ``tick`` takes): when the connection
+        opened; in token mode it starts the authentication deadline."""
         self._limits = limits
         self._auth = auth
+        self._auth_deadline = (
+            now + limits.auth_timeout_s if now is not None and auth.required else None
+        )
+        # Made at the first publish / subscribe: most connections do few of either.
+        self._publish_bucket: TokenBucket | None = None
+        self._subscribe_bucket: TokenBucket | None = None
         self.credentials: Credentials | None = None
         self._caps: Capabilities = auth.anonymous if auth.verify is None else Capabilities()
         self._subs: dict[Channel, Subscription] = {}
         # channel -> id of a publish that failed: later publishes there wait for its retry.
         self._fences: dict[Channel, str] = {}
+        # Channels whose fence is a rate-limited publish (made at the first such fence).
+        self._rate_fenced: set[Channel] | None = None
         self._errors: deque[float] | None = None  # made at the first error: most never err
         self.closed = False
 
@@ -185,6 +228,17 @@ class ServerSession:
         """When the token expires (seconds since the epoch); None without one."""
         return None if self.credentials is None else self.credentials.exp
 
+    @property
+    def deadline(self) -> float | None:
+        """When ``tick`` next has something to decide (seconds since the epoch): the
+        authentication deadline until a token is accepted, then the token's ``exp``;
+        None once closed."""
+        if self.closed:
+            return None
+        if self.credentials is None:
+            return self._auth_deadline
+        return self.credentials.exp
+
     def authenticate(self, token: str) -> Credentials:
         """Accept the token the client presented in the connection URL, or raise
         ``TokenRejected`` (the caller refuses the connection)."""
@@ -196,7 +250,25 @@ class ServerSession:
         return credentials
 
     def tick(self, now_epoch_s: float) -> list[Action]:
-        """Close the connection once its token expired without a renewal."""
+        """Close the connection once its token expired without a renewal, or once the
+        authentication deadline passed without a token."""
+        if self.closed:
+            return []
+        if (
+            self.credentials is None
+            and self._auth_deadline is not None
+            and now_epoch_s >= self._auth_deadline
+        ):
+            self.closed = True
+            return [
+                Reply(
+                    error_frame(
+                        ErrorCode.UNAUTHORIZED,
+                        f"no token within {self._limits.auth_timeout_s:g} s of connecting",
+                    )
+                ),
+                Close(CloseCode.UNAUTHORIZED, "unauthorized"),
+            ]
         exp = self.expires_at
         if self.closed or exp is None or now_epoch_s < exp:
             return []
@@ -255,11 +327,11 @@ class ServerSession:
                     ErrorCode.BAD_REQUEST, "binary frames are not supported; send JSON text"
                 )
             frame = decode_client_frame(raw)
-            return self._handle(frame)
+            return self._handle(frame, now)
         except ProtocolError as exc:
             return self._error(exc, now)
 
-    def _handle(self, frame: ClientFrame) -> list[Action]:
+    def _handle(self, frame: ClientFrame, now: float) -> list[Action]:
         if isinstance(frame, Ping):
             return [Reply(pong_frame(frame.ref))]
         if isinstance(frame, Auth):
@@ -287,6 +359,14 @@ class ServerSession:
                     f"at most {self._limits.max_subscriptions} subscriptions per connection",
                     frame.ref,
                 )
+            bucket = self._subscribe_bucket
+            if bucket is None:
+                limits = self._limits
+                bucket = TokenBucket(limits.subscribe_rate, limits.subscribe_burst, now)
+                self._subscribe_bucket = bucket
+            wait_s = bucket.take(now)
+            if wait_s > 0:
+                return [Reply(rate_limited_frame("subscribe", wait_s, frame.ref, channel, None))]
             sub = self._subs[channel] = Subscription(channel)
             return [SubscribeRequest(frame, sub)]
         if isinstance(frame, Unsubscribe):
@@ -305,18 +385,39 @@ class ServerSession:
                     frame.ref,
                 )
             fence = self._fences.get(channel)
+            if fence is not None and frame.id != fence:
+                # Not the client's fault, so not counted as an error: the world failed.
+                return [Reply(fenced_frame(frame, fence))]
+            bucket = self._publish_bucket
+            if bucket is None:
+                limits = self._limits
+                bucket = TokenBucket(limits.publish_rate, limits.publish_burst, now)
+                self._publish_bucket = bucket
+            wait_s = bucket.take(now)
+            if wait_s > 0:
+                if frame.id is not None:  # later publishes there wait for its resend
+                    self._fences[channel] = frame.id
+                    if self._rate_fenced is None:
+                        self._rate_fenced = set()
+                    self._rate_fenced.add(channel)
+                return [Reply(rate_limited_frame("publish", wait_s, frame.ref, channel, frame.id))]
             if fence is not None:
-                if frame.id != fence:
-                    # Not the client's fault, so not counted as an error: the world failed.
-                    return [Reply(fenced_frame(frame, fence))]
-                del self._fences[channel]  # the retry of the failed publish: order resumes
+                del self._fences[channel]  # the resend of the failed publish: order resumes
+                if self._rate_fenced is not None:
+                    self._rate_fenced.discard(channel)
             return [frame]
         return [frame]
 
     def publish_failed(self, channel: Channel, message_id: str) -> None:
         """A publish on ``channel`` was not stored. Until the client sends it again (same
         id), its later publishes on the channel are refused: none may be stored ahead of
-        it. (Those already queued behind it fail in the writer.)"""
+        it. (Those already queued behind it fail in the writer.) A rate-limited publish
+        fencing the channel was sent after every publish still in the writer, so a failed
+        one takes its place."""
+        if self._rate_fenced is not None and channel in self._rate_fenced:
+            self._rate_fenced.discard(channel)
+            self._fences[channel] = message_id
+            return
         self._fences.setdefault(channel, message_id)
 
     def is_current(self, sub: Subscription) -> bool:

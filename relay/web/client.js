@@ -404,7 +404,8 @@ function shapeError(frame) {
         need(frame.temporary === undefined || typeof frame.temporary === "boolean", "temporary") ??
         need(isRef(frame.ref), "ref") ??
         need(frame.channel == null || isStr(frame.channel), "channel") ??
-        need(frame.earliest == null || clockish(frame.earliest), "earliest")
+        need(frame.earliest == null || clockish(frame.earliest), "earliest") ??
+        need(frame.retry_after_ms == null || Number.isInteger(frame.retry_after_ms), "retry_after_ms")
       );
     default:
       return null;
@@ -712,7 +713,10 @@ export class Session {
 
   _error(frame) {
     const ref = frame.ref ?? null;
-    const base = { type: "error", code: frame.code, message: frame.message ?? "", ref, temporary: frame.temporary ?? false };
+    // rate_limited: when to send it again (capped, so a bad relay cannot park us for hours).
+    const retryAfterMs = frame.retry_after_ms == null ? null : Math.min(Math.max(0, frame.retry_after_ms), 60000);
+    // (snake_case as on the wire: the Python session's event field has the same name)
+    const base = { type: "error", code: frame.code, message: frame.message ?? "", ref, temporary: frame.temporary ?? false, retry_after_ms: retryAfterMs };
     const request = Number.isInteger(ref) ? this._requests.get(ref) : undefined;
     if (request === undefined && frame.code === "forbidden" && isStr(frame.channel)) {
       // A renewed token no longer allows a subscription: the relay ended it.
@@ -1766,7 +1770,7 @@ export class Client {
     }
     if (event.publishId) {
       if (event.temporary) {
-        this._scheduleRetry(); // the session keeps it pending
+        this._scheduleRetry(event.retry_after_ms); // the session keeps it pending
       } else {
         const ack = this._acks.get(event.publishId);
         this._acks.delete(event.publishId);
@@ -1777,7 +1781,7 @@ export class Client {
     const benign = event.code === "already_subscribed" || event.code === "not_subscribed";
     if (event.channel && this._subs.has(event.channel) && !benign) {
       if (event.temporary) {
-        this._scheduleRetry(); // the session still wants the channel
+        this._scheduleRetry(event.retry_after_ms); // the session still wants the channel
       } else {
         const sub = this._subs.get(event.channel);
         this._subs.delete(event.channel);
@@ -1789,8 +1793,9 @@ export class Client {
   }
 
   /** After a temporary error: publish every pending message again (same ids) and subscribe
-   * again to channels whose subscribe failed. */
-  _scheduleRetry() {
+   * again to channels whose subscribe failed. `retryAfterMs` (rate_limited): the relay said
+   * when; that is the pause, without backing off. */
+  _scheduleRetry(retryAfterMs = null) {
     if (this._retryTimer !== null || !this._ws) return;
     const ws = this._ws;
     this._retryTimer = setTimeout(() => {
@@ -1799,7 +1804,7 @@ export class Client {
       const frames = this._session.republishPending();
       for (const channel of this._session.unsubscribed) frames.push(this._session.subscribe(channel));
       for (const frame of frames) this._send(frame);
-    }, this._retryBackoff.nextDelay());
+    }, retryAfterMs ?? this._retryBackoff.nextDelay());
   }
 
   // 1009: a frame of ours was above the relay's limit. Resending every pending publish after the

@@ -543,6 +543,31 @@ def test_publish_errors() -> None:
     assert [decoded(f)["id"] for f in s.on_reconnect()] == [slow_id]
 
 
+def test_rate_limited_publishes_and_subscribes_stay_pending_with_the_wait_the_relay_said() -> None:
+    s = session()
+    first_id, first = s.publish("c", b"1")
+    second_id, second = s.publish("c", b"2")
+    sub = s.subscribe("d")
+    [event] = s.receive(
+        reply(first, "error", code="rate_limited", message="slow down", temporary=True,
+              channel="c", id=first_id, retry_after_ms=250)
+    )  # fmt: skip
+    assert event == ErrorReceived(
+        "rate_limited", "slow down", 1, True, channel="c", publish_id=first_id, retry_after_ms=250
+    )
+    # A fenced one behind it says no wait: the client's own backoff applies.
+    fenced_reply = reply(second, "error", code="unavailable", temporary=True, behind=first_id)
+    [fenced] = s.receive(fenced_reply)
+    assert isinstance(fenced, ErrorReceived) and fenced.retry_after_ms is None
+    # Resent in order, same ids; a hostile relay cannot park the client for long.
+    assert [decoded(f)["id"] for f in s.republish_pending()] == [first_id, second_id]
+    [limited] = s.receive(
+        reply(sub, "error", code="rate_limited", temporary=True, retry_after_ms=10**9)
+    )
+    assert isinstance(limited, ErrorReceived) and limited.retry_after_ms == 60_000
+    assert s.channels == ["d"]  # still wanted: subscribed again after the wait
+
+
 def test_subscribe_errors() -> None:
     s = session()
     bad = s.subscribe("bad channel")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import resource
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
+from relay.adapters.ws_edge import RESERVED_FDS, connection_limit
 from relay.config.loader import MISSING, ConfigError, ConfigIssue, load_config
 from relay.config.reference import render_reference
 from relay.config.schema import (
@@ -136,6 +138,45 @@ def test_defaults(tmp_path: Path) -> None:
     )
 
 
+def test_limits_that_hold_have_finite_defaults(tmp_path: Path) -> None:
+    """Issue #12: every limit a hostile client could otherwise push is finite by default."""
+    cfg = load_config(write(tmp_path, MINIMAL), env={})
+    limits = cfg.limits
+    assert limits.max_connections == 20000
+    assert (limits.outbox_max_bytes, limits.write_timeout_s) == (4 * 1024 * 1024, 15.0)
+    assert (limits.publish_rate, limits.publish_burst) == (10000.0, 20000)
+    assert (limits.subscribe_rate, limits.subscribe_burst) == (100.0, 1000)
+    assert limits.subscribe_burst >= limits.max_subscriptions  # a reconnect resubscribes all
+    assert cfg.auth.auth_timeout_s == 10.0
+
+
+@pytest.mark.parametrize(
+    ("section", "text", "field"),
+    [
+        ("limits", "outbox_max_bytes = 1024", "limits.outbox_max_bytes"),
+        ("limits", "write_timeout_s = 0", "limits.write_timeout_s"),
+        ("limits", "publish_rate = 0", "limits.publish_rate"),
+        ("limits", "publish_rate = inf", "limits.publish_rate"),
+        ("limits", "publish_burst = 0", "limits.publish_burst"),
+        ("limits", "subscribe_rate = -1.0", "limits.subscribe_rate"),
+        ("limits", "subscribe_burst = 0", "limits.subscribe_burst"),
+        ("limits", "max_connections = -1", "limits.max_connections"),
+        ("auth", "auth_timeout_s = 0", "auth.auth_timeout_s"),
+    ],
+)
+def test_bad_limits_are_rejected(tmp_path: Path, section: str, text: str, field: str) -> None:
+    issue = only_issue(load_error(write(tmp_path, MINIMAL + f"[{section}]\n{text}\n")))
+    assert issue.field == field
+
+
+def test_the_connection_limit_in_effect_is_below_the_descriptor_limit() -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = connection_limit(LimitsSection().max_connections)
+    assert 1 <= limit <= LimitsSection().max_connections
+    if soft != resource.RLIM_INFINITY:
+        assert limit <= resource.getrlimit(resource.RLIMIT_NOFILE)[0] - RESERVED_FDS
+
+
 def test_effective_public_url() -> None:
     assert RelaySection(id="a").effective_public_url == "ws://127.0.0.1:8701/v1/ws"
     assert RelaySection(id="a", host="::1", port=9).effective_public_url == "ws://[::1]:9/v1/ws"
@@ -148,6 +189,26 @@ def test_nats_servers() -> None:
     nats = NatsSection(url="nats://a:4222, tls://b:4222")
     assert not nats.is_embedded
     assert nats.servers == ("nats://a:4222", "tls://b:4222")
+
+
+def test_nats_and_peer_credentials() -> None:
+    cfg = make(
+        nats={"url": "nats://a:4222", "user": "relay", "password_file": "/run/relay.password"},
+        peers=[
+            {
+                "region": "eu-west",
+                "edge_url": "ws://b:1/v1/ws",
+                "nats_url": "nats://b:4222",
+                "nats_user": "peer",
+                "nats_password_file": "/run/eu-west.password",
+            },
+            {"region": "ap-south", "edge_url": "ws://c:1/v1/ws", "nats_url": "nats://c:4222"},
+        ],
+    )
+    assert (cfg.nats.user, cfg.nats.password_file) == ("relay", "/run/relay.password")
+    west, south = cfg.region_settings().peers
+    assert (west.user, west.password_file) == ("peer", "/run/eu-west.password")
+    assert (south.user, south.password_file) == ("", "")
 
 
 def test_models_are_frozen_and_hashable() -> None:
@@ -362,6 +423,29 @@ BAD_CONFIGS = [
         "a URL starting with nats:// or tls://",
         "ws://h:2",
         id="bad-peer-nats-url-scheme",
+    ),
+    pytest.param(
+        MINIMAL + '[nats]\nuser = "relay"\npassword_file = "p"\n',
+        "nats.user",
+        'no credentials with url = "embedded"',
+        "relay",
+        id="credentials-for-embedded-nats",
+    ),
+    pytest.param(
+        MINIMAL + '[nats]\nurl = "nats://h:1"\nuser = "relay"\n',
+        "nats.password_file",
+        "set together with the other of nats.user/password_file",
+        "",
+        id="nats-user-without-password-file",
+    ),
+    pytest.param(
+        MINIMAL
+        + '[[peers]]\nregion = "eu-west"\nedge_url = "ws://h:1/v1/ws"\nnats_url = "nats://h:2"\n'
+        + 'nats_user = "peer"\n',
+        "peers[0].nats_password_file",
+        "set together with the other of nats_user/nats_password_file",
+        "",
+        id="peer-user-without-password-file",
     ),
     pytest.param(
         MINIMAL + 'public_url = "https://relay.example.com"\n',

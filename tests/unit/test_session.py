@@ -492,3 +492,99 @@ def test_authenticate_with_a_url_token() -> None:
     assert info.value.expired
     with pytest.raises(TokenRejected):
         make().authenticate("full")  # anonymous: no tokens
+
+
+# --- rate limits and the authentication deadline ------------------------------------------
+
+
+def limited(publish_rate: float = 10.0, burst: int = 2) -> ServerSession:
+    return ServerSession(
+        SessionLimits(
+            3,
+            5,
+            _limit,
+            publish_rate=publish_rate,
+            publish_burst=burst,
+            subscribe_rate=1.0,
+            subscribe_burst=2,
+        )
+    )
+
+
+def test_publishes_above_the_rate_are_rate_limited_not_stored_and_not_errors() -> None:
+    s = limited()
+    assert _published(s.receive(frame(op="publish", channel="c", data=1, id="a"), 0.0)) == "a"
+    assert _published(s.receive(frame(op="publish", channel="c", data=1, id="b"), 0.0)) == "b"
+    for n in range(10):  # more than max_errors (5): a rate limit is not a bad frame
+        err = error_of(s.receive(frame(op="publish", channel="d", data=1, ref=n), 0.0))
+        assert err["code"] == "rate_limited" and err["temporary"] is True
+        assert err["retry_after_ms"] == 100 and err["ref"] == n and err["channel"] == "d"
+    assert not s.closed
+    # Refilled after the wait it was told.
+    assert _published(s.receive(frame(op="publish", channel="d", data=1, id="c"), 0.1)) == "c"
+
+
+def test_a_rate_limited_publish_fences_its_channel_so_a_resend_keeps_order() -> None:
+    s = limited(burst=1)
+    assert _published(s.receive(frame(op="publish", channel="c", data=1, id="p1"), 0.0))
+    err = error_of(s.receive(frame(op="publish", channel="c", data=1, id="p2", ref=2), 0.0))
+    assert err["code"] == "rate_limited" and err["id"] == "p2"
+    # Later: p3 may not overtake p2, even with tokens again.
+    err = error_of(s.receive(frame(op="publish", channel="c", data=1, id="p3", ref=3), 1.0))
+    assert err["code"] == "unavailable" and err["behind"] == "p2"
+    assert _published(s.receive(frame(op="publish", channel="c", data=1, id="p2"), 1.0)) == "p2"
+    assert _published(s.receive(frame(op="publish", channel="c", data=1, id="p3"), 1.1)) == "p3"
+
+
+def test_a_publish_failing_in_the_writer_fences_ahead_of_a_rate_limited_one() -> None:
+    """p1 was accepted, p2 rate-limited; then p1 fails to be stored: p1 must go first."""
+    s = limited(burst=1)
+    assert _published(s.receive(frame(op="publish", channel="c", data=1, id="p1"), 0.0))
+    assert error_of(s.receive(frame(op="publish", channel="c", data=1, id="p2"), 0.0))
+    s.publish_failed(Channel("c"), "p1")
+    err = error_of(s.receive(frame(op="publish", channel="c", data=1, id="p2", ref=2), 1.0))
+    assert err["code"] == "unavailable" and err["behind"] == "p1"
+    assert _published(s.receive(frame(op="publish", channel="c", data=1, id="p1"), 1.0)) == "p1"
+    assert _published(s.receive(frame(op="publish", channel="c", data=1, id="p2"), 2.0)) == "p2"
+    s.publish_failed(Channel("c"), "p2")  # an ordinary failure fence again
+    s.publish_failed(Channel("c"), "p3")
+    assert (
+        error_of(s.receive(frame(op="publish", channel="c", data=1, id="p3"), 3.0))["behind"]
+        == "p2"
+    )
+
+
+def test_subscribes_above_the_rate_are_rate_limited_and_not_subscribed() -> None:
+    s = limited()
+    subscribing(s.receive(frame(op="subscribe", channel="a"), 0.0))
+    subscribing(s.receive(frame(op="subscribe", channel="b"), 0.0))
+    err = error_of(s.receive(frame(op="subscribe", channel="c", ref=3), 0.0))
+    assert err["code"] == "rate_limited" and err["retry_after_ms"] == 1000
+    assert err["channel"] == "c" and "id" not in err
+    assert Channel("c") not in s.channels
+    subscribing(s.receive(frame(op="subscribe", channel="c"), 1.0))
+
+
+def test_token_mode_closes_a_connection_without_a_token_at_the_deadline() -> None:
+    limits = SessionLimits(3, 50, _limit, auth_timeout_s=10.0)
+    s = ServerSession(limits, SessionAuth(_verify), NOW_EPOCH)
+    assert s.deadline == NOW_EPOCH + 10.0
+    assert s.tick(NOW_EPOCH + 9.9) == []
+    reply, close = s.tick(NOW_EPOCH + 10.0)
+    assert isinstance(reply, Reply) and json.loads(reply.frame)["code"] == "unauthorized"
+    assert close == Close(CloseCode.UNAUTHORIZED, "unauthorized")
+    assert s.closed and s.tick(NOW_EPOCH + 11) == []
+    assert s.deadline is None  # nothing left to decide
+
+
+def test_a_token_in_time_replaces_the_deadline_with_its_expiry() -> None:
+    limits = SessionLimits(3, 50, _limit, auth_timeout_s=10.0)
+    s = ServerSession(limits, SessionAuth(_verify), NOW_EPOCH)
+    authed(s)
+    assert s.deadline == TOKENS["full"].exp
+    assert s.tick(NOW_EPOCH + 30) == []
+
+
+def test_anonymous_sessions_have_no_auth_deadline() -> None:
+    s = ServerSession(SessionLimits(3, 50, _limit), now=NOW_EPOCH)
+    assert s.deadline is None and s.tick(NOW_EPOCH + 3600) == []
