@@ -16,9 +16,6 @@ SIGTERM or SIGINT.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import signal
 import sys
 from collections.abc import Sequence
 
@@ -26,7 +23,7 @@ import msgspec
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
-from relay.bench.peer_rooms import MAX_FRAME_BYTES, PeerRooms
+from relay.bench.peer_rooms import MAX_FRAME_BYTES, PeerRooms, peer_main, stop_signal
 
 _encode = msgspec.json.encode
 
@@ -56,10 +53,7 @@ class BroadcastServer:
 
 
 async def serve_until_signalled(host: str, port: int) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_signal()
     server = BroadcastServer()
     # compression=None as in the relay's edge, so both servers send the same bytes.
     async with serve(
@@ -71,15 +65,12 @@ async def serve_until_signalled(host: str, port: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m relay.bench.peer_broadcast",
-        description="bare websockets broadcast server (the fan-out benchmark's baseline)",
+    return peer_main(
+        "python -m relay.bench.peer_broadcast",
+        "bare websockets broadcast server (the fan-out benchmark's baseline)",
+        serve_until_signalled,
+        argv,
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    args = parser.parse_args(argv)
-    asyncio.run(serve_until_signalled(args.host, args.port))
-    return 0
 
 
 if __name__ == "__main__":

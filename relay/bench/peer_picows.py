@@ -26,9 +26,7 @@ SIGTERM or SIGINT, then says goodbye (close code 1001) to every client.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import signal
 import sys
 from collections.abc import Sequence
 
@@ -45,7 +43,13 @@ from picows import (
     ws_create_server,
 )
 
-from relay.bench.peer_rooms import MAX_FRAME_BYTES, PING_INTERVAL_S, PeerRooms
+from relay.bench.peer_rooms import (
+    MAX_FRAME_BYTES,
+    PING_INTERVAL_S,
+    PeerRooms,
+    peer_main,
+    stop_signal,
+)
 
 PING_TIMEOUT_S = 20.0  # websockets' default, which peer_broadcast keeps
 OPEN_TIMEOUT_S = 10.0
@@ -176,10 +180,7 @@ async def _close_all(server: BroadcastServer) -> None:
 
 
 async def serve_until_signalled(host: str, port: int) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_signal()
     server = BroadcastServer()
     ws_server = await ws_create_server(
         server.listener,
@@ -204,15 +205,12 @@ async def serve_until_signalled(host: str, port: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m relay.bench.peer_picows",
-        description="bare picows broadcast server (peer_broadcast on another WebSocket library)",
+    return peer_main(
+        "python -m relay.bench.peer_picows",
+        "bare picows broadcast server (peer_broadcast on another WebSocket library)",
+        serve_until_signalled,
+        argv,
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    args = parser.parse_args(argv)
-    asyncio.run(serve_until_signalled(args.host, args.port))
-    return 0
 
 
 if __name__ == "__main__":

@@ -8,8 +8,11 @@ differs, so that is all each of them keeps; the rooms and the replies are here, 
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import itertools
-from collections.abc import Hashable
+import signal
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 from federation.vclock import VectorClock
@@ -79,3 +82,31 @@ class PeerRooms(Generic[C]):
                 members.discard(connection)
                 if not members:
                     del self.channels[channel]
+
+
+def stop_signal() -> asyncio.Event:
+    """Set on SIGTERM or SIGINT (the benchmark stops its peer with SIGTERM)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+def peer_main(
+    prog: str,
+    description: str,
+    serve_until_signalled: Callable[[str, int], Awaitable[None]],
+    argv: Sequence[str] | None,
+) -> int:
+    """The command line both peers share: ``--host``, ``--port``; prints ``ready on ...``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    args = parser.parse_args(argv)
+
+    async def run() -> None:
+        await serve_until_signalled(args.host, args.port)
+
+    asyncio.run(run())
+    return 0
