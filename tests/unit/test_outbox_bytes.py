@@ -71,14 +71,14 @@ async def test_put_waits_for_room_in_bytes_instead_of_failing() -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(catch_up)
-        await anyio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()  # catch_up ran until it had to wait
         assert sent == []  # 900 + 400 > 1000: it waits
         for _ in range(6):
             batch = await box.get_batch()
             assert batch
-            await anyio.sleep(0.01)
+            await anyio.wait_all_tasks_blocked()
             box.batch_sent()
-            await anyio.sleep(0.01)
+            await anyio.wait_all_tasks_blocked()
             if len(sent) == 5:
                 break
     assert not box.failed and len(sent) == 5 and max(sent) <= 1000

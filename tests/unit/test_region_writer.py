@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable
 
 import anyio
 import anyio.lowlevel
@@ -19,6 +18,7 @@ from federation.region_log import LoggedEntry
 from federation.region_log_memory import MemoryRegionLog
 from federation.settings import Namespace, RegionSettings
 from federation.vclock import VectorClock
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -36,14 +36,6 @@ async def entries(log: MemoryRegionLog) -> list[LoggedEntry]:
 def remote(n: int) -> StoredMessage:
     ts = {"eu-west": n}
     return StoredMessage(f"eu-{n}", msgspec.Raw(b"1"), "eu-west", ts, ts)
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    deadline = anyio.current_time() + 10
-    while not condition():
-        if anyio.current_time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await anyio.sleep(0.001)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -76,8 +68,8 @@ async def test_two_writers_one_channel_everything_once_in_order(seed: int) -> No
                 writers[w].publish(CHANNEL, message_id, msgspec.Raw(b"1"), source, done)
             if rng.random() < 0.3:
                 await anyio.lowlevel.checkpoint()
-        await until(lambda: sum(map(len, results.values())) == 300, "every publish answered")
-        await until(lambda: set(acked) >= set(range(1, 41)), "every remote acked")
+        await wait_until(lambda: sum(map(len, results.values())) == 300, "every publish answered")
+        await wait_until(lambda: set(acked) >= set(range(1, 41)), "every remote acked")
         tg.cancel_scope.cancel()
     stored = await entries(log)
     ids = [e.msg.id for e in stored]
@@ -109,7 +101,7 @@ async def test_a_failing_log_fails_the_publish_and_what_queued_behind_it() -> No
                 "conn",
                 lambda r, n=n: answers.append((f"m{n}", r)),
             )
-        await until(lambda: len(answers) == 3, "answers")
+        await wait_until(lambda: len(answers) == 3, "answers")
         assert [type(r) for _, r in answers] == [Failed, Failed, Failed]
         # The log is back: the client resends, in order, and everything is stored once.
         for n in range(3):
@@ -120,7 +112,7 @@ async def test_a_failing_log_fails_the_publish_and_what_queued_behind_it() -> No
                 "conn",
                 lambda r, n=n: answers.append((f"m{n}", r)),
             )
-        await until(lambda: len(answers) == 6, "answers after the resend")
+        await wait_until(lambda: len(answers) == 6, "answers after the resend")
         tg.cancel_scope.cancel()
     assert all(isinstance(r, Stored) for _, r in answers[3:])
     assert [e.msg.id for e in await entries(log)] == ["m0", "m1", "m2"]
