@@ -407,3 +407,17 @@ class EdgeConnection(ServerConnection):
             return
         if self._head_timer is not None:  # never became a WebSocket: websockets never knew it
             self._head_timer.cancel()
+
+
+def edge_connections(
+    http_factory: Callable[[], HttpConnection], head_timeout_s: float
+) -> type[EdgeConnection]:
+    """The ``create_connection`` class for websockets' ``serve``, bound to this listener."""
+
+    class BoundEdgeConnection(EdgeConnection):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(
+                *args, http_factory=http_factory, head_timeout_s=head_timeout_s, **kwargs
+            )
+
+    return BoundEdgeConnection

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,12 +10,12 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from relay.adapters.http_server import (
-    EdgeConnection,
     HttpConnection,
     HttpRequest,
     HttpResponse,
     StreamResponse,
     StreamWriter,
+    edge_connections,
     json_response,
 )
 from tests.support.waiting import wait_until
@@ -71,8 +70,8 @@ async def echo(ws: ServerConnection) -> None:
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[App, int]]:
     app = App()
-    factory = functools.partial(EdgeConnection, http_factory=app.http, head_timeout_s=5)
-    server: Server = await serve(echo, "127.0.0.1", 0, create_connection=factory)
+    connections = edge_connections(app.http, head_timeout_s=5)
+    server: Server = await serve(echo, "127.0.0.1", 0, create_connection=connections)
     port = server.sockets[0].getsockname()[1]
     try:
         yield app, port
