@@ -34,7 +34,9 @@ A group that JetStream refuses because it holds a publish id already stored
 (``split``) is planned one entry at a time until it is through; one entry at a
 time, a repeated local id is answered with the stored entry's position
 (``duplicate_local``) and a remote id already here becomes a ``dup`` entry
-(``duplicate_remote``).
+(``duplicate_remote``). An id is "the same" only on the same channel from the same
+publisher scope (``LocalWrite.by``, kept in the entry as ``by``; ``logformat.entry_key``):
+one client's id never answers another's publish.
 
 Local publishes never starve: every group takes local publishes, whatever
 federation has waiting, and one process never races itself for the head.
@@ -100,6 +102,9 @@ class LocalWrite:
     # The publisher's causal context: stored only once the log covers it.
     after: VectorClock | None = None
     queued_at: float = 0.0  # when it came (the caller's clock): bounds the wait for ``after``
+    # The publisher's scope (the token's ``sub``; None: anonymous): the relay sets it,
+    # never the client, and its ids are deduplicated apart from everyone else's.
+    by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -247,8 +252,10 @@ class ChannelWrites(Generic[A]):
                 if local is not None:
                     position = position.increment(self.region)
                     ts = position.to_dict()
-                    entry = StoredMessage(local.message_id, local.data, self.region, ts, ts)
-                    msg_id = logformat.dedupe_key(self.channel, local.message_id)
+                    entry = StoredMessage(
+                        local.message_id, local.data, self.region, ts, ts, by=local.by
+                    )
+                    msg_id = logformat.entry_key(self.channel, entry)
                     entries.append(Planned(entry, msg_id, local=local))
                     last_origin = self.region
                     progressed = True
@@ -260,7 +267,7 @@ class ChannelWrites(Generic[A]):
             ts = position.to_dict()
             null_id = f"~{self.region}:{position.get(self.region)}"
             null = StoredMessage(null_id, NULL_DATA, self.region, ts, ts, null=True)
-            entries.append(Planned(null, logformat.dedupe_key(self.channel, null_id)))
+            entries.append(Planned(null, logformat.entry_key(self.channel, null)))
         elif owes and last_origin in ("", self.region):
             self.owes_progress = False  # our own entry already follows what we applied
         elif owes:
@@ -318,9 +325,11 @@ class ChannelWrites(Generic[A]):
         # A peer's dup entry is decided afresh here: this region may not have the other copy.
         entry = StoredMessage(
             stored.id, stored.data, stored.origin, stored.ts, after.to_dict(),
-            dup=dup, null=stored.null,
+            dup=dup, null=stored.null, by=stored.by,
         )  # fmt: skip
-        msg_id = logformat.dedupe_key(self.channel, stored.id)
+        # Keyed as at its origin: a retry in two regions is the same publish only for the
+        # same publisher.
+        msg_id = logformat.entry_key(self.channel, entry)
         if dup:
             msg_id = f"{msg_id} @{msg.origin}:{msg.seq}"
         return Planned(entry, msg_id, remote=msg)

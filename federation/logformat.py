@@ -30,6 +30,7 @@ Beats
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -44,7 +45,10 @@ class StoredMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     the same publish id reached this region first from another origin (a client
     that failed over and republished), so subscribers here already have it.
     ``null`` marks a progress entry of a total-order channel: a region saying "I
-    have passed everything before this"; never delivered.
+    have passed everything before this"; never delivered. ``by`` is the publisher's
+    scope, set by the relay from the token's ``sub`` (never by the client; absent for
+    anonymous publishers): ids are deduplicated per channel and scope (``entry_key``).
+    It is never sent to subscribers.
     """
 
     id: str
@@ -54,6 +58,7 @@ class StoredMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     pos: dict[str, int]
     dup: bool = False
     null: bool = False
+    by: str | None = None
 
     @property
     def hidden(self) -> bool:
@@ -167,6 +172,36 @@ def channel_of(subject: str) -> str:
     return decode_token(subject.split(".", 4)[4])
 
 
-def dedupe_key(channel: str, message_id: str) -> str:
-    """``Nats-Msg-Id`` value: ids are scoped per channel, and neither part holds a space."""
-    return f"{channel} {message_id}"
+def dedupe_key(channel: str, message_id: str, by: str | None = None) -> str:
+    """``Nats-Msg-Id`` value of a publish: ids are scoped per channel and per publisher.
+
+    A publisher with a scope (the token's ``sub``) has its own ids: another client
+    cannot publish one first and have this one acked as its duplicate. Anonymous
+    publishers (``by`` None) share one scope per channel, so that a client's retry is
+    recognised whichever relay of whichever region it reaches; their SDKs make ids
+    unguessable instead. The scope goes in as a digest: a ``sub`` may hold spaces,
+    line breaks or kilobytes, none of which belong in a NATS header. Neither the
+    channel nor the id holds a space, and the parts after them (none, a digest in hex,
+    ``PROGRESS_SCOPE``) never look alike, so the key is injective.
+    """
+    if by is None:
+        return f"{channel} {message_id}"
+    return f"{channel} {message_id} {_scope_digest(by)}"
+
+
+# No digest is "~": a scope no publisher can have, for a region's own progress entries
+# (their ids are printable ASCII like any client's, so a client could send one first).
+PROGRESS_SCOPE: Final = "~"
+
+
+def _scope_digest(by: str) -> str:
+    # 128 bits: finding two subs with one digest takes ~2**64 work and both tokens.
+    return hashlib.sha256(by.encode()).hexdigest()[:32]
+
+
+def entry_key(channel: str, msg: StoredMessage) -> str:
+    """``Nats-Msg-Id`` of an entry, computed the same way by every region (its origin
+    appending it, peers applying it) and the total-order dedupe id of a publish."""
+    if msg.null:
+        return f"{channel} {msg.id} {PROGRESS_SCOPE}"
+    return dedupe_key(channel, msg.id, msg.by)

@@ -4,8 +4,9 @@ Same interface and behaviour as ``federation.adapters.nats_region_log.NatsRegion
 contract test runs both): one sequence per stream (namespace), compare-and-set on the channel's
 last sequence checked before the message id, ids deduplicated, atomic groups all or nothing,
 ``max_messages`` per channel dropping the oldest. Differences, on purpose: ids are remembered
-forever (no duplicate window), nothing expires by age, and it never fails unless told to
-(``fail_next``), so tests choose where the world breaks.
+forever (no duplicate window), nothing expires by age, no byte limit (``max_bytes``: sizes
+are JetStream's, see ``tests/integration/test_stream_bytes.py``), and it never fails unless
+told to (``fail_next``), so tests choose where the world breaks.
 """
 
 from __future__ import annotations

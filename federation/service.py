@@ -57,13 +57,12 @@ class FederationService:
             peer.region: PeerLink(
                 region=region,
                 peer_region=peer.region,
-                peer_url=peer.nats_url,
-                peer_user=peer.user,
-                peer_password_file=peer.password_file,
+                peer_nats=peer.nats,
                 namespaces=namespaces,
                 writer=self.writer,
                 ack_wait_s=settings.ack_wait_s,
                 forward_heartbeat=self._forward_heartbeat,
+                regions=[peer.region for peer in settings.peers],
             )
             for peer in settings.peers
         }

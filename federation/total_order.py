@@ -72,7 +72,8 @@ class Entry(Generic[P]):
     null: bool
     payload: P
     # Same id on two entries = the same publish accepted twice (a client retry through
-    # another region); only the first in total order is delivered.
+    # another region); only the first in total order is delivered. The caller scopes it to
+    # the publisher (``logformat.entry_key``): two clients' equal ids are two publishes.
     dedupe_id: str | None = None
 
     @property

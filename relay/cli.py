@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -44,13 +45,14 @@ def _load(path: str) -> RelayConfig | None:
 
 
 def _cmd_relay(args: argparse.Namespace) -> int:
+    from federation.adapters.nats_region_log import StoreBudgetExceeded
     from relay.node import NatsUnreachable, RelayNode
 
     cfg = _load(args.config)
     if cfg is None:
         return 1
     _setup_logging(args.verbose)
-    if not _auth_usable(args.config, cfg):
+    if not _auth_usable(args.config, cfg) or not _tls_usable(args.config, cfg):
         return 1
     node = RelayNode(cfg)
 
@@ -72,10 +74,11 @@ def _cmd_relay(args: argparse.Namespace) -> int:
             try:
                 await tg.start(node.run)
             except Exception as exc:
-                unreachable = _first(exc, NatsUnreachable)
-                if unreachable is None:
+                # Reasons the relay cannot start that an operator fixes: one line, no trace.
+                reason = _first(exc, NatsUnreachable) or _first(exc, StoreBudgetExceeded)
+                if reason is None:
                     raise
-                logging.getLogger("relaynet").error("%s", unreachable)
+                logging.getLogger("relaynet").error("%s", reason)
                 tg.cancel_scope.cancel()
                 return 1
             print(
@@ -104,6 +107,26 @@ def _auth_usable(path: str, cfg: RelayConfig) -> bool:
             'set [auth] mode = "token" (README, Security)',
             cfg.relay.host,
             "do anything on any channel" if "*" in dict(cfg.auth.anonymous) else "use it",
+        )
+    return True
+
+
+def _tls_usable(path: str, cfg: RelayConfig) -> bool:
+    """Load the listener's certificate before starting; warn about plain text on a network."""
+    from relay.adapters.tls import TlsConfigError, server_ssl_context
+
+    try:
+        server_ssl_context(cfg.relay)
+    except TlsConfigError as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return False
+    behind_tls_proxy = (cfg.relay.public_url or "").startswith("wss://")
+    if not cfg.relay.tls and not behind_tls_proxy and not _is_loopback(cfg.relay.host):
+        logging.getLogger("relaynet").warning(
+            "PLAIN-TEXT RELAY ON A NON-LOOPBACK ADDRESS (%s): tokens and messages cross the "
+            "network unencrypted; set [relay] tls_cert_file and tls_key_file, or put it "
+            'behind a TLS proxy and set public_url = "wss://..." (README, Security)',
+            cfg.relay.host,
         )
     return True
 
@@ -140,6 +163,91 @@ def _cmd_token_issue(args: argparse.Namespace) -> int:
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _cmd_token_revoke(args: argparse.Namespace) -> int:
+    from federation.adapters.nats_client import NatsClient, NatsOptionsError, describe_failure
+    from relay.adapters.embedded_nats import region_nats_options
+    from relay.adapters.revocations import ensure_stream, new_revocation, publish_revocation
+    from relay.core.revocations import BadRevocation, check_revocation, revocation_stream
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    issued_before = None
+    try:
+        if args.issued_before is not None:
+            if args.sub is None:
+                raise ValueError("--issued-before goes with --sub")
+            issued_before = _instant(args.issued_before)
+        rev = check_revocation(
+            new_revocation(cfg.region.name, jti=args.jti, sub=args.sub, issued_before=issued_before)
+        )
+    except (ValueError, BadRevocation) as exc:
+        print(f"relaynet token revoke: {exc}", file=sys.stderr)
+        return 2
+    url = cfg.nats.url
+    if url == "embedded":  # the region's relay runs the server; connect to it
+        url = f"nats://{cfg.nats.embedded_host}:{cfg.nats.embedded_port}"
+    options = region_nats_options(cfg.nats, url)
+    failures: list[Exception] = []
+
+    async def failed(exc: Exception) -> None:
+        failures.append(exc)  # reported once below, not as nats-py's tracebacks
+
+    async def main() -> int:
+        nc = NatsClient()
+        await nc.connect_with(
+            options,
+            name=f"relaynet-token-revoke-{cfg.region.name}",
+            connect_timeout=cfg.nats.connect_timeout_s,
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            error_cb=failed,
+        )
+        try:
+            js = nc.jetstream(timeout=cfg.nats.connect_timeout_s)
+            await ensure_stream(js, cfg.region.name, cfg.auth.revocation_retention_s)
+            return await publish_revocation(js, rev)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await nc.close()
+
+    try:
+        seq = anyio.run(main)
+    except NatsOptionsError as exc:
+        print(f"{args.config}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        why = describe_failure(failures[-1] if failures else exc, options)
+        print(f"relaynet token revoke: NATS of {cfg.region.name} at {url}: {why}", file=sys.stderr)
+        return 1
+    print(
+        f"revoked {rev.describe()} (id {rev.id}): stored in {revocation_stream(rev.region)} "
+        f"at seq {seq}, kept {cfg.auth.revocation_retention_s:g} s; relays of every region "
+        "that reads this one close its connections with 4005 and refuse it from now on",
+        flush=True,
+    )
+    if cfg.auth.mode != "token":
+        print(f"note: {args.config} is not in token mode; its relays take no tokens anyway")
+    return 0
+
+
+def _instant(text: str) -> float:
+    """``now`` or an ISO 8601 time (UTC without an offset) -> seconds since the epoch."""
+    import datetime
+
+    if text == "now":
+        return time.time()
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"bad time {text!r}: use ISO 8601 (2026-01-31T12:00:00Z) or 'now'"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
 
 
 def _duration_s(text: str) -> float:
@@ -182,25 +290,24 @@ def _cmd_federate(args: argparse.Namespace) -> int:
     url = cfg.nats.url
     if url == "embedded":  # the region's relay runs the server; connect to it
         url = f"nats://{cfg.nats.embedded_host}:{cfg.nats.embedded_port}"
-    from relay.adapters.embedded_nats import EmbeddedNatsError, nats_credentials
+    from federation.adapters.nats_client import NatsClient, NatsOptionsError, connect_kwargs
+    from relay.adapters.embedded_nats import region_nats_options
 
-    try:  # embedded: the relay user's password in the relay's store_dir
-        creds = nats_credentials(cfg.nats)
-    except EmbeddedNatsError as exc:
+    # embedded: the relay user's password in the relay's store_dir, its TLS certificate
+    options = region_nats_options(cfg.nats, url)
+    try:  # unreadable files are reported now, not as a connection that never comes
+        connect_kwargs(options)
+    except NatsOptionsError as exc:
         print(f"{args.config}: {exc}", file=sys.stderr)
         return 1
 
     async def main() -> None:
-        from federation.adapters.nats_client import NatsClient
-
         nc = NatsClient()
-        await nc.connect(
-            servers=[u.strip() for u in url.split(",")],
+        await nc.connect_with(
+            options,
             name=f"relaynet-federate-{cfg.region.name}",
-            user=creds.user if creds else None,
-            password=creds.password if creds else None,
             max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float works; typed int
+            reconnect_time_wait=0.5,
         )
         try:
             async with anyio.create_task_group() as tg:
@@ -376,6 +483,15 @@ def _cmd_bench_chaos(args: argparse.Namespace) -> int:
     return run_async(run_chaos, seconds, args.seed, json_path, args.keep)
 
 
+def _cmd_bench_fuzz(args: argparse.Namespace) -> int:
+    from relay.bench.fuzz import run_fuzz
+
+    _setup_logging(False)
+    # The SDK's reconnect lines are not the run's business; the report is.
+    logging.getLogger("relaynet").setLevel(logging.ERROR)
+    return run_async(run_fuzz, args.frames, args.seed, args.connections, args.keep)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relaynet", description=__doc__)
     parser.add_argument("--version", action="version", version=f"relaynet {__version__}")
@@ -436,6 +552,21 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d (default 1h)")
     issue.add_argument("--jti", default=None, help="token id (jti claim), optional")
     issue.set_defaults(func=_cmd_token_issue)
+    revoke = token_sub.add_parser(
+        "revoke",
+        help="revoke tokens in every region: one by jti, or a sub's (all, or issued before T)",
+    )
+    revoke.add_argument("--config", required=True, help="region config file (TOML)")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--jti", help="revoke the token with this id (jti claim)")
+    which.add_argument("--sub", help="revoke the tokens of this sub (all, or --issued-before)")
+    revoke.add_argument(
+        "--issued-before",
+        metavar="ISO|now",
+        help="with --sub: only tokens whose iat is before this time (ISO 8601, UTC if no "
+        "offset, or 'now'); fresh tokens issued later still work",
+    )
+    revoke.set_defaults(func=_cmd_token_revoke)
 
     config = sub.add_parser("config", help="config file tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -527,6 +658,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep", action="store_true", help="keep the temporary directory (logs, stores)"
     )
     chaos.set_defaults(func=_cmd_bench_chaos)
+    fuzz = bench_sub.add_parser(
+        "fuzz",
+        help="seeded hostile frames at a live relay while a good client publishes and reads",
+        description="Starts a nats-server and a relay (processes), sends seeded hostile "
+        "frames over several connections (bad JSON, wrong types, deep nesting, bad channels, "
+        "unknown ops, every op with mutated fields, binary and oversized frames, subscribe "
+        "churn, garbage tokens) while an SDK client publishes to and reads its own channel. "
+        "Exit 1 unless the good client lost and duplicated nothing, the relay is alive and "
+        "healthy, its peak RSS stayed under the bound, every close had a documented code "
+        "and its log has no traceback; the seed replays the same frames.",
+    )
+    fuzz.add_argument("--frames", type=int, default=10_000, help="hostile frames (10000)")
+    fuzz.add_argument("--seed", type=int, help="replay this seed (default: random, printed)")
+    fuzz.add_argument("--connections", type=int, default=4, help="hostile connections at once (4)")
+    fuzz.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
+    fuzz.set_defaults(func=_cmd_bench_fuzz)
     from relay.client.cli import register as register_client_commands
 
     register_client_commands(sub)

@@ -9,6 +9,7 @@ NATS connection drains, then the embedded server stops.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 
@@ -17,26 +18,27 @@ import nats
 import nats.errors
 from anyio.abc import TaskStatus
 
-from federation.adapters.nats_client import NatsClient
+from federation.adapters.nats_client import NatsClient, NatsOptionsError, describe_failure
 from federation.adapters.nats_region_log import NatsRegionLog
 from federation.adapters.region_writer import RegionWriter
-from federation.logformat import stream_name
 from federation.service import FederationService
+from federation.settings import NatsConnectOptions
+from relay.adapters.audit import AuditLog
 from relay.adapters.directory import EdgeDirectory
 from relay.adapters.embedded_nats import (
     EmbeddedNats,
-    EmbeddedNatsError,
-    NatsCredentials,
-    nats_credentials,
-    peer_permissions,
+    region_nats_options,
+    region_peer_permissions,
 )
 from relay.adapters.feed_manager import FeedManager
 from relay.adapters.log_reader import LogReader
 from relay.adapters.metrics import RelayCollector, make_registry, render
 from relay.adapters.nats_broker import NatsBroker
+from relay.adapters.revocations import RevocationFollower
 from relay.adapters.ws_edge import WsEdge
 from relay.config.schema import RelayConfig
 from relay.core.feed import LogEntry
+from relay.core.revocations import Revocation, RevocationSet
 from relay.protocol.errors import CloseCode
 
 log = logging.getLogger("relaynet.node")
@@ -105,7 +107,9 @@ class RelayNode:
         self._finished = anyio.Event()
         self.nats = NatsHealth()
         self.embedded: EmbeddedNats | None = None  # the nats-server this relay started
-        self.nats_credentials: NatsCredentials | None = None
+        self.revocations: RevocationFollower | None = None  # in token mode
+        #: How this relay connects to its NATS (shared by what else connects there).
+        self.nats_options: NatsConnectOptions | None = None
 
     @property
     def port(self) -> int:
@@ -114,7 +118,8 @@ class RelayNode:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.cfg.relay.host}:{self.port}/v1/ws"
+        """The listener's WebSocket URL (``wss://`` with TLS), on the bound port."""
+        return self.cfg.relay.listen_url(self.port)
 
     def stop(self) -> None:
         self._stop.set()
@@ -149,21 +154,19 @@ class RelayNode:
                     port=cfg.nats.embedded_port,
                     store_dir=cfg.nats.store_dir,
                     server_name=f"relaynet-{cfg.region.name}-{cfg.relay.id}",
-                    peer_permissions=peer_permissions(
-                        cfg.region.name,
-                        [stream_name(cfg.region.name, ns.name) for ns in cfg.all_namespaces],
-                        [peer.region for peer in cfg.peers],
+                    peer_permissions=region_peer_permissions(cfg),
+                    max_file_store=cfg.nats.store_budget_bytes,
+                    tls=(
+                        (cfg.nats.embedded_tls_cert_file, cfg.nats.embedded_tls_key_file)
+                        if cfg.nats.embedded_tls_cert_file
+                        else None
                     ),
                 )
                 self.nats_url = await stack.enter_async_context(embedded)
-                self.nats_credentials = embedded.credentials
             else:
                 embedded = None
                 self.nats_url = cfg.nats.url
-                try:
-                    self.nats_credentials = nats_credentials(cfg.nats)
-                except EmbeddedNatsError as exc:  # an unreadable password_file
-                    raise NatsUnreachable(f"NATS at {cfg.nats.url}: {exc}") from None
+            self.nats_options = region_nats_options(cfg.nats, self.nats_url)
             self.embedded = embedded
             async with anyio.create_task_group() as tg:
                 if embedded is not None:
@@ -207,6 +210,10 @@ class RelayNode:
                 )
                 edge.metrics = lambda: render(registry)
                 edge.available = self.nats.available
+                edge.audit = AuditLog.from_config(cfg)
+                stack.callback(edge.audit.close)
+                if cfg.auth.mode == "token":  # before serving: no revoked token gets in
+                    await self._follow_revocations(tg, nc, edge, edge.audit)
                 await tg.start(edge.run)
                 tg.start_soon(self._watch_nats, nc, edge)
                 # Served only once bound: with port 0 the directory must show the real port.
@@ -225,6 +232,33 @@ class RelayNode:
                 tg.cancel_scope.cancel()
         log.info("relay %s stopped", cfg.relay.id)
         self._finished.set()
+
+    async def _follow_revocations(
+        self, tg: anyio.abc.TaskGroup, nc: NatsClient, edge: WsEdge, audit: AuditLog
+    ) -> None:
+        """Every region's revocations, checked by every session: a live connection whose
+        token one revokes is closed with 4005."""
+        cfg = self.cfg
+        revocations = RevocationSet(cfg.auth.revocation_retention_s)
+        edge.auth = dataclasses.replace(edge.auth, revoked=revocations.matches)
+
+        def revoked(rev: Revocation) -> None:
+            log.info("revocation from %s: %s", rev.region, rev.describe())
+            audit.record(
+                "revocation_received",
+                sub=rev.sub,
+                jti=rev.jti,
+                reason=rev.describe(),
+                origin=rev.region,
+                issued_before=rev.issued_before,
+            )
+            for conn in list(edge.connections):
+                conn.check_revoked()
+
+        self.revocations = RevocationFollower(
+            cfg.region.name, cfg.region_settings().peers, revocations, revoked
+        )
+        await tg.start(self.revocations.run, nc)
 
     async def run_finished(self) -> None:
         await self._finished.wait()
@@ -256,18 +290,17 @@ class RelayNode:
         failures: list[Exception] = []
         connected_once = False
         nc = NatsClient()
-        creds = self.nats_credentials
+        options = self.nats_options
+        assert options is not None
         deadline = self.cfg.nats.connect_timeout_s
         try:
             with anyio.fail_after(deadline):
-                await nc.connect(
-                    servers=[u.strip() for u in self.nats_url.split(",")],
+                await nc.connect_with(
+                    options,
                     name=f"relaynet-{self.cfg.relay.id}",
-                    user=creds.user if creds else None,
-                    password=creds.password if creds else None,
-                    connect_timeout=deadline,  # type: ignore[arg-type]  # float works; typed int
+                    connect_timeout=deadline,
                     max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float works; typed int
+                    reconnect_time_wait=0.5,
                     reconnected_cb=reconnected,
                     disconnected_cb=disconnected,
                     error_cb=error,
@@ -280,8 +313,10 @@ class RelayNode:
                 contextlib.suppress(Exception),
             ):
                 await nc.close()
+            if isinstance(exc, NatsOptionsError):  # an unreadable password, seed or CA file
+                raise NatsUnreachable(f"NATS at {self.nats_url}: {exc}") from None
             if isinstance(exc, (TimeoutError, OSError, nats.errors.Error)):
-                why = repr(failures[-1]) if failures else repr(exc)
+                why = describe_failure(failures[-1] if failures else exc, options)
                 raise NatsUnreachable(
                     f"cannot reach NATS at {self.nats_url} within {deadline:g} s "
                     f"(nats.connect_timeout_s): {why}"

@@ -19,21 +19,154 @@ they are; sizes are checked against the server's limit like nats-py does.
 reuses its transport object and overwrote the stream of an attempt whose TCP connect
 succeeded but whose INFO never came (a frozen nats-server still accepts connections), so a
 relay leaked one socket per attempt for as long as its NATS stayed frozen.
+
+``connect_with`` is the one way a relaynet process connects: the URLs, credentials and TLS
+of a ``NatsConnectOptions`` (built from ``[nats]`` or a ``[[peers]]`` entry) become nats-py's
+arguments here, its files are read and checked first, and a connection meant to be TLS
+stays TLS: nats-py upgrades only when the server's INFO says ``tls_required``, even for a
+``tls://`` URL, so whoever answers in between could otherwise take the credentials in
+plaintext.
 """
 
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import nats.errors
+import nkeys
 from nats.aio.client import Client
+
+from federation.settings import NatsConnectOptions
 
 _NAME_HAS_SPACE = re.compile(r"\s")
 
 
+class NatsOptionsError(Exception):
+    """A credential or TLS file of a ``NatsConnectOptions`` cannot be used; the message
+    names the config field and the file."""
+
+
+def _read(options: NatsConnectOptions, field: str, path: str) -> bytes:
+    try:
+        data = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise NatsOptionsError(
+            f"{options.config_prefix}{field}: cannot read {path} ({exc.strerror})"
+        ) from None
+    if not data:
+        raise NatsOptionsError(f"{options.config_prefix}{field}: {path} is empty")
+    return data
+
+
+def tls_context(options: NatsConnectOptions) -> ssl.SSLContext | None:
+    """The TLS context for ``options`` (None when it does not ask for TLS): the server's
+    certificate checked against ``tls_ca_file`` (or the system's CAs) and its host name,
+    and the client certificate if one is given."""
+    if not options.requires_tls:
+        return None
+    prefix = options.config_prefix
+    try:
+        context = ssl.create_default_context(cafile=options.tls_ca_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise NatsOptionsError(
+            f"{prefix}tls_ca_file: cannot use {options.tls_ca_file} as CA certificates ({why})"
+        ) from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if options.tls_cert_file:
+        try:
+            context.load_cert_chain(options.tls_cert_file, options.tls_key_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise NatsOptionsError(
+                f"{prefix}tls_cert_file/tls_key_file: cannot use {options.tls_cert_file} "
+                f"with {options.tls_key_file} as client certificate and key ({why})"
+            ) from None
+    return context
+
+
+def connect_kwargs(options: NatsConnectOptions) -> dict[str, Any]:
+    """nats-py ``connect()`` arguments for the credentials and TLS of ``options``, its files
+    read and checked now (nats-py reads a seed or creds file again at each signature)."""
+    kwargs: dict[str, Any] = {"servers": list(options.servers)}
+    prefix = options.config_prefix
+    if options.user:
+        kwargs["user"] = options.user
+        kwargs["password"] = _read(options, "password_file", options.password_file).decode()
+    elif options.nkey_seed_file:
+        seed = _read(options, "nkey_seed_file", options.nkey_seed_file)
+        try:
+            nkeys.from_seed(bytearray(seed)).wipe()
+        except Exception:
+            raise NatsOptionsError(
+                f"{prefix}nkey_seed_file: {options.nkey_seed_file} does not hold an nkey user "
+                "seed (one line starting with SU)"
+            ) from None
+        kwargs["nkeys_seed"] = options.nkey_seed_file
+    elif options.creds_file:
+        creds = _read(options, "creds_file", options.creds_file)
+        # nats-py reads a creds file without a JWT block forever: check its shape first.
+        if b"BEGIN NATS USER JWT" not in creds or b"BEGIN USER NKEY SEED" not in creds:
+            raise NatsOptionsError(
+                f"{prefix}creds_file: {options.creds_file} is not a NATS .creds file (a user "
+                "JWT block and a user nkey seed block)"
+            )
+        kwargs["user_credentials"] = options.creds_file
+    if (context := tls_context(options)) is not None:
+        kwargs["tls"] = context
+    return kwargs
+
+
+_TLS_NOT_OFFERED = "the server does not require TLS, but TLS is configured for it"
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` is the server or its certificate refused, not merely unreachable:
+    a wrong CA or credentials, or no TLS where it is required. Retrying does not fix these."""
+    text = str(exc).lower()
+    return isinstance(exc, ssl.SSLError) or "authorization" in text or _TLS_NOT_OFFERED in text
+
+
+def describe_failure(exc: BaseException, options: NatsConnectOptions) -> str:
+    """What went wrong connecting with ``options``, in words an operator can act on."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        trusted = (
+            f"{options.config_prefix}tls_ca_file ({options.tls_ca_file})"
+            if options.tls_ca_file
+            else f"the system's CAs (no {options.config_prefix}tls_ca_file given)"
+        )
+        return (
+            f"TLS: the server's certificate was refused ({exc.verify_message}); "
+            f"it must be signed by a CA in {trusted} and name the host of the URL"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc.reason or exc})"
+    return repr(exc)
+
+
 class NatsClient(Client):
+    #: Set by ``connect_with``: a server that does not require TLS is refused.
+    _require_tls = False
+
+    async def connect_with(self, options: NatsConnectOptions, **kwargs: Any) -> None:
+        """``connect()`` to the servers of ``options`` with its credentials and TLS;
+        ``kwargs`` are nats-py's other ``connect()`` arguments. NatsOptionsError when a file
+        cannot be used."""
+        self._require_tls = options.requires_tls
+        await self.connect(**connect_kwargs(options), **kwargs)
+
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        # Called with the first INFO of every (re)connect, before the upgrade and CONNECT.
+        if initial_connection and self._require_tls and not info.get("tls_required"):
+            raise nats.errors.Error(
+                f"nats: {_TLS_NOT_OFFERED}: refusing to send credentials or messages in plaintext"
+            )
+        await super()._process_info(info, initial_connection)
+
     async def _connect_to_server(self, s: Any) -> None:
         if self._transport is not None:
             self._transport.close()  # type: ignore[no-untyped-call]  # the last attempt's socket

@@ -18,22 +18,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 
 import anyio
-import msgspec
+import nats.errors
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from federation import logformat
-from federation.adapters.nats_client import NatsClient
+from federation.adapters.nats_client import NatsClient, describe_failure, is_refusal
 from federation.adapters.region_writer import RegionWriter
+from federation.bad_entries import BadEntries
+from federation.entry_checks import BadEntry, decode_checked
+from federation.settings import NatsConnectOptions
 from federation.throttled_log import ThrottledLog
 
 log = logging.getLogger("relaynet.federation")
 _bad_beats = ThrottledLog(log)
+_refusals = ThrottledLog(log, 30.0)
 
 MAX_ACK_PENDING = 20_000
 #: Inbox prefix of a link's connection: a peer's NATS lets its "peer" user subscribe to
@@ -41,10 +45,12 @@ MAX_ACK_PENDING = 20_000
 PEER_INBOX_PREFIX = "_RLYPEER"
 
 
-def read_password(path: str) -> str:
-    """The password in ``path``, read at each connect (so a rotated file is picked up)."""
-    with open(path) as f:
-        return f.read().strip()
+def _stream_seq(msg: Msg) -> int:
+    """The peer's stream sequence of a consumer's message (0 if it has none)."""
+    try:
+        return msg.metadata.sequence.stream
+    except nats.errors.Error:  # not a JetStream delivery (no ack subject to read it from)
+        return 0
 
 
 class PeerLink:
@@ -53,19 +59,20 @@ class PeerLink:
         *,
         region: str,
         peer_region: str,
-        peer_url: str,
+        peer_nats: NatsConnectOptions,
         namespaces: Sequence[str],
-        peer_user: str = "",
-        peer_password_file: str = "",
         writer: RegionWriter,
         ack_wait_s: float,
         forward_heartbeat: Callable[[str, bytes], Awaitable[None]] | None = None,
+        regions: Collection[str] = (),
     ) -> None:
         self.region = region
         self.peer_region = peer_region
-        self.peer_url = peer_url
-        self.peer_user = peer_user
-        self.peer_password_file = peer_password_file
+        #: Every region of the network: a message from, or depending on, any other is refused.
+        self.regions = frozenset([region, peer_region, *regions])
+        self.bad_entries = BadEntries(log)
+        #: Read again at each connect: credentials, CA and certificates may be rotated.
+        self.peer_nats = peer_nats
         self.namespaces = list(namespaces)
         self.writer = writer
         self.ack_wait_s = ack_wait_s
@@ -80,17 +87,14 @@ class PeerLink:
         while True:
             nc = NatsClient()
             try:
-                password = read_password(self.peer_password_file) if self.peer_user else None
-                await nc.connect(
-                    self.peer_url,
-                    user=self.peer_user or None,
-                    password=password,
+                await nc.connect_with(
+                    self.peer_nats,
                     inbox_prefix=PEER_INBOX_PREFIX,
                     name=f"relaynet-federation-{self.region}-from-{self.peer_region}",
                     connect_timeout=2,
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.2,  # type: ignore[arg-type]  # a float works; typed int
+                    reconnect_time_wait=0.2,
                     # A silently dropped link must be noticed in seconds, not minutes.
                     ping_interval=2,
                     max_outstanding_pings=2,
@@ -108,7 +112,9 @@ class PeerLink:
                     raise
                 # Say it once per outage, not at every retry.
                 (log.info if delay == 0.1 else log.debug)(
-                    "peer %s unreachable (%r); retrying", self.peer_region, exc
+                    "peer %s unreachable (%s); retrying",
+                    self.peer_region,
+                    describe_failure(exc, self.peer_nats),
                 )
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -139,6 +145,15 @@ class PeerLink:
                     await nc.close()
 
     async def _link_error(self, exc: Exception) -> None:
+        if is_refusal(exc):  # a wrong CA or password does not heal by waiting: say so
+            _refusals.log(
+                logging.WARNING,
+                self.peer_region,
+                "link to %s refused: %s; retrying",
+                self.peer_region,
+                describe_failure(exc, self.peer_nats),
+            )
+            return
         # A peer being away is the normal life of a link; nats-py would log a traceback.
         log.debug("link to %s: %r", self.peer_region, exc)
 
@@ -251,13 +266,11 @@ class PeerLink:
     async def _handle(self, stream: str, msg: Msg, acks: MemoryObjectSendStream[Msg]) -> None:
         self.received += 1
         try:
-            stored = logformat.decode_stored(msg.data)
+            stored = decode_checked(msg.data, self.regions, known_dependencies=True)
             channel = logformat.channel_of(msg.subject)
-            if stored.ts.get(stored.origin, 0) < 1:
-                raise ValueError("no sequence for its own origin")
-        except (msgspec.DecodeError, IndexError, ValueError) as exc:
+        except (BadEntry, IndexError) as exc:
             # Not something any relaynet writes: say so loudly, do not stall the link.
-            log.error("peer %s: malformed entry on %s (%s); skipped", stream, msg.subject, exc)
+            self.bad_entries.skipped("peer", f"{stream} {msg.subject}", _stream_seq(msg), str(exc))
             acks.send_nowait(msg)
             return
         delay = 0.05

@@ -27,7 +27,6 @@ import secrets
 from collections.abc import AsyncIterator, Sequence
 from typing import Literal
 
-import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
@@ -36,7 +35,9 @@ from nats.js.api import DiscardPolicy, RePublish, StorageType, StreamConfig
 
 from federation import logformat
 from federation.adapters.nats_client import NatsClient
+from federation.bad_entries import BadEntries
 from federation.channel_writes import Head
+from federation.entry_checks import BadEntry, decode_checked, sequence_header
 from federation.logformat import StoredMessage
 from federation.region_log import Appended, LoggedEntry, LogUnavailable
 from federation.settings import Namespace, RegionSettings
@@ -52,9 +53,24 @@ ERR_BATCH_DUPLICATE_ID = 10201
 
 
 ERR_STREAM_NAME_IN_USE = 10058
+ERR_STORAGE_RESOURCES_EXCEEDED = 10047
+# JetStream's answer when a stream is at its max_bytes (err_code 10077 is any store failure).
+MAX_BYTES_EXCEEDED = "maximum bytes exceeded"
 READ_BATCH = 256
+# Malformed entries skipped one by one before a read gives up (LogUnavailable).
+MAX_BAD_RUN = 64
 
 log = logging.getLogger("relaynet.log")
+
+
+class StoreBudgetExceeded(RuntimeError):
+    """The NATS server cannot reserve a stream's max_bytes: the relay cannot start."""
+
+
+def _refusal(stream: str, description: str | None) -> str:
+    if description == MAX_BYTES_EXCEEDED:
+        return f"{stream} is out of space (its namespace's max_bytes is reached): {description}"
+    return f"{stream} refused the append: {description}"
 
 
 class NatsRegionLog:
@@ -65,6 +81,9 @@ class NatsRegionLog:
         self.js = nc.jetstream(timeout=self.timeout_s)
         self.region = settings.region
         self.total_namespaces = settings.total_order_namespaces
+        #: Every region of the network: a stored entry from anywhere else is not ours.
+        self.regions = frozenset([self.region, *(peer.region for peer in settings.peers)])
+        self.bad_entries = BadEntries(log)
 
     def namespace_of(self, channel: str) -> str:
         return self.settings.namespace_for(channel).name
@@ -90,7 +109,11 @@ class NatsRegionLog:
             max_age=namespace.max_age_s,
             max_msgs_per_subject=namespace.max_messages,
             max_msg_size=namespace.max_message_bytes + 4096,
-            discard=DiscardPolicy.OLD,
+            # Old entries still go by age and per channel count (a chat keeps its last N), but
+            # a full byte limit refuses new appends: dropping acked history to make room for
+            # one client's flood would be silent loss for everyone else.
+            max_bytes=namespace.max_bytes or None,
+            discard=DiscardPolicy.NEW,
             duplicate_window=self.settings.duplicate_window_s,
             num_replicas=self.settings.replicas,
             allow_direct=True,
@@ -106,12 +129,23 @@ class NatsRegionLog:
                 configs.append(self._stream_config(namespace, total_log=True))
             for config in configs:
                 try:
-                    await self.js.add_stream(config)
-                except nats.js.errors.BadRequestError as exc:
-                    if exc.err_code != ERR_STREAM_NAME_IN_USE:
+                    try:
+                        await self.js.add_stream(config)
+                    except nats.js.errors.BadRequestError as exc:
+                        if exc.err_code != ERR_STREAM_NAME_IN_USE:
+                            raise
+                        # Exists with other limits (the config changed): bring it in line.
+                        await self.js.update_stream(config)
+                except nats.js.errors.APIError as exc:
+                    if exc.err_code != ERR_STORAGE_RESOURCES_EXCEEDED:
                         raise
-                    # Exists with other limits (the config changed): bring it in line.
-                    await self.js.update_stream(config)
+                    raise StoreBudgetExceeded(
+                        f"JetStream cannot reserve max_bytes {config.max_bytes} for stream "
+                        f"{config.name} (namespace {namespace.name!r}): {exc.description}. "
+                        "The server's store (max_file_store, or the account's limit) is "
+                        "smaller than what the region's streams reserve: lower the namespaces' "
+                        "max_bytes or give the server more store"
+                    ) from None
                 log.info("stream %s ready", config.name)
 
     async def _publish_many(
@@ -173,14 +207,25 @@ class NatsRegionLog:
         msg = await self.direct_get(channel, None, delivery=delivery)
         if msg is None:
             return Head(0, EMPTY)
-        entry = self._lift(msg)
+        entry = self._checked(channel, msg)
+        if isinstance(entry, int):
+            # Appends must still expect the bad entry's sequence, but build on the last good
+            # entry's position, as if the bad one were not there: the good entries' positions
+            # stay contiguous, which is what readers check.
+            good = await self._good_before(channel, entry, delivery=delivery)
+            if good is None:
+                return Head(entry, EMPTY)
+            return Head(entry, VectorClock(good.msg.pos), good.msg.origin)
         return Head(entry.seq, VectorClock(entry.msg.pos), entry.msg.origin)
 
     async def entry(self, channel: str, seq: int) -> StoredMessage:
         msg = await self.direct_get(channel, {"seq": seq})
         if msg is None:
             raise LogUnavailable(f"entry {seq} of {channel} vanished")
-        return self._lift(msg).msg
+        entry = self._checked(channel, msg)
+        if isinstance(entry, int):
+            raise LogUnavailable(f"entry {seq} of {channel} is malformed")
+        return entry.msg
 
     async def append(
         self,
@@ -206,7 +251,7 @@ class NatsRegionLog:
                 return None
             # Refused for what it is or where (store full, limits): nothing is stored, and
             # the caller says so as a temporary failure, not as a crash.
-            raise LogUnavailable(f"{stream} refused the append: {exc.description}") from exc
+            raise LogUnavailable(_refusal(stream, exc.description)) from exc
         except nats.errors.Error as exc:  # timeout, no stream response, reconnecting …
             raise LogUnavailable(f"publish to {stream} failed: {exc!r}") from exc
         return Appended(ack.seq, bool(ack.duplicate))
@@ -254,7 +299,7 @@ class NatsRegionLog:
                 return "moved"
             if code == ERR_BATCH_DUPLICATE_ID:
                 return "duplicate"
-            raise LogUnavailable(f"batch to {stream} refused: {error.get('description')}")
+            raise LogUnavailable(_refusal(stream, str(error.get("description"))))
         seq = answer.get("seq") if isinstance(answer, dict) else None
         if not isinstance(seq, int) or answer.get("count") != len(entries):
             raise LogUnavailable(f"batch to {stream}: unexpected answer {answer!r}")
@@ -262,46 +307,101 @@ class NatsRegionLog:
 
     # --- reading the delivery log (resume, history, the live feed's start) ----------------
 
-    def _lift(self, msg: Msg) -> LoggedEntry:
-        headers = msg.headers or {}
+    def _checked(self, channel: str, msg: Msg) -> LoggedEntry | int:
+        """The entry in a direct get's answer; for one that fails ``entry_checks``, its
+        stream sequence (the entry is skipped, logged and counted, never delivered)."""
         try:
-            return LoggedEntry(int(headers["Nats-Sequence"]), logformat.decode_stored(msg.data))
-        except (KeyError, ValueError, msgspec.DecodeError) as exc:
-            # Never trust what NATS hands over blindly: an entry we cannot read is the log
-            # failing, which callers already handle, not a crash.
-            raise LogUnavailable(f"unreadable entry on {msg.subject}: {exc}") from exc
+            seq = sequence_header(msg.headers or {}, "Nats-Sequence", minimum=1)
+        except BadEntry as exc:  # the server always sets it: this is not JetStream talking
+            raise LogUnavailable(f"answer on {msg.subject} is not an entry: {exc}") from None
+        try:
+            return LoggedEntry(seq, decode_checked(msg.data, self.regions))
+        except BadEntry as exc:
+            self.bad_entries.skipped("log", channel, seq, str(exc))
+            return seq
+
+    async def _good_before(self, channel: str, seq: int, *, delivery: bool) -> LoggedEntry | None:
+        """The channel's last good entry before stream sequence ``seq`` (None: none)."""
+        stream, subject = self.delivery_where(channel) if delivery else self.where(channel)
+        for _ in range(MAX_BAD_RUN):
+            if seq <= 1:
+                return None
+            req = {"multi_last": [subject], "up_to_seq": seq - 1}
+            try:
+                msg = await self.nc.request(
+                    f"$JS.API.DIRECT.GET.{stream}",
+                    json.dumps(req).encode(),
+                    timeout=self.timeout_s,
+                )
+            except nats.errors.Error as exc:
+                raise LogUnavailable(f"direct get on {stream} failed: {exc!r}") from exc
+            status = (msg.headers or {}).get("Status")
+            if status in ("404", "204"):  # nothing before it (204: an empty batch)
+                return None
+            if status:
+                raise LogUnavailable(f"direct get on {stream} failed: {status}")
+            entry = self._checked(channel, msg)
+            if not isinstance(entry, int):
+                return entry
+            if entry >= seq:
+                raise LogUnavailable(f"direct get on {stream} went forwards from {seq}")
+            seq = entry
+        raise LogUnavailable(f"more than {MAX_BAD_RUN} malformed entries in a row on {channel}")
 
     async def last_entry(self, channel: str) -> LoggedEntry | None:
+        """The channel's last good entry."""
         msg = await self.direct_get(channel, None, delivery=True)
-        return self._lift(msg) if msg else None
+        if msg is None:
+            return None
+        entry = self._checked(channel, msg)
+        if isinstance(entry, int):
+            return await self._good_before(channel, entry, delivery=True)
+        return entry
 
     async def entry_at_or_after(self, channel: str, seq: int) -> LoggedEntry | None:
-        msg = await self.direct_get(
-            channel, {"seq": max(seq, 1), "next_by_subj": ""}, delivery=True
-        )
-        return self._lift(msg) if msg else None
+        """The channel's first good entry at or after stream sequence ``seq``."""
+        seq = max(seq, 1)
+        for _ in range(MAX_BAD_RUN):
+            msg = await self.direct_get(channel, {"seq": seq, "next_by_subj": ""}, delivery=True)
+            if msg is None:
+                return None
+            entry = self._checked(channel, msg)
+            if not isinstance(entry, int):
+                return entry
+            seq = entry + 1
+        raise LogUnavailable(f"more than {MAX_BAD_RUN} malformed entries in a row on {channel}")
 
     async def read_range(
-        self, channel: str, from_seq: int, upto_seq: int
+        self, channel: str, from_seq: int, upto_seq: int, skipped: list[int] | None = None
     ) -> AsyncIterator[list[LoggedEntry]]:
+        """The channel's good entries in [from_seq, upto_seq]; the stream sequences of bad
+        ones met on the way go to ``skipped`` (a gap fill counts them as read)."""
         seq = max(from_seq, 1)
         while seq <= upto_seq:
+            bad: list[int] = []
             try:
-                batch = await self._read_batch(channel, seq, upto_seq)
+                batch, read, last = await self._read_batch(channel, seq, upto_seq, bad)
             except nats.errors.Error as exc:  # timeout, reconnecting, closed …
                 raise LogUnavailable(f"reading {channel} failed: {exc!r}") from exc
+            if skipped is not None:
+                skipped.extend(bad)
             if batch:
                 yield batch
-            if len(batch) < READ_BATCH:
+            if read < READ_BATCH:
                 return
-            seq = batch[-1].seq + 1
+            seq = last + 1
 
-    async def _read_batch(self, channel: str, seq: int, upto_seq: int) -> list[LoggedEntry]:
-        """One batched direct get (nats-server 2.11+): up to READ_BATCH entries from seq."""
+    async def _read_batch(
+        self, channel: str, seq: int, upto_seq: int, bad: list[int]
+    ) -> tuple[list[LoggedEntry], int, int]:
+        """One batched direct get (nats-server 2.11+): up to READ_BATCH entries from seq.
+        Returns the good ones up to ``upto_seq``, how many the server sent, and the last
+        one's stream sequence (bad entries count: the next batch starts after them)."""
         stream, subject = self.delivery_where(channel)
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
         batch: list[LoggedEntry] = []
+        read, last = 0, seq - 1
         try:
             req = {"seq": seq, "next_by_subj": subject, "batch": READ_BATCH}
             await self.nc.publish(
@@ -310,9 +410,15 @@ class NatsRegionLog:
             while True:
                 msg = await sub.next_msg(timeout=self.timeout_s)
                 if (msg.headers or {}).get("Status"):  # 204 end of batch, 404 nothing (more)
-                    return batch
-                entry = self._lift(msg)
-                if entry.seq <= upto_seq:
+                    return batch, read, last
+                entry = self._checked(channel, msg)
+                read += 1
+                last = entry if isinstance(entry, int) else entry.seq
+                if last > upto_seq:
+                    continue
+                if isinstance(entry, int):
+                    bad.append(entry)
+                else:
                     batch.append(entry)
         finally:
             with contextlib.suppress(nats.errors.Error):

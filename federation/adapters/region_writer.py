@@ -106,14 +106,16 @@ class RegionWriter:
         source: Hashable | None,
         done: Callable[[Result], None],
         after: VectorClock | None = None,
+        by: str | None = None,
     ) -> None:
         """Queue a local publish; ``done`` is called with its result, in publish order.
-        ``after``: the publisher's causal context; stored only once our log covers it."""
+        ``after``: the publisher's causal context; stored only once our log covers it.
+        ``by``: the publisher's scope (the token's ``sub``; None: anonymous)."""
         if self._tg is None:
             done(Failed("the relay is shutting down"))
             return
         writes = self._writes(channel)
-        writes.add_local(LocalWrite(message_id, data, source, done, after, time.monotonic()))
+        writes.add_local(LocalWrite(message_id, data, source, done, after, time.monotonic(), by=by))
         self._kick(channel)
 
     def offer_remote(self, channel: str, msg: StoredMessage, ack: RemoteAck) -> bool:

@@ -21,7 +21,9 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import DeliverPolicy
 
 from federation import logformat
+from federation.bad_entries import BadEntries
 from federation.channel_writes import Head
+from federation.entry_checks import BadEntry, decode_checked
 from federation.logformat import StoredMessage
 from federation.region_log import LogUnavailable, RegionLog
 from federation.total_order import Entry, TotalOrderMerger
@@ -46,6 +48,7 @@ class Sequencer:
         self.owe_progress = owe_progress
         self.log = region_log
         self.regions = sorted(regions)
+        self.bad_entries = BadEntries(log)
         self.namespaces = list(namespaces)
         self._mergers: dict[str, TotalOrderMerger[StoredMessage]] = {}
         self._heads: dict[str, Head] = {}
@@ -83,7 +86,12 @@ class Sequencer:
         try:
             async for msg in sub.messages:
                 channel = logformat.channel_of(msg.subject)
-                stored = logformat.decode_stored(msg.data)
+                try:
+                    stored = decode_checked(msg.data, self.regions)
+                except BadEntry as exc:  # no writer of ours made it: it orders nothing
+                    seq = msg.metadata.sequence.stream
+                    self.bad_entries.skipped("log", channel, seq, str(exc))
+                    continue
                 merger = self._mergers.get(channel)
                 if merger is None:
                     merger = self._mergers[channel] = TotalOrderMerger(self.regions)
@@ -92,7 +100,7 @@ class Sequencer:
                     VectorClock(stored.ts),
                     stored.null,
                     stored,
-                    None if stored.null else stored.id,
+                    None if stored.null else logformat.entry_key(channel, stored),
                 )
                 for released in merger.add(entry):
                     await self._deliver(channel, released.payload)
@@ -109,7 +117,9 @@ class Sequencer:
                 if head.position.get(msg.origin) >= own:
                     return  # already in the delivery log (a replay after a restart)
                 position = head.position.with_entry(msg.origin, own)
-                entry = StoredMessage(msg.id, msg.data, msg.origin, msg.ts, position.to_dict())
+                entry = StoredMessage(
+                    msg.id, msg.data, msg.origin, msg.ts, position.to_dict(), by=msg.by
+                )
                 msg_id = f"{channel} {msg.origin}:{own}"
                 appended = await self.log.append(channel, entry, msg_id, head.seq, delivery=True)
                 if appended is None:  # another sequencer wrote meanwhile: look again

@@ -37,12 +37,14 @@ from federation.channel_writes import Failed, Result
 from federation.region_log import LogUnavailable
 from federation.throttled_log import ThrottledLog
 from federation.vclock import VectorClock
+from relay.adapters.audit import AuditLog
 from relay.adapters.feed_manager import FeedManager
 from relay.adapters.log_reader import LogReader
 from relay.adapters.outbox import Outbox
 from relay.adapters.wsframe import text_frame
 from relay.core.capabilities import TokenRejected
 from relay.core.channels import Channel
+from relay.core.connections_per_sub import ConnectionsPerSub
 from relay.core.feed import AttachedLive
 from relay.core.recovery import PositionExpired
 from relay.protocol.errors import CloseCode, ErrorCode
@@ -60,6 +62,7 @@ from relay.protocol.frames import (
 from relay.protocol.session import (
     ANONYMOUS,
     Action,
+    Audit,
     Close,
     Detach,
     Reply,
@@ -103,6 +106,9 @@ class ConnectionDeps:
     outbox_max_bytes: int = 4 * 1024 * 1024
     # A frame the socket takes none of for this long closes the connection as slow.
     write_timeout_s: float = 15.0
+    audit: AuditLog | None = None  # security events; None: not recorded
+    # Connections per token subject on this relay (limits.max_connections_per_sub).
+    per_sub: ConnectionsPerSub | None = None
 
 
 def _query_token(ws: ServerConnection) -> str | None:
@@ -136,6 +142,7 @@ class Connection:
         self.id = f"{deps.relay_id}-{next(_ids)}-{os.urandom(4).hex()}"
         self.session = ServerSession(deps.session_limits, deps.auth, time.time())
         self._expiry_scope: anyio.CancelScope | None = None  # made once a token is accepted
+        self._counted_sub: str | None = None  # the sub ``deps.per_sub`` counts this under
         self.outbox = Outbox(
             deps.outbox_max_messages, self._write_now, self._start_writer, deps.outbox_max_bytes
         )
@@ -174,7 +181,11 @@ class Connection:
                 self._close = (CloseCode.TOKEN_EXPIRED, "token_expired")
             else:
                 self._close = (CloseCode.UNAUTHORIZED, "unauthorized")
+            self._audit(Audit("auth_failed", exc.reason, "connect"))
             return error_frame(ErrorCode.UNAUTHORIZED, exc.reason)
+        self._audit(Audit("authed", op="connect", sub=credentials.sub, jti=credentials.jti))
+        if self._refused_for_sub():
+            return self._sub_limit_frame(credentials.sub)
         self._watch_expiry()
         return connected_frame(
             deps.region,
@@ -203,6 +214,8 @@ class Connection:
             else:  # nothing ever waited for the socket: close from here
                 await self._finish()
         finally:
+            if self._counted_sub is not None and self.deps.per_sub is not None:
+                self.deps.per_sub.release(self._counted_sub)
             if self._expiry_scope is not None:
                 self._expiry_scope.cancel()
             for sub in self.session.subscriptions:
@@ -220,18 +233,37 @@ class Connection:
         with scope:
             while (deadline := self.session.deadline) is not None:
                 await anyio.sleep(max(0.0, deadline - time.time()))
-                actions = self.session.tick(time.time())
-                if actions:
-                    self._act(actions)
+                self._act(self.session.tick(time.time()))
+                if self.session.closed:
                     return
 
+    def check_revoked(self) -> None:
+        """A revocation arrived: close the connection if it revokes its token."""
+        self._act(self.session.check_revoked())
+
     def _act(self, actions: list[Action]) -> None:
-        """Replies and a close, outside of the reader (token expiry)."""
+        """Replies, a close and audit lines, outside of the reader (token expiry and its
+        warning, revocation)."""
         for action in actions:
             if isinstance(action, Reply):
                 self.outbox.offer(action.frame)
             elif isinstance(action, Close):
                 self.close_with(action.code, action.reason)
+            elif isinstance(action, Audit):
+                self._audit(action)
+
+    def _audit(self, event: Audit) -> None:
+        audit = self.deps.audit
+        if audit is not None:
+            audit.record(
+                event.event,
+                connection=self.id,
+                sub=event.sub,
+                jti=event.jti,
+                channel=event.channel,
+                op=event.op,
+                reason=event.reason,
+            )
 
     def _start_writer(self) -> None:
         """A frame has to wait for the socket (or the connection must end): from now on a
@@ -264,7 +296,12 @@ class Connection:
         try:
             async for raw in self.ws:
                 binary = isinstance(raw, bytes)
-                for action in self.session.receive(raw, time.monotonic(), binary=binary):
+                actions = self.session.receive(raw, time.monotonic(), binary=binary)
+                if self._refused_for_sub():  # its `authed` is not sent
+                    assert self.session.credentials is not None
+                    self.outbox.offer(self._sub_limit_frame(self.session.credentials.sub))
+                    return
+                for action in actions:
                     if isinstance(action, Reply):
                         self.outbox.offer(action.frame)
                     elif isinstance(action, Close):
@@ -272,6 +309,8 @@ class Connection:
                         return
                     elif isinstance(action, Detach):
                         self._drop(action.subscription)
+                    elif isinstance(action, Audit):
+                        self._audit(action)
                     elif isinstance(action, Publish):
                         while self._publishing >= MAX_REQUESTS_IN_FLIGHT:
                             await self._wait_room()
@@ -292,6 +331,28 @@ class Connection:
                     return
         except ConnectionClosed:
             pass
+
+    def _refused_for_sub(self) -> bool:
+        """Whether the first token this connection had accepted belongs to a sub that holds
+        ``limits.max_connections_per_sub`` connections here already; if so the connection
+        is to close (4004). Renewals keep the sub, so only the first token is counted."""
+        per_sub = self.deps.per_sub
+        credentials = self.session.credentials
+        if per_sub is None or credentials is None or self._counted_sub is not None:
+            return False
+        if per_sub.admit(credentials.sub):
+            self._counted_sub = credentials.sub
+            return False
+        self.close_with(CloseCode.TOO_MANY_CONNECTIONS, "too_many_connections")
+        return True
+
+    def _sub_limit_frame(self, sub: str) -> bytes:
+        assert self.deps.per_sub is not None
+        return error_frame(
+            ErrorCode.LIMIT_EXCEEDED,
+            f"{sub!r} holds {self.deps.per_sub.limit} connections to this relay already "
+            "(limits.max_connections_per_sub): close one, or try again later",
+        )
 
     async def _writer(self) -> None:
         try:
@@ -407,7 +468,10 @@ class Connection:
 
         self._publishing += 1
         after = VectorClock(request.after) if request.after else None  # validated on decode
-        self.deps.writer.publish(channel, message_id, request.data, self, done, after)
+        # Ids are deduplicated per publisher: with a token, nobody else can take this one's.
+        credentials = self.session.credentials
+        by = credentials.sub if credentials is not None else None
+        self.deps.writer.publish(channel, message_id, request.data, self, done, after, by)
 
     def _subscribe_now(self, request: SubscribeRequest) -> bool:
         """Subscribe without a task when nothing needs waiting for: no position to catch up

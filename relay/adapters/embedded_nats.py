@@ -8,9 +8,11 @@ and store.
 
 Credentials: the server refuses anonymous connections. On first start the relay makes a
 random password per user (``relay``: the region's relays and federation, everything;
-``peer``: other regions' federation links, read-only on the region's streams) and keeps
-each in ``<store_dir>/auth/<user>.password`` (mode 0600, re-used on restart); the server's
-config with the users and their permissions is written next to them.
+``peer-<region>``: one per peer region, for that region's federation link, read-only on
+the region's streams through its own durable consumer only) and keeps each in
+``<store_dir>/auth/<user>.password`` (mode 0600, re-used on restart); the server's config
+with the users and their permissions is written next to them. The tools' nats-servers
+(``relay.harness.toolkit``) are configured by the same functions.
 """
 
 from __future__ import annotations
@@ -25,31 +27,40 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 
 from federation.adapters.nats_link import PEER_INBOX_PREFIX
+from federation.logformat import stream_name
+from federation.settings import NatsConnectOptions
 from relay.adapters import child_process
-from relay.config.schema import NatsSection
+from relay.config.schema import NatsSection, RelayConfig
+from relay.core.revocations import revocation_stream, revocation_subject
 
 log = logging.getLogger("relaynet.nats")
 
 
 # How often the supervisor looks whether the server is still running.
 SUPERVISE_POLL_S = 0.2
+TLS_HANDSHAKE_TIMEOUT_S = 5.0
 
 
 class EmbeddedNatsError(RuntimeError):
     pass
 
 
-#: The embedded server's users: the region's relays (and federation instances), and the
-#: federation links of peer regions.
+#: The embedded server's users: the region's relays (and federation instances), and one
+#: per peer region for its federation link (``peer_user``).
 RELAY_USER = "relay"
-PEER_USER = "peer"
+PEER_USER_PREFIX = "peer-"
+
+
+def peer_user(region: str) -> str:
+    """The user peer region ``region``'s federation link connects as."""
+    return f"{PEER_USER_PREFIX}{region}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,13 +109,43 @@ def nats_credentials(nats: NatsSection) -> NatsCredentials | None:
     return None
 
 
-def ensure_passwords(store_dir: str | os.PathLike[str]) -> dict[str, str]:
-    """Each user's password, made (random, mode 0600) on first use and re-used after."""
+def region_nats_options(nats: NatsSection, url: str) -> NatsConnectOptions:
+    """How the region's relays (and ``relaynet federate``) connect to its NATS at ``url``
+    (comma-separated): with ``[nats]``'s credentials and TLS; for ``embedded``, as the relay
+    user with the password file in ``store_dir``, and when that server serves TLS, trusting
+    ``tls_ca_file`` or else its own certificate (self-signed)."""
+    servers = tuple(part.strip() for part in url.split(","))
+    if nats.is_embedded:
+        return NatsConnectOptions(
+            servers,
+            user=RELAY_USER,
+            password_file=str(password_file(nats.store_dir, RELAY_USER)),
+            tls_ca_file=nats.tls_ca_file or nats.embedded_tls_cert_file,
+            config_prefix="nats.",
+        )
+    return NatsConnectOptions(
+        servers,
+        user=nats.user,
+        password_file=nats.password_file,
+        nkey_seed_file=nats.nkey_seed_file,
+        creds_file=nats.creds_file,
+        tls_ca_file=nats.tls_ca_file,
+        tls_cert_file=nats.tls_cert_file,
+        tls_key_file=nats.tls_key_file,
+        config_prefix="nats.",
+    )
+
+
+def ensure_passwords(
+    store_dir: str | os.PathLike[str], peer_regions: Iterable[str] = ()
+) -> dict[str, str]:
+    """The password of the relay user and of each peer region's user, made (random, mode
+    0600) on first use and re-used after."""
     folder = auth_dir(store_dir)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
     passwords = {}
-    for user in (RELAY_USER, PEER_USER):
+    for user in (RELAY_USER, *map(peer_user, peer_regions)):
         path = password_file(store_dir, user)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -118,36 +159,72 @@ def ensure_passwords(store_dir: str | os.PathLike[str]) -> dict[str, str]:
     return passwords
 
 
-def peer_permissions(
-    region: str, streams: Sequence[str], peer_regions: Sequence[str]
-) -> dict[str, object]:
-    """What another region's federation link may do here: read the region's streams through
-    its own durable consumer (``fed-<peer>``) and hear the region's beats. No publish to any
-    store, live or beat subject, no stream management, no other consumer."""
+def peer_permissions(region: str, streams: Sequence[str], peer: str) -> dict[str, object]:
+    """What region ``peer``'s federation link may do here: read the region's streams through
+    its own durable consumer (``fed-<peer>``; not another peer's) and hear the region's
+    beats. No publish to any store, live or beat subject, no stream management, no other
+    consumer."""
     publish = ["$JS.API.INFO"]
+    durable = f"fed-{peer}"
     for stream in streams:
-        publish.append(f"$JS.API.STREAM.INFO.{stream}")
-        for peer in peer_regions:
-            durable = f"fed-{peer}"
-            publish += [
-                f"$JS.API.CONSUMER.INFO.{stream}.{durable}",
-                f"$JS.API.CONSUMER.CREATE.{stream}.{durable}",
-                f"$JS.API.CONSUMER.CREATE.{stream}.{durable}.>",
-                f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
-                f"$JS.API.CONSUMER.DELETE.{stream}.{durable}",
-                f"$JS.ACK.{stream}.{durable}.>",
-            ]
+        publish += [
+            f"$JS.API.STREAM.INFO.{stream}",
+            f"$JS.API.CONSUMER.INFO.{stream}.{durable}",
+            f"$JS.API.CONSUMER.CREATE.{stream}.{durable}",
+            f"$JS.API.CONSUMER.CREATE.{stream}.{durable}.>",
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+            f"$JS.API.CONSUMER.DELETE.{stream}.{durable}",
+            f"$JS.ACK.{stream}.{durable}.>",
+        ]
     subscribe = [f"{PEER_INBOX_PREFIX}.>", f"rlyh.v1.{region}"]
+    # The peer's relays follow this region's revocations: read the stream by sequence and
+    # hear new ones (relay.adapters.revocations); nothing else of it.
+    publish.append(f"$JS.API.STREAM.MSG.GET.{revocation_stream(region)}")
+    subscribe.append(revocation_subject(region))
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
 
 
-def server_config(passwords: dict[str, str], peer: dict[str, object]) -> str:
-    """nats-server config (its syntax takes JSON) with the users; no anonymous access."""
-    users = [
-        {"user": RELAY_USER, "password": passwords[RELAY_USER]},
-        {"user": PEER_USER, "password": passwords[PEER_USER], "permissions": peer},
+def region_peer_permissions(cfg: RelayConfig) -> dict[str, dict[str, object]]:
+    """The permissions of each peer region's user on the NATS of ``cfg``'s region, by peer
+    region: what ``server_config`` takes."""
+    region = cfg.region.name
+    streams = [stream_name(region, ns.name) for ns in cfg.all_namespaces]
+    return {peer.region: peer_permissions(region, streams, peer.region) for peer in cfg.peers}
+
+
+def server_config(
+    passwords: dict[str, str],
+    peers: Mapping[str, dict[str, object]],
+    *,
+    max_file_store: int | None = None,
+    tls: tuple[str, str] | None = None,
+) -> str:
+    """nats-server config (its syntax takes JSON) with the users: the relay user, and one
+    per peer region with its permissions from ``peers`` (by region); no anonymous access.
+    ``max_file_store``: JetStream's store budget in bytes (the region's streams reserve
+    their max_bytes out of it)."""
+    users: list[dict[str, object]] = [{"user": RELAY_USER, "password": passwords[RELAY_USER]}]
+    users += [
+        {"user": peer_user(r), "password": passwords[peer_user(r)], "permissions": permissions}
+        for r, permissions in peers.items()
     ]
-    return json.dumps({"authorization": {"users": users}}, indent=2) + "\n"
+    config: dict[str, object] = {"authorization": {"users": users}}
+    if max_file_store is not None:
+        config["jetstream"] = {"max_file_store": max_file_store}
+    if tls is not None:
+        config["tls"] = tls_block(*tls)
+    return json.dumps(config, indent=2) + "\n"
+
+
+def tls_block(cert_file: str, key_file: str) -> dict[str, object]:
+    """The server's ``tls {}``: TLS required of every client. Absolute paths, since the
+    server resolves relative ones from its own config file's folder."""
+    return {
+        "cert_file": os.path.abspath(cert_file),
+        "key_file": os.path.abspath(key_file),
+        # nats-server's default (2 s) for the whole handshake is short for a busy host.
+        "timeout": TLS_HANDSHAKE_TIMEOUT_S,
+    }
 
 
 def find_nats_server() -> str:
@@ -200,11 +277,6 @@ def nats_url_from_ports_file(ports_dir: Path, pid: int) -> str | None:
     return str(urls[0]) if urls else None
 
 
-def peer_permissions_none() -> dict[str, object]:
-    """The peer user of a region without peers: it may connect, and do nothing."""
-    return {"publish": {"deny": [">"]}, "subscribe": {"deny": [">"]}}
-
-
 class EmbeddedNats:
     """Async context manager: yields the client URL of a running nats-server."""
 
@@ -217,7 +289,9 @@ class EmbeddedNats:
         server_name: str,
         startup_timeout_s: float = 10.0,
         extra_args: list[str] | None = None,
-        peer_permissions: dict[str, object] | None = None,
+        peer_permissions: Mapping[str, dict[str, object]] | None = None,
+        max_file_store: int | None = None,
+        tls: tuple[str, str] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -225,7 +299,11 @@ class EmbeddedNats:
         self.server_name = server_name
         self.startup_timeout_s = startup_timeout_s
         self.extra_args = extra_args or []
-        self.peer_permissions = peer_permissions or peer_permissions_none()
+        # By peer region (``region_peer_permissions``); no peers, no peer users.
+        self.peer_permissions = dict(peer_permissions or {})
+        self.max_file_store = max_file_store
+        #: (certificate file, key file) the server serves TLS with; None: plaintext.
+        self.tls = tls
         #: The relay user's credentials, once the server was started.
         self.credentials: NatsCredentials | None = None
         self._config_file: Path | None = None
@@ -238,12 +316,19 @@ class EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self._ports_dir = tempfile.mkdtemp(prefix="relaynet-nats-ports-")
         self._log_file = self.store_dir / "nats-server.log"
-        passwords = ensure_passwords(self.store_dir)
+        passwords = ensure_passwords(self.store_dir, self.peer_permissions)
         self.credentials = NatsCredentials(RELAY_USER, passwords[RELAY_USER])
         self._config_file = auth_dir(self.store_dir) / "nats-server.conf"
         fd = os.open(self._config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(server_config(passwords, self.peer_permissions))
+            f.write(
+                server_config(
+                    passwords,
+                    self.peer_permissions,
+                    max_file_store=self.max_file_store,
+                    tls=self.tls,
+                )
+            )
         os.chmod(self._config_file, 0o600)
         self._spawn(self.port if self.port else -1)
         try:

@@ -46,7 +46,7 @@ class FeedManager:
     ) -> None:
         self.broker = broker
         self.max_pending = max_pending
-        # Told of every live entry (the writer takes it as a hint of the channel's head).
+        # Told of every live entry the feed took (the writer's hint of the channel's head).
         self.on_stored = on_stored
         self.gaps_lost = 0  # gaps that could not be filled (subscribers were closed)
         self._handles: dict[Channel, _Handle] = {}
@@ -135,9 +135,11 @@ class FeedManager:
     def _on_live(self, handle: _Handle, entry: LogEntry) -> None:
         if self._handles.get(handle.feed.channel) is not handle:
             return
-        if self.on_stored is not None:
+        gap = handle.feed.on_live(entry)
+        # Only what the feed took as the next entry: a frame it doubts is not a head hint.
+        if self.on_stored is not None and gap is None and handle.feed.head_seq == entry.seq:
             self.on_stored(entry)
-        self._schedule_fill(handle, handle.feed.on_live(entry))
+        self._schedule_fill(handle, gap)
 
     def _schedule_fill(self, handle: _Handle, gap: FillGap | None) -> None:
         if gap is not None and self._tg is not None:
@@ -148,13 +150,14 @@ class FeedManager:
         while gap is not None:
             log.info("channel %s: filling gap %d..%d", channel, gap.after_seq, gap.before_seq)
             entries: list[LogEntry] | None = None
+            skipped: list[int] = []
             give_up_at = anyio.current_time() + FILL_PATIENCE_S
             attempt = 0
             while entries is None and anyio.current_time() < give_up_at:
                 try:
-                    entries = []
+                    entries, skipped = [], []
                     async for batch in self.broker.read_range(
-                        channel, gap.after_seq + 1, gap.before_seq - 1
+                        channel, gap.after_seq + 1, gap.before_seq - 1, skipped
                     ):
                         entries.extend(batch)
                 except LogUnavailable:
@@ -169,7 +172,8 @@ class FeedManager:
                     gap.before_seq, f"NATS did not answer for {FILL_PATIENCE_S:.0f} s"
                 )
             else:
-                outcome = handle.feed.on_fill(entries, gap.before_seq)
+                outcome = handle.feed.on_fill(entries, gap.before_seq, skipped)
+            self._report_refuted(handle.feed)
             if isinstance(outcome, GapLost):
                 log.error(
                     "channel %s: the gap %d..%d cannot be filled (%s); subscribers were "
@@ -182,6 +186,13 @@ class FeedManager:
                 self.gaps_lost += 1
                 return
             gap = outcome
+
+    def _report_refuted(self, feed: ChannelFeed) -> None:
+        refuted, feed.refuted = feed.refuted, []
+        for seq in refuted:
+            self.broker.log.bad_entries.skipped(
+                "live", feed.channel, seq, "claimed by a live frame; the stream does not hold it"
+            )
 
     async def resync(self) -> None:
         """NATS reconnected: core subscriptions may have missed messages meanwhile."""

@@ -68,6 +68,7 @@ class RelayCollector:
                 "Channels this relay holds a live NATS subscription for.",
                 feeds.channel_count,
             )
+        yield self._bad_entries(feeds, fed)
         if fed is None:
             return
         stats = fed.writer.stats
@@ -107,6 +108,29 @@ class RelayCollector:
             received.add_metric(values, peer_link.received)
         yield link
         yield received
+
+    def _bad_entries(
+        self, feeds: FeedManager | None, fed: FederationService | None
+    ) -> CounterMetricFamily:
+        trackers = [] if feeds is None else [feeds.broker.log.bad_entries]
+        if fed is not None:
+            trackers += [link.bad_entries for link in fed.links.values()]
+            if fed.sequencer is not None:
+                trackers.append(fed.sequencer.bad_entries)
+        counts: dict[str, int] = dict.fromkeys(("live", "log", "peer"), 0)
+        for tracker in trackers:
+            for source, count in tracker.counts.items():
+                counts[source] = counts.get(source, 0) + count
+        c = CounterMetricFamily(
+            "relaynet_nats_bad_entries",
+            "Malformed entries read from NATS and skipped, each counted once, by where they "
+            "were read: live (a channel's live feed; also frames claiming a sequence the "
+            "stream does not hold), log (the region's own streams), peer (a peer's log).",
+            labels=[*self.labels, "source"],
+        )
+        for source, count in sorted(counts.items()):
+            c.add_metric([*self.labels.values(), source], count)
+        return c
 
 
 def make_registry(collector: RelayCollector) -> CollectorRegistry:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator, Callable
 
-import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from federation.adapters.nats_region_log import NatsRegionLog
-from federation.logformat import decode_stored
+from federation.entry_checks import BadEntry, decode_checked, sequence_header
 from federation.region_log import LoggedEntry
 from relay.config.schema import RelayConfig
 from relay.core import channels
@@ -57,10 +56,15 @@ class NatsBroker:
         return None if logged is None else _entry(channel, logged)
 
     async def read_range(
-        self, channel: Channel, from_seq: int, upto_seq: int
+        self,
+        channel: Channel,
+        from_seq: int,
+        upto_seq: int,
+        skipped: list[int] | None = None,
     ) -> AsyncGenerator[list[LogEntry], None]:
-        """Stored messages of the channel with from_seq <= seq <= upto_seq, in batches."""
-        async for batch in self.log.read_range(channel, from_seq, upto_seq):
+        """Stored messages of the channel with from_seq <= seq <= upto_seq, in batches;
+        the sequences of malformed ones, skipped, go to ``skipped``."""
+        async for batch in self.log.read_range(channel, from_seq, upto_seq, skipped):
             yield [_entry(channel, logged) for logged in batch]
 
     async def first_seq_where(
@@ -90,17 +94,22 @@ class NatsBroker:
     async def subscribe_live(
         self, channel: Channel, on_entry: Callable[[LogEntry], None]
     ) -> Subscription:
+        regions = self.log.regions
+
         async def callback(msg: Msg) -> None:
             headers = msg.headers or {}
             try:
-                entry = LogEntry(
-                    seq=int(headers["Nats-Sequence"]),
-                    last_seq=int(headers.get("Nats-Last-Sequence", "0")),
-                    channel=channel,
-                    msg=decode_stored(msg.data),
-                )
-            except (KeyError, ValueError, msgspec.DecodeError):
-                log.warning("ignoring malformed live message on %s", msg.subject)
+                seq = sequence_header(headers, "Nats-Sequence", minimum=1)
+                last_seq = sequence_header(headers, "Nats-Last-Sequence", minimum=0)
+                if last_seq >= seq:
+                    raise BadEntry(f"Nats-Last-Sequence {last_seq} is not before {seq}")
+                entry = LogEntry(seq, last_seq, channel, decode_checked(msg.data, regions))
+            except BadEntry as exc:
+                # The feed never sees it; if it was stored, the next entry's predecessor
+                # shows the hole and a fill reads it (and skips it) from the stream.
+                claimed = headers.get("Nats-Sequence", "")
+                seq = int(claimed) if claimed.isdigit() and len(claimed) <= 20 else 0
+                self.log.bad_entries.skipped("live", channel, seq, str(exc))
                 return
             on_entry(entry)
 

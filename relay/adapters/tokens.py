@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -218,12 +218,22 @@ def issue_token(
     return jwt.encode(claims, _check_secret(secret, "secret"), algorithm="HS256")
 
 
-def session_auth(auth: AuthSection, env: Mapping[str, str] | None = None) -> SessionAuth:
-    """What every session of a relay with this ``[auth]`` needs (reads the key files)."""
+def session_auth(
+    auth: AuthSection,
+    env: Mapping[str, str] | None = None,
+    revoked: Callable[[Credentials], bool] | None = None,
+) -> SessionAuth:
+    """What every session of a relay with this ``[auth]`` needs (reads the key files);
+    ``revoked``: whether a verified token has been revoked since."""
     try:
         anonymous = parse_capabilities({p: list(ops) for p, ops in auth.anonymous})
     except CapabilityError as exc:
         raise KeyConfigError(f"auth.anonymous: {exc}") from None
     if auth.mode == "anonymous":
         return SessionAuth(None, anonymous)
-    return SessionAuth(TokenVerifier.from_config(auth, env).verify, anonymous)
+    return SessionAuth(
+        TokenVerifier.from_config(auth, env).verify,
+        anonymous,
+        revoked=revoked,
+        expiry_warning_s=auth.expiry_warning_s,
+    )

@@ -1,4 +1,9 @@
-"""The WebSocket listener: ``/v1/ws`` speaks protocol v1; other paths get plain HTTP."""
+"""The WebSocket listener: ``/v1/ws`` speaks protocol v1; other paths get plain HTTP.
+
+With ``[relay] tls_cert_file`` the one listener speaks only TLS (wss:// and https://
+alike). A WebSocket upgrade from a browser page whose origin ``allowed_origins`` does
+not list gets 403 before anything else is looked at.
+"""
 
 from __future__ import annotations
 
@@ -21,12 +26,16 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from federation.adapters.region_writer import RegionWriter
+from relay.adapters.audit import AuditLog
 from relay.adapters.connection import Connection, ConnectionDeps
 from relay.adapters.directory import EdgeDirectory
 from relay.adapters.feed_manager import FeedManager
 from relay.adapters.log_reader import LogReader
+from relay.adapters.tls import server_ssl_context
 from relay.adapters.tokens import session_auth
 from relay.config.schema import RelayConfig
+from relay.core.connections_per_sub import ConnectionsPerSub
+from relay.core.origins import OriginPolicy
 from relay.core.redirect import RelayState
 from relay.protocol.errors import CloseCode
 from relay.protocol.frames import redirect_frame
@@ -73,7 +82,13 @@ class WsEdge:
         self.connection_limit = connection_limit(cfg.limits.max_connections)
         # Key files are read here, once: a relay that cannot verify tokens does not start.
         self.auth = session_auth(cfg.auth)
+        # So are the certificate and key: a relay configured for TLS never serves plain text.
+        self.ssl = server_ssl_context(cfg.relay)
+        self.origins = OriginPolicy(cfg.relay.allowed_origins)
+        self.per_sub = ConnectionsPerSub(cfg.limits.max_connections_per_sub)
+        self.refused_origins = 0  # WebSocket upgrades refused for their Origin
         self.metrics: Callable[[], bytes] | None = None
+        self.audit: AuditLog | None = None  # set by the node before run()
         # What every connection gets of this relay; made once the task group runs.
         self._deps: ConnectionDeps | None = None
         self.directory: EdgeDirectory | None = None
@@ -114,6 +129,8 @@ class WsEdge:
             recovery=self.recovery,
             tasks=tasks,
             auth=self.auth,
+            audit=self.audit,
+            per_sub=self.per_sub,
         )
 
     def state(self) -> RelayState:
@@ -136,6 +153,9 @@ class WsEdge:
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == WS_PATH:
+            refused = self._refuse_origin(request.headers)
+            if refused is not None:
+                return refused
             if self._stop.is_set():
                 return self._plain(http.HTTPStatus.SERVICE_UNAVAILABLE, "relay is shutting down\n")
             if not self.available():
@@ -168,6 +188,21 @@ class WsEdge:
             return Response(200, "OK", headers, self.metrics())
         return self._plain(
             http.HTTPStatus.NOT_FOUND, f"relaynet: WebSocket endpoint is {WS_PATH}\n"
+        )
+
+    def _refuse_origin(self, headers: Headers) -> Response | None:
+        """403 for a browser page of an origin ``relay.allowed_origins`` does not list."""
+        values = headers.get_all("Origin")
+        if not values or (len(values) == 1 and self.origins.allows(values[0])):
+            return None
+        self.refused_origins += 1
+        # Echoed for the developer looking at the browser's network tab, but bounded: it is
+        # whatever the client sent.
+        shown = repr(values[0][:100]) if len(values) == 1 else "several Origin headers"
+        return self._plain(
+            http.HTTPStatus.FORBIDDEN,
+            f"relaynet: origin {shown} is not allowed to connect to this relay "
+            "(relay.allowed_origins)\n",
         )
 
     @staticmethod
@@ -236,6 +271,7 @@ class WsEdge:
                 compression=None,  # so the same encoded frame goes to every subscriber cheaply
                 reuse_port=relay.reuse_port or None,
                 server_header="relaynet",
+                ssl=self.ssl,
             ) as server,
         ):
             # Connections' short tasks (subscribe catch-ups, history reads, writers of
@@ -244,12 +280,10 @@ class WsEdge:
             self._server = server
             self.port = server.sockets[0].getsockname()[1]
             log.info(
-                "relay %s (%s) listening on ws://%s:%d%s (at most %d connections)",
+                "relay %s (%s) listening on %s (at most %d connections)",
                 self.relay_id,
                 self.region,
-                relay.host,
-                self.port,
-                WS_PATH,
+                relay.listen_url(self.port),
                 self.connection_limit,
             )
             task_status.started(self.port)

@@ -56,6 +56,7 @@ from nats.aio.msg import Msg
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from relay.adapters.embedded_nats import NatsCredentials
 from relay.bench.fanout import (
     ACK_WINDOW,
     BUSY_ELSEWHERE,
@@ -499,20 +500,26 @@ async def _bare_wait(sub: BareSubscriber, sent: int, deadline: float) -> None:
     await poll_until(done, deadline)
 
 
-async def _bare_nats(direct_url: str, proxy: LinkProxy, seconds: float, rate: int) -> BareResult:
+async def _bare_nats(
+    direct_url: str, proxy: LinkProxy, seconds: float, rate: int, credentials: NatsCredentials
+) -> BareResult:
+    """``credentials``: the relay user's of the region's NATS (a core subject, which no
+    peer user may touch)."""
     _clear_link_samples([proxy])
     sub = BareSubscriber()
     pub_nc: NatsClient | None = None
     sub_nc: NatsClient | None = None
+    login = {"user": credentials.user, "password": credentials.password}
     try:
         pub_nc = await nats.connect(
-            direct_url, name="bench-bare-pub", allow_reconnect=False, connect_timeout=5
+            direct_url, name="bench-bare-pub", allow_reconnect=False, connect_timeout=5, **login
         )
         sub_nc = await nats.connect(
             f"nats://127.0.0.1:{proxy.port}",
             name="bench-bare-sub",
             allow_reconnect=False,
             connect_timeout=5 + 4 * proxy.latency_ms / 1000,
+            **login,
         )
         subscription = await sub_nc.subscribe(BARE_SUBJECT, cb=sub.on_message)
         await sub_nc.flush()  # the subscription is known to the server before the first publish
@@ -626,7 +633,9 @@ async def _measure(latency_ms: float, seconds: float, rate: int, net: Network) -
     finally:
         await close_all(opened)
     order = _check_order(receivers)
-    bare = await _bare_nats(net.region(HOME).nats.url, proxies[LINK], seconds, rate)
+    bare = await _bare_nats(
+        net.region(HOME).nats.url, proxies[LINK], seconds, rate, net.credentials(HOME)
+    )
     return Report(
         latency_ms=latency_ms,
         seconds=seconds,

@@ -40,11 +40,13 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar, cast, overload
+from urllib.parse import urlsplit
 
 import anyio
 import msgspec
@@ -54,7 +56,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from relay.client.directory import Dial, Survey, same_url
-from relay.client.endpoints import endpoint, with_token
+from relay.client.endpoints import endpoint, is_secure, with_token
 from relay.client.errors import (
     ClientClosed,
     ClientError,
@@ -78,6 +80,7 @@ from relay.client.session import (
     PositionExpired,
     Redirected,
     Subscribed,
+    TokenExpiring,
     renewal_delay_s,
 )
 from relay.client.subscription import Subscription
@@ -195,6 +198,7 @@ class Client:
         dial: Dial = same_url,
         keepalive_s: float = 5.0,
         prefer: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if not seeds:
             raise ValueError("at least one seed URL is needed")
@@ -212,7 +216,10 @@ class Client:
             reset_after_s=reset_after_s,
             move_back=move_back,
             refresh_s=refresh_s,
+            # Seeds all TLS: the user expects TLS, and nothing the network says downgrades it.
+            secure_only=all(is_secure(seed) for seed in self._seeds),
         )
+        self._ssl_context = ssl_context
         self._probes = probes
         self._on_state = on_state
         self._token_provider = token_provider
@@ -221,8 +228,8 @@ class Client:
         self._dial = dial
         self._keepalive_s = keepalive_s
         self._prefer = prefer
-        # Ids must be unique across every client: never derive them from an injected seed.
-        self._session = ClientSession(random.SystemRandom())
+        # Ids must be unguessable: never derived from the injected (possibly seeded) rng.
+        self._session = ClientSession()
 
         self.state = ConnectionState.CONNECTING
         self.region: str | None = None
@@ -250,6 +257,8 @@ class Client:
         self.token_exp: float | None = None
         """When the token of the current connection expires (seconds since the epoch)."""
         self._renewed = anyio.Event()
+        # Set by the relay's token_expiring warning: renew now rather than at our own time.
+        self._renew_now = anyio.Event()
         self._terminal: ClientError | None = None
         self._scope = anyio.CancelScope()
 
@@ -496,6 +505,7 @@ class Client:
             dial=self._dial,
             prefer=self._prefer,
             failures=failures,
+            ssl_context=self._ssl_context,
         )
         for url in unique.values():
             key = endpoint(url).ws_url
@@ -516,9 +526,14 @@ class Client:
                 log.exception("token provider failed; connection attempt to %s skipped", url)
                 self.failures[url] = f"token provider failed: {exc!r}"
                 return None
+        dialed = self._dial(url)
+        tls: dict[str, Any] = {}
+        if is_secure(dialed):
+            # Verified against the relay's own name, wherever `dial` sends the connection.
+            tls = {"ssl": self._ssl_context or True, "server_hostname": urlsplit(url).hostname}
         try:
             ws = await ws_connect(
-                with_token(self._dial(url), token),
+                with_token(dialed, token),
                 open_timeout=OPEN_TIMEOUT_S,
                 close_timeout=CLOSE_TIMEOUT_S,
                 max_size=MAX_FRAME_BYTES,
@@ -527,6 +542,7 @@ class Client:
                 compression=None,
                 proxy=None,
                 user_agent_header="relaynet-client",
+                **tls,
             )
         except (*NETWORK_ERRORS, WebSocketException) as exc:
             self.failures[url] = describe_failure(exc, OPEN_TIMEOUT_S)
@@ -549,6 +565,10 @@ class Client:
         for event in self._session.receive(raw):
             if isinstance(event, Connected | Redirected):
                 return event
+            if isinstance(event, ErrorReceived):  # the relay refused us (token, limit)
+                self.failures[url] = f"refused: {event.code}: {event.message}"
+                log.warning("%s refused the connection: %s", url, self.failures[url])
+                return None
         self.failures[url] = "the first frame was not `connected`: not a relay?"
         log.warning("%s: the first frame was not `connected`", url)
         return None
@@ -674,6 +694,8 @@ class Client:
         elif isinstance(event, Authed):
             self.token_exp = event.exp
             self._renewed.set()
+        elif isinstance(event, TokenExpiring):
+            self._renew_now.set()
         elif isinstance(event, BadFrame):
             log.warning("%s sent a bad frame: %s", self.url, event.reason)
 
@@ -683,7 +705,9 @@ class Client:
         provider again."""
         assert self._token_provider is not None
         while (exp := self.token_exp) is not None:
-            await anyio.sleep(renewal_delay_s(exp, time.time()))
+            with anyio.move_on_after(renewal_delay_s(exp, time.time())):
+                await self._renew_now.wait()
+            self._renew_now = anyio.Event()
             try:
                 token = await self._token_provider()
             except Exception:
@@ -797,6 +821,7 @@ async def connect(
     dial: Dial | None = None,
     keepalive_s: float = 5.0,
     prefer: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to the nearest region of the network that ``seeds`` belong to.
 
@@ -821,6 +846,12 @@ async def connect(
     about twice this). ``prefer``: a region to connect to first while it is
     healthy and answers, nearest or not (the others stay in measured order
     behind it for failover).
+
+    ``wss://`` and ``https://`` relays are verified with ``ssl_context`` (default: the
+    system's CAs; for a private CA, ``ssl.create_default_context(cafile=...)``), the
+    directory fetch and RTT probes included. The token goes only to edges of the
+    directory (a redirect elsewhere is ignored), and when every seed is ``wss://`` or
+    ``https://`` never to a plain ``ws://`` edge.
     """
     if timeout_s is not None and not timeout_s > 0:
         raise ValueError(f"timeout_s must be > 0 or None, not {timeout_s!r}")
@@ -840,6 +871,7 @@ async def connect(
         dial=dial if dial is not None else same_url,
         keepalive_s=keepalive_s,
         prefer=prefer,
+        ssl_context=ssl_context,
     )
     # Errors of the body (and ConnectionFailed or NoEdgeReachable before the first
     # connection) leave as themselves, not wrapped in the task group's ExceptionGroup.

@@ -44,6 +44,11 @@ def endpoint(url: str) -> Endpoint:
     )
 
 
+def is_secure(url: str) -> bool:
+    """Whether a relay URL is TLS (wss:// or https://)."""
+    return urlsplit(url.strip()).scheme.lower() in ("wss", "https")
+
+
 def relay_ws_url(url: str) -> str:
     """The WebSocket URL of a relay from any of its URLs (ws, wss, http, https; with or
     without the /v1/... path). Raises ``ValueError`` for anything else."""

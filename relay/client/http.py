@@ -28,11 +28,22 @@ class HttpError(Exception):
     """The peer answered something that is not an HTTP/1.1 response we can read."""
 
 
-async def http_get(url: str, *, timeout_s: float) -> tuple[int, bytes, float]:
+async def http_get(
+    url: str,
+    *,
+    timeout_s: float,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> tuple[int, bytes, float]:
     """GET ``url``: (status, body, seconds from sending the request to the whole response).
 
-    Raises ``OSError`` (refused, unreachable, reset), ``TimeoutError`` (past
-    ``timeout_s``), ``anyio.BrokenResourceError`` or ``HttpError``.
+    For https: ``ssl_context`` verifies the server (default: the system's CAs), against
+    ``server_hostname`` (default: the URL's host; the relay's own name when ``url`` was
+    dialed to another address).
+
+    Raises ``OSError`` (refused, unreachable, reset, and ``ssl.SSLError`` for a
+    certificate that does not verify), ``TimeoutError`` (past ``timeout_s``),
+    ``anyio.BrokenResourceError`` or ``HttpError``.
     """
     parts = urlsplit(url)
     secure = parts.scheme == "https"
@@ -64,7 +75,11 @@ async def http_get(url: str, *, timeout_s: float) -> tuple[int, bytes, float]:
     with anyio.fail_after(timeout_s):
         if secure:
             stream: ByteStream = await anyio.connect_tcp(
-                host, port, ssl_context=ssl.create_default_context(), tls_standard_compatible=False
+                host,
+                port,
+                ssl_context=ssl_context or ssl.create_default_context(),
+                tls_hostname=server_hostname or host,
+                tls_standard_compatible=False,
             )
         else:
             stream = await anyio.connect_tcp(host, port)

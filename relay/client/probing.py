@@ -24,8 +24,10 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import ssl
 from collections.abc import Sequence
 from typing import Final
+from urllib.parse import urlsplit
 
 import anyio
 import msgspec
@@ -63,6 +65,8 @@ def describe_failure(exc: BaseException, timeout_s: float | None = None) -> str:
             return "connection refused"
         if isinstance(cause, socket.gaierror):
             return f"cannot resolve the host name: {cause.strerror or cause}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted: {exc.verify_message}"
     if isinstance(exc, anyio.BrokenResourceError | ConnectionResetError):
         return "connection reset"
     if isinstance(exc, OSError) and exc.strerror:
@@ -71,12 +75,26 @@ def describe_failure(exc: BaseException, timeout_s: float | None = None) -> str:
     return text if text else type(exc).__name__
 
 
+async def _get(
+    url: str, *, timeout_s: float, dial: Dial, ssl_context: ssl.SSLContext | None
+) -> tuple[int, bytes, float]:
+    """GET a relay's ``url`` through ``dial``; with https, its certificate is checked
+    against the relay's own host name, wherever ``dial`` sends the request."""
+    return await http_get(
+        dial(url),
+        timeout_s=timeout_s,
+        ssl_context=ssl_context,
+        server_hostname=urlsplit(url).hostname,
+    )
+
+
 async def fetch_directory(
     sources: Sequence[str],
     *,
     timeout_s: float = 2.0,
     dial: Dial = same_url,
     failures: dict[str, str] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Directory | None:
     """The edge directory of the first source that serves one.
 
@@ -90,13 +108,17 @@ async def fetch_directory(
     for source in sources:
         base = endpoint(source)
         try:
-            status, body, _ = await http_get(dial(base.http_base + EDGES_PATH), timeout_s=timeout_s)
+            status, body, _ = await _get(
+                base.http_base + EDGES_PATH, timeout_s=timeout_s, dial=dial, ssl_context=ssl_context
+            )
         except NETWORK_ERRORS as exc:
             failed[base.ws_url] = describe_failure(exc, timeout_s)
             log.debug("directory from %s: %s", base.http_base, failed[base.ws_url])
             continue
         if status != 200:
-            if await _is_relay(base.http_base, timeout_s=timeout_s, dial=dial):
+            if await _is_relay(
+                base.http_base, timeout_s=timeout_s, dial=dial, ssl_context=ssl_context
+            ):
                 log.debug("directory from %s: HTTP %d, a relay without one", base.http_base, status)
                 old_relays.append(base.ws_url)
             else:
@@ -130,17 +152,26 @@ async def fetch_directory(
     return Directory("seeds", None, None, tuple(DirectoryEdge(u, u, "unknown") for u in unique))
 
 
-async def _is_relay(http_base: str, *, timeout_s: float, dial: Dial) -> bool:
+async def _is_relay(
+    http_base: str, *, timeout_s: float, dial: Dial, ssl_context: ssl.SSLContext | None
+) -> bool:
     """Whether ``http_base`` answers ``GET /v1/ping`` like a relay (200 ``pong``)."""
     try:
-        status, body, _ = await http_get(dial(http_base + PING_PATH), timeout_s=timeout_s)
+        status, body, _ = await _get(
+            http_base + PING_PATH, timeout_s=timeout_s, dial=dial, ssl_context=ssl_context
+        )
     except NETWORK_ERRORS:
         return False
     return status == 200 and body.strip() == b"pong"
 
 
 async def probe(
-    url: str, count: int, *, timeout_s: float = 2.0, dial: Dial = same_url
+    url: str,
+    count: int,
+    *,
+    timeout_s: float = 2.0,
+    dial: Dial = same_url,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> list[float | None]:
     """``count`` RTT samples in ms to the relay of ``url`` (None for a failed probe). Any
     HTTP answer below 500 is a sample, so relays without /v1/ping can be measured too.
@@ -148,12 +179,14 @@ async def probe(
     The probes run at the same time, each on its own connection: connecting then
     waits one round trip to the farthest edge, not ``count`` of them.
     """
-    target = dial(endpoint(url).http_base + PING_PATH)
+    target = endpoint(url).http_base + PING_PATH
     samples: list[float | None] = [None] * count
 
     async def one(i: int) -> None:
         try:
-            status, _, elapsed = await http_get(target, timeout_s=timeout_s)
+            status, _, elapsed = await _get(
+                target, timeout_s=timeout_s, dial=dial, ssl_context=ssl_context
+            )
         except NETWORK_ERRORS:
             return
         samples[i] = elapsed * 1000.0 if status < 500 else None
@@ -165,13 +198,20 @@ async def probe(
 
 
 async def probe_all(
-    urls: Sequence[str], count: int, *, timeout_s: float = 2.0, dial: Dial = same_url
+    urls: Sequence[str],
+    count: int,
+    *,
+    timeout_s: float = 2.0,
+    dial: Dial = same_url,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> dict[str, list[float | None]]:
     """Probe every URL, all at once."""
     results: dict[str, list[float | None]] = {}
 
     async def one(url: str) -> None:
-        results[url] = await probe(url, count, timeout_s=timeout_s, dial=dial)
+        results[url] = await probe(
+            url, count, timeout_s=timeout_s, dial=dial, ssl_context=ssl_context
+        )
 
     async with anyio.create_task_group() as tg:
         for url in dict.fromkeys(urls):
@@ -187,18 +227,26 @@ async def survey(
     dial: Dial = same_url,
     prefer: str | None = None,
     failures: dict[str, str] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Survey | None:
     """Fetch the directory from the first source that answers, probe every edge, plan.
 
     URLs stay the relays' own everywhere (directory, choice, candidates); ``dial``
     is applied only where a request is sent. ``failures`` as for ``fetch_directory``.
+    ``ssl_context`` verifies https relays (default: the system's CAs).
     """
     failed: dict[str, str] = {} if failures is None else failures
-    directory = await fetch_directory(sources, timeout_s=timeout_s, dial=dial, failures=failed)
+    directory = await fetch_directory(
+        sources, timeout_s=timeout_s, dial=dial, failures=failed, ssl_context=ssl_context
+    )
     if directory is None:
         return None
     samples = await probe_all(
-        [e.url for e in directory.edges], probes, timeout_s=timeout_s, dial=dial
+        [e.url for e in directory.edges],
+        probes,
+        timeout_s=timeout_s,
+        dial=dial,
+        ssl_context=ssl_context,
     )
     result = plan(directory, samples, prefer=prefer)
     return Survey(result.directory, result.samples, result.choice, result.candidates, dict(failed))

@@ -12,8 +12,10 @@ When a connection closes, ``close_policy(code)`` says whether to come back.
 Tokens (relays in token mode): the I/O layer puts the token in the connection URL
 (``?token=``); the ``connected`` frame then says when it expires (``exp``), and
 ``renewal_delay_s`` says when to send a fresh one with ``auth()`` (answered by an
-``Authed`` event with the new ``exp``). A token that expires unrenewed closes the
-connection with 4003, which reconnects with a fresh token.
+``Authed`` event with the new ``exp``); a ``TokenExpiring`` event (the relay's warning,
+``[auth] expiry_warning_s`` before ``exp``) means renew now. A token that expires
+unrenewed closes the connection with 4003, and one an operator revoked with 4005: both
+reconnect with a fresh token.
 
 Two things survive a reconnect:
 
@@ -25,14 +27,18 @@ Two things survive a reconnect:
   and adopting a message's position as is could move an entry backwards and
   let an already delivered message through again. A message the position
   already covers (``position[origin] >= ts[origin]``) is dropped, as is a
-  message whose id was recently delivered on the channel (the same publish
-  retried in two regions is stored once per region, under the same id).
+  message whose id and data were recently delivered on the channel (the same
+  publish retried in two regions is stored once per region, under the same id,
+  with the same bytes; another publisher's message with that id is not a repeat).
   The application never sees a duplicate.
 * **Unacknowledged publishes.** Each publish gets an idempotency id that does
-  not depend on the connection (a random prefix and a counter) and stays
-  pending until its ``ack``. ``on_reconnect()`` publishes every pending one
-  again with the same id: the relay deduplicates by id within its window, so a
-  publish whose ack was lost is not stored twice.
+  not depend on the connection and stays pending until its ``ack``. Ids are
+  128 random bits each, never a prefix and a counter: every subscriber sees
+  them, and an id someone can guess, someone can publish first (an anonymous
+  relay would then ack ours as that one's duplicate and store nothing).
+  ``on_reconnect()`` publishes every pending one again with the same id: the
+  relay deduplicates by id within its window, so a publish whose ack was lost
+  is not stored twice.
 
 Malformed server frames never raise: they become a ``BadFrame`` event; frames
 with an ``op`` this version does not know are ignored (the protocol lets
@@ -42,9 +48,10 @@ data) raises ``ValueError``: that is a bug in the caller.
 
 from __future__ import annotations
 
-import random
+import hashlib
 import re
-from collections.abc import Mapping
+import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Final, Literal
@@ -65,6 +72,7 @@ from relay.protocol.frames import (  # the wire format, defined once
     RedirectFrame,
     Subscribe,
     SubscribedFrame,
+    TokenExpiringFrame,
     Unsubscribe,
 )
 
@@ -73,10 +81,14 @@ ClosePolicy = Literal["reconnect", "stop"]
 
 # How many (channel, id) pairs to remember for dropping a message stored twice under one id.
 DEFAULT_ID_MEMORY: Final = 4096
-# Printable ASCII without spaces, like the ids themselves (PROTOCOL.md: 1-128 characters).
-_ID_PREFIX_RE: Final = re.compile(r"[\x21-\x7e]{1,100}")
-# 96 random bits: ids are deduplicated per channel across every client, so they must not collide.
-_PREFIX_BITS: Final = 96
+# What a relay accepts as a publish id (PROTOCOL.md): 1-128 printable ASCII, no spaces.
+_ID_RE: Final = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def new_publish_id() -> str:
+    """128 bits from the system's generator, URL-safe base64 (22 characters): unguessable
+    by whoever sees our earlier ids, and unique across every client of a channel."""
+    return secrets.token_urlsafe(16)
 
 
 class FrameTooLarge(ValueError):
@@ -110,6 +122,13 @@ class Authed:
     """The relay accepted a renewed token; it now expires at ``exp``."""
 
     sub: str
+    exp: float
+
+
+@dataclass(frozen=True)
+class TokenExpiring:
+    """The relay warns that the token expires at ``exp``: renew now (``auth()``)."""
+
     exp: float
 
 
@@ -194,6 +213,7 @@ class BadFrame:
 Event = (
     Connected
     | Authed
+    | TokenExpiring
     | Redirected
     | Subscribed
     | Message
@@ -247,9 +267,10 @@ _ServerFrame = (
     | AckFrame
     | ErrorFrame
     | AuthedFrame
+    | TokenExpiringFrame
 )
 _HANDLED_OPS: Final = frozenset(
-    {"connected", "redirect", "subscribed", "message", "ack", "error", "authed"}
+    {"connected", "redirect", "subscribed", "message", "ack", "error", "authed", "token_expiring"}
 )
 
 
@@ -290,21 +311,16 @@ class _Request:
 class ClientSession:
     def __init__(
         self,
-        rng: random.Random,
         *,
-        id_prefix: str | None = None,
+        new_id: Callable[[], str] = new_publish_id,
         id_memory: int = DEFAULT_ID_MEMORY,
     ) -> None:
-        if id_prefix is None:
-            id_prefix = f"{rng.getrandbits(_PREFIX_BITS):0{_PREFIX_BITS // 4}x}"
-        elif not _ID_PREFIX_RE.fullmatch(id_prefix):
-            raise ValueError("id_prefix must be 1-100 printable ASCII characters without spaces")
+        """``new_id`` makes each publish's id (tests pass a predictable one)."""
         if id_memory < 1:
             raise ValueError("id_memory must be >= 1")
-        self.id_prefix = id_prefix
+        self._new_id = new_id
         self._id_memory = id_memory
         self._next_ref = 1
-        self._next_id = 1
         self._channels: dict[str, _Channel] = {}
         # id -> the publish, in send order (kept until acked; sent again after a failure)
         self._pending: dict[str, _Pending] = {}
@@ -312,7 +328,8 @@ class ClientSession:
         # what we have read, the causal context every publish carries.
         self._written: dict[str, VectorClock] = {}
         self._requests: dict[int, _Request] = {}  # ref -> what we sent, on this connection
-        self._seen: dict[tuple[str, str], None] = {}  # (channel, id), oldest first
+        # (channel, id, digest of the data), oldest first
+        self._seen: dict[tuple[str, str, bytes], None] = {}
         # The relay's limit on a frame from us (from `connected`); None: not announced.
         self.max_frame_bytes: int | None = None
 
@@ -391,12 +408,13 @@ class ClientSession:
             msgspec.json.decode(data_json)
         except msgspec.DecodeError as exc:
             raise ValueError(f"data is not valid JSON: {exc}") from None
-        message_id = f"{self.id_prefix}-{self._next_id}"
+        message_id = self._new_id()
+        if not _ID_RE.fullmatch(message_id) or message_id in self._pending:
+            raise ValueError(f"new_id made {message_id!r}: not a fresh, valid publish id")
         pending = _Pending(channel, bytes(data_json), self._context(channel))
         size = _publish_size(message_id, pending)
         if self.max_frame_bytes is not None and size > self.max_frame_bytes:
             raise FrameTooLarge(size, self.max_frame_bytes)
-        self._next_id += 1
         self._pending[message_id] = pending
         return message_id, self._publish_frame(message_id)
 
@@ -489,6 +507,8 @@ class ClientSession:
                 if isinstance(frame.ref, int):
                     self._requests.pop(frame.ref, None)
                 return [Authed(frame.sub, frame.exp)]
+            if isinstance(frame, TokenExpiringFrame):
+                return [TokenExpiring(frame.exp)]
             limit = frame.max_frame_bytes
             self.max_frame_bytes = limit if limit is not None and limit > 0 else None
             return [
@@ -516,7 +536,9 @@ class ClientSession:
         if state.position is not None and state.position.covers(frame.origin, ts):
             return []  # delivered before this reconnect / failover
         state.position = position if state.position is None else state.position.merge(position)
-        key = (frame.channel, frame.id)
+        # With the data: a retry carries the same bytes, while another publisher's message
+        # may carry the same id (relays in token mode scope ids to the publisher).
+        key = (frame.channel, frame.id, hashlib.blake2b(frame.data, digest_size=16).digest())
         if key in self._seen:
             return []  # the same publish stored in another region too; the position still moves
         self._seen[key] = None

@@ -45,12 +45,20 @@ Policy:
 * **Close codes** (``session.close_policy``): "stop" ends the client,
   ``closed`` for 1000 and ``failed`` otherwise.
 * **Redirects** (PROTOCOL.md): followed only to an edge of the redirecting
-  relay's region that the directory lists (or, started since, that names that
-  region), only while that region is our first choice, and at most
-  ``MAX_REDIRECTS_IN_A_ROW`` times without staying anywhere. A redirect comes
-  instead of ``connected`` (the next attempt goes there at once) or during a
-  connection (the relay closes after the acks in flight; we leave after
-  ``REDIRECT_GRACE_S`` if it does not).
+  relay's region that the directory lists, only while that region is our first
+  choice, never from wss:// to ws://, and at most ``MAX_REDIRECTS_IN_A_ROW``
+  times without staying anywhere. A redirect comes instead of ``connected``
+  (the next attempt goes there at once) or during a connection (the relay
+  closes after the acks in flight; we leave after ``REDIRECT_GRACE_S`` if it
+  does not).
+* **Where the token goes.** Every ``Open`` carries the client's token, so an
+  edge is opened only if it is in the directory, which came from a seed (or
+  from an edge of an earlier directory): a redirect to a URL the directory does
+  not list is ignored (a relay that started since the survey is found by the
+  next one), whatever region it claims. With ``secure_only`` (the seeds are all
+  wss:// or https://) plain ws:// edges are never opened, from the directory or
+  a redirect: a directory or a relay cannot make the client send its token in
+  clear text.
 * **Moving back** (``routing.should_move_back``): with ``move_back`` other than
   ``stay`` a fresh survey every ``refresh_s`` while connected; ``when-idle``
   waits (up to ``refresh_s``) for no publish in flight.
@@ -69,7 +77,7 @@ from typing import Final
 
 from relay.client.backoff import Backoff
 from relay.client.directory import Survey
-from relay.client.endpoints import endpoint
+from relay.client.endpoints import endpoint, is_secure
 from relay.client.routing import MoveBackPolicy, should_move_back
 from relay.client.session import Redirected, close_policy
 from relay.protocol.errors import CloseCode
@@ -194,7 +202,9 @@ class Supervisor:
         reset_after_s: float = 10.0,
         move_back: MoveBackPolicy = "stay",
         refresh_s: float = 30.0,
+        secure_only: bool = False,
     ) -> None:
+        """``secure_only``: open wss:// edges only (the client's seeds are all TLS)."""
         if move_back not in ("stay", "when-idle", "immediately"):
             raise ValueError(f"move_back must be stay, when-idle or immediately: {move_back!r}")
         if not refresh_s > 0:
@@ -213,6 +223,7 @@ class Supervisor:
         )
         self._move_back: MoveBackPolicy = move_back
         self._refresh_s = refresh_s
+        self._secure_only = secure_only
 
         self.state = ConnectionState.CONNECTING
         self.survey: Survey | None = None
@@ -366,6 +377,13 @@ class Supervisor:
             target_base = endpoint(event.url)
         except ValueError:
             return None, f"{source} redirects to {event.url!r}: not a relay URL; ignored"
+        if not self.may_open(target_base.ws_url) or (
+            _secure_source(source) and not is_secure(target_base.ws_url)
+        ):
+            return None, (
+                f"{source} redirects to {event.url}: not TLS, and this client does not "
+                "downgrade; ignored"
+            )
         choice = self.survey.choice if self.survey is not None else None
         first = choice.order[0] if choice is not None and choice.order else None
         if source_region is None or source_region != first:
@@ -379,14 +397,14 @@ class Supervisor:
                 if region != source_region:
                     break
                 return (region, url), self._following(source, (region, url), event)
-        else:
-            if event.region == source_region:
-                target = (source_region, target_base.ws_url)
-                return target, self._following(source, target, event)
         return None, (
             f"{source} redirects to {event.url} ({event.region}), not a relay of its region "
-            "that the directory knows; ignored"
+            "that the directory lists; ignored (it gets no token)"
         )
+
+    def may_open(self, url: str) -> bool:
+        """Whether this client may open ``url`` at all (``secure_only``: TLS only)."""
+        return not self._secure_only or is_secure(url)
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -423,7 +441,13 @@ class Supervisor:
         return self._plan_round()
 
     def _plan_round(self) -> list[Action]:
-        candidates = list(self.survey.candidates) if self.survey is not None else []
+        listed = list(self.survey.candidates) if self.survey is not None else []
+        candidates = [c for c in listed if self.may_open(c[1])]
+        notes: list[Action] = []
+        if len(candidates) < len(listed):
+            plain = ", ".join(url for _, url in listed if not self.may_open(url))
+            level = logging.DEBUG if candidates else logging.WARNING
+            notes.append(Log(level, f"not opening plain-text edges (the seeds are TLS): {plain}"))
         avoid, self._avoid = self._avoid, None
         if avoid is not None and avoid in candidates:
             candidates.remove(avoid)
@@ -433,7 +457,7 @@ class Supervisor:
                 candidates.remove(self._target)
             candidates.insert(0, self._target)
         self._order, self._next = candidates, 0
-        return self._next_attempt()
+        return notes + self._next_attempt()
 
     def _next_attempt(self) -> list[Action]:
         if self._next >= len(self._order):
@@ -477,7 +501,9 @@ class Supervisor:
         assert self.survey is not None and self.current is not None
         choice = self.survey.choice
         nearest = choice.nearest
-        target = next((c for c in self.survey.candidates if c[0] == nearest), None)
+        target = next(
+            (c for c in self.survey.candidates if c[0] == nearest and self.may_open(c[1])), None
+        )
         if target is None:
             return []
         self._move_target = target
@@ -488,3 +514,11 @@ class Supervisor:
             ),
             Leave(CloseCode.NORMAL, "moving to a nearer region"),
         ]
+
+
+def _secure_source(source: str) -> bool:
+    """Whether the redirecting relay's URL is TLS (a URL that does not parse says no)."""
+    try:
+        return is_secure(endpoint(source).ws_url)
+    except ValueError:
+        return False

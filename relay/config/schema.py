@@ -9,6 +9,7 @@ silent coercion), reject unknown keys, and are frozen (hashable, safe to share a
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
@@ -16,14 +17,19 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from federation.settings import Namespace, Peer, RegionSettings
+from federation.settings import Namespace, NatsConnectOptions, Peer, RegionSettings
+from relay.core.origins import PATTERN_SYNTAX as ORIGIN_PATTERN_SYNTAX
+from relay.core.origins import parse_pattern
 
 __all__ = [
     "CROSS_FIELD_ERROR_TYPE",
     "DEFAULT_NAMESPACE",
+    "DEFAULT_NAMESPACE_MAX_BYTES",
     "DEFAULT_NAMESPACE_NAME",
+    "DEFAULT_STORE_BUDGET_BYTES",
     "FIELD_ERROR_TYPE",
     "FRAME_OVERHEAD_BYTES",
+    "MIN_STREAM_BYTES",
     "PATTERN_DESCRIPTIONS",
     "AuthSection",
     "FederationSection",
@@ -68,6 +74,14 @@ CROSS_FIELD_ERROR_TYPE = "relaynet_cross_field"
 FRAME_OVERHEAD_BYTES = 1024
 
 DEFAULT_NAMESPACE_NAME = "default"
+
+#: Stream byte limits (``[[namespaces]] max_bytes``) and the region's store budget
+#: (``[nats] store_budget_bytes``). 1 GiB per namespace: a default region (one namespace)
+#: reserves a tenth of the 10 GiB budget, so a few namespaces fit without tuning.
+DEFAULT_NAMESPACE_MAX_BYTES = 1 << 30
+DEFAULT_STORE_BUDGET_BYTES = 10 << 30
+#: Smallest byte limit: room for a few largest messages (1 MiB) with JetStream's overhead.
+MIN_STREAM_BYTES = 4 << 20
 
 
 def _check_url(value: str, schemes: tuple[str, ...]) -> str:
@@ -132,7 +146,41 @@ class RelaySection(_Section):
         default=None,
         description=(
             "URL clients and peers use to reach this relay (`ws://` or `wss://`), e.g. behind "
-            "a proxy. Unset: `ws://<host>:<port>/v1/ws`."
+            "a proxy. Unset: `ws://<host>:<port>/v1/ws` (`wss://` with `tls_cert_file`)."
+        ),
+    )
+    tls_cert_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "PEM file with this relay's TLS certificate (and any intermediates after it): "
+            "the listener then speaks only TLS (`wss://`, `https://` for `/v1/health`, "
+            "`/v1/edges`, `/metrics` and the pages), and its advertised URL is `wss://`. "
+            "Set together with `tls_key_file`; both are read once, at start (a relay whose "
+            "files cannot be read or do not match does not start). Unset: plain `ws://`, "
+            "for loopback or behind a TLS proxy."
+        ),
+    )
+    tls_key_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "PEM file with the private key of `tls_cert_file` (unencrypted; keep it mode "
+            "0600). Set together with `tls_cert_file`."
+        ),
+    )
+    allowed_origins: tuple[str, ...] = Field(
+        default=("*",),
+        strict=False,  # TOML arrays arrive as lists
+        description=(
+            "Browser origins that may connect (the `Origin` header of the WebSocket "
+            'upgrade): exact origins (`"https://app.example.com"`, '
+            '`"http://localhost:8080"`), `"https://*.example.com"` for any '
+            'subdomain (not the domain itself), `"null"` for file:// pages, `"*"` '
+            "for any. A request from another origin gets HTTP 403. Requests without "
+            "`Origin` (the Python SDK, servers, command-line clients) are always let "
+            "through: the check keeps other sites' pages out, tokens keep everyone else out. "
+            "`[]`: no browser at all."
         ),
     )
     reuse_port: bool = Field(
@@ -166,15 +214,51 @@ class RelaySection(_Section):
     def _check_public_url(cls, value: str | None) -> str | None:
         return None if value is None else _check_url(value, ("ws", "wss"))
 
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_allowed_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            try:
+                parse_pattern(pattern)
+            except ValueError:
+                raise PydanticCustomError(
+                    FIELD_ERROR_TYPE,
+                    f"origin patterns: {ORIGIN_PATTERN_SYNTAX} (not {pattern[:80]!r})",
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_tls_pair(self) -> Self:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            missing = "tls_key_file" if self.tls_key_file is None else "tls_cert_file"
+            raise PydanticCustomError(
+                FIELD_ERROR_TYPE,
+                f"tls_cert_file and tls_key_file set together ({missing} is missing)",
+            )
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Whether the listener speaks TLS."""
+        return self.tls_cert_file is not None
+
+    @property
+    def ws_scheme(self) -> str:
+        return "wss" if self.tls else "ws"
+
     @property
     def effective_public_url(self) -> str:
         """``public_url`` if set, else the URL of the listen address (IPv6 hosts bracketed)."""
         if self.public_url is not None:
             return self.public_url
+        return self.listen_url(self.port)
+
+    def listen_url(self, port: int) -> str:
+        """The WebSocket URL of the listen address on ``port`` (the bound one, with 0)."""
         host = self.host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
-        return f"ws://{host}:{self.port}/v1/ws"
+        return f"{self.ws_scheme}://{host}:{port}/v1/ws"
 
 
 class NatsSection(_Section):
@@ -225,6 +309,17 @@ class NatsSection(_Section):
         le=5,
         description="JetStream stream replicas; more than 1 needs a NATS cluster of that size.",
     )
+    store_budget_bytes: int = Field(
+        default=DEFAULT_STORE_BUDGET_BYTES,
+        ge=MIN_STREAM_BYTES,
+        description=(
+            "Bytes of JetStream file store this region's streams may take on one NATS server. "
+            "With `embedded` it is the server's `max_file_store`; with an existing server, set "
+            "it to what that server (or the account) allows. The namespaces' `max_bytes` must "
+            "add up to at most this (a total-order namespace counts twice: it has two streams), "
+            "since JetStream reserves each stream's `max_bytes` when it creates the stream."
+        ),
+    )
     connect_timeout_s: float = Field(
         default=5.0,
         gt=0,
@@ -246,6 +341,53 @@ class NatsSection(_Section):
             "File holding the password of `user` (surrounding whitespace ignored); required "
             "with `user`. Secrets are never inline in the config."
         ),
+    )
+    nkey_seed_file: str = Field(
+        default="",
+        description=(
+            "File holding an nkey user seed (`SU…`, e.g. from `nk -gen user`) to authenticate "
+            "with, instead of `user`/`password_file`; the server lists the user by its public "
+            "key. One way to authenticate per URL."
+        ),
+    )
+    creds_file: str = Field(
+        default="",
+        description=(
+            "A NATS `.creds` file (user JWT and nkey seed, decentralized auth, e.g. from "
+            "`nsc`) to authenticate with, instead of `user`/`password_file` or "
+            "`nkey_seed_file`."
+        ),
+    )
+    tls_ca_file: str = Field(
+        default="",
+        description=(
+            "CA certificates (PEM) the server's certificate must be signed by; empty: the "
+            "system's (or, on the embedded server with TLS, `embedded_tls_cert_file` itself, "
+            "for a self-signed one). Any `tls_*` setting or a `tls://` URL makes TLS "
+            "required: a server that does not require it is refused."
+        ),
+    )
+    tls_cert_file: str = Field(
+        default="",
+        description=(
+            "Client certificate (PEM) for a server that verifies clients; with `tls_key_file`."
+        ),
+    )
+    tls_key_file: str = Field(
+        default="",
+        description="Private key (PEM) of `tls_cert_file`.",
+    )
+    embedded_tls_cert_file: str = Field(
+        default="",
+        description=(
+            "Certificate (PEM, with its chain) the embedded nats-server serves TLS with; with "
+            "`embedded_tls_key_file`. Then every client of it (this relay, the region's other "
+            "relays, peers) must use TLS; its names must include the host clients connect to."
+        ),
+    )
+    embedded_tls_key_file: str = Field(
+        default="",
+        description="Private key (PEM) of `embedded_tls_cert_file`.",
     )
 
     @field_validator("url")
@@ -313,6 +455,18 @@ class NamespaceRule(_Section):
             f"at most `limits.max_frame_bytes` - {FRAME_OVERHEAD_BYTES}."
         ),
     )
+    max_bytes: int = Field(
+        default=DEFAULT_NAMESPACE_MAX_BYTES,
+        description=(
+            "Bytes the namespace's stream may hold in this region (a total-order namespace has "
+            "two streams of this size). When it is full, publishes to the namespace are refused "
+            "with the temporary error `unavailable` (reason: out of space) until history "
+            "expires; stored history is never dropped to make room, reads go on, and other "
+            "namespaces are unaffected. `0`: no limit of its own (only the server's store "
+            f"bounds it). Otherwise at least {MIN_STREAM_BYTES}; all of them must fit in "
+            "`nats.store_budget_bytes`."
+        ),
+    )
     ordering: Literal["causal", "total"] = Field(
         default="causal",
         description=(
@@ -323,6 +477,20 @@ class NamespaceRule(_Section):
             "must agree."
         ),
     )
+
+    @field_validator("max_bytes")
+    @classmethod
+    def _check_max_bytes(cls, value: int) -> int:
+        if value < 0 or 0 < value < MIN_STREAM_BYTES:
+            raise PydanticCustomError(
+                FIELD_ERROR_TYPE, f"0 (no limit of its own) or at least {MIN_STREAM_BYTES}"
+            )
+        return value
+
+    @property
+    def reserved_bytes(self) -> int:
+        """Store bytes JetStream reserves for the namespace's streams in a region."""
+        return self.max_bytes * (2 if self.ordering == "total" else 1)
 
 
 #: The implicit catch-all namespace used when no configured rule has prefix ``""``.
@@ -379,6 +547,37 @@ class AuthSection(_Section):
         description=(
             'With mode = "token": a connection without an accepted token this long after '
             "connecting is closed with 4501 `unauthorized`."
+        ),
+    )
+    expiry_warning_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=86400,
+        allow_inf_nan=False,
+        description=(
+            "A `token_expiring` event goes to a client this long before its token's `exp` "
+            "(at most half the token's lifetime, `exp` - `iat`), so it can renew with an "
+            "`auth` frame; 0: no warning. The close at `exp` (4003) stays."
+        ),
+    )
+    revocation_retention_s: float = Field(
+        default=7 * 86400.0,
+        ge=60,
+        le=10 * 365 * 86400,
+        allow_inf_nan=False,
+        description=(
+            "How long a revocation (`relaynet token revoke`) is kept: the max age of the "
+            "region's revocation stream, and when relays forget it. Set it above the longest "
+            "lifetime of the tokens you issue: a revoked token still valid after this is "
+            "accepted again. All regions should use the same value."
+        ),
+    )
+    audit_file: str | None = Field(
+        default=None,
+        description=(
+            "File the audit log (JSON lines: auth failures, denials, auths and renewals, "
+            "revocations) is appended to. Default: the logger `relaynet.audit` at INFO, "
+            "one JSON object per message."
         ),
     )
     # Written as a TOML table; kept as (pattern, operations) pairs so the config stays hashable.
@@ -456,20 +655,61 @@ class PeerSection(_Section):
         description="WebSocket URL of a relay in the peer region (`ws://` or `wss://`).",
     )
     nats_url: str = Field(
-        description="URL of the peer region's NATS server (`nats://` or `tls://`).",
+        description=(
+            "URL of the peer region's NATS server (`nats://` or `tls://`). Off loopback it "
+            "needs TLS (a `tls://` URL or `nats_tls_ca_file`) unless `nats_allow_plaintext`."
+        ),
     )
     nats_user: str = Field(
         default="",
         description=(
-            "NATS user on the peer's server: for a peer's embedded server, `\"peer\"` "
-            "(read-only on its streams)."
+            "NATS user on the peer's server: for a peer's embedded server, "
+            '`"peer-<this region>"` (read-only on its streams, through this region\'s own '
+            "durable consumer only; the peer makes it for each region in its `[[peers]]`)."
         ),
     )
     nats_password_file: str = Field(
         default="",
         description=(
             "File holding the password of `nats_user` (for a peer's embedded server: its "
-            "`<store_dir>/auth/peer.password`); required with `nats_user`."
+            "`<store_dir>/auth/peer-<this region>.password`); required with `nats_user`."
+        ),
+    )
+    nats_nkey_seed_file: str = Field(
+        default="",
+        description=(
+            "File holding an nkey user seed to authenticate on the peer's NATS with, instead "
+            "of `nats_user`/`nats_password_file`."
+        ),
+    )
+    nats_creds_file: str = Field(
+        default="",
+        description=(
+            "A NATS `.creds` file to authenticate on the peer's NATS with, instead of "
+            "`nats_user`/`nats_password_file` or `nats_nkey_seed_file`."
+        ),
+    )
+    nats_tls_ca_file: str = Field(
+        default="",
+        description=(
+            "CA certificates (PEM) the peer's NATS certificate must be signed by; empty: the "
+            "system's. Any `nats_tls_*` setting or a `tls://` URL makes TLS required."
+        ),
+    )
+    nats_tls_cert_file: str = Field(
+        default="",
+        description="Client certificate (PEM) for a peer NATS that verifies clients.",
+    )
+    nats_tls_key_file: str = Field(
+        default="",
+        description="Private key (PEM) of `nats_tls_cert_file`.",
+    )
+    nats_allow_plaintext: bool = Field(
+        default=False,
+        description=(
+            "Allow a `nats://` URL without TLS to a peer that is not on loopback (its "
+            "credentials and every message then cross the network readable and alterable). "
+            "Without it such a peer is a config error."
         ),
     )
 
@@ -495,6 +735,17 @@ class LimitsSection(_Section):
             "allows; the limit in effect is never above the descriptor limit less 64). Past "
             "it a new client gets a `redirect` to another relay of the region that takes "
             "connections, if there is one, and close code 1013."
+        ),
+    )
+    max_connections_per_sub: int = Field(
+        default=100,
+        ge=0,
+        description=(
+            "Connections one token subject (`sub`) may hold on this relay at once (0: no "
+            "limit); anonymous connections are not counted. One more is refused when its "
+            "token is accepted: error `limit_exceeded`, then close 4004 (the SDKs retry with "
+            "backoff, so a client whose old connection the relay has not yet seen drop gets "
+            "in once it has)."
         ),
     )
 
@@ -629,6 +880,124 @@ class FederationSection(_Section):
     )
 
 
+_Problem = tuple[str, object, str]
+
+
+def _is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def _connection_problems(owner: str, section: BaseModel, name: str) -> list[_Problem]:
+    """The credentials and client TLS files of one NATS URL: ``owner`` is the path before
+    the section's fields (``nats.``, ``peers[0].``), ``name`` the prefix of their names in
+    it (``""``, ``nats_``)."""
+
+    def get(field: str) -> str:
+        return str(getattr(section, name + field))
+
+    def pair(a: str, b: str) -> str:
+        return f"{'' if name else owner}{name}{a}/{name}{b}"
+
+    problems: list[_Problem] = []
+    for a, b in (("user", "password_file"), ("tls_cert_file", "tls_key_file")):
+        if bool(get(a)) != bool(get(b)):
+            missing = b if get(a) else a
+            problems.append(
+                (f"{owner}{name}{missing}", "", f"set together with the other of {pair(a, b)}")
+            )
+    methods = [field for field in ("user", "nkey_seed_file", "creds_file") if get(field)]
+    if len(methods) > 1:
+        problems.append(
+            (
+                f"{owner}{name}{methods[1]}",
+                get(methods[1]),
+                f"one way to authenticate: {name}user with {name}password_file, "
+                f"{name}nkey_seed_file or {name}creds_file (not also {name}{methods[0]})",
+            )
+        )
+    return problems
+
+
+def _nats_problems(nats: NatsSection) -> list[_Problem]:
+    if not nats.is_embedded:
+        return _connection_problems("nats.", nats, "") + [
+            (f"nats.{field}", value, 'only with url = "embedded"')
+            for field in ("embedded_tls_cert_file", "embedded_tls_key_file")
+            if (value := getattr(nats, field))
+        ]
+    problems: list[_Problem] = []
+    credentials = ("user", "password_file", "nkey_seed_file", "creds_file")
+    if given := [field for field in credentials if getattr(nats, field)]:
+        problems.append(
+            (
+                f"nats.{given[0]}",
+                getattr(nats, given[0]),
+                'no credentials with url = "embedded" (it makes its own)',
+            )
+        )
+    problems += [
+        (
+            f"nats.{field}",
+            value,
+            'no client certificate with url = "embedded" (its server does not ask for one)',
+        )
+        for field in ("tls_cert_file", "tls_key_file")
+        if (value := getattr(nats, field))
+    ]
+    if bool(nats.embedded_tls_cert_file) != bool(nats.embedded_tls_key_file):
+        missing = "key" if nats.embedded_tls_cert_file else "cert"
+        problems.append(
+            (
+                f"nats.embedded_tls_{missing}_file",
+                "",
+                "set together with the other of nats.embedded_tls_cert_file/embedded_tls_key_file",
+            )
+        )
+    if nats.tls_ca_file and not nats.embedded_tls_cert_file:
+        problems.append(
+            (
+                "nats.tls_ca_file",
+                nats.tls_ca_file,
+                'with url = "embedded", only together with embedded_tls_cert_file (the '
+                "embedded server serves TLS only then)",
+            )
+        )
+    return problems
+
+
+def _peer_nats_problems(i: int, peer: PeerSection) -> list[_Problem]:
+    owner = f"peers[{i}]."
+    problems = _connection_problems(owner, peer, "nats_")
+    tls = peer.nats_url.startswith("tls://") or bool(
+        peer.nats_tls_ca_file or peer.nats_tls_cert_file or peer.nats_tls_key_file
+    )
+    if tls and peer.nats_allow_plaintext:
+        problems.append(
+            (
+                f"{owner}nats_allow_plaintext",
+                True,
+                "false when TLS is configured for the peer (a tls:// URL or nats_tls_* files)",
+            )
+        )
+    elif not tls and not peer.nats_allow_plaintext and not _is_loopback_url(peer.nats_url):
+        problems.append(
+            (
+                f"{owner}nats_url",
+                peer.nats_url,
+                "TLS to a peer that is not on loopback: a tls:// URL or nats_tls_ca_file "
+                "(else its credentials and every message cross the network readable and "
+                "alterable); nats_allow_plaintext = true accepts that",
+            )
+        )
+    return problems
+
+
 class RelayConfig(_Section):
     """A whole region config file."""
 
@@ -718,27 +1087,10 @@ class RelayConfig(_Section):
                     'rule with prefix = "" and a smaller max_message_bytes)',
                 )
             )
-        if self.nats.is_embedded and (self.nats.user or self.nats.password_file):
-            problems.append(
-                (
-                    "nats.user" if self.nats.user else "nats.password_file",
-                    self.nats.user or self.nats.password_file,
-                    'no credentials with url = "embedded" (it makes its own)',
-                )
-            )
-        elif bool(self.nats.user) != bool(self.nats.password_file):
-            missing = "nats.password_file" if self.nats.user else "nats.user"
-            problems.append((missing, "", "set together with the other of nats.user/password_file"))
+        problems += self._store_budget_problems()
+        problems += _nats_problems(self.nats)
         for i, peer in enumerate(self.peers):
-            if bool(peer.nats_user) != bool(peer.nats_password_file):
-                missing = "nats_password_file" if peer.nats_user else "nats_user"
-                problems.append(
-                    (
-                        f"peers[{i}].{missing}",
-                        "",
-                        "set together with the other of nats_user/nats_password_file",
-                    )
-                )
+            problems += _peer_nats_problems(i, peer)
         peer_regions: dict[str, int] = {}
         for i, peer in enumerate(self.peers):
             if peer.region == self.region.name:
@@ -770,6 +1122,44 @@ class RelayConfig(_Section):
             )
         return self
 
+    def _store_budget_problems(self) -> list[tuple[str, Any, str]]:
+        """JetStream reserves every stream's ``max_bytes`` out of the server's store when it
+        creates the stream, and refuses one that does not fit: say so here, by field, rather
+        than as "insufficient storage resources" from a relay that then cannot start."""
+        budget = self.nats.store_budget_bytes
+        parts: list[str] = []
+        for i, rule in enumerate(self.all_namespaces):
+            if rule.reserved_bytes:
+                field = (
+                    f"namespaces[{i}].max_bytes"
+                    if i < len(self.namespaces)
+                    else "the implicit default namespace's"
+                )
+                twice = " x 2 (total order)" if rule.ordering == "total" else ""
+                parts.append(f"{field} {rule.max_bytes}{twice}")
+        reserved = self.reserved_store_bytes
+        if reserved <= budget:
+            return []
+        implicit = (
+            ""
+            if self.all_namespaces == self.namespaces
+            else '; a [[namespaces]] rule with prefix = "" sets the default one\'s'
+        )
+        return [
+            (
+                "nats.store_budget_bytes",
+                budget,
+                f"at least {reserved}, what the namespaces' max_bytes add up to "
+                f"({' + '.join(parts)}); raise nats.store_budget_bytes or lower those "
+                f"max_bytes{implicit}",
+            )
+        ]
+
+    @property
+    def reserved_store_bytes(self) -> int:
+        """Store bytes this region's streams reserve on its NATS server (their max_bytes)."""
+        return sum(rule.reserved_bytes for rule in self.all_namespaces)
+
     def namespace_for(self, channel: str) -> NamespaceRule:
         """The rule with the longest prefix ``channel`` starts with, else ``DEFAULT_NAMESPACE``."""
         best: NamespaceRule | None = None
@@ -799,12 +1189,26 @@ class RelayConfig(_Section):
                     max_age_s=rule.history_max_age_s,
                     max_messages=rule.history_max_messages,
                     max_message_bytes=rule.max_message_bytes,
+                    max_bytes=rule.max_bytes,
                 )
                 for rule in self.all_namespaces
             ),
             peers=tuple(
-                Peer(peer.region, peer.nats_url, peer.nats_user, peer.nats_password_file)
-                for peer in self.peers
+                Peer(
+                    peer.region,
+                    NatsConnectOptions(
+                        servers=(peer.nats_url,),
+                        user=peer.nats_user,
+                        password_file=peer.nats_password_file,
+                        nkey_seed_file=peer.nats_nkey_seed_file,
+                        creds_file=peer.nats_creds_file,
+                        tls_ca_file=peer.nats_tls_ca_file,
+                        tls_cert_file=peer.nats_tls_cert_file,
+                        tls_key_file=peer.nats_tls_key_file,
+                        config_prefix=f"peers[{i}].nats_",
+                    ),
+                )
+                for i, peer in enumerate(self.peers)
             ),
             connect_timeout_s=self.nats.connect_timeout_s,
             ack_wait_s=self.federation.ack_wait_s,

@@ -37,7 +37,13 @@ def _namespace_line(rule: NamespaceRule, name: str, width: int, implicit: bool) 
         f"history {format_duration(rule.history_max_age_s)} / "
         f"{rule.history_max_messages} messages per channel"
     )
-    return f"  {name:<{width}}  {prefix}; {history}; max message {rule.max_message_bytes} bytes"
+    stream = f"stream up to {rule.max_bytes} bytes" if rule.max_bytes else "no stream byte limit"
+    if rule.max_bytes and rule.ordering == "total":
+        stream += " (x 2: total order)"
+    return (
+        f"  {name:<{width}}  {prefix}; {history}; max message {rule.max_message_bytes} bytes; "
+        f"{stream}"
+    )
 
 
 def describe(cfg: RelayConfig) -> str:
@@ -78,6 +84,13 @@ def describe(cfg: RelayConfig) -> str:
             f"dedupe window {format_duration(nats.duplicate_window_s)}, "
             f"{nats.replicas} replica(s), "
             f"connect timeout {format_duration(nats.connect_timeout_s)}",
+        )
+    )
+    lines.append(
+        _line(
+            "",
+            f"store budget {nats.store_budget_bytes} bytes, "
+            f"{cfg.reserved_store_bytes} reserved by the namespaces' streams",
         )
     )
     rules = cfg.all_namespaces

@@ -23,6 +23,22 @@ nobody can close here: rather than skip it silently, the feed drops every
 subscriber (``Sink.lost``): each reconnects and resumes from its own position,
 where the stream either has the messages or says plainly that it does not.
 
+Live frames are hints, the stream is the truth. Anyone holding the relay's NATS
+credentials can publish a frame on the live subject with any sequence headers;
+one claiming a far sequence would otherwise make every later real message look
+"already seen". So the feed also keeps ``store_seq``, up to which the stream
+itself (the head read at start, fills) accounted for every sequence, and the
+sequences it applied above it. A live frame is applied at once only when it is
+consistent: its predecessor is ``<= verified_seq`` and, in a causal log, its
+position is the head's plus one in its origin. A frame that is not, or one at or below
+``verified_seq`` that the feed never applied, means something it was shown was
+not what the stream holds: it asks to read the stream from ``store_seq``
+(``FillGap`` again, a verification), delivers what the stream has and the
+subscribers lack, forgets the sequences the stream does not have (``refuted``)
+and goes on from the stream's own last entry. Contiguous real traffic never
+costs a read. A fill also names the sequences of stored entries that readers
+skipped as malformed: those count as read, so a bad entry is never a gap.
+
 Subscribers attach either live (from the current head) or "catching up": they
 were away and sent a position. The node reads their missed messages from the
 stream up to the head captured at attach time while the feed keeps their live
@@ -41,7 +57,7 @@ once per delivered entry and offers the same bytes to every sink.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -77,6 +93,12 @@ class LogEntry:
         return position.covers(self.msg.origin, self.msg.ts)
 
 
+def _identity(entry: LogEntry) -> tuple[str, int, str]:
+    """What makes a message itself in one region's log: its origin's counter and its id."""
+    msg = entry.msg
+    return msg.origin, msg.ts.get(msg.origin, 0), msg.id
+
+
 @dataclass(frozen=True)
 class FillGap:
     """Read stored messages of the channel with ``after_seq < seq < before_seq``."""
@@ -92,6 +114,11 @@ class GapLost:
     after_seq: int
     before_seq: int
     reason: str
+
+
+# Sequences applied above ``store_seq`` that the feed remembers; a late duplicate of an older
+# one only costs a verification read.
+MAX_UNCONFIRMED = 256
 
 
 @dataclass(frozen=True)
@@ -135,6 +162,16 @@ class ChannelFeed:
         self.head_seq = 0
         self.head_position: VectorClock = EMPTY
         self.verified_seq = 0
+        # Up to here the stream itself accounted for every sequence; head position there.
+        self.store_seq = 0
+        self.store_position: VectorClock = EMPTY
+        self._store_exact = True  # store_position is the stream's (not after a lost gap)
+        # Applied above store_seq, in order: sequence -> what was delivered (``_identity``).
+        self._unconfirmed: dict[int, tuple[str, int, str]] = {}
+        self._verifying = False
+        self._suspects: list[int] = []  # claimed by frames that asked for a verification
+        # Sequences live frames claimed that the stream does not hold (the caller drains it).
+        self.refuted: list[int] = []
         self._early: list[LogEntry] = []
         self._filling: list[LogEntry] | None = None
         self._trigger: LogEntry | None = None
@@ -147,8 +184,8 @@ class ChannelFeed:
 
     def start(self, head_seq: int, head_position: VectorClock) -> FillGap | None:
         """The head as read from the stream after the live subscription was made."""
-        self.head_seq = self.verified_seq = head_seq
-        self.head_position = head_position
+        self.head_seq = self.verified_seq = self.store_seq = head_seq
+        self.head_position = self.store_position = head_position
         self.ready = True
         early, self._early = self._early, []
         gap: FillGap | None = None
@@ -164,28 +201,119 @@ class ChannelFeed:
             self._filling.append(entry)
             return None
         if entry.seq <= self.verified_seq:
-            return None  # already seen (the subscription raced the head read, or a refill)
+            if entry.seq <= self.store_seq:
+                return None  # already seen (the subscription raced the head read, or a refill)
+            shown = self._unconfirmed.get(entry.seq)
+            if shown == _identity(entry):
+                return None  # already seen
+            # Never applied (or another message under that sequence), yet behind what the
+            # feed counts as seen: an earlier frame claimed what the stream may not have.
+            return self._verify(entry.seq)
         if entry.last_seq > self.verified_seq:
             self._filling = [entry]
             self._trigger = entry
             return FillGap(after_seq=self.verified_seq, before_seq=entry.seq)
+        if not self._follows(entry):
+            return self._verify(entry.seq)  # not what the stream republishes after the head
         self._apply(entry)
         return None
 
-    def on_fill(self, entries: list[LogEntry], before_seq: int) -> FillGap | GapLost | None:
-        """Stored messages for the last FillGap, in stream order; then drain the buffer."""
-        broken = self._broken_fill(entries, before_seq)
+    def _follows(self, entry: LogEntry) -> bool:
+        if not self.contiguous or self._reposition:
+            return True
+        # Every entry of a causal log moves the applied vector by one, in its origin.
+        return entry.position == self.head_position.increment(entry.msg.origin)
+
+    def _verify(self, claimed_seq: int) -> FillGap:
+        """Read the stream from the last point it confirmed, past anything claimed."""
+        if self._filling is None:
+            self._filling = []
+        self._trigger = None
+        self._verifying = True
+        self._suspects.append(claimed_seq)
+        return FillGap(after_seq=self.store_seq, before_seq=max(self.verified_seq, claimed_seq) + 1)
+
+    def on_fill(
+        self, entries: list[LogEntry], before_seq: int, skipped: Collection[int] = ()
+    ) -> FillGap | GapLost | None:
+        """Stored messages for the last FillGap, in stream order; then drain the buffer.
+        ``skipped``: sequences of stored entries the reader dropped as malformed."""
+        if self._verifying:
+            return self._verified(entries, before_seq, skipped)
+        broken = self._broken_fill(entries, before_seq, skipped)
+        trigger = self._trigger
+        exact = self.contiguous and self._store_exact  # then positions show what is lost
+        if broken is not None and exact and (trigger is not None or self._unconfirmed):
+            # The live frame that showed the gap, or one applied before it, may be one
+            # nobody stored (it named a predecessor, or moved the head, the stream does
+            # not know): the stream decides, from its last confirmed point. It still
+            # closes subscribers if it lost entries itself.
+            if trigger is not None:
+                assert self._filling is not None and self._filling[0] is trigger
+                del self._filling[0]
+            return self._verify(trigger.seq if trigger is not None else before_seq - 1)
         if broken is not None:
             return self.abandon_gap(before_seq, broken)
+        read = [self.verified_seq]
         for entry in entries:
             if self.verified_seq < entry.seq < before_seq:
                 self._apply(entry)
-        self.verified_seq = max(self.verified_seq, before_seq - 1)
+                read.append(entry.seq)
+        read += [s for s in skipped if self.verified_seq < s < before_seq]
+        # Up to the last entry read, not to the sequence the live frame claimed: that one
+        # is checked as it drains (its predecessor, its position).
+        self.verified_seq = max(read) if trigger is not None else before_seq - 1
+        return self._drain_filling()
+
+    def _verified(
+        self, entries: list[LogEntry], before_seq: int, skipped: Collection[int]
+    ) -> FillGap | GapLost | None:
+        """The stream's answer to a verification: it replaces what live frames claimed."""
+        self._verifying = False
+        after = self.store_seq
+        stored = sorted(
+            {e.seq: e for e in entries if after < e.seq < before_seq}.values(),
+            key=lambda e: e.seq,
+        )
+        bad = [s for s in skipped if after < s < before_seq]
+        held = {e.seq for e in stored} | set(bad)
+        claimed = dict.fromkeys([*self._unconfirmed, *self._suspects])
+        self._suspects.clear()
+        self.refuted.extend(s for s in claimed if s not in held)
+        position = self.store_position
+        lost: str | None = None
+        check = self.contiguous and self._store_exact
+        for entry in stored:
+            if check and lost is None and entry.position.total() != position.total() + 1:
+                lost = f"entries before {entry.seq} are no longer in the stream"
+            position = position.merge(entry.msg.pos)
+        if lost is None:
+            # A stored message a live frame already showed under another sequence (a
+            # replay) is not shown twice; one that only looked like it (another id) is.
+            shown = set(self._unconfirmed.values())
+            for entry in stored:
+                if entry.seq not in self._unconfirmed and _identity(entry) not in shown:
+                    self._deliver(entry)
+        last = max([after, *held])
+        self.head_seq = self.verified_seq = self.store_seq = last
+        self.head_position = self.store_position = position
+        self._store_exact = True
+        self._unconfirmed.clear()
+        self._reposition = False
+        if lost is not None:  # the stream lost some itself: no silent gap, as for a fill
+            return self.abandon_gap(last + 1, lost)
         return self._drain_filling()
 
     def abandon_gap(self, before_seq: int, reason: str) -> GapLost:
         """The gap before ``before_seq`` will not be filled: drop every subscriber (they
         resume from their positions elsewhere or later) and go on after it."""
+        if self._verifying:
+            # What live frames claimed was never confirmed: go back to what the stream said.
+            self._verifying = False
+            self._suspects.clear()
+            self.verified_seq = self.head_seq = self.store_seq
+            self.head_position = self.store_position
+            before_seq = self.store_seq + 1
         after_seq = self.verified_seq
         for sink in list(self._plain.values()):
             sink.lost()
@@ -195,30 +323,49 @@ class ChannelFeed:
         self._special.clear()
         self.verified_seq = self.head_seq = max(self.verified_seq, before_seq - 1)
         self._reposition = True
+        self._confirmed_up_to_head()
         gap = self._drain_filling()
         while gap is not None:  # nobody is subscribed: nothing to fill for
-            self.verified_seq = max(self.verified_seq, gap.before_seq - 1)
+            if self._verifying:  # but nothing a live frame claimed is taken on trust
+                self._verifying = False
+                self._suspects.clear()
+                self.verified_seq = self.head_seq = self.store_seq
+                self.head_position = self.store_position
+            else:
+                self.verified_seq = max(self.verified_seq, gap.before_seq - 1)
             self._reposition = True
+            self._confirmed_up_to_head()
             gap = self._drain_filling()
         return GapLost(after_seq, before_seq, reason)
 
-    def _broken_fill(self, entries: list[LogEntry], before_seq: int) -> str | None:
+    def _confirmed_up_to_head(self) -> None:
+        self.store_seq = self.verified_seq
+        self.store_position = self.head_position
+        self._store_exact = False
+        self._unconfirmed.clear()
+
+    def _broken_fill(
+        self, entries: list[LogEntry], before_seq: int, skipped: Collection[int]
+    ) -> str | None:
         """Why the fill cannot be the whole stretch it was asked for, if it cannot."""
         inside = [e for e in entries if self.verified_seq < e.seq < before_seq]
         if any(b.seq <= a.seq for a, b in itertools.pairwise(inside)):
             return "the stream returned entries out of order"
+        # A malformed entry was read all the same: it takes its sequence, not a position.
+        bad = [s for s in skipped if self.verified_seq < s < before_seq]
+        last_read = max([*(e.seq for e in inside[-1:]), *bad], default=0)
         # The live entry that showed the gap (None after a reconnect: then the stored head).
         first_live = self._trigger
         wanted_last = first_live.last_seq if first_live is not None else before_seq - 1
-        if wanted_last > self.verified_seq and (not inside or inside[-1].seq != wanted_last):
+        if wanted_last > self.verified_seq and last_read != wanted_last:
             return f"entry {wanted_last} is no longer in the stream"
         if self.contiguous and not self._reposition:
-            total = self.head_position.total()
+            position = self.head_position
             following = [*inside, *([first_live] if first_live is not None else [])]
             for entry in following:
-                if entry.position.total() != total + 1:
+                position = position.increment(entry.msg.origin)
+                if entry.position != position:
                     return f"entries before {entry.seq} are no longer in the stream"
-                total += 1
         return None
 
     def _drain_filling(self) -> FillGap | None:
@@ -233,7 +380,12 @@ class ChannelFeed:
 
     def check_head(self, stored_head_seq: int) -> FillGap | None:
         """After NATS reconnected: the live feed may have missed messages silently."""
-        if not self.ready or self._filling is not None or stored_head_seq <= self.verified_seq:
+        if not self.ready or self._filling is not None:
+            return None
+        if stored_head_seq < self.verified_seq and self.verified_seq > self.store_seq:
+            # Live frames took the feed past the stream's own last entry: check them.
+            return self._verify(self.verified_seq)
+        if stored_head_seq <= self.verified_seq:
             return None
         self._filling = []
         self._trigger = None
@@ -243,6 +395,12 @@ class ChannelFeed:
         self.head_seq = self.verified_seq = entry.seq
         self._reposition = False
         self.head_position = self.head_position.merge(entry.msg.pos)
+        self._unconfirmed[entry.seq] = _identity(entry)
+        if len(self._unconfirmed) > MAX_UNCONFIRMED:
+            del self._unconfirmed[next(iter(self._unconfirmed))]
+        self._deliver(entry)
+
+    def _deliver(self, entry: LogEntry) -> None:
         if entry.msg.hidden or (not self._plain and not self._special):
             return  # hidden entries (dup, null) only advance the position
         frame = self._encode(entry.channel, entry.msg)

@@ -22,6 +22,14 @@ relay's own URL to the one such a client opens.
 every relay (concurrently) and stops everything on the way out, whatever happened:
 relays first (frozen ones continued), then the proxies, then NATS. The network is
 the only code that signals what it started.
+
+Every region's NATS is closed as a relay's embedded one is (``embedded_nats``): no
+anonymous client; the region's relays connect as the relay user, and each peer
+region's link as that region's own user, which may only read through its own durable
+consumer. The passwords are generated in each NATS's store directory at its first
+start; relays' configs name those files (``[nats] password_file``,
+``[[peers]] nats_password_file``), and ``credentials`` gives them to a tool's own
+connections.
 """
 
 from __future__ import annotations
@@ -39,6 +47,14 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 from anyio.abc import TaskGroup
 
+from relay.adapters.embedded_nats import (
+    RELAY_USER,
+    NatsCredentials,
+    password_file,
+    peer_user,
+    read_password_file,
+    region_peer_permissions,
+)
 from relay.config.schema import RelayConfig
 from relay.harness import toolkit
 from relay.harness.linkproxy import LinkProxy
@@ -57,6 +73,8 @@ class RegionNats(Protocol):
 
     @property
     def url(self) -> str: ...
+    @property
+    def store_dir(self) -> Path: ...  # on this machine: where its passwords are kept
     @property
     def running(self) -> bool: ...
     @property
@@ -189,7 +207,9 @@ class Region:
 
 
 def local_nats(net: Network, region: str) -> RegionNats:
-    return NatsServerProcess(net.workdir / f"nats-{region}", name=f"{net.name}-{region}")
+    return NatsServerProcess(
+        net.workdir / f"nats-{region}", name=f"{net.name}-{region}", peers=net.nats_peers(region)
+    )
 
 
 async def start_link_proxies(
@@ -240,6 +260,7 @@ class Network:
         self.links = links
         self.latency_ms = latency_ms
         self.settings = dict(settings or {"federation": FAST_FEDERATION})
+        self.region_names = tuple(regions)
         self.regions = {r: Region(r, nats(self, r)) for r in regions}
         counts = relays if isinstance(relays, Mapping) else dict.fromkeys(regions, relays)
         ids = [(r, f"{r}-{i + 1}") for r in regions for i in range(counts[r])]
@@ -319,18 +340,47 @@ class Network:
                 "nats_url": proxy_url(self.proxies[(region, peer)])
                 if self.links
                 else self.regions[peer].nats.url,
+                "nats_user": peer_user(region),
+                "nats_password_file": str(self.password_file(peer, peer_user(region))),
             }
             for peer in self.regions
             if peer != region
         ]
+        settings = dict(self.settings)
+        settings["nats"] = {
+            **settings.get("nats", {}),
+            "user": RELAY_USER,
+            "password_file": str(self.password_file(region)),
+        }
         return toolkit.relay_config(
             nats_url=self.regions[region].nats.url,
             region=region,
             relay_id=relay.relay_id,
             port=relay.port,
             peers=peers,
-            **self.settings,
+            **settings,
         )
+
+    def nats_peers(self, region: str) -> dict[str, dict[str, object]]:
+        """What each other region's user may do on ``region``'s NATS (by region): worked
+        out from a config of the region's relays as ``config`` makes them, before any URL
+        is known (the permissions name streams, not addresses)."""
+        somewhere = "nats://127.0.0.1:4222"
+        peers = [
+            {"region": peer, "edge_url": edge_url(1), "nats_url": somewhere}
+            for peer in self.region_names
+            if peer != region
+        ]
+        cfg = toolkit.relay_config(nats_url=somewhere, region=region, peers=peers, **self.settings)
+        return region_peer_permissions(cfg)
+
+    def password_file(self, region: str, user: str = RELAY_USER) -> Path:
+        """Where ``region``'s NATS keeps ``user``'s password (there once it started)."""
+        return password_file(self.region(region).nats.store_dir, user).absolute()
+
+    def credentials(self, region: str, user: str = RELAY_USER) -> NatsCredentials:
+        """What a tool connects to ``region``'s NATS with (default: as its relays do)."""
+        return NatsCredentials(user, read_password_file(self.password_file(region, user)))
 
     # --- addresses ----------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ import collections
 import contextlib
 import functools
 import inspect
+import json
 import math
 import os
 import re
@@ -39,9 +40,16 @@ import anyio
 
 from relay.adapters import child_process
 from relay.adapters.embedded_nats import (
+    RELAY_USER,
     EmbeddedNatsError,
+    NatsCredentials,
+    auth_dir,
+    ensure_passwords,
     nats_server_argv,
     nats_url_from_ports_file,
+    password_file,
+    read_password_file,
+    server_config,
 )
 from relay.config.schema import RelayConfig
 from relay.config.writer import write_config
@@ -465,6 +473,37 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+def write_nats_config(
+    store_dir: Path,
+    peers: Mapping[str, dict[str, object]] | None,
+    *,
+    name: str | None = None,
+    max_file_store: int | None = None,
+) -> Path:
+    """The config file (mode 0600, in ``store_dir``'s auth folder) of a tool's nats-server:
+    with ``peers`` (permissions by peer region, ``embedded_nats.region_peer_permissions``)
+    the users of a relay's embedded server, made by the same functions (passwords kept
+    beside it); None: open to anyone. ``name``: the server's name (also on its command
+    line); ``max_file_store``: JetStream's store limit, bytes."""
+    config: dict[str, object] = {}
+    if peers is None:
+        if max_file_store is not None:
+            config["jetstream"] = {"max_file_store": max_file_store}
+    else:
+        passwords = ensure_passwords(store_dir, peers)
+        config = json.loads(server_config(passwords, peers, max_file_store=max_file_store))
+    if name is not None:
+        # A reload compares the file's name with the running one's: a name given only as a
+        # flag would count as a change, which nats-server cannot reload.
+        config["server_name"] = name
+    path = auth_dir(store_dir) / "nats-server.conf"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(config, indent=2) + "\n")
+    return path
+
+
 class NatsServerProcess:
     """A nats-server with JetStream that can be killed, frozen and started again on the
     same port with the same store: a region's NATS in a fault run.
@@ -474,6 +513,11 @@ class NatsServerProcess:
     or not) in its own session; ``wait_ready`` waits for its ports file. The first start
     may use any free port; every later one uses the port the first one got. Signals go
     only to a process we started and have not reaped, so never to a reused pid.
+
+    ``peers`` (permissions by peer region, ``embedded_nats.region_peer_permissions``)
+    closes it as a relay's embedded server is: no anonymous client, the relay user
+    (``credentials()``) and one user per peer region, passwords in ``store_dir / "auth"``.
+    Without, it is open, as an operator's own NATS may be; ``authorize`` closes it later.
     """
 
     def __init__(
@@ -483,12 +527,14 @@ class NatsServerProcess:
         name: str | None = None,
         port: int = -1,
         max_file_store: int | None = None,
+        peers: Mapping[str, dict[str, object]] | None = None,
     ) -> None:
         self.store_dir = store_dir
         self.name = name or store_dir.name
         self.port = port
         # A JetStream store limit in bytes (a full store is a failure tests cause).
         self.max_file_store = max_file_store
+        self.peers = None if peers is None else dict(peers)
         self.log = store_dir / "nats-server.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
@@ -502,6 +548,55 @@ class NatsServerProcess:
     def pid(self) -> int | None:
         return self.proc.pid if self.running and self.proc is not None else None
 
+    @property
+    def closed(self) -> bool:
+        return self.peers is not None
+
+    def password_file(self, user: str = RELAY_USER) -> Path:
+        """Where ``user``'s password is kept (made at the first start once closed)."""
+        return password_file(self.store_dir, user).absolute()
+
+    def credentials(self, user: str = RELAY_USER) -> NatsCredentials | None:
+        """What ``user`` connects with; None for an open server."""
+        if not self.closed:
+            return None
+        return NatsCredentials(user, read_password_file(self.password_file(user)))
+
+    def authorize(self, peers: Mapping[str, dict[str, object]], timeout_s: float = 10.0) -> None:
+        """Close the server (an open one too) to all but the relay user and ``peers``' users:
+        its config is rewritten and, if it runs, reloaded; returns once the server logged
+        the reload. Blocking: for test fixtures, before relays are configured."""
+        if self.peers == dict(peers):
+            return
+        self.peers = dict(peers)
+        config = self._write_config()
+        if not self.running:
+            return
+        before = self._reloads()
+        self.signal(signal.SIGHUP)
+        deadline = clock() + timeout_s
+        while (now := self._reloads()) == before:
+            if not self.running or clock() > deadline:
+                break
+            time.sleep(0.01)
+        if now[0] == before[0]:
+            raise HarnessError(
+                f"nats-server {self.name} did not reload {config}:\n{tail(self.log)}"
+            )
+
+    def _write_config(self) -> Path:
+        return write_nats_config(
+            self.store_dir, self.peers, name=self.name, max_file_store=self.max_file_store
+        )
+
+    def _reloads(self) -> tuple[int, int]:
+        """How many reloads the server logged: done, failed."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return 0, 0
+        return text.count("Reloaded server configuration"), text.count("Failed to reload")
+
     def spawn(self) -> None:
         if self.running:
             raise RuntimeError(f"{self.name} is already running")
@@ -509,10 +604,7 @@ class NatsServerProcess:
         ports.mkdir(parents=True, exist_ok=True)
         for stale in ports.glob("*.ports"):
             stale.unlink()
-        config = None
-        if self.max_file_store is not None:
-            config = self.store_dir / "nats.conf"
-            config.write_text(f"jetstream {{ max_file_store: {self.max_file_store} }}\n")
+        config = self._write_config()
         try:
             argv = nats_server_argv(
                 self.store_dir, port=self.port, log=self.log, name=self.name, config=config

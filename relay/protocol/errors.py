@@ -22,7 +22,7 @@ class ErrorCode(StrEnum):
     TOO_LARGE = "too_large"
     NOT_SUBSCRIBED = "not_subscribed"
     ALREADY_SUBSCRIBED = "already_subscribed"
-    LIMIT_EXCEEDED = "limit_exceeded"
+    LIMIT_EXCEEDED = "limit_exceeded"  # max_subscriptions, max_connections_per_sub
     POSITION_EXPIRED = "position_expired"
     RATE_LIMITED = "rate_limited"
     UNAUTHORIZED = "unauthorized"  # no valid token yet (token mode), or a token refused
@@ -48,6 +48,15 @@ class CloseCode(IntEnum):
     UNAVAILABLE = 4001  # relay lost its NATS connection: reconnect, maybe elsewhere
     GAP = 4002  # a channel's feed had a gap it could not fill: reconnect and resume
     TOKEN_EXPIRED = 4003  # the token expired without renewal: reconnect with a fresh one
+    # The token's sub holds limits.max_connections_per_sub connections on this relay already
+    # (after a `limit_exceeded` error). Reconnect range on purpose: a well-behaved client
+    # refused because the relay has not yet noticed its previous connection is gone gets in
+    # once it is (within 2 heartbeats), with backoff; a client that opens one connection
+    # too many retries at the backoff's pace, costing the relay one refused handshake each.
+    TOO_MANY_CONNECTIONS = 4004
+    # An operator revoked the token (`relaynet token revoke`): reconnect with a fresh one
+    # (a client whose fresh token is revoked too is then refused with 4501).
+    TOKEN_REVOKED = 4005
     TOO_MANY_ERRORS = 4500  # the client keeps sending bad frames: fix the client
     UNAUTHORIZED = 4501  # the ?token= was refused (bad signature, claims...): fix the token
 

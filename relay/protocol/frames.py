@@ -235,6 +235,13 @@ class AuthedFrame(msgspec.Struct, tag="authed", tag_field="op", kw_only=True):
     exp: float  # seconds since the epoch: renew before, or the relay closes with 4003
 
 
+class TokenExpiringFrame(msgspec.Struct, tag="token_expiring", tag_field="op", kw_only=True):
+    """The connection's token expires at ``exp`` (seconds since the epoch): renew it with
+    an ``auth`` frame before then, or the relay closes with 4003."""
+
+    exp: float
+
+
 class ErrorFrame(msgspec.Struct, tag="error", tag_field="op", kw_only=True):
     ref: Ref | UnsetType = UNSET
     code: str  # an ErrorCode; a str so that a newer relay's codes still decode
@@ -259,6 +266,7 @@ ServerFrame = (
     | HistoryFrame
     | PongFrame
     | AuthedFrame
+    | TokenExpiringFrame
     | ErrorFrame
 )
 
@@ -299,6 +307,10 @@ def connected_frame(
 
 def authed_frame(ref: Ref, sub: str, exp: float) -> bytes:
     return _encode(AuthedFrame(ref=_ref(ref), sub=sub, exp=exp))
+
+
+def token_expiring_frame(exp: float) -> bytes:
+    return _encode(TokenExpiringFrame(exp=exp))
 
 
 def redirect_frame(url: str, region: str, reason: str) -> bytes:

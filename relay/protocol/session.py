@@ -10,7 +10,9 @@ current time and gets back a list of actions:
   ``Publish``, ``History``;
 * ``Detach(subscription)``: the client unsubscribed; stop delivering to it now;
 * ``Reply(frame)``: bytes to queue for the client (errors, pongs, unsubscribed);
-* ``Close(code, reason)``: end the connection (a flood of bad frames, an expired token).
+* ``Close(code, reason)``: end the connection (a flood of bad frames, an expired token);
+* ``Audit``: a security event for the audit log (an auth failure, a denial, an accepted
+  or renewed token, a close for expiry or revocation).
 
 Authentication (``SessionAuth``). Every session checks capabilities
 (``relay.core.capabilities``): ``subscribe``, ``publish`` and ``history`` on a channel
@@ -22,9 +24,15 @@ mode a session has none until a token is accepted -- from the connection URL
 capabilities at once: a subscription they no longer allow is ended (``Detach`` and a
 ``forbidden`` error saying so). ``tick(now_epoch_s)`` closes the session with
 ``token_expired`` (4003) once the token's ``exp`` passed without a renewal; the
-caller calls it at ``expires_at``. A session made with ``now`` in token mode also has an
-authentication deadline (``limits.auth_timeout_s``): ``tick`` closes it with
-``unauthorized`` (4501) if no token was accepted by then; ``deadline`` is the next time
+caller calls it at ``deadline``. With ``SessionAuth.expiry_warning_s``, ``tick`` first
+sends a ``token_expiring`` frame that long before ``exp`` (at most half the token's
+lifetime), once per token, so a client without a token provider can renew in time.
+A token that ``SessionAuth.revoked`` says is revoked is refused like a bad one ("token
+revoked"), and ``check_revoked`` (called whenever a revocation arrives) closes a live
+connection whose token it revokes with ``token_revoked`` (4005). A session made
+with ``now`` in token mode also has an authentication deadline
+(``limits.auth_timeout_s``): ``tick`` closes it with ``unauthorized`` (4501) if no
+token was accepted by then; ``deadline`` is the next time
 ``tick`` has something to decide. Tokens are verified by an injected function (the
 relay's PyJWT adapter), so this module stays free of keys and I/O.
 
@@ -77,6 +85,7 @@ from relay.protocol.frames import (
     decode_client_frame,
     error_frame,
     pong_frame,
+    token_expiring_frame,
     unsubscribed_frame,
 )
 
@@ -115,6 +124,11 @@ class SessionAuth:
 
     verify: Callable[[str], Credentials] | None = None
     anonymous: Capabilities = field(default_factory=Capabilities.everything)
+    # Whether a verified token has been revoked (relay.core.revocations); None: never.
+    revoked: Callable[[Credentials], bool] | None = None
+    # A ``token_expiring`` frame this long before ``exp`` (at most half the token's
+    # lifetime, so a short-lived token is not warned about the moment it is accepted).
+    expiry_warning_s: float = 0.0
 
     @property
     def required(self) -> bool:
@@ -133,6 +147,19 @@ class Reply:
 class Close:
     code: CloseCode
     reason: str
+
+
+@dataclass(frozen=True)
+class Audit:
+    """A security event for the audit log (never a token or message data): ``event`` is
+    ``auth_failed``, ``denied``, ``authed``, ``renewed``, ``expired`` or ``revoked``."""
+
+    event: str
+    reason: str | None = None
+    op: str | None = None
+    channel: str | None = None
+    sub: str | None = None
+    jti: str | None = None
 
 
 class SubState(enum.Enum):
@@ -168,10 +195,12 @@ class Detach:
 
 
 Request = SubscribeRequest | Publish | History
-Action = Request | Detach | Reply | Close
+Action = Request | Detach | Reply | Close | Audit
 
 
 _OPS = {Subscribe: Op.SUBSCRIBE, Publish: Op.PUBLISH, History: Op.HISTORY}
+# Refusals that go to the audit log.
+_AUDITED = frozenset({ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN})
 
 
 def rate_limited_frame(
@@ -210,6 +239,7 @@ class ServerSession:
         # Channels whose fence is a rate-limited publish (made at the first such fence).
         self._rate_fenced: set[Channel] | None = None
         self._errors: deque[float] | None = None  # made at the first error: most never err
+        self._warned_exp: float | None = None  # the exp a token_expiring frame was sent for
         self.closed = False
 
     @property
@@ -237,7 +267,24 @@ class ServerSession:
             return None
         if self.credentials is None:
             return self._auth_deadline
-        return self.credentials.exp
+        warn_at = self._warn_at()
+        return self.credentials.exp if warn_at is None else warn_at
+
+    def _warn_at(self) -> float | None:
+        """When to send ``token_expiring`` for the current token; None: not (again)."""
+        creds, lead = self.credentials, self._auth.expiry_warning_s
+        if creds is None or lead <= 0 or self._warned_exp == creds.exp:
+            return None
+        if creds.iat is not None:
+            lead = min(lead, (creds.exp - creds.iat) / 2)
+        return creds.exp - lead
+
+    def _verify(self, verify: Callable[[str], Credentials], token: str) -> Credentials:
+        credentials = verify(token)
+        revoked = self._auth.revoked
+        if revoked is not None and revoked(credentials):
+            raise TokenRejected("token revoked")
+        return credentials
 
     def authenticate(self, token: str) -> Credentials:
         """Accept the token the client presented in the connection URL, or raise
@@ -245,9 +292,22 @@ class ServerSession:
         verify = self._auth.verify
         if verify is None:
             raise TokenRejected("this relay takes no tokens (anonymous mode)")
-        credentials = verify(token)
+        credentials = self._verify(verify, token)
         self._grant(credentials)
         return credentials
+
+    def check_revoked(self) -> list[Action]:
+        """Close the connection if its token has been revoked meanwhile (the caller asks
+        whenever a revocation arrives)."""
+        creds, revoked = self.credentials, self._auth.revoked
+        if self.closed or creds is None or revoked is None or not revoked(creds):
+            return []
+        self.closed = True
+        return [
+            Reply(error_frame(ErrorCode.UNAUTHORIZED, "token revoked; reconnect with a new one")),
+            Close(CloseCode.TOKEN_REVOKED, "token_revoked"),
+            Audit("revoked", "token revoked", sub=creds.sub, jti=creds.jti),
+        ]
 
     def tick(self, now_epoch_s: float) -> list[Action]:
         """Close the connection once its token expired without a renewal, or once the
@@ -270,12 +330,25 @@ class ServerSession:
                 Close(CloseCode.UNAUTHORIZED, "unauthorized"),
             ]
         exp = self.expires_at
-        if self.closed or exp is None or now_epoch_s < exp:
+        if self.closed or exp is None:
             return []
+        if now_epoch_s < exp:
+            warn_at = self._warn_at()
+            if warn_at is None or now_epoch_s < warn_at:
+                return []
+            self._warned_exp = exp
+            return [Reply(token_expiring_frame(exp))]
         self.closed = True
+        creds = self.credentials
         return [
             Reply(error_frame(ErrorCode.UNAUTHORIZED, "token expired; reconnect with a new one")),
             Close(CloseCode.TOKEN_EXPIRED, "token_expired"),
+            Audit(
+                "expired",
+                "token expired",
+                sub=None if creds is None else creds.sub,
+                jti=None if creds is None else creds.jti,
+            ),
         ]
 
     def _grant(self, credentials: Credentials) -> list[Action]:
@@ -287,14 +360,19 @@ class ServerSession:
             if not self._caps.allows(Op.SUBSCRIBE, channel):
                 del self._subs[channel]
                 actions.append(Detach(sub))
+                reason = (
+                    f"subscription to {channel} ended: the renewed token does not "
+                    "allow subscribe there"
+                )
+                actions.append(Reply(error_frame(ErrorCode.FORBIDDEN, reason, channel=channel)))
                 actions.append(
-                    Reply(
-                        error_frame(
-                            ErrorCode.FORBIDDEN,
-                            f"subscription to {channel} ended: the renewed token does not "
-                            "allow subscribe there",
-                            channel=channel,
-                        )
+                    Audit(
+                        "denied",
+                        reason,
+                        Op.SUBSCRIBE.value,
+                        channel,
+                        credentials.sub,
+                        credentials.jti,
                     )
                 )
         return actions
@@ -306,7 +384,7 @@ class ServerSession:
                 ErrorCode.BAD_REQUEST, "this relay takes no tokens (anonymous mode)", frame.ref
             )
         try:
-            credentials = verify(frame.token)
+            credentials = self._verify(verify, frame.token)
         except TokenRejected as exc:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, exc.reason, frame.ref) from None
         if self.credentials is not None and credentials.sub != self.credentials.sub:
@@ -315,12 +393,18 @@ class ServerSession:
                 "a renewed token must have the same sub as the connection's",
                 frame.ref,
             )
+        renewal = self.credentials is not None
         actions = self._grant(credentials)
-        return [Reply(authed_frame(frame.ref, credentials.sub, credentials.exp)), *actions]
+        return [
+            Reply(authed_frame(frame.ref, credentials.sub, credentials.exp)),
+            Audit("renewed" if renewal else "authed", sub=credentials.sub, jti=credentials.jti),
+            *actions,
+        ]
 
     def receive(self, raw: str | bytes, now: float, *, binary: bool = False) -> list[Action]:
         if self.closed:
             return []
+        frame: ClientFrame | None = None
         try:
             if binary:
                 raise ProtocolError(
@@ -329,7 +413,19 @@ class ServerSession:
             frame = decode_client_frame(raw)
             return self._handle(frame, now)
         except ProtocolError as exc:
-            return self._error(exc, now)
+            actions = self._error(exc, now)
+            if frame is not None and exc.code in _AUDITED:
+                actions.append(self._refusal(frame, exc))
+            return actions
+
+    def _refusal(self, frame: ClientFrame, exc: ProtocolError) -> Audit:
+        creds = self.credentials
+        sub, jti = (None, None) if creds is None else (creds.sub, creds.jti)
+        if isinstance(frame, Auth):
+            return Audit("auth_failed", exc.message, "auth", sub=sub, jti=jti)
+        channel = getattr(frame, "channel", None)
+        op = str(type(frame).__struct_config__.tag)
+        return Audit("denied", exc.message, op, channel, sub, jti)
 
     def _handle(self, frame: ClientFrame, now: float) -> list[Action]:
         if isinstance(frame, Ping):

@@ -46,11 +46,12 @@ log = logging.getLogger("relaynet.simulate")
 
 class ContainerNats:
     """A region's NATS in a container: created at the first ``up()``, started again (same
-    store) at the next ones."""
+    store) at the next ones. Closed like a local one (``relay.harness.network``): its
+    config and passwords are in the bind-mounted store, ``/data/auth`` inside."""
 
     def __init__(self, net: RelayNetwork, region: str) -> None:
         self.net, self.region = net, region
-        self.store = net.workdir / region / "nats"
+        self.store_dir = net.workdir / region / "nats"
         client_port, monitor_port = toolkit.free_ports(2)
         self.ports = client_port, monitor_port
         self.container: containers.NatsContainer | None = None
@@ -69,14 +70,16 @@ class ContainerNats:
 
     async def up(self) -> str:
         if self.container is None:
-            self.store.mkdir(parents=True, exist_ok=True)
+            self.store_dir.mkdir(parents=True, exist_ok=True)
             assert self.net.nats_image is not None
+            config = toolkit.write_nats_config(self.store_dir, self.net.nats_peers(self.region))
             self.container = containers.NatsContainer(
                 self.region,
                 client_port=self.ports[0],
                 monitor_port=self.ports[1],
-                store_dir=self.store,
+                store_dir=self.store_dir,
                 image=self.net.nats_image,
+                extra_args=["-c", f"/data/{config.relative_to(self.store_dir)}"],
                 session=self.net.session,
                 network=self.net.bridge,
             )
@@ -113,8 +116,10 @@ class ContainerRelay:
         return None
 
     async def up(self) -> None:
+        cfg = self.net.config(self)
         if self.container is None:
             assert self.net.relay_image is not None
+            passwords = [cfg.nats.password_file, *(p.nats_password_file for p in cfg.peers)]
             self.container = relay_image.RelayContainer(
                 self.relay_id,
                 region=self.region,
@@ -123,9 +128,10 @@ class ContainerRelay:
                 image=self.net.relay_image,
                 session=self.net.session,
                 start_timeout_s=RELAY_START_TIMEOUT_S,
+                files=[Path(path) for path in passwords if path],
             )
         self.container.config.parent.mkdir(parents=True, exist_ok=True)
-        write_config(self.container.config, self.net.config(self))
+        write_config(self.container.config, cfg)
         await anyio.to_thread.run_sync(self.container.start)
 
     async def down(self, *, kill: bool = False) -> None:

@@ -42,7 +42,7 @@ import tempfile
 import time
 import tomllib
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -532,7 +532,9 @@ def _remove_superseded(client: Any, keep: str) -> None:
 
 class RelayContainer(containers.ManagedContainer):
     """One relay process (``relaynet relay --config /config/<id>.toml``) in a container on the
-    host network, its config file bind-mounted read-only.
+    host network, its config file bind-mounted read-only, and ``files`` (the NATS password
+    files the config names) each at its own path, read-only, so that the config's paths
+    hold inside too.
 
     ``stop()``/``kill()`` keep the container; ``start()`` creates it the first time and
     starts the same one again afterwards. ``remove()`` deletes it. It carries the labels
@@ -550,8 +552,10 @@ class RelayContainer(containers.ManagedContainer):
         image: str,
         session: str = containers.SESSION_ID,
         start_timeout_s: float = 30.0,
+        files: Sequence[Path] = (),
     ) -> None:
         self.relay_id = relay_id
+        self.files = [Path(f).absolute() for f in files]
         self.region = region
         self.port = port
         self.config = Path(config)
@@ -575,6 +579,8 @@ class RelayContainer(containers.ManagedContainer):
             tc.with_volume_mapping(
                 str(self.config.resolve()), f"/config/{self.config.name}", mode="ro"
             )
+            for path in self.files:
+                tc.with_volume_mapping(str(path), str(path), mode="ro")
             labels = {
                 containers.LABEL: self.session,
                 f"{containers.LABEL}.region": self.region,

@@ -78,7 +78,14 @@ async def link_lag(network: RelayNetwork, reader: str, source: str) -> int | Non
     if "default" not in namespaces:
         namespaces.append("default")
     try:
-        nc = await nats.connect(region.nats.url, connect_timeout=1, max_reconnect_attempts=0)
+        credentials = network.credentials(source)  # the relay user's: it reads any consumer
+        nc = await nats.connect(
+            region.nats.url,
+            user=credentials.user,
+            password=credentials.password,
+            connect_timeout=1,
+            max_reconnect_attempts=0,
+        )
     except Exception:
         return None
     try:

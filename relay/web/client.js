@@ -30,9 +30,11 @@
 //   down (then 1001) may send `redirect` to a sibling: the client goes there next without a
 //   backoff pause, but only while the redirecting relay's region (the candidate's for a first
 //   frame, client.region mid-connection) is its first choice, and only to a relay of that same
-//   region (an edge its survey lists there, same HTTP base, or an unknown URL the redirect says
-//   is of that region). Across regions its own measured order decides: a client that failed
-//   over far away is not sent to a far sibling but goes back through its order. After
+//   region that its survey lists (same HTTP base), never from wss:// to ws://: the token goes
+//   only to edges of the directory, so a redirect to a URL it does not list is ignored (a relay
+//   started since the survey is found by the next one). Across regions its own measured order
+//   decides: a client that failed over far away is not sent to a far sibling but goes back
+//   through its order. After
 //   MAX_REDIRECTS_IN_A_ROW without a `connected` (or a whole failed round) it ignores them
 //   (backoff as usual), so two full relays cannot bounce it around at full speed.
 //   `client.redirects` counts the ones followed; the "redirect" event reports each.
@@ -51,8 +53,10 @@
 // * What to say on a new connection (session). Every channel is resubscribed from the
 //   position the client processed (the pointwise maximum of the positions of the messages it
 //   processed), in whichever region; a message the position covers (position[origin] >=
-//   ts[origin]) or whose id was recently delivered is dropped. Every unacknowledged publish is
-//   sent again with its id (96 random bits in hex, "-", a counter) until acked.
+//   ts[origin]) or whose id and data were recently delivered is dropped. Every unacknowledged
+//   publish is sent again with its id until acked. Ids are 128 random bits each (newPublishId), never a
+//   prefix and a counter: every subscriber sees them, and a guessable id can be published
+//   first by someone else (an anonymous relay then acks ours as its duplicate, storing nothing).
 // * Whether to come back. Close codes 1000 and 4500-4999 (and the RFC 6455 codes that say our
 //   frames were unacceptable) end the client: "closed" for 1000, else "failed"; every other
 //   code reconnects.
@@ -337,13 +341,34 @@ export function withToken(url, token) {
 
 // --- session (relay/client/session.py), without I/O ------------------------------------------
 
-const HANDLED_OPS = new Set(["connected", "redirect", "subscribed", "message", "ack", "error", "history", "authed"]);
-const ID_PREFIX_RE = /^[\x21-\x7e]{1,100}$/;
+const HANDLED_OPS = new Set([
+  "connected", "redirect", "subscribed", "message", "ack", "error", "history", "authed", "token_expiring",
+]);
+// What a relay accepts as a publish id (PROTOCOL.md): 1-128 printable ASCII, no spaces.
+const ID_RE = /^[\x21-\x7e]{1,128}$/;
 
-function randomHex(bytes) {
-  const buf = new Uint8Array(bytes);
+/** 128 bits from crypto.getRandomValues, URL-safe base64 (22 characters), as the Python SDK's
+ * new_publish_id: unguessable by whoever sees our earlier ids, unique across every client. */
+export function newPublishId() {
+  const buf = new Uint8Array(16);
   globalThis.crypto.getRandomValues(buf);
-  return Array.from(buf, (b) => b.toString(16).padStart(2, "0")).join("");
+  return btoa(String.fromCharCode(...buf)).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+}
+
+/** A 53-bit digest of a JSON value (cyrb53 over its JSON text): tells a retry of a publish, same
+ * data, from another publisher's message that reuses its id. */
+function dataDigest(value) {
+  const text = JSON.stringify(value) ?? "";
+  let h1 = 0xdeadbeef;
+  let h2 = 0x41c6ce57;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    h1 = Math.imul(h1 ^ c, 2654435761);
+    h2 = Math.imul(h2 ^ c, 1597334677);
+  }
+  h1 = Math.imul(h1 ^ (h1 >>> 16), 2246822507) ^ Math.imul(h2 ^ (h2 >>> 13), 3266489909);
+  h2 = Math.imul(h2 ^ (h2 >>> 16), 2246822507) ^ Math.imul(h1 ^ (h1 >>> 13), 3266489909);
+  return 4294967296 * (2097151 & h2) + (h1 >>> 0);
 }
 
 const isRef = (ref) => ref === undefined || ref === null || typeof ref === "string" || Number.isInteger(ref);
@@ -366,6 +391,8 @@ function shapeError(frame) {
       );
     case "authed":
       return need(isStr(frame.sub), "sub") ?? need(typeof frame.exp === "number", "exp") ?? need(isRef(frame.ref), "ref");
+    case "token_expiring":
+      return need(typeof frame.exp === "number", "exp");
     case "redirect":
       return (
         need(isStr(frame.url), "url") ??
@@ -424,21 +451,18 @@ function shapeError(frame) {
  * as the Python session); the `max_frame_bytes` of the last `connected` wins over it.
  */
 export class Session {
-  constructor({ idPrefix = null, idMemory = DEFAULT_OPTIONS.idMemory, defaultMaxFrameBytes = null } = {}) {
-    if (idPrefix === null) idPrefix = randomHex(12); // 96 bits
-    else if (!ID_PREFIX_RE.test(idPrefix)) throw new RangeError("idPrefix must be 1-100 printable ASCII characters without spaces");
+  constructor({ newId = newPublishId, idMemory = DEFAULT_OPTIONS.idMemory, defaultMaxFrameBytes = null } = {}) {
     if (!(idMemory >= 1)) throw new RangeError("idMemory must be >= 1");
-    this.idPrefix = idPrefix;
+    this._newId = newId; // makes each publish's id (tests pass a predictable one)
     this._idMemory = idMemory;
     this._nextRef = 1;
-    this._nextId = 1;
     this._channels = new Map(); // channel -> {wanted, position, expired, ref}
     this._pending = new Map(); // id -> {channel, dataJson, after}, in send order
     // channel -> pointwise maximum of the positions of our acked publishes there: with what
     // we have read, the causal context every publish carries (session.py's _written).
     this._written = new Map();
     this._requests = new Map(); // ref -> {op, channel, publishId}, on this connection
-    this._seen = new Map(); // "channel\n id" -> true, oldest first
+    this._seen = new Map(); // "channel\n id\n digest of the data" -> true, oldest first
     this._defaultMaxFrameBytes = defaultMaxFrameBytes;
     // The relay's limit on a frame from us (from `connected`); null: not announced.
     this.maxFrameBytes = null;
@@ -534,14 +558,14 @@ export class Session {
    */
   publish(channel, dataJson) {
     JSON.parse(dataJson); // throws SyntaxError: a bug in the caller
-    const id = `${this.idPrefix}-${this._nextId}`;
+    const id = this._newId();
+    if (!isStr(id) || !ID_RE.test(id) || this._pending.has(id)) throw new Error(`newId made ${JSON.stringify(id)}: not a fresh, valid publish id`);
     const after = this._context(channel);
     const size = publishSize(channel, id, dataJson, after);
     const limit = this.frameLimit;
     if (limit !== null && size > limit) {
       throw new RelaynetError("too_large", `the publish frame is ${size} bytes; the relay accepts frames up to ${limit} bytes`, { size, limit });
     }
-    this._nextId += 1;
     this._pending.set(id, { channel, dataJson, after });
     return [id, this._publishFrame(id)];
   }
@@ -630,6 +654,8 @@ export class Session {
         case "authed":
           if (Number.isInteger(frame.ref)) this._requests.delete(frame.ref);
           return [{ type: "authed", sub: frame.sub, exp: frame.exp }];
+        case "token_expiring": // the relay's warning ([auth] expiry_warning_s): renew now
+          return [{ type: "token_expiring", exp: frame.exp }];
         default: {
           const limit = frame.max_frame_bytes;
           this.maxFrameBytes = Number.isInteger(limit) && limit > 0 ? limit : null;
@@ -661,7 +687,9 @@ export class Session {
     if ((ts[frame.origin] ?? 0) < 1) return [{ type: "bad_frame", reason: `message ${JSON.stringify(frame.id)}: ts has no entry for its origin` }];
     if (state.position !== null && covers(state.position, frame.origin, ts)) return []; // delivered before
     state.position = state.position === null ? position : mergePositions(state.position, position);
-    const key = `${frame.channel}\n${frame.id}`;
+    // With the data: a retry carries the same data, while another publisher's message may carry
+    // the same id (relays in token mode scope ids to the publisher).
+    const key = `${frame.channel}\n${frame.id}\n${dataDigest(frame.data)}`;
     if (this._seen.has(key)) return []; // the same publish stored in two regions; position still moves
     this._seen.set(key, true);
     if (this._seen.size > this._idMemory) this._seen.delete(this._seen.keys().next().value);
@@ -826,14 +854,15 @@ export function edgeUrls(raw) {
 // --- routing: the plan of edges, moving back (relay/client/routing.py, directory.py) ---------
 
 /**
- * Where a redirect from a relay of `sourceRegion` to `url` (an edge of `region`, as the redirect
- * says) may send us, given the survey's candidates [[region, url], ...]: the known edge with the
- * same HTTP base when it is of `sourceRegion`, else (an edge started since the survey) the URL
- * when the redirect names `sourceRegion`; null otherwise. Only a sibling of the redirecting
- * relay: a relay must not be able to send clients anywhere, and across regions the client's own
- * measured order decides (Client._redirectTarget also wants `sourceRegion` first in that order).
+ * Where a redirect from a relay of `sourceRegion` (at `sourceUrl`) to `url` (an edge of `region`,
+ * as the redirect says) may send us, given the survey's candidates [[region, url], ...]: the
+ * known edge with the same HTTP base when it is of `sourceRegion`; null otherwise, and null for
+ * a plain ws:// target of a wss:// relay. Only a sibling of the redirecting relay that the
+ * directory lists: every connection carries the token, so a relay must not be able to send
+ * clients (and their tokens) anywhere; across regions the client's own measured order decides
+ * (Client._redirectTarget also wants `sourceRegion` first in that order).
  */
-export function redirectTarget(candidates, url, region = null, sourceRegion = null) {
+export function redirectTarget(candidates, url, region = null, sourceRegion = null, sourceUrl = null) {
   // Absolute, with a host: URL() would resolve "/v1/ws" against the page and read "ws:///v1/ws"
   // as host "v1"; Python's urlsplit sees no host in either.
   const authority = isStr(url) ? /^[a-z][a-z0-9+.-]*:\/\/([^/?#]*)/i.exec(url.trim()) : null;
@@ -845,9 +874,10 @@ export function redirectTarget(candidates, url, region = null, sourceRegion = nu
     return null;
   }
   if (sourceRegion == null) return null;
+  const secure = (u) => /^(wss|https):\/\//i.test(String(u).trim());
+  if (secure(sourceUrl) && !secure(endpoint.ws)) return null; // never downgrade
   const known = candidates.find(([, knownUrl]) => edgeUrls(knownUrl).http === endpoint.http);
   if (known) return known[0] === sourceRegion ? [known[0], known[1]] : null; // a known edge of another region
-  if (region === sourceRegion) return [sourceRegion, endpoint.ws];
   return null;
 }
 
@@ -959,7 +989,7 @@ export class Client {
     this._backoff = new Backoff({ baseMs: o.baseMs, maxMs: o.maxMs, resetAfterMs: o.resetAfterMs, random: o.random });
     this._roundBackoff = new Backoff({ baseMs: o.maxMs, maxMs: o.maxMs * SUSPENDED_FACTOR, resetAfterMs: o.resetAfterMs, random: o.random });
     this._retryBackoff = new Backoff({ baseMs: o.baseMs, maxMs: o.maxMs, resetAfterMs: 0, random: o.random });
-    this._session = new Session({ idPrefix: o.idPrefix ?? null, idMemory: o.idMemory, defaultMaxFrameBytes: o.maxFrameBytes });
+    this._session = new Session({ idMemory: o.idMemory, defaultMaxFrameBytes: o.maxFrameBytes });
 
     this.state = "connecting";
     this.region = null;
@@ -1023,10 +1053,6 @@ export class Client {
 
   off(event, fn) {
     this._listeners.get(event)?.delete(fn);
-  }
-
-  get idPrefix() {
-    return this._session.idPrefix;
   }
 
   /** The largest frame the current (or last) relay accepts, as its `connected` announced;
@@ -1690,6 +1716,9 @@ export class Client {
         this.tokenExp = event.exp;
         if (this._ws) this._scheduleRenewal(this._ws);
         return;
+      case "token_expiring":
+        if (this._ws) this._scheduleRenewal(this._ws, 0);
+        return;
       case "bad_frame":
         this._emit("error", new RelaynetError("bad_frame", `${this.url} sent a bad frame: ${event.reason}`));
         return;
@@ -1713,8 +1742,8 @@ export class Client {
     } else if (sourceRegion == null || sourceRegion !== first) {
       ignored = `ignored: ${sourceRegion} is not our first choice (${first})`;
     } else {
-      target = redirectTarget(this.survey?.candidates ?? [], event.url, event.region, sourceRegion);
-      if (target === null) ignored = "not a relay of its region that the directory knows; ignored";
+      target = redirectTarget(this.survey?.candidates ?? [], event.url, event.region, sourceRegion, source);
+      if (target === null) ignored = "not a relay of its region that the directory lists (or not TLS from a TLS relay); ignored";
     }
     if (ignored !== null) this._emit("redirect", { from: source, url: event.url, region: event.region, reason: event.reason, followed: false, ignored });
     return target;

@@ -47,6 +47,8 @@ const demo = {
   stateDetail: "",
   states: [], // every state change: {state, at, ...info}
   messages: [], // delivered messages: {id, text, name, origin, ts, position, mine}
+  // Ids this page published: they are random, so "mine" is looked up, not read off the id.
+  sent: new Set(),
   redirects: [], // every redirect a relay sent: {from, url, region, reason, followed, ignored, at}
   errors: [],
   send,
@@ -121,7 +123,7 @@ function showMessage(message) {
   const data = message.data;
   const text = typeof data === "string" ? data : typeof data?.text === "string" ? data.text : JSON.stringify(data);
   const who = typeof data?.name === "string" ? data.name : "?";
-  const mine = demo.client !== null && message.id.startsWith(`${demo.client.idPrefix}-`);
+  const mine = demo.sent.has(message.id);
   const entry = { id: message.id, text, name: who, origin: message.origin, ts: message.ts, position: message.position, mine, at: Date.now() };
   demo.messages.push(entry);
   const list = $("messages");
@@ -148,6 +150,7 @@ function showMessage(message) {
 /** Publish one chat line; resolves with the ack (retried across reconnects until acked). */
 function send(text) {
   const promise = demo.client.publish(channel, { text, name });
+  if (promise.id) demo.sent.add(promise.id); // before any message with it can arrive
   // A publish refused at once (too large for the relay) has no id.
   const item = el("li", { textContent: `${promise.id ?? "refused"} sending… ${text.slice(0, 40)}`, dataset: { testid: "outbox-item", id: promise.id ?? "" } });
   $("outbox").prepend(item);

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from relay.client.session import (
     _Pending,
     _publish_size,
     close_policy,
+    new_publish_id,
 )
 from relay.client.supervisor import Supervisor
 from tests.browser.chromium import chromium
@@ -80,10 +82,11 @@ def _size_case(rng: random.Random) -> tuple[str, str, str, dict[str, int] | None
     return channel, message_id, json.dumps(data, ensure_ascii=rng.random() < 0.5), after
 
 
-# Redirect targets against a survey whose first choice is us-east, and one where it is eu-west:
-# known URLs in any spelling, relays started since (unknown URLs naming a region), and what
-# must be ignored (a target in another region than the redirecting relay's, a redirecting
-# relay whose region is not the first choice, not a relay URL, relative, past the cap of
+# Redirect targets against a survey whose first choice is us-east, and one where it is eu-west,
+# from a plain and from a TLS relay: known URLs in any spelling, and what must be ignored (a
+# URL the directory does not list, even one naming the region: it would get the token; a
+# target in another region than the redirecting relay's, a redirecting relay whose region is
+# not the first choice, ws:// from a wss:// relay, not a relay URL, relative, past the cap of
 # redirects in a row).
 _REDIRECT_EDGES = [
     ("us-east", "ws://a.example:8701/v1/ws"),
@@ -98,7 +101,7 @@ _REDIRECT_TARGETS: list[tuple[str, str | None]] = [
     ("https://e.example/prefix/v1/ws/", "us-east"),
     ("https://e.example/prefix/v1/ws/", "eu-west"),
     ("ws://e.example/prefix/v1/ws", "eu-west"),  # not secure: another HTTP base
-    ("ws://c.example:8701/v1/ws", "us-east"),  # a relay that started since the survey
+    ("ws://c.example:8701/v1/ws", "us-east"),  # not listed (started since? the next survey)
     ("ws://c.example:8701", "eu-west"),
     ("ws://c.example:8701/v1/ws", "ap-south"),
     ("ws://c.example:8701/v1/ws", None),
@@ -108,13 +111,14 @@ _REDIRECT_TARGETS: list[tuple[str, str | None]] = [
     ("b.example:8701", "us-east"),
 ]
 # (url, region the redirect names, the redirecting relay's region, redirects followed in a row,
-# the nearest region of the survey)
-_REDIRECTS: list[tuple[str, str | None, str | None, int, str]] = [
-    (url, region, source_region, in_a_row, nearest)
+# the nearest region of the survey, the redirecting relay's URL)
+_REDIRECTS: list[tuple[str, str | None, str | None, int, str, str]] = [
+    (url, region, source_region, in_a_row, nearest, source)
     for nearest in ("us-east", "eu-west")
     for source_region in ("us-east", "eu-west", "ap-south", None)
     for url, region in _REDIRECT_TARGETS
     for in_a_row in (0, 2, 3)
+    for source in ("ws://a.example:8701/v1/ws", "wss://s.example/v1/ws")
 ]
 
 
@@ -123,7 +127,7 @@ def _python_redirects() -> list[list[str] | None]:
     # redirects in a row is all it reads.
     edges = tuple(DirectoryEdge(region, url, "up") for region, url in _REDIRECT_EDGES)
     targets = []
-    for url, region, source_region, in_a_row, nearest in _REDIRECTS:
+    for url, region, source_region, in_a_row, nearest, source in _REDIRECTS:
         sup = Supervisor(rng=random.Random(0))
         sup.survey = plan(
             Directory("ws://a.example:8701/v1/ws", "us-east", None, edges),
@@ -131,7 +135,7 @@ def _python_redirects() -> list[list[str] | None]:
         )
         assert sup.survey.choice.order[0] == nearest
         sup.redirects_in_a_row = in_a_row
-        target, _ = sup.redirect_target(Redirected(url, region, ""), "x", source_region)
+        target, _ = sup.redirect_target(Redirected(url, region, ""), source, source_region)
         targets.append(target)
     return [list(t) if t is not None else None for t in targets]
 
@@ -164,7 +168,8 @@ async def test_js_core_follows_the_python_reference(tmp_path: Path, nats_url: st
     codes = [1000, 1001, 1002, 1006, 1009, 1011, 4000, 4001, 4499, 4500, 4999, 3000]
 
     script = _session_script()
-    py = ClientSession(random.Random(3), id_prefix="p")
+    counter = iter(range(1, 10_000))
+    py = ClientSession(new_id=lambda: f"p-{next(counter)}")
     py_out = _run_python_session(py, script)
     sizes = [_size_case(rng) for _ in range(200)]
     expected_sizes = [_publish_size(i, _Pending(c, d.encode(), a)) for c, i, d, a in sizes]
@@ -177,7 +182,7 @@ async def test_js_core_follows_the_python_reference(tmp_path: Path, nats_url: st
                 "(async () => { const m = await import('/v1/client.js');"
                 f" const cases = {json.dumps(cases)};"
                 " const b = new m.Backoff({baseMs: 500, maxMs: 30000, resetAfterMs: 60000});"
-                " const s = new m.Session({idPrefix: 'p'});"
+                " let n = 0; const s = new m.Session({newId: () => `p-${++n}`});"
                 f" const script = {json.dumps(script)};"
                 " const out = [];"
                 " for (const [kind, arg] of script) {"
@@ -206,10 +211,10 @@ async def test_js_core_follows_the_python_reference(tmp_path: Path, nats_url: st
                 "   Object.fromEntries(edges.map(([r, u]) => [u, [r === nearest ? 1.0 : 50.0]])));"
                 " return {"
                 "   sizes: sizes.map(([c, i, d, a]) => m.publishSize(c, i, d, a)),"
-                "   redirects: redirects.map(([url, region, source, inARow, nearest]) => {"
+                "   redirects: redirects.map(([url, region, srcRegion, inARow, nearest, src]) => {"
                 "     rc.survey = survey(nearest);"
                 "     rc._redirectsInARow = inARow;"
-                "     return rc._redirectTarget({url, region, reason: ''}, 'x', source); }),"
+                "     return rc._redirectTarget({url, region, reason: ''}, src, srcRegion); }),"
                 "   choices: cases.map(([edges, samples, prefer]) => {"
                 "     const c = m.choose(edges, samples, {prefer});"
                 "     return {order: c.order, rttMs: c.rttMs, reasons: c.reasons}; }),"
@@ -232,8 +237,11 @@ async def test_js_core_follows_the_python_reference(tmp_path: Path, nats_url: st
     assert api["reason"].startswith("nearest healthy: median")
     assert api["got"] == [[api["ack"]["id"], {"n": 1}, "us-east", {"us-east": 1}]]
     assert api["ack"]["channel"] == "chat:api" and api["ack"]["position"] == {"us-east": 1}
-    assert api["ack"]["id"].startswith(api["prefix"] + "-")
-    assert len(api["prefix"]) == 24  # 96 random bits in hex
+    # Random per message (128 bits, URL-safe base64), as the Python SDK's: nothing to guess.
+    publish_ids = [api["ack"]["id"], *api["history"]["past"]]
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{22}", i) for i in publish_ids), publish_ids
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", new_publish_id())
+    assert len(set(publish_ids)) == len(publish_ids)
     assert api["badPublish"] == {"code": "invalid_channel", "temporary": False}
     assert api["badSubscribe"] == "invalid_channel"
     assert api["afterClose"] == "closed"
@@ -298,7 +306,7 @@ API_ROUNDTRIP = """(async () => {
   history.afterClose = await c.history('chat:past').then(() => null, (e) => e.code);
   const afterClose = await c.publish('chat:api', 2).then(() => null, (e) => e.code);
   return {where, order: c.choice.order, reason: c.choice.reasons[where[0]], ack, got,
-          prefix: c.idPrefix, badPublish, badSubscribe, afterClose, states, history};
+          badPublish, badSubscribe, afterClose, states, history};
 })()"""
 
 

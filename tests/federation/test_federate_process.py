@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from relay.config.schema import RelayConfig
 from tests.support.regions import region_configs, region_nats, running_regions
 from tests.support.relays import federate_process
 from tests.support.wsclient import protocol_client
@@ -14,16 +15,21 @@ from tests.support.wsclient import protocol_client
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
 
-def federate_config(path: Path, region: str, nats_url: str, peers: dict[str, str]) -> Path:
+def federate_config(path: Path, relay: RelayConfig) -> Path:
+    """A config of its own for ``relaynet federate`` in ``relay``'s region, with the NATS
+    credentials the region's relays have (the region's NATS is closed)."""
+    region, nats = relay.region.name, relay.nats
     lines = [
         "[region]", f'name = "{region}"',
         "[relay]", f'id = "{region}-fed"',
-        "[nats]", f'url = "{nats_url}"',
+        "[nats]", f'url = "{nats.url}"', f'user = "{nats.user}"',
+        f'password_file = "{nats.password_file}"',
         "[federation]", "ack_wait_s = 2.0", "lease_ttl_s = 1.5",
     ]  # fmt: skip
-    for peer, url in peers.items():
-        lines += ["[[peers]]", f'region = "{peer}"', 'edge_url = "ws://127.0.0.1:1/v1/ws"',
-                  f'nats_url = "{url}"']  # fmt: skip
+    for peer in relay.peers:
+        lines += ["[[peers]]", f'region = "{peer.region}"', 'edge_url = "ws://127.0.0.1:1/v1/ws"',
+                  f'nats_url = "{peer.nats_url}"', f'nats_user = "{peer.nats_user}"',
+                  f'nats_password_file = "{peer.nats_password_file}"']  # fmt: skip
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -33,9 +39,9 @@ async def test_standalone_federate_processes_link_two_regions(tmp_path: Path) ->
     with region_nats(tmp_path, regions) as urls:
         configs = region_configs(urls, federation={"run_in_relay": False})
         with ExitStack() as stack:
-            for region in regions:
-                peers = {r: u for r, u in urls.items() if r != region}
-                path = federate_config(tmp_path / f"{region}.toml", region, urls[region], peers)
+            for relay in configs:
+                region = relay.region.name
+                path = federate_config(tmp_path / f"{region}.toml", relay)
                 stack.enter_context(federate_process(path, tmp_path / f"{region}-federate.log"))
             async with running_regions(configs) as nodes:
                 east, west = nodes["us-east"][0], nodes["eu-west"][0]

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from msgspec.structs import replace as struct_replace
 
 from federation.adapters.nats_client import NatsClient
 from federation.adapters.nats_region_log import NatsRegionLog
-from federation.logformat import StoredMessage
+from federation.logformat import StoredMessage, entry_key
 from federation.region_log import LoggedEntry, RegionLog
 from federation.region_log_memory import MemoryRegionLog
 from federation.settings import Namespace, RegionSettings
@@ -84,6 +85,22 @@ async def test_compare_and_set_and_ids(kind: str, tmp_path: Path) -> None:
         # Sequences are per stream: another channel of the namespace continues them.
         other = await log.append("d", message(1), "d-1", 0)
         assert other is not None and other.seq > first.seq
+
+
+async def test_publisher_scopes_are_stored_and_keep_ids_apart(kind: str, tmp_path: Path) -> None:
+    # A sub no NATS header could carry as it is: the key holds its digest.
+    subs = ["alice", "mallory\r\nNats-Msg-Id: c m1"]
+    scoped = [struct_replace(message(n), id="m1", by=sub) for n, sub in enumerate(subs, start=1)]
+    async with region_log(kind, tmp_path) as log:
+        seq = 0
+        for msg in scoped:  # the same id twice, from two publishers: two messages
+            appended = await log.append("c", msg, entry_key("c", msg), seq)
+            assert appended is not None and not appended.duplicate
+            seq = appended.seq
+        retry = await log.append("c", scoped[0], entry_key("c", scoped[0]), seq)
+        assert retry is not None and retry.duplicate
+        assert [e.msg.by for e in await all_entries(log, "c")] == subs
+        assert (await log.entry("c", seq)).by == subs[1]
 
 
 async def test_groups_are_all_or_nothing(kind: str, tmp_path: Path) -> None:

@@ -23,9 +23,10 @@ async def test_a_full_store_refuses_publishes_plainly_and_reads_go_on(
     server = NatsProcess(tmp_path / "nats", max_file_store=256 * 1024)
     url = server.start()
     try:
-        async with running_relays(make_config(nats_url=url, nats={"connect_timeout_s": 5})) as (
-            relay,
-        ):
+        # No byte limit of the stream's own: this is about the server's store running out.
+        unlimited = [{"name": "default", "prefix": "", "max_bytes": 0}]
+        cfg = make_config(nats_url=url, nats={"connect_timeout_s": 5}, namespaces=unlimited)
+        async with running_relays(cfg) as (relay,):
             refused: list[dict[str, object]] = []
             acked = 0
             with caplog.at_level(logging.WARNING):

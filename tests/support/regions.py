@@ -1,7 +1,9 @@
 """Several regions on loopback: a nats-server per region, relays, federation between them.
 
 The tests' view of ``relay.harness.network``: the same link proxies and relay configs,
-with each test choosing what to start when."""
+with each test choosing what to start when. As there, every region's NATS is closed:
+``region_configs`` gives each server started by ``tests.support.nats`` the users a
+relay's embedded server has, and the relays and links their credentials."""
 
 from __future__ import annotations
 
@@ -12,12 +14,13 @@ from typing import Any
 
 import anyio
 
+from relay.adapters.embedded_nats import RELAY_USER, peer_user, region_peer_permissions
 from relay.config.schema import RelayConfig
 from relay.harness.linkproxy import LinkProxy
 from relay.harness.network import FAST_FEDERATION, proxy_url, start_link_proxies
 from relay.harness.toolkit import relay_config
 from relay.node import RelayNode
-from tests.support.nats import nats_server
+from tests.support.nats import nats_server, server_at
 from tests.support.relays import running_relays
 
 REGIONS = ("us-east", "eu-west", "ap-south")
@@ -37,31 +40,49 @@ def region_configs(
     **overrides: Any,
 ) -> list[RelayConfig]:
     """One config per relay. ``peer_urls[(a, b)]`` is the URL region a uses to reach b's
-    NATS (a proxy, in partition tests); by default b's NATS itself."""
+    NATS (a proxy, in partition tests); by default b's NATS itself.
+
+    Each region's NATS that ``tests.support.nats`` started is closed first, as a relay's
+    embedded server is (the relay user, and one user per peer region that may only read
+    through its own durable consumer), and the configs carry the credentials: the relays
+    the relay user's, each link its region's user on the peer. A URL not started there
+    (an operator's NATS) stays as it is, without credentials."""
+    servers = {region: server_at(url) for region, url in nats_urls.items()}
     configs = []
     federation = {**FAST_FEDERATION, **overrides.pop("federation", {})}
+    nats_section = overrides.pop("nats", {})
     for region, url in nats_urls.items():
-        peers = [
-            {
+        peers = []
+        for peer, peer_url in nats_urls.items():
+            if peer == region:
+                continue
+            entry = {
                 "region": peer,
                 "edge_url": "ws://127.0.0.1:1/v1/ws",
                 "nats_url": (peer_urls or {}).get((region, peer), peer_url),
             }
-            for peer, peer_url in nats_urls.items()
-            if peer != region
-        ]
-        for i in range(relays_per_region):
-            relay_id = f"{region}-{i + 1}"
-            configs.append(
-                relay_config(
-                    nats_url=url,
-                    region=region,
-                    relay_id=relay_id,
-                    peers=peers,
-                    federation=federation,
-                    **overrides,
-                )
+            if (peer_server := servers[peer]) is not None:
+                entry["nats_user"] = peer_user(region)
+                entry["nats_password_file"] = str(peer_server.password_file(peer_user(region)))
+            peers.append(entry)
+        nats = dict(nats_section)
+        if (server := servers[region]) is not None:
+            nats |= {"user": RELAY_USER, "password_file": str(server.password_file())}
+        relays = [
+            relay_config(
+                nats_url=url,
+                region=region,
+                relay_id=f"{region}-{i + 1}",
+                peers=peers,
+                federation=federation,
+                nats=nats,
+                **overrides,
             )
+            for i in range(relays_per_region)
+        ]
+        if server is not None:
+            server.authorize(region_peer_permissions(relays[0]))
+        configs += relays
     return configs
 
 

@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import random
+import re
 from typing import Any
 
 import pytest
@@ -328,8 +329,8 @@ def delivered(events: list[Event]) -> list[str]:
     return [e.id for e in events if isinstance(e, Message)]
 
 
-def session(seed: int = 1) -> ClientSession:
-    return ClientSession(random.Random(seed))
+def session() -> ClientSession:
+    return ClientSession()
 
 
 # --- session: the reconnect story --------------------------------------------------------
@@ -439,17 +440,29 @@ def test_a_resent_publish_comes_after_the_earlier_publishes_acked_meanwhile() ->
     assert decoded(s.republish_pending()[0])["after"] == {US: 7, "eu-west": 3}
 
 
-def test_ids_are_stable_and_unique() -> None:
-    a, b = session(seed=3), session(seed=3)
-    ids = [a.publish("c", b"1")[0] for _ in range(3)]
-    assert ids == [b.publish("c", b"1")[0] for _ in range(3)]
-    prefix = ids[0].rsplit("-", 1)[0]
-    assert ids == [f"{prefix}-1", f"{prefix}-2", f"{prefix}-3"]
-    assert len(prefix) == 24
-    assert session(seed=4).publish("c", b"1")[0] != ids[0]
-    assert ClientSession(random.Random(0), id_prefix="c7").publish("c", b"1")[0] == "c7-1"
-    with pytest.raises(ValueError):
-        ClientSession(random.Random(0), id_prefix="has space")
+def test_ids_are_random_per_message_and_stable_across_resends() -> None:
+    # Every subscriber sees publish ids: a prefix and a counter would tell anyone the next
+    # ones. 128 random bits each, nothing shared between one client's ids.
+    s = session()
+    ids = [s.publish("c", b"1")[0] for _ in range(200)]
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{22}", i) for i in ids), ids[:3]
+    assert len(set(ids)) == len(ids)
+    assert len(set(ids) | {session().publish("c", b"1")[0] for _ in range(200)}) == 400
+    assert len({i[:6] for i in ids}) == len(ids)  # no shared prefix
+    # Made once per message: every resend, on this connection or the next, has the same id.
+    assert [decoded(f)["id"] for f in s.republish_pending()] == ids
+    assert [decoded(f)["id"] for f in s.on_reconnect()] == ids
+    assert list(s.pending) == ids
+
+
+def test_ids_come_from_new_id_and_must_be_valid_and_fresh() -> None:
+    made = iter(["c7-1", "c7-2", "has space", "c7-2", ""])
+    s = ClientSession(new_id=lambda: next(made))
+    assert [s.publish("c", b"1")[0] for _ in range(2)] == ["c7-1", "c7-2"]
+    for _ in range(3):  # not a valid id, then one still pending, then an empty one
+        with pytest.raises(ValueError, match="new_id"):
+            s.publish("c", b"1")
+    assert list(s.pending) == ["c7-1", "c7-2"]
 
 
 def test_recovered_subscribed_does_not_skip_the_replay() -> None:
@@ -489,7 +502,7 @@ def test_failover_keeps_the_position_from_moving_backwards() -> None:
 
 
 def test_the_same_publish_stored_in_two_regions_is_delivered_once() -> None:
-    s = ClientSession(random.Random(0), id_memory=2)
+    s = ClientSession(id_memory=2)
     s.subscribe("c", position={})
     s.subscribe("d", position={})
     assert delivered(s.receive(msg("c", "k-1", US, {US: 1}, {US: 1}))) == ["k-1"]
@@ -501,6 +514,16 @@ def test_the_same_publish_stored_in_two_regions_is_delivered_once() -> None:
     # The memory is bounded: the oldest id is forgotten.
     s.receive(msg("c", "k-2", US, {US: 2}, {US: 2, EU: 1}))
     assert delivered(s.receive(msg("c", "k-1", EU, {EU: 2}, {US: 2, EU: 2}))) == ["k-1"]
+
+
+def test_another_publishers_message_with_a_delivered_id_is_not_a_repeat() -> None:
+    # Relays in token mode scope ids to the publisher: two publishers' "k-1" are both stored.
+    s = session()
+    s.subscribe("c", position={})
+    assert delivered(s.receive(msg("c", "k-1", US, {US: 1}, {US: 1}, '{"who":"a"}'))) == ["k-1"]
+    assert delivered(s.receive(msg("c", "k-1", US, {US: 2}, {US: 2}, '{"who":"b"}'))) == ["k-1"]
+    # A retry carries the bytes of its first copy: still one.
+    assert delivered(s.receive(msg("c", "k-1", EU, {EU: 1}, {US: 2, EU: 1}, '{"who":"a"}'))) == []
 
 
 def test_position_expired() -> None:
@@ -787,7 +810,7 @@ def _history_reply(ref: int, *messages: tuple[str, int], more: bool = False) -> 
 
 
 def test_history_request_and_reply_leave_the_subscription_alone() -> None:
-    s = ClientSession(random.Random(0), id_prefix="h")
+    s = ClientSession()
     s.subscribe("chat:h")
     s.receive(json.dumps({"op": "subscribed", "ref": 1, "channel": "chat:h", "position": {}}))
     ref, frame = s.history("chat:h", limit=2)
@@ -808,7 +831,7 @@ def test_history_request_and_reply_leave_the_subscription_alone() -> None:
 
 
 def test_history_errors_and_misuse() -> None:
-    s = ClientSession(random.Random(0), id_prefix="h")
+    s = ClientSession()
     ref, _ = s.history("bad channel", limit=1)
     (error,) = s.receive(
         json.dumps({"op": "error", "ref": ref, "code": "invalid_channel", "message": "no"})
@@ -830,7 +853,7 @@ def test_history_errors_and_misuse() -> None:
 
 
 def test_message_data_is_the_decoded_json() -> None:
-    s = ClientSession(random.Random(0), id_prefix="d")
+    s = ClientSession()
     s.subscribe("chat:d")
     s.receive(json.dumps({"op": "subscribed", "ref": 1, "channel": "chat:d", "position": {}}))
     raw = (

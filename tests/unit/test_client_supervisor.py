@@ -362,3 +362,79 @@ def test_any_run_is_well_formed(data: st.DataObject) -> None:
                 code = 4500 if step == "stop" else 1001
                 last = check(sup.connection_ended(code, "", silent=step == "silent", now=1.0))
                 break
+
+
+# --- where the token goes: only to edges of the directory, never downgraded -----------------
+
+ATTACKER = "ws://attacker.example/v1/ws"
+S_EAST1 = "wss://east-1.example/v1/ws"
+S_WEST = "wss://west.example/v1/ws"
+
+
+def test_a_redirect_to_a_url_the_directory_does_not_list_is_ignored() -> None:
+    # It claims the redirecting relay's region: once, that made a forged beat enough to send
+    # clients (and their tokens) to the attacker. A relay started since the survey is found
+    # by the next survey instead.
+    sup = supervisor()
+    sup.start()
+    sup.surveyed(NEAR_EAST)
+    actions = sup.handshake_redirected(Redirected(ATTACKER, "us-east", "overloaded"))
+    assert kinds(actions) == [Open("us-east", EAST2)]  # the round goes on, as after a failure
+    (note,) = [a for a in actions if isinstance(a, Log)]
+    assert note.level == logging.WARNING and "that the directory lists; ignored" in note.text
+    assert sup.redirects == 0
+    assert not any(isinstance(a, Open) and a.url == ATTACKER for a in actions)
+
+
+def test_a_redirect_while_connected_to_an_unlisted_url_is_ignored() -> None:
+    sup = up(supervisor())
+    assert kinds(sup.redirect_received(Redirected(ATTACKER, "us-east", "draining"))) == []
+    assert sup.redirects == 0
+    # The relay then closes: the client goes on in its own order, never to the attacker.
+    actions = sup.connection_ended(1001, "going_away", now=1.0)
+    assert [a.url for a in actions if isinstance(a, Open)] == [EAST1]
+
+
+def test_a_redirect_never_downgrades_wss_to_ws() -> None:
+    # The directory lists a plain sibling (say, an internal address): a wss relay's redirect
+    # there is still refused, so the token never crosses the network in clear.
+    edges = [("us-east", S_EAST1), ("us-east", EAST2), ("eu-west", S_WEST)]
+    sup = supervisor()
+    sup.start()
+    sup.surveyed(survey_of({"us-east": 5.0, "eu-west": 80.0}, edges))
+    actions = sup.handshake_redirected(Redirected(EAST2, "us-east", "overloaded"))
+    assert sup.redirects == 0
+    (note,) = [a for a in actions if isinstance(a, Log)]
+    assert "does not downgrade" in note.text
+    target, _ = sup.redirect_target(Redirected(EAST2, "us-east", ""), EAST1, "us-east")
+    assert target == ("us-east", EAST2)  # from a plain relay, a listed plain sibling is fine
+
+
+def test_with_tls_seeds_plain_edges_are_never_opened() -> None:
+    edges = [("us-east", EAST1), ("us-east", S_EAST1), ("eu-west", WEST), ("eu-west", S_WEST)]
+    sup = supervisor(secure_only=True)
+    sup.start()
+    actions = sup.surveyed(survey_of({"us-east": 5.0, "eu-west": 80.0}, edges))
+    assert kinds(actions) == [Open("us-east", S_EAST1)]
+    assert sup.open_failed() == [Open("eu-west", S_WEST)]
+    assert kinds(sup.open_failed()) == [RoundFailed(1), RefreshSurvey()]
+    # Nothing but plain edges: nothing to open, and a warning that says why.
+    plain = survey_of({"us-east": 5.0}, [("us-east", EAST1)])
+    actions = sup.surveyed(plain)
+    assert not any(isinstance(a, Open) for a in actions)
+    assert any(
+        isinstance(a, Log) and a.level == logging.WARNING and "plain-text" in a.text
+        for a in actions
+    )
+    # Nor by a redirect, even to a listed edge.
+    assert not sup.may_open(EAST1) and sup.may_open(S_EAST1)
+
+
+def test_with_tls_seeds_moving_back_goes_only_to_a_tls_edge() -> None:
+    edges = [("us-east", EAST1), ("eu-west", S_WEST)]
+    sup = supervisor(secure_only=True, move_back="immediately")
+    sup.start()
+    sup.surveyed(survey_of({"us-east": None, "eu-west": 80.0}, edges))
+    sup.connected("eu-west", 0.0)
+    nearer_but_plain = survey_of({"us-east": 5.0, "eu-west": 80.0}, edges)
+    assert kinds(sup.move_check(nearer_but_plain, idle=True)) == []

@@ -198,17 +198,18 @@ def test_nats_and_peer_credentials() -> None:
             {
                 "region": "eu-west",
                 "edge_url": "ws://b:1/v1/ws",
-                "nats_url": "nats://b:4222",
+                "nats_url": "tls://b:4222",
                 "nats_user": "peer",
                 "nats_password_file": "/run/eu-west.password",
             },
-            {"region": "ap-south", "edge_url": "ws://c:1/v1/ws", "nats_url": "nats://c:4222"},
+            {"region": "ap-south", "edge_url": "ws://c:1/v1/ws", "nats_url": "tls://c:4222"},
         ],
     )
     assert (cfg.nats.user, cfg.nats.password_file) == ("relay", "/run/relay.password")
     west, south = cfg.region_settings().peers
-    assert (west.user, west.password_file) == ("peer", "/run/eu-west.password")
-    assert (south.user, south.password_file) == ("", "")
+    assert (west.nats.user, west.nats.password_file) == ("peer", "/run/eu-west.password")
+    assert west.nats.config_prefix == "peers[0].nats_"
+    assert (south.nats.user, south.nats.password_file) == ("", "")
 
 
 def test_models_are_frozen_and_hashable() -> None:
@@ -270,8 +271,8 @@ BAD_CONFIGS = [
     pytest.param(
         MINIMAL + "prot = 8702\n",
         "relay.prot",
-        "no such field (known fields: id, host, port, public_url, reuse_port, heartbeat_s, "
-        "shutdown_grace_s)",
+        "no such field (known fields: id, host, port, public_url, tls_cert_file, "
+        "tls_key_file, allowed_origins, reuse_port, heartbeat_s, shutdown_grace_s)",
         8702,
         id="unknown-nested-key",
     ),
@@ -393,7 +394,7 @@ BAD_CONFIGS = [
     ),
     pytest.param(
         MINIMAL
-        + '[[peers]]\nregion = "us-east"\nedge_url = "ws://h:1/v1/ws"\nnats_url = "nats://h:2"\n',
+        + '[[peers]]\nregion = "us-east"\nedge_url = "ws://h:1/v1/ws"\nnats_url = "tls://h:2"\n',
         "peers[0].region",
         "a region other than this relay's own region 'us-east'",
         "us-east",
@@ -401,8 +402,8 @@ BAD_CONFIGS = [
     ),
     pytest.param(
         MINIMAL
-        + '[[peers]]\nregion = "eu-west"\nedge_url = "ws://h:1/v1/ws"\nnats_url = "nats://h:2"\n'
-        + '[[peers]]\nregion = "eu-west"\nedge_url = "ws://g:1/v1/ws"\nnats_url = "nats://g:2"\n',
+        + '[[peers]]\nregion = "eu-west"\nedge_url = "ws://h:1/v1/ws"\nnats_url = "tls://h:2"\n'
+        + '[[peers]]\nregion = "eu-west"\nedge_url = "ws://g:1/v1/ws"\nnats_url = "tls://g:2"\n',
         "peers[1].region",
         "a unique peer region (peers[0] has it too)",
         "eu-west",
@@ -440,7 +441,7 @@ BAD_CONFIGS = [
     ),
     pytest.param(
         MINIMAL
-        + '[[peers]]\nregion = "eu-west"\nedge_url = "ws://h:1/v1/ws"\nnats_url = "nats://h:2"\n'
+        + '[[peers]]\nregion = "eu-west"\nedge_url = "ws://h:1/v1/ws"\nnats_url = "tls://h:2"\n'
         + 'nats_user = "peer"\n',
         "peers[0].nats_password_file",
         "set together with the other of nats_user/nats_password_file",

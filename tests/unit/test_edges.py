@@ -99,8 +99,8 @@ async def test_what_a_relay_serves_is_what_the_sdk_reads() -> None:
         relay_id="us-1",
         relay={"public_url": EAST_URL},
         peers=[
-            {"region": "eu-west", "edge_url": WEST_URL, "nats_url": "nats://eu:4222"},
-            {"region": "ap-south", "edge_url": "ws://ap/v1/ws", "nats_url": "nats://ap:4222"},
+            {"region": "eu-west", "edge_url": WEST_URL, "nats_url": "tls://eu:4222"},
+            {"region": "ap-south", "edge_url": "ws://ap/v1/ws", "nats_url": "tls://ap:4222"},
         ],
     )
     directory = EdgeDirectory(cfg)

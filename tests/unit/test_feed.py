@@ -252,20 +252,23 @@ def test_a_predecessor_gone_from_the_stream_closes_subscribers_instead_of_skippi
     stream, feed = started(1)
     sink = RecordingSink()
     feed.attach("k", sink, None)
-    stream.other(3)
-    e2 = stream.append()
-    claimed = LogEntry(e2.seq, e2.seq - 2, CH, e2.msg)  # claims a predecessor not stored
-    gap = feed.on_live(claimed)
-    assert gap == FillGap(stream.entries[0].seq, e2.seq)
-    lost = feed.on_fill([], gap.before_seq)
+    e2, e3 = stream.grow(2)  # e2 gone from the stream: its position is still in e3's
+    gap = feed.on_live(fresh(e3))
+    assert gap == FillGap(stream.entries[0].seq, e3.seq)
+    # Not in the stream: maybe a frame nobody stored named it. The stream is read again
+    # from its last confirmed point, and its positions show an entry is gone.
+    check = feed.on_fill([], gap.before_seq)
+    assert check == FillGap(stream.entries[0].seq, e3.seq + 1)
+    stored = [e for e in stream.read(check.after_seq, check.before_seq) if e.seq != e2.seq]
+    lost = feed.on_fill(stored, check.before_seq)
     assert isinstance(lost, GapLost) and "no longer in the stream" in lost.reason
     assert sink.losses == 1 and sink.indexes == []
     assert feed.subscriber_count == 0
     later = RecordingSink()
     feed.attach("k2", later, None)
-    e3 = stream.append()
-    assert feed.on_live(fresh(e3)) is None
-    assert later.indexes == [3]
+    e4 = stream.append()
+    assert feed.on_live(fresh(e4)) is None
+    assert later.indexes == [4]
 
 
 def test_a_fill_missing_entries_in_the_middle_is_a_lost_gap() -> None:
@@ -274,10 +277,13 @@ def test_a_fill_missing_entries_in_the_middle_is_a_lost_gap() -> None:
     stream, feed = started(1)
     sink = RecordingSink()
     feed.attach("k", sink, None)
-    _e2, e3, e4 = stream.grow(3)
+    e2, e3, e4 = stream.grow(3)
     gap = feed.on_live(fresh(e4))  # e2 and e3 dropped on the way
     assert gap is not None
-    lost = feed.on_fill([e3], gap.before_seq)  # e2 is gone from the stream
+    check = feed.on_fill([e3], gap.before_seq)  # e2 is gone from the stream
+    assert isinstance(check, FillGap)  # read again from the last confirmed point
+    stored = [e for e in stream.read(check.after_seq, check.before_seq) if e.seq != e2.seq]
+    lost = feed.on_fill(stored, check.before_seq)
     assert isinstance(lost, GapLost)
     assert sink.losses == 1 and sink.indexes == []
 
