@@ -1,4 +1,5 @@
-"""One client connection: the ServerSession driven by a WebSocket, and what it asks for.
+"""One client connection: the ServerSession driven by a WebSocket (or an SSE stream), and
+what it asks for.
 
 Two tasks per connection: the reader (frames -> session -> actions) and the
 writer (outbox -> socket), plus short-lived request tasks for subscribes (with
@@ -24,24 +25,20 @@ import os
 import time
 from contextlib import aclosing, suppress
 from dataclasses import dataclass
-from urllib.parse import parse_qs
 
 import anyio
 from anyio.abc import TaskGroup
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
 
 from federation.adapters.region_writer import RegionWriter
 from federation.channel_writes import Failed, Result
 from federation.region_log import LogUnavailable
 from federation.throttled_log import ThrottledLog
-from federation.vclock import VectorClock
+from relay.adapters import publishing
 from relay.adapters.audit import AuditLog
 from relay.adapters.feed_manager import FeedManager
 from relay.adapters.log_reader import LogReader
 from relay.adapters.outbox import Outbox
-from relay.adapters.wsframe import text_frame
+from relay.adapters.wire import Wire, WireClosed
 from relay.core.capabilities import TokenRejected
 from relay.core.channels import Channel
 from relay.core.connections_per_sub import ConnectionsPerSub
@@ -111,34 +108,12 @@ class ConnectionDeps:
     per_sub: ConnectionsPerSub | None = None
 
 
-def _query_token(ws: ServerConnection) -> str | None:
-    """The ``token`` query parameter of the WebSocket request, if any. The query is then
-    dropped from the kept request, so the token is not held (or logged) past its check."""
-    request = ws.request
-    if request is None or "?" not in request.path:
-        return None
-    path, query = request.path.split("?", 1)
-    request.path = path
-    values = parse_qs(query).get("token")
-    return values[0] if values else None
-
-
-def _forget_handshake(ws: ServerConnection) -> None:
-    """websockets keeps the handshake's request and response, headers and all, for the
-    connection's life (3 KB of a 19 KB idle connection; the request also stays referenced
-    from its parser): after the handshake it only checks that a request was seen, so the
-    headers are emptied in place and the response is dropped."""
-    if ws.request is not None:
-        ws.request.headers.clear()
-    ws.response = None
-
-
 class Connection:
-    def __init__(self, deps: ConnectionDeps, ws: ServerConnection) -> None:
+    def __init__(self, deps: ConnectionDeps, wire: Wire) -> None:
         self.deps = deps
-        self.ws = ws
-        self._token = _query_token(ws) if deps.auth.required else None
-        _forget_handshake(ws)
+        self.wire = wire
+        token = wire.token()  # always taken: the wire forgets it (and the handshake) then
+        self._token = token if deps.auth.required else None
         self.id = f"{deps.relay_id}-{next(_ids)}-{os.urandom(4).hex()}"
         self.session = ServerSession(deps.session_limits, deps.auth, time.time())
         self._expiry_scope: anyio.CancelScope | None = None  # made once a token is accepted
@@ -293,8 +268,8 @@ class Connection:
         self.reader_scope.cancel()
 
     async def _reader(self) -> None:
-        try:
-            async for raw in self.ws:
+        async with aclosing(self.wire.incoming()) as frames:
+            async for raw in frames:
                 binary = isinstance(raw, bytes)
                 actions = self.session.receive(raw, time.monotonic(), binary=binary)
                 if self._refused_for_sub():  # its `authed` is not sent
@@ -329,8 +304,6 @@ class Connection:
                     self._watch_expiry()
                 if self.outbox.failed:
                     return
-        except ConnectionClosed:
-            pass
 
     def _refused_for_sub(self) -> bool:
         """Whether the first token this connection had accepted belongs to a sub that holds
@@ -361,13 +334,13 @@ class Connection:
                 for frame in batch:
                     # Each send waits for the socket to take the one before it.
                     with anyio.move_on_after(self.deps.write_timeout_s) as stuck:
-                        await self.ws.send(frame, text=True)
+                        await self.wire.send(frame)
                     if stuck.cancelled_caught:
                         self.outbox.fail(CloseCode.SLOW_CONSUMER, "write_timeout")
                         break
                 self.outbox.batch_sent()
             await self._finish()
-        except ConnectionClosed:
+        except WireClosed:
             self.outbox.close()  # wakes a catch-up waiting for room
             self.reader_scope.cancel()
         finally:
@@ -390,22 +363,21 @@ class Connection:
             )
         self._flush()
         code, reason = self._close or (CloseCode.GOING_AWAY, "going_away")
-        with anyio.move_on_after(2, shield=True) as timed_out, suppress(ConnectionClosed):
-            await self.ws.close(code, reason)
+        with anyio.move_on_after(2, shield=True) as timed_out:
+            await self.wire.close(code, reason)
         if timed_out.cancelled_caught:  # the client reads nothing: drop what it never took
-            self.ws.transport.abort()
+            self.wire.abort()
 
     def _write_now(self, frame: bytes) -> bool:
         """What websockets' broadcast() does, but only while the socket keeps up, and one
         write per event-loop turn for everything sent to this client during it (a burst
         of messages costs one system call, not one each)."""
-        ws = self.ws
-        if ws.protocol.state is not State.OPEN or ws.send_in_progress is not None:
+        wire = self.wire
+        if not wire.writable():
             return False
-        backlog = ws.transport.get_write_buffer_size() + self._unflushed_bytes
-        if backlog > DIRECT_WRITE_LIMIT_BYTES:
+        if wire.buffered() + self._unflushed_bytes > DIRECT_WRITE_LIMIT_BYTES:
             return False  # backed up: queue it, the writer waits for the socket to drain
-        encoded = text_frame(frame)
+        encoded = wire.encode(frame)
         if not self._unflushed:
             self._loop.call_soon(self._flush)
         self._unflushed.append(encoded)
@@ -414,8 +386,8 @@ class Connection:
 
     def _flush(self) -> None:
         frames, self._unflushed, self._unflushed_bytes = self._unflushed, [], 0
-        if frames and self.ws.protocol.state is State.OPEN:
-            self.ws.transport.write(b"".join(frames))
+        if frames:
+            self.wire.write(b"".join(frames))
 
     async def _run_request(self, request: SubscribeRequest | History) -> None:
         frame = request.frame if isinstance(request, SubscribeRequest) else request
@@ -445,11 +417,8 @@ class Connection:
 
     def _publish(self, request: Publish) -> None:
         channel = Channel(request.channel)
-        # Unguessable (another client could otherwise publish it first and have this one
-        # acked as its duplicate); 96 random bits without uuid4's object overhead.
-        message_id = request.id or os.urandom(12).hex()
 
-        def done(result: Result) -> None:
+        def done(message_id: str, result: Result) -> None:
             self._publishing -= 1
             self._made_room()
             if isinstance(result, Failed):
@@ -467,11 +436,7 @@ class Connection:
             self.outbox.offer(ack_frame(request.ref, message_id, channel, result.position))
 
         self._publishing += 1
-        after = VectorClock(request.after) if request.after else None  # validated on decode
-        # Ids are deduplicated per publisher: with a token, nobody else can take this one's.
-        credentials = self.session.credentials
-        by = credentials.sub if credentials is not None else None
-        self.deps.writer.publish(channel, message_id, request.data, self, done, after, by)
+        publishing.submit(self.deps.writer, request, self.session.credentials, self, done)
 
     def _subscribe_now(self, request: SubscribeRequest) -> bool:
         """Subscribe without a task when nothing needs waiting for: no position to catch up

@@ -1,0 +1,124 @@
+"""What a client connection is carried on: a WebSocket, or a Server-Sent Events stream.
+
+``Connection`` (the session, its subscriptions, outbox and writer) does not care which:
+it reads client frames from ``incoming()``, writes encoded frames straight to the
+socket while it keeps up (``writable``/``buffered``/``encode``/``write``), waits for
+room with ``send`` when it does not, and ends with ``close``. A WebSocket carries
+frames both ways; an SSE stream only from the relay (its subscriptions come from the
+request's URL, and publishes go over the HTTP API).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator
+from typing import Protocol
+from urllib.parse import parse_qs
+
+import anyio
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+
+from relay.adapters.wsframe import text_frame
+
+
+class WireClosed(Exception):
+    """The client is gone: nothing more can be sent."""
+
+
+class Wire(Protocol):
+    def token(self) -> str | None:
+        """The token offered when the connection opened (``?token=``), taken once."""
+
+    def incoming(self) -> AsyncGenerator[str | bytes, None]:
+        """The client's frames, until it closes."""
+
+    def writable(self) -> bool:
+        """Whether a frame may be written now, ahead of nothing queued."""
+
+    def buffered(self) -> int:
+        """Bytes written and not yet taken by the socket."""
+
+    def encode(self, frame: bytes) -> bytes:
+        """``frame`` as the bytes ``write`` puts on the socket."""
+
+    def write(self, data: bytes) -> None:
+        """Encoded frames, at once (only while ``writable``)."""
+
+    async def send(self, frame: bytes) -> None:
+        """One frame, once the socket has room; ``WireClosed`` if the client is gone."""
+
+    async def close(self, code: int, reason: str) -> None:
+        """End the connection, telling the client why (it may not read it)."""
+
+    def abort(self) -> None:
+        """Drop the connection now."""
+
+
+class WsWire:
+    """A WebSocket (websockets' connection, after its handshake)."""
+
+    __slots__ = ("ws",)
+
+    def __init__(self, ws: ServerConnection) -> None:
+        self.ws = ws
+
+    def token(self) -> str | None:
+        """The ``token`` query parameter. The query is then dropped from the kept request,
+        so the token is not held (or logged) past its check. websockets also keeps the
+        handshake's request and response, headers and all, for the connection's life
+        (3 KB of a 19 KB idle connection): after the handshake it only checks that a
+        request was seen, so the headers are emptied in place and the response dropped."""
+        ws = self.ws
+        request = ws.request
+        token = None
+        if request is not None:
+            if "?" in request.path:
+                path, query = request.path.split("?", 1)
+                request.path = path
+                values = parse_qs(query).get("token")
+                token = values[0] if values else None
+            request.headers.clear()
+        ws.response = None
+        return token
+
+    async def incoming(self) -> AsyncGenerator[str | bytes, None]:
+        try:
+            async for raw in self.ws:
+                yield raw
+        except ConnectionClosed:
+            pass
+
+    def writable(self) -> bool:
+        ws = self.ws
+        return ws.protocol.state is State.OPEN and ws.send_in_progress is None
+
+    def buffered(self) -> int:
+        return self.ws.transport.get_write_buffer_size()
+
+    def encode(self, frame: bytes) -> bytes:
+        return text_frame(frame)
+
+    def write(self, data: bytes) -> None:
+        if self.ws.protocol.state is State.OPEN:
+            self.ws.transport.write(data)
+
+    async def send(self, frame: bytes) -> None:
+        try:
+            await self.ws.send(frame, text=True)
+        except ConnectionClosed:
+            raise WireClosed from None
+
+    async def close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self.ws.close(code, reason)
+
+    def abort(self) -> None:
+        self.ws.transport.abort()
+
+
+async def never() -> AsyncGenerator[str | bytes, None]:
+    """No client frames (an SSE stream): waits until cancelled."""
+    await anyio.sleep_forever()
+    yield b""  # pragma: no cover - unreachable; makes this an async generator
