@@ -97,6 +97,10 @@ class StreamWriter:
     _conn: HttpConnection
     _resumed: asyncio.Event = field(default_factory=asyncio.Event)
 
+    @property
+    def connection(self) -> HttpConnection:
+        return self._conn
+
     async def send(self, chunk: bytes) -> None:
         conn = self._conn
         if conn.closed:
@@ -133,6 +137,7 @@ class HttpConnection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._writer: StreamWriter | None = None
+        self._shutting_down = False
 
     # --- asyncio.Protocol
 
@@ -272,8 +277,17 @@ class HttpConnection(asyncio.Protocol):
             raise StreamClosed from None
         self.write(data or b"")
 
+    def shutdown(self) -> None:
+        """Close once the request being answered (if any) is; a stream ends on its own."""
+        self._shutting_down = True
+        if self._task is None:
+            self._close()
+
     def _next_cycle(self) -> None:
         if self.closed:
+            return
+        if self._shutting_down:
+            self._close()
             return
         closing = (h11.MUST_CLOSE, h11.CLOSED)
         if self.h11.our_state in closing or self.h11.their_state in closing:

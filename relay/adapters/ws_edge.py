@@ -1,4 +1,6 @@
-"""The WebSocket listener: ``/v1/ws`` speaks protocol v1; other paths get plain HTTP.
+"""The relay's listener: ``/v1/ws`` speaks protocol v1 over WebSocket; every other request
+is plain HTTP (``relay.adapters.http_api``: the HTTP API, SSE, health, directory, pages),
+on the same port: each new connection's request head decides (``http_server``).
 
 With ``[relay] tls_cert_file`` the one listener speaks only TLS (wss:// and https://
 alike). A WebSocket upgrade from a browser page whose origin ``allowed_origins`` does
@@ -11,12 +13,10 @@ import collections
 import contextlib
 import http
 import itertools
-import json
 import logging
 import resource
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -30,9 +30,17 @@ from relay.adapters.audit import AuditLog
 from relay.adapters.connection import Connection, ConnectionDeps
 from relay.adapters.directory import EdgeDirectory
 from relay.adapters.feed_manager import FeedManager
+from relay.adapters.http_api import HttpApi
+from relay.adapters.http_server import (
+    HttpConnection,
+    HttpResponse,
+    edge_connections,
+    text_response,
+)
 from relay.adapters.log_reader import LogReader
 from relay.adapters.tls import server_ssl_context
 from relay.adapters.tokens import session_auth
+from relay.adapters.wire import Wire, WsWire
 from relay.config.schema import RelayConfig
 from relay.core.connections_per_sub import ConnectionsPerSub
 from relay.core.origins import OriginPolicy
@@ -64,8 +72,8 @@ def connection_limit(configured: int) -> int:
 
 
 WS_PATH = "/v1/ws"
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-STATIC_FILES = {"/": "index.html", "/v1/client.js": "client.js", "/demo.js": "demo.js"}
+# A new connection must send its whole request head within this long.
+HEAD_TIMEOUT_S = 10.0
 
 
 class WsEdge:
@@ -102,6 +110,8 @@ class WsEdge:
         self._spread = itertools.count()
         # (reason, "sibling" | "none") -> clients: for /metrics
         self.redirects: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.http = HttpApi(self)
+        self._http_connections: set[HttpConnection] = set()
 
     def _connection_deps(self, tasks: TaskGroup) -> ConnectionDeps:
         cfg = self.cfg
@@ -151,76 +161,64 @@ class WsEdge:
         return redirect_frame(target.url, target.region, reason)
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        """WebSocket upgrades only: every other request is served by ``self.http``."""
         path = request.path.split("?", 1)[0]
-        if path == WS_PATH:
-            refused = self._refuse_origin(request.headers)
-            if refused is not None:
-                return refused
-            if self._stop.is_set():
-                return self._plain(http.HTTPStatus.SERVICE_UNAVAILABLE, "relay is shutting down\n")
-            if not self.available():
-                return self._plain(
-                    http.HTTPStatus.SERVICE_UNAVAILABLE, "relay cannot reach NATS/JetStream\n"
-                )
-            return None
-        if path == "/v1/health":
-            if not self.available():
-                return self._plain(
-                    http.HTTPStatus.SERVICE_UNAVAILABLE, "nats or jetstream unavailable\n"
-                )
-            return self._plain(http.HTTPStatus.OK, "ok\n")
-        if path == "/v1/ping":  # the cheapest answer there is: clients time it
-            return self._plain(http.HTTPStatus.OK, "pong\n")
-        if path == "/v1/edges" and self.directory is not None:
-            headers = Headers(
-                [
-                    ("Content-Type", "application/json"),
-                    ("Access-Control-Allow-Origin", "*"),  # the browser client probes edges
-                    ("Cache-Control", "no-store"),
-                ]
+        if path != WS_PATH:
+            return self._plain(
+                http.HTTPStatus.NOT_FOUND, f"relaynet: WebSocket endpoint is {WS_PATH}\n"
             )
-            body = json.dumps(self.directory.edges()).encode()
-            return Response(200, "OK", headers, body)
-        if path in STATIC_FILES:
-            return self._static(STATIC_FILES[path])
-        if path == "/metrics" and self.metrics is not None:
-            headers = Headers([("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
-            return Response(200, "OK", headers, self.metrics())
-        return self._plain(
-            http.HTTPStatus.NOT_FOUND, f"relaynet: WebSocket endpoint is {WS_PATH}\n"
-        )
+        refused = self._refuse_origin(request.headers)
+        if refused is not None:
+            return refused
+        if not self.cfg.relay.websocket:
+            return self._plain(
+                http.HTTPStatus.FORBIDDEN,
+                "relaynet: WebSocket is off on this relay (relay.websocket); use SSE at "
+                "/v1/sse and the HTTP API\n",
+            )
+        if self._stop.is_set():
+            return self._plain(http.HTTPStatus.SERVICE_UNAVAILABLE, "relay is shutting down\n")
+        if not self.available():
+            return self._plain(
+                http.HTTPStatus.SERVICE_UNAVAILABLE, "relay cannot reach NATS/JetStream\n"
+            )
+        return None
 
     def _refuse_origin(self, headers: Headers) -> Response | None:
         """403 for a browser page of an origin ``relay.allowed_origins`` does not list."""
         values = headers.get_all("Origin")
         if not values or (len(values) == 1 and self.origins.allows(values[0])):
             return None
+        shown = values[0] if len(values) == 1 else None
+        return self._plain(http.HTTPStatus.FORBIDDEN, self._origin_refusal(shown))
+
+    def _origin_refusal(self, origin: str | None) -> str:
         self.refused_origins += 1
         # Echoed for the developer looking at the browser's network tab, but bounded: it is
         # whatever the client sent.
-        shown = repr(values[0][:100]) if len(values) == 1 else "several Origin headers"
-        return self._plain(
-            http.HTTPStatus.FORBIDDEN,
+        shown = "several Origin headers" if origin is None else repr(origin[:100])
+        return (
             f"relaynet: origin {shown} is not allowed to connect to this relay "
-            "(relay.allowed_origins)\n",
+            "(relay.allowed_origins)\n"
         )
 
-    @staticmethod
-    def _static(name: str) -> Response:
-        """The browser client and the demo page, shipped inside the package."""
-        try:
-            body = (WEB_DIR / name).read_bytes()
-        except OSError:
-            return WsEdge._plain(http.HTTPStatus.NOT_FOUND, f"{name} is not installed\n")
-        kind = "text/html" if name.endswith(".html") else "application/javascript"
-        headers = Headers(
-            [
-                ("Content-Type", f"{kind}; charset=utf-8"),
-                ("Access-Control-Allow-Origin", "*"),
-                ("Cache-Control", "no-cache"),
-            ]
-        )
-        return Response(200, "OK", headers, body)
+    def refused_origin(self, origin: str) -> HttpResponse:
+        """403 for an HTTP request from a page of an origin that is not allowed."""
+        return text_response(403, self._origin_refusal(origin))
+
+    def refuse_stream(self) -> HttpResponse | None:
+        """503 for a new SSE stream this relay cannot take now, else None."""
+        if self._stop.is_set():
+            return text_response(503, "relay is shutting down\n")
+        if not self.available():
+            return text_response(503, "relay cannot reach NATS/JetStream\n")
+        if len(self.connections) >= self.connection_limit:
+            return text_response(503, "relay is full\n", (("Retry-After", "1"),))
+        return None
+
+    def deps(self) -> ConnectionDeps:
+        assert self._deps is not None  # serving only inside run()
+        return self._deps
 
     @staticmethod
     def _plain(status: http.HTTPStatus, body: str) -> Response:
@@ -233,8 +231,11 @@ class WsEdge:
         if len(self.connections) >= self.connection_limit:
             await self._refuse(ws)
             return
-        assert self._deps is not None  # serving only inside run()
-        conn = Connection(self._deps, ws)
+        await self.serve_wire(WsWire(ws))
+
+    async def serve_wire(self, wire: Wire) -> None:
+        """One client connection, WebSocket or SSE, from its start to its end."""
+        conn = Connection(self.deps(), wire)
         self.connections.add(conn)
         try:
             await conn.serve()
@@ -272,6 +273,7 @@ class WsEdge:
                 reuse_port=relay.reuse_port or None,
                 server_header="relaynet",
                 ssl=self.ssl,
+                create_connection=edge_connections(self._new_http, HEAD_TIMEOUT_S),
             ) as server,
         ):
             # Connections' short tasks (subscribe catch-ups, history reads, writers of
@@ -292,6 +294,15 @@ class WsEdge:
             tasks.cancel_scope.cancel()  # request tasks of connections that did not close
         self.stopped.set()
 
+    def _new_http(self) -> HttpConnection:
+        conn = HttpConnection(
+            self.http.handle,
+            max_body_bytes=self.cfg.limits.max_frame_bytes,
+            on_close=self._http_connections.discard,
+        )
+        self._http_connections.add(conn)
+        return conn
+
     def stop(self) -> None:
         self._stop.set()
 
@@ -305,6 +316,8 @@ class WsEdge:
         """Stop accepting, tell every client where to go, let in-flight publishes be
         acked, then close with 1001."""
         server.close(close_connections=False)
+        for http_conn in list(self._http_connections):
+            http_conn.shutdown()  # idle keep-alives now; a request being answered, after it
         if self.directory is not None:
             await self.directory.beat()  # siblings stop sending clients here right away
         for conn in list(self.connections):

@@ -29,6 +29,7 @@ from relay.client.errors import (
     PositionExpiredError,
     RequestRefused,
 )
+from relay.client.http_client import HttpClient
 from relay.client.probing import fetch_directory, survey
 from relay.client.routing import Choice, MoveBackPolicy
 from relay.client.session import Acked, FrameTooLarge, Message
@@ -48,6 +49,7 @@ __all__ = [
     "DirectoryEdge",
     "FrameTooLarge",
     "HistoryPage",
+    "HttpClient",
     "Message",
     "MoveBackPolicy",
     "NoEdgeReachable",

@@ -1,4 +1,4 @@
-"""A minimal HTTP/1.1 GET for the directory and the RTT probes, on h11.
+"""Minimal HTTP/1.1 requests, on h11: the directory, the RTT probes and the HTTP API.
 
 One request per connection (``Connection: close``): the relay's endpoints answer
 and close. No proxy is ever used (the probes must measure the path the
@@ -13,6 +13,8 @@ handshake.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -28,6 +30,18 @@ class HttpError(Exception):
     """The peer answered something that is not an HTTP/1.1 response we can read."""
 
 
+@dataclass(frozen=True)
+class HttpResult:
+    status: int
+    headers: tuple[tuple[str, str], ...]  # names lower-cased
+    body: bytes
+    elapsed_s: float  # from sending the request to the whole response
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        return next((v for k, v in self.headers if k == name), None)
+
+
 async def http_get(
     url: str,
     *,
@@ -35,7 +49,26 @@ async def http_get(
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
 ) -> tuple[int, bytes, float]:
-    """GET ``url``: (status, body, seconds from sending the request to the whole response).
+    """GET ``url``: (status, body, seconds from sending the request to the whole response);
+    see ``http_request``."""
+    result = await http_request(
+        "GET", url, timeout_s=timeout_s, ssl_context=ssl_context, server_hostname=server_hostname
+    )
+    return result.status, result.body, result.elapsed_s
+
+
+async def http_request(
+    method: str,
+    url: str,
+    *,
+    timeout_s: float,
+    body: bytes | None = None,
+    headers: Sequence[tuple[str, str]] = (),
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> HttpResult:
+    """One request to ``url`` (``body`` sent with its Content-Length), on a connection
+    of its own.
 
     For https: ``ssl_context`` verifies the server (default: the system's CAs), against
     ``server_hostname`` (default: the URL's host; the relay's own name when ``url`` was
@@ -57,18 +90,18 @@ async def http_get(
         raise HttpError(f"{url!r} is not ASCII")
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_BYTES)
     try:
-        request = conn.send(
-            h11.Request(
-                method="GET",
-                target=target,
-                headers=[
-                    ("Host", authority),
-                    ("User-Agent", USER_AGENT),
-                    ("Accept", "*/*"),
-                    ("Connection", "close"),
-                ],
-            )
-        )
+        sent_headers = [
+            ("Host", authority),
+            ("User-Agent", USER_AGENT),
+            ("Accept", "*/*"),
+            ("Connection", "close"),
+            *headers,
+        ]
+        if body is not None:
+            sent_headers.append(("Content-Length", str(len(body))))
+        request = conn.send(h11.Request(method=method, target=target, headers=sent_headers))
+        if body:
+            request += conn.send(h11.Data(data=body))
         request += conn.send(h11.EndOfMessage())
     except h11.LocalProtocolError as exc:
         raise HttpError(f"cannot request {url!r}: {exc}") from None
@@ -86,13 +119,16 @@ async def http_get(
         async with stream:
             started = anyio.current_time()
             await stream.send(request)
-            status, body = await _read_response(conn, stream, url)
+            status, got_headers, got = await _read_response(conn, stream, url)
             elapsed = anyio.current_time() - started
-    return status, body, elapsed
+    return HttpResult(status, got_headers, got, elapsed)
 
 
-async def _read_response(conn: h11.Connection, stream: ByteStream, url: str) -> tuple[int, bytes]:
+async def _read_response(
+    conn: h11.Connection, stream: ByteStream, url: str
+) -> tuple[int, tuple[tuple[str, str], ...], bytes]:
     status: int | None = None
+    headers: tuple[tuple[str, str], ...] = ()
     body = bytearray()
     while True:
         try:
@@ -107,13 +143,16 @@ async def _read_response(conn: h11.Connection, stream: ByteStream, url: str) -> 
             conn.receive_data(data)
         elif isinstance(event, h11.Response):
             status = event.status_code
+            headers = tuple(
+                (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers
+            )
         elif isinstance(event, h11.Data):
             body += event.data
             if len(body) > MAX_RESPONSE_BYTES:
                 raise HttpError(f"response from {url} larger than {MAX_RESPONSE_BYTES} bytes")
         elif isinstance(event, h11.EndOfMessage):
             assert status is not None  # h11 gives the response head first
-            return status, bytes(body)
+            return status, headers, bytes(body)
         elif isinstance(event, h11.ConnectionClosed):
             raise HttpError(f"{url} closed the connection before answering")
         # h11.InformationalResponse (1xx): the real answer follows.

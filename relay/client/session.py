@@ -67,6 +67,7 @@ from relay.protocol.frames import (  # the wire format, defined once
     AuthedFrame,
     ConnectedFrame,
     ErrorFrame,
+    HistoryFrame,
     MessageFrame,
     Publish,
     RedirectFrame,
@@ -647,14 +648,11 @@ class ClientSession:
         request = self._requests.pop(frame.ref, None) if isinstance(frame.ref, int) else None
         if request is None or request.op != "history" or not isinstance(frame.ref, int):
             return []  # not an answer to a request of this connection
-        messages = []
         try:
-            for m in frame.messages:
-                ts, position = _clock("ts", m.ts), _clock("position", m.position)
-                messages.append(Message(m.channel, m.id, bytes(m.data), m.origin, ts, position))
+            messages = messages_of(frame)
         except ClockError as exc:
             return [BadFrame(f"history: {exc}")]
-        return [HistoryReceived(frame.ref, frame.channel, tuple(messages), frame.more)]
+        return [HistoryReceived(frame.ref, frame.channel, messages, frame.more)]
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -725,6 +723,21 @@ _LONGEST_REF: Final = 2**63
 def _ref_of(frame: SubscribedFrame | ErrorFrame) -> Ref:
     """The ref a reply echoes; None when it has none."""
     return None if isinstance(frame.ref, msgspec.UnsetType) else frame.ref
+
+
+def messages_of(frame: HistoryFrame) -> tuple[Message, ...]:
+    """A history page's messages (over WebSocket or HTTP); ``ClockError`` for a bad one."""
+    return tuple(
+        Message(
+            m.channel,
+            m.id,
+            bytes(m.data),
+            m.origin,
+            _clock("ts", m.ts),
+            _clock("position", m.position),
+        )
+        for m in frame.messages
+    )
 
 
 def _clock(field: str, raw: dict[str, int]) -> VectorClock:

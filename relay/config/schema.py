@@ -183,6 +183,14 @@ class RelaySection(_Section):
             "`[]`: no browser at all."
         ),
     )
+    websocket: bool = Field(
+        default=True,
+        description=(
+            "Accept WebSocket upgrades. `false` refuses them with HTTP 403, as a proxy that "
+            "blocks WebSocket would, while the HTTP API and SSE keep working: for trying the "
+            "SDKs' fallback to SSE and HTTP publishing."
+        ),
+    )
     reuse_port: bool = Field(
         default=False,
         description=(

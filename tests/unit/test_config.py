@@ -272,7 +272,7 @@ BAD_CONFIGS = [
         MINIMAL + "prot = 8702\n",
         "relay.prot",
         "no such field (known fields: id, host, port, public_url, tls_cert_file, "
-        "tls_key_file, allowed_origins, reuse_port, heartbeat_s, shutdown_grace_s)",
+        "tls_key_file, allowed_origins, websocket, reuse_port, heartbeat_s, shutdown_grace_s)",
         8702,
         id="unknown-nested-key",
     ),
