@@ -32,6 +32,7 @@ from federation.adapters.nats_client import NatsClient, describe_failure, is_ref
 from federation.adapters.region_writer import RegionWriter
 from federation.bad_entries import BadEntries
 from federation.entry_checks import BadEntry, decode_checked
+from federation.presence_format import BadPresence, decode_presence, presence_subject
 from federation.settings import NatsConnectOptions
 from federation.throttled_log import ThrottledLog
 
@@ -129,6 +130,8 @@ class PeerLink:
                     await nc.subscribe(
                         logformat.heartbeat_subject(self.peer_region), cb=self._heartbeat
                     )
+                    # Presence is forwarded the same way: its beats go silent with the link.
+                    await nc.subscribe(presence_subject(self.peer_region), cb=self._presence)
                 async with anyio.create_task_group() as tg:
                     for namespace in self.namespaces:
                         tg.start_soon(self._pump, nc, namespace)
@@ -175,6 +178,23 @@ class PeerLink:
             )
             return
         await self.forward_heartbeat(msg.subject, msg.data)
+
+    async def _presence(self, msg: Msg) -> None:
+        """Forward the peer region's presence messages, and only those (checked first)."""
+        if self.forward_heartbeat is None:
+            return
+        try:
+            decode_presence(msg.data, self.peer_region)
+        except BadPresence as exc:
+            _bad_beats.log(
+                logging.DEBUG,
+                self.peer_region,
+                "peer %s: not forwarding a malformed presence message: %s",
+                self.peer_region,
+                exc,
+            )
+            return
+        await self.forward_heartbeat(presence_subject(self.peer_region), msg.data)
 
     async def _pump(self, nc: NatsClient, namespace: str) -> None:
         js = nc.jetstream(timeout=5)

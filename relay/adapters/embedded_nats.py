@@ -35,6 +35,7 @@ import anyio
 
 from federation.adapters.nats_link import PEER_INBOX_PREFIX
 from federation.logformat import stream_name
+from federation.presence_format import presence_subject
 from federation.settings import NatsConnectOptions
 from relay.adapters import child_process
 from relay.config.schema import NatsSection, RelayConfig
@@ -181,6 +182,8 @@ def peer_permissions(region: str, streams: Sequence[str], peer: str) -> dict[str
     # hear new ones (relay.adapters.revocations); nothing else of it.
     publish.append(f"$JS.API.STREAM.MSG.GET.{revocation_stream(region)}")
     subscribe.append(revocation_subject(region))
+    # ... and its presence (who is on which channel), forwarded by the link like beats.
+    subscribe.append(presence_subject(region))
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
 
 

@@ -168,7 +168,8 @@ class ChannelPresence:
         if state is None:
             return events
         state.seq = max(state.seq, snap.version.seq)
-        if snap.version.seq <= state.snap_seq:
+        newer = snap.version.seq > state.snap_seq
+        if not newer and not (state.removed and snap.version.seq == state.snap_seq):
             return events  # a newer snapshot already said all this one says
         state.snap_seq = snap.version.seq
         healed, state.removed = state.removed, False
@@ -266,10 +267,18 @@ class ChannelPresence:
 class LocalPresence:
     """One origin's own members on one channel, and the numbered changes it sends."""
 
-    def __init__(self, origin: str, epoch: int, region: str, leave_after_s: float) -> None:
+    def __init__(
+        self,
+        origin: str,
+        epoch: int,
+        region: str,
+        leave_after_s: float,
+        relay: str | None = None,
+    ) -> None:
         self.origin = origin
         self.epoch = epoch
         self.region = region
+        self.relay = relay or origin  # what members show as their relay
         self.leave_after_s = leave_after_s
         self._seq = 0
         self._members: dict[MemberKey, tuple[int, Member]] = {}
@@ -278,7 +287,7 @@ class LocalPresence:
     def enter(self, key: MemberKey, data: bytes | None) -> Change:
         """Enter or update (a second enter is an update, as in Ably)."""
         self._leaving.pop(key, None)
-        member = Member(key, self.region, self.origin, data)
+        member = Member(key, self.region, self.relay, data)
         return self._change(key, member)
 
     def leave(self, key: MemberKey) -> Change | None:

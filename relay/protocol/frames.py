@@ -25,6 +25,7 @@ from msgspec import UNSET, UnsetType
 from federation.logformat import StoredMessage
 from federation.vclock import ClockError, VectorClock
 from relay.core.channels import Channel, InvalidChannel, validate_channel
+from relay.core.presence import Member, PresenceEvent
 from relay.protocol.errors import TEMPORARY_ERRORS, ErrorCode, ProtocolError
 
 Ref = str | int | None
@@ -42,6 +43,8 @@ class Subscribe(msgspec.Struct, tag="subscribe", tag_field="op", omit_defaults=T
     channel: str
     position: dict[str, int] | None = None
     ref: Ref = None
+    # Also the channel's presence: its member list now, then ``presence_event`` frames.
+    presence: bool = False
 
 
 class Unsubscribe(msgspec.Struct, tag="unsubscribe", tag_field="op", omit_defaults=True):
@@ -77,8 +80,59 @@ class Auth(msgspec.Struct, tag="auth", tag_field="op", omit_defaults=True):
     ref: Ref = None
 
 
-ClientFrame = Subscribe | Unsubscribe | Publish | History | Ping | Auth
-KNOWN_OPS: Final = frozenset({"subscribe", "unsubscribe", "publish", "history", "ping", "auth"})
+class PresenceEnter(msgspec.Struct, tag="presence.enter", tag_field="op", omit_defaults=True):
+    """Enter the channel's presence set (again: an update). ``client_id`` names the member
+    on an anonymous relay (default: the connection id); with a token it is the ``sub``."""
+
+    channel: str
+    data: msgspec.Raw | UnsetType = UNSET
+    client_id: str | None = None
+    ref: Ref = None
+
+
+class PresenceUpdate(msgspec.Struct, tag="presence.update", tag_field="op", omit_defaults=True):
+    channel: str
+    data: msgspec.Raw | UnsetType = UNSET
+    ref: Ref = None
+
+
+class PresenceLeave(msgspec.Struct, tag="presence.leave", tag_field="op", omit_defaults=True):
+    channel: str
+    ref: Ref = None
+
+
+class PresenceGet(msgspec.Struct, tag="presence.get", tag_field="op", omit_defaults=True):
+    channel: str
+    ref: Ref = None
+
+
+PresenceOp = PresenceEnter | PresenceUpdate | PresenceLeave | PresenceGet
+ClientFrame = (
+    Subscribe
+    | Unsubscribe
+    | Publish
+    | History
+    | Ping
+    | Auth
+    | PresenceEnter
+    | PresenceUpdate
+    | PresenceLeave
+    | PresenceGet
+)
+KNOWN_OPS: Final = frozenset(
+    {
+        "subscribe",
+        "unsubscribe",
+        "publish",
+        "history",
+        "ping",
+        "auth",
+        "presence.enter",
+        "presence.update",
+        "presence.leave",
+        "presence.get",
+    }
+)
 
 _decoder: Final = msgspec.json.Decoder(ClientFrame)
 # A causal context names regions; no deployment has more than this many.
@@ -123,6 +177,16 @@ def decode_client_frame(raw: str | bytes) -> ClientFrame:
         parse_position(frame.before, frame.ref, "before")
     elif isinstance(frame, Subscribe):
         parse_position(frame.position, frame.ref, "position")
+    elif (
+        isinstance(frame, PresenceEnter)
+        and frame.client_id is not None
+        and not _MESSAGE_ID_RE.fullmatch(frame.client_id)
+    ):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            "client_id must be 1-128 printable ASCII characters without spaces",
+            frame.ref,
+        )
     return frame
 
 
@@ -180,6 +244,42 @@ class MessageFrame(msgspec.Struct, tag="message", tag_field="op"):
     origin: str
     ts: dict[str, int]
     position: dict[str, int]
+
+
+class MemberFrame(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One member of a channel's presence set: a client on a connection."""
+
+    client_id: str
+    connection: str
+    region: str
+    relay: str
+    status: str  # "present", or "unreachable": its relay or region is not heard from
+    data: msgspec.Raw | UnsetType = UNSET  # left out: entered without data
+
+
+class PresenceFrame(msgspec.Struct, tag="presence", tag_field="op", kw_only=True):
+    """The channel's members (the answer to ``presence.get``, and the first presence
+    frame of a subscription with ``presence``)."""
+
+    ref: Ref | UnsetType = UNSET
+    channel: str
+    members: list[MemberFrame]
+
+
+class PresenceOkFrame(msgspec.Struct, tag="presence.ok", tag_field="op", kw_only=True):
+    """``presence.enter``/``update``/``leave`` done (on this relay; the others hear of it
+    within a moment)."""
+
+    ref: Ref | UnsetType = UNSET
+    channel: str
+    action: str  # enter, update or leave
+    client_id: str
+
+
+class PresenceEventFrame(msgspec.Struct, tag="presence_event", tag_field="op", kw_only=True):
+    channel: str
+    action: str  # enter, update or leave
+    member: MemberFrame
 
 
 class ConnectedFrame(msgspec.Struct, tag="connected", tag_field="op", kw_only=True):
@@ -268,6 +368,9 @@ ServerFrame = (
     | AuthedFrame
     | TokenExpiringFrame
     | ErrorFrame
+    | PresenceFrame
+    | PresenceOkFrame
+    | PresenceEventFrame
 )
 
 _encode: Final = msgspec.json.Encoder().encode
@@ -369,5 +472,36 @@ def error_frame(
             behind=behind,
             earliest=earliest,
             retry_after_ms=retry_after_ms,
+        )
+    )
+
+
+def member_frame(member: Member) -> MemberFrame:
+    return MemberFrame(
+        client_id=member.key.client_id,
+        connection=member.key.connection,
+        region=member.region,
+        relay=member.relay,
+        status=member.status.value,
+        data=UNSET if member.data is None else msgspec.Raw(member.data),
+    )
+
+
+def presence_frame(ref: Ref, channel: str, members: list[Member]) -> bytes:
+    return _encode(
+        PresenceFrame(ref=_ref(ref), channel=channel, members=[member_frame(m) for m in members])
+    )
+
+
+def presence_ok_frame(ref: Ref, channel: str, action: str, client_id: str) -> bytes:
+    return _encode(
+        PresenceOkFrame(ref=_ref(ref), channel=channel, action=action, client_id=client_id)
+    )
+
+
+def presence_event_frame(channel: str, event: PresenceEvent) -> bytes:
+    return _encode(
+        PresenceEventFrame(
+            channel=channel, action=event.action.value, member=member_frame(event.member)
         )
     )

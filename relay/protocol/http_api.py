@@ -29,6 +29,7 @@ from relay.protocol.frames import (
     DEFAULT_HISTORY_LIMIT,
     History,
     MessageFrame,
+    PresenceGet,
     Publish,
     Subscribe,
 )
@@ -117,6 +118,11 @@ def history_request(channel: str, query: dict[str, list[str]]) -> bytes:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "limit must be an integer") from None
     before = _position_param(query, "before")
     return _encode(History(channel=channel, limit=limit, before=before))
+
+
+def presence_request(channel: str) -> bytes:
+    """The ``presence.get`` frame ``GET /v1/channels/{channel}/presence`` stands for."""
+    return _encode(PresenceGet(channel=channel))
 
 
 def _last(query: dict[str, list[str]], name: str) -> str | None:

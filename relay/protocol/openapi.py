@@ -19,6 +19,7 @@ from relay.protocol.frames import (
     ErrorFrame,
     HistoryFrame,
     MessageFrame,
+    PresenceFrame,
 )
 from relay.protocol.http_api import SSE_PATH, PublishBody
 
@@ -66,7 +67,15 @@ AUTH_PARAM: Final = {
 def document(version: str) -> dict[str, Any]:
     """The OpenAPI 3.1 document of this relay's HTTP API."""
     _, schemas = msgspec.json.schema_components(
-        [PublishBody, AckFrame, ErrorFrame, HistoryFrame, MessageFrame, EdgesDocument],
+        [
+            PublishBody,
+            AckFrame,
+            ErrorFrame,
+            HistoryFrame,
+            MessageFrame,
+            PresenceFrame,
+            EdgesDocument,
+        ],
         ref_template=REF,
     )
     messages = {
@@ -168,6 +177,21 @@ def document(version: str) -> dict[str, Any]:
         "info": {"title": "relaynet relay HTTP API", "version": version},
         "paths": {
             "/v1/channels/{channel}/messages": messages,
+            "/v1/channels/{channel}/presence": {
+                "parameters": [CHANNEL_PARAM, AUTH_PARAM],
+                "get": {
+                    "operationId": "presence",
+                    "summary": "Who is on the channel now, in every region.",
+                    "description": (
+                        "Members of every region; a member whose relay or region has not "
+                        "been heard from for a while is `unreachable` until it is removed."
+                    ),
+                    "responses": {
+                        "200": _json("PresenceFrame", "The members."),
+                        **_errors(400, 401, 403, 503),
+                    },
+                },
+            },
             SSE_PATH: sse,
             "/v1/edges": {
                 "get": {

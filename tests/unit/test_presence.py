@@ -238,3 +238,17 @@ def test_events_always_match_the_view_through_partitions_and_heals(
     events += view.apply_snapshot(origin.snapshot(), now)
     assert view.members() == origin.members()
     assert replay(events) == {m.key: m for m in view.members()}
+
+
+def test_a_heal_relists_from_a_snapshot_the_view_had_seen_before() -> None:
+    """Found by the property above: the origin changed nothing during the partition, so
+    its next snapshot has the seq of the last one seen; it must still list the members."""
+    origin = LocalPresence("eu-west/r2", epoch=4, region="eu-west", leave_after_s=2)
+    view = ChannelPresence(suspect_after_s=3, remove_after_s=6)
+    origin.enter(key("ann"), b"1")
+    view.apply_snapshot(origin.snapshot(), 0.0)
+    assert [e.action for e in view.tick(6.0)] == [Action.LEAVE]
+    assert view.heard("eu-west/r2", 4, 7.0) == []
+    events = view.apply_snapshot(origin.snapshot(), 7.0)
+    assert [(e.action, e.member.key.client_id) for e in events] == [(Action.ENTER, "ann")]
+    assert view.members() == origin.members()
