@@ -34,6 +34,7 @@ from relay.adapters.feed_manager import FeedManager
 from relay.adapters.log_reader import LogReader
 from relay.adapters.metrics import RelayCollector, make_registry, render
 from relay.adapters.nats_broker import NatsBroker
+from relay.adapters.presence import PresenceService
 from relay.adapters.revocations import RevocationFollower
 from relay.adapters.ws_edge import WsEdge
 from relay.config.schema import RelayConfig
@@ -212,6 +213,8 @@ class RelayNode:
                 edge.available = self.nats.available
                 edge.audit = AuditLog.from_config(cfg)
                 stack.callback(edge.audit.close)
+                edge.presence = PresenceService(nc, cfg.region.name, cfg.relay.id, cfg.presence)
+                await tg.start(edge.presence.run)
                 if cfg.auth.mode == "token":  # before serving: no revoked token gets in
                     await self._follow_revocations(tg, nc, edge, edge.audit)
                 await tg.start(edge.run)

@@ -9,6 +9,12 @@ calls back with the result, so a connection's publishes to one channel are
 stored in the order they were sent. Unsubscribe is handled inline by the
 reader, so no message of the channel can follow the "unsubscribed".
 
+With backend hooks (``relay.adapters.hooks``): the connect hook is asked before the
+``connected`` frame and, for an ``auth`` frame, by the reader itself (frames after it
+wait); a subscribe hook is asked in the subscribe's task, before it attaches; a
+channel's hooked publishes queue behind one task that asks about each in turn and
+hands it to the writer before asking about the next, so the order still holds.
+
 A connection gets what it needs from its relay in one frozen ``ConnectionDeps``
 that the edge builds once; it never reaches back into the edge. Each of its
 subscriptions is one ``Subscription`` object, owned by the session: its state
@@ -23,11 +29,15 @@ import itertools
 import logging
 import os
 import time
+from collections import deque
+from collections.abc import Callable
 from contextlib import aclosing, suppress
 from dataclasses import dataclass
 
 import anyio
+import msgspec
 from anyio.abc import TaskGroup
+from msgspec import UnsetType
 
 from federation.adapters.region_writer import RegionWriter
 from federation.channel_writes import Failed, Result
@@ -36,17 +46,24 @@ from federation.throttled_log import ThrottledLog
 from relay.adapters import publishing
 from relay.adapters.audit import AuditLog
 from relay.adapters.feed_manager import FeedManager
+from relay.adapters.hooks import ClientInfo, Hooks
 from relay.adapters.log_reader import LogReader
 from relay.adapters.outbox import Outbox
+from relay.adapters.presence import PresenceService
 from relay.adapters.wire import Wire, WireClosed
 from relay.core.capabilities import TokenRejected
 from relay.core.channels import Channel
 from relay.core.connections_per_sub import ConnectionsPerSub
 from relay.core.feed import AttachedLive
+from relay.core.hooks import Accepted, Rejected, Unavailable, Verdict
 from relay.core.recovery import PositionExpired
 from relay.protocol.errors import CloseCode, ErrorCode
 from relay.protocol.frames import (
+    Auth,
     History,
+    PresenceEnter,
+    PresenceGet,
+    PresenceLeave,
     Publish,
     ack_frame,
     connected_frame,
@@ -54,20 +71,25 @@ from relay.protocol.frames import (
     history_frame,
     message_frame,
     parse_position,
+    presence_frame,
+    presence_ok_frame,
     subscribed_frame,
 )
 from relay.protocol.session import (
     ANONYMOUS,
     Action,
     Audit,
+    AuthRequest,
     Close,
     Detach,
+    PresenceRequest,
     Reply,
     ServerSession,
     SessionAuth,
     SessionLimits,
     SubscribeRequest,
     Subscription,
+    fenced_frame,
 )
 
 log = logging.getLogger("relaynet.conn")
@@ -76,6 +98,7 @@ _problems = ThrottledLog(log)
 _ids = itertools.count(1)
 
 MAX_REQUESTS_IN_FLIGHT = 256
+PublishDone = Callable[[str, Result], None]
 # History reads in flight per connection: each holds a page (up to MAX_HISTORY_LIMIT
 # messages) in memory until the outbox takes it, where it counts against the byte bound.
 MAX_HISTORY_IN_FLIGHT = 4
@@ -106,10 +129,12 @@ class ConnectionDeps:
     audit: AuditLog | None = None  # security events; None: not recorded
     # Connections per token subject on this relay (limits.max_connections_per_sub).
     per_sub: ConnectionsPerSub | None = None
+    hooks: Hooks | None = None  # the backend's hooks; None: none configured
+    presence: PresenceService | None = None  # None: presence ops answer `unavailable`
 
 
 class Connection:
-    def __init__(self, deps: ConnectionDeps, wire: Wire) -> None:
+    def __init__(self, deps: ConnectionDeps, wire: Wire, client: ClientInfo | None = None) -> None:
         self.deps = deps
         self.wire = wire
         token = wire.token()  # always taken: the wire forgets it (and the handshake) then
@@ -134,6 +159,16 @@ class Connection:
         self._histories = 0  # history reads among the requests
         self._room: anyio.Event | None = None
         self.reader_scope = anyio.CancelScope()
+        self._client = client  # what the connect hook is told about the client
+        # Publishes waiting for their channel's publish hook, in order; and the channels
+        # where one failed (its id): the ones queued behind it are refused until it is
+        # sent again. Made on first use.
+        self._hooked: dict[Channel, deque[tuple[Publish, PublishDone]]] | None = None
+        self._hook_fences: dict[Channel, str] = {}
+        # Presence: channel -> the client id this connection entered it as; and the
+        # channels whose presence events it subscribed to. Made on first use.
+        self._entered: dict[str, str] | None = None
+        self._presence_subs: set[str] | None = None
 
     @property
     def subscriptions(self) -> list[Subscription]:
@@ -173,7 +208,10 @@ class Connection:
         )
 
     async def serve(self) -> None:
-        self.outbox.offer(self._connected())
+        if self.deps.auth.external:
+            self.outbox.offer(await self._hook_connected())
+        else:
+            self.outbox.offer(self._connected())
         if self.session.deadline is not None:  # token mode: the authentication deadline
             self._watch_expiry()
         try:
@@ -195,6 +233,8 @@ class Connection:
                 self._expiry_scope.cancel()
             for sub in self.session.subscriptions:
                 self._drop(sub)
+            if self._entered and self.deps.presence is not None:
+                self.deps.presence.connection_closed(self.id)
 
     def _watch_expiry(self) -> None:
         """Close the connection when it has no token by the authentication deadline, or
@@ -286,6 +326,12 @@ class Connection:
                         self._drop(action.subscription)
                     elif isinstance(action, Audit):
                         self._audit(action)
+                    elif isinstance(action, PresenceRequest):
+                        self._presence(action)
+                    elif isinstance(action, AuthRequest):
+                        await self._hook_auth(action.frame)
+                        if self._close is not None:
+                            return
                     elif isinstance(action, Publish):
                         while self._publishing >= MAX_REQUESTS_IN_FLIGHT:
                             await self._wait_room()
@@ -436,6 +482,9 @@ class Connection:
             self.outbox.offer(ack_frame(request.ref, message_id, channel, result.position))
 
         self._publishing += 1
+        if self.deps.hooks is not None and self.deps.hooks.publishes(channel):
+            self._queue_hooked(request, done)
+            return
         publishing.submit(self.deps.writer, request, self.session.credentials, self, done)
 
     def _subscribe_now(self, request: SubscribeRequest) -> bool:
@@ -443,7 +492,7 @@ class Connection:
         from, and the channel's feed open already (the common case: many clients of one
         channel; a task per subscribe was most of a connection's set-up cost)."""
         frame, sub = request.frame, request.subscription
-        if frame.position is not None:
+        if frame.position is not None or self._hooks_subscribe(sub.channel):
             return False
         feed = self.deps.feeds.acquire_ready(sub.channel)
         if feed is None:
@@ -453,12 +502,15 @@ class Connection:
         assert isinstance(attached, AttachedLive)  # no position: always live
         self.session.subscribe_succeeded(sub)
         self.outbox.offer(subscribed_frame(frame.ref, sub.channel, attached.position, False))
+        self._follow_presence(request)
         return True
 
     async def _subscribe(self, request: SubscribeRequest) -> None:
         frame, sub = request.frame, request.subscription
         channel = sub.channel
         position = parse_position(frame.position, frame.ref, "position")
+        if self._hooks_subscribe(channel) and not await self._hook_subscribe(request):
+            return
         feed = await self.deps.feeds.acquire(channel)
         if not self.session.is_current(sub):  # unsubscribed (maybe resubscribed) meanwhile
             self.deps.feeds.release(channel)
@@ -470,6 +522,7 @@ class Connection:
             self.outbox.offer(
                 subscribed_frame(frame.ref, channel, attached.position, position is not None)
             )
+            self._follow_presence(request)
             return
         assert position is not None
         async with aclosing(self.deps.recovery.missed(channel, position, attached.upto_seq)) as it:
@@ -494,6 +547,7 @@ class Connection:
                 return
             # Your own position: the replay that follows takes you from there.
             self.outbox.offer(subscribed_frame(frame.ref, channel, position, True))
+            self._follow_presence(request)
             while batch is not None:
                 for entry in batch:
                     if sub.feed is None:
@@ -502,12 +556,65 @@ class Connection:
                 batch = await anext(it, None)
         feed.finish_catch_up(sub)
 
+    def _follow_presence(self, request: SubscribeRequest) -> None:
+        """A subscription with ``presence``: the member list now, then every change."""
+        presence = self.deps.presence
+        if not request.frame.presence or presence is None:
+            return
+        channel = request.subscription.channel
+        if self._presence_subs is None:
+            self._presence_subs = set()
+        if channel not in self._presence_subs:
+            self._presence_subs.add(channel)
+            presence.listen(channel, self.outbox.offer)
+        self.outbox.offer(presence_frame(None, channel, presence.members(channel)))
+
+    def _presence(self, request: PresenceRequest) -> None:
+        frame = request.frame
+        channel = frame.channel
+        presence = self.deps.presence
+        if presence is None:
+            self.outbox.offer(
+                error_frame(
+                    ErrorCode.UNAVAILABLE,
+                    "presence is off on this relay",
+                    frame.ref,
+                    channel=channel,
+                )
+            )
+            return
+        if isinstance(frame, PresenceGet):
+            self.outbox.offer(presence_frame(frame.ref, channel, presence.members(channel)))
+            return
+        if self._entered is None:
+            self._entered = {}
+        if isinstance(frame, PresenceLeave):
+            client_id = self._entered.pop(channel, request.client_id or self.id)
+            presence.leave(channel, client_id, self.id)
+            self.outbox.offer(presence_ok_frame(frame.ref, channel, "leave", client_id))
+            return
+        entered = self._entered.get(channel)
+        client_id = entered or request.client_id or self.id
+        if entered is not None and isinstance(frame, PresenceEnter) and request.client_id:
+            client_id = request.client_id  # entering again under another name
+            if client_id != entered:
+                presence.leave(channel, entered, self.id)
+        self._entered[channel] = client_id
+        data = None if isinstance(frame.data, UnsetType) else bytes(frame.data)
+        presence.enter(channel, client_id, self.id, data)
+        action = "update" if entered is not None else "enter"
+        self.outbox.offer(presence_ok_frame(frame.ref, channel, action, client_id))
+
     def _drop(self, sub: Subscription) -> None:
         """Detach from the channel's feed now; the NATS side is released in the background."""
         feed, sub.feed = sub.feed, None
         if feed is not None:
             feed.detach(sub)
             self.deps.feeds.release(sub.channel)
+        if self._presence_subs and sub.channel in self._presence_subs:
+            self._presence_subs.discard(sub.channel)
+            if self.deps.presence is not None:
+                self.deps.presence.unlisten(sub.channel, self.outbox.offer)
 
     async def _history(self, request: History) -> None:
         if self.outbox.failed or self.outbox.closed:
@@ -516,3 +623,173 @@ class Connection:
         before = parse_position(request.before, request.ref, "before")
         frames, more = await self.deps.recovery.history(channel, request.limit, before)
         self.outbox.offer(history_frame(request.ref, channel, frames, more))
+
+    # --- backend hooks (relay.adapters.hooks)
+
+    def _hooks_subscribe(self, channel: str) -> bool:
+        return self.deps.hooks is not None and self.deps.hooks.subscribes(channel)
+
+    async def _ask_connect(self, credentials: str | None) -> Verdict:
+        hooks, client = self.deps.hooks, self._client
+        assert hooks is not None  # hook mode has a connect hook (config check)
+        return await hooks.connect(
+            connection_id=self.id,
+            transport="websocket" if client is None else client.transport,
+            credentials=credentials,
+            remote_addr=None if client is None else client.remote_addr,
+            headers={} if client is None else dict(client.headers),
+        )
+
+    async def _hook_connected(self) -> bytes:
+        """Hook mode: the ``connected`` frame, once the backend said who the client is if
+        it came with credentials (``?token=``) or a forwarded header; without either it
+        may still send an ``auth`` frame. A rejection closes the connection (4501); a
+        backend that cannot answer closes it as temporary (4001: the client retries)."""
+        deps, client = self.deps, self._client
+        token, self._token = self._token, None
+        credentials = None if client is None else client.credentials
+        if credentials is None:
+            if token is None and (client is None or not client.headers):
+                return connected_frame(
+                    deps.region, deps.relay_id, self.id, deps.heartbeat_s, deps.max_frame_bytes
+                )
+            verdict = await self._ask_connect(token)
+            if isinstance(verdict, Rejected):
+                self._close = (CloseCode.UNAUTHORIZED, "unauthorized")
+                self._audit(Audit("auth_failed", verdict.reason, "connect"))
+                return error_frame(ErrorCode.UNAUTHORIZED, verdict.reason)
+            if isinstance(verdict, Unavailable):
+                self._close = (CloseCode.UNAVAILABLE, "unavailable")
+                return error_frame(ErrorCode.UNAVAILABLE, verdict.reason)
+            credentials = verdict.credentials
+            assert credentials is not None  # a connect accept always has them
+        self.session.grant(credentials)
+        self._audit(Audit("authed", op="connect", sub=credentials.sub))
+        if self._refused_for_sub():
+            return self._sub_limit_frame(credentials.sub)
+        self._watch_expiry()
+        return connected_frame(
+            deps.region,
+            deps.relay_id,
+            self.id,
+            deps.heartbeat_s,
+            deps.max_frame_bytes,
+            sub=credentials.sub,
+            exp=credentials.exp,
+        )
+
+    async def _hook_auth(self, frame: Auth) -> None:
+        """Hook mode: an ``auth`` frame, checked by the backend. The reader waits for it,
+        so frames sent after it are handled as the client it makes."""
+        verdict = await self._ask_connect(frame.token)
+        now = time.monotonic()
+        if isinstance(verdict, Unavailable):
+            self.outbox.offer(error_frame(ErrorCode.UNAVAILABLE, verdict.reason, frame.ref))
+            return
+        if isinstance(verdict, Rejected):
+            actions = self.session.auth_refused(frame, verdict.reason, now)
+        else:
+            assert verdict.credentials is not None
+            actions = self.session.auth_accepted(frame, verdict.credentials, now)
+            if self._refused_for_sub():
+                assert self.session.credentials is not None
+                self.outbox.offer(self._sub_limit_frame(self.session.credentials.sub))
+                return
+        for action in actions:
+            if isinstance(action, Detach):
+                self._drop(action.subscription)
+            else:
+                self._act([action])
+
+    async def _hook_subscribe(self, request: SubscribeRequest) -> bool:
+        """Whether the backend lets the subscription be attached; if not, it is refused
+        (``forbidden`` with the backend's reason, or ``unavailable``)."""
+        hooks, sub = self.deps.hooks, request.subscription
+        assert hooks is not None
+        creds = self.session.credentials
+        verdict = await hooks.subscribe(self.id, None if creds is None else creds.sub, sub.channel)
+        if isinstance(verdict, Accepted):
+            return True
+        self.session.subscribe_failed(sub)
+        code = ErrorCode.UNAVAILABLE
+        if isinstance(verdict, Rejected):
+            code = ErrorCode.FORBIDDEN
+            sub_id, jti = (None, None) if creds is None else (creds.sub, creds.jti)
+            self._audit(Audit("denied", verdict.reason, "subscribe", sub.channel, sub_id, jti))
+        self.outbox.offer(error_frame(code, verdict.reason, request.frame.ref, channel=sub.channel))
+        return False
+
+    def _queue_hooked(self, request: Publish, done: PublishDone) -> None:
+        """A publish to a channel with a publish hook. The channel's hooked publishes are
+        asked about one after the other, each handed to the writer before the next is
+        asked, so a slow answer never lets a later publish overtake an earlier one."""
+        channel = Channel(request.channel)
+        fences = self._hook_fences
+
+        def answered(message_id: str, result: Result) -> None:
+            if isinstance(result, Failed):  # the rest wait for its resend, as in the writer
+                fences.setdefault(channel, result.behind or message_id)
+            done(message_id, result)
+
+        if self._hooked is None:
+            self._hooked = {}
+        queue = self._hooked.get(channel)
+        if queue is not None:
+            queue.append((request, answered))
+            return
+        self._hooked[channel] = deque([(request, answered)])
+        self.deps.tasks.start_soon(self._run_hooked, channel)
+
+    async def _run_hooked(self, channel: Channel) -> None:
+        assert self._hooked is not None
+        queue = self._hooked[channel]
+        try:
+            while queue:
+                request, done = queue[0]
+                await self._hooked_publish(channel, request, done)
+                queue.popleft()
+        finally:
+            del self._hooked[channel]
+            for request, done in queue:  # cancelled: the relay is stopping
+                done(request.id or "", Failed("the relay is shutting down"))
+
+    async def _hooked_publish(self, channel: Channel, request: Publish, done: PublishDone) -> None:
+        if self._hook_fenced(channel, request):
+            return
+        if request.id is None:  # the backend is told the id it will be stored under
+            request = msgspec.structs.replace(request, id=os.urandom(12).hex())
+        assert request.id is not None and self.deps.hooks is not None
+        creds = self.session.credentials
+        sub = None if creds is None else creds.sub
+        verdict = await self.deps.hooks.publish(self.id, sub, request)
+        if isinstance(verdict, Rejected):
+            # Final, like a capability's refusal: the publishes after it go on.
+            jti = None if creds is None else creds.jti
+            self._audit(Audit("denied", verdict.reason, "publish", channel, sub, jti))
+            self.outbox.offer(
+                error_frame(
+                    ErrorCode.FORBIDDEN, verdict.reason, request.ref, channel=channel, id=request.id
+                )
+            )
+            self._publishing -= 1
+            self._made_room()
+        elif isinstance(verdict, Unavailable):
+            done(request.id, Failed(verdict.reason))
+        elif not self._hook_fenced(channel, request):  # one before it failed meanwhile
+            if verdict.data is not None:
+                request = msgspec.structs.replace(request, data=verdict.data)
+            publishing.submit(self.deps.writer, request, creds, self, done)
+
+    def _hook_fenced(self, channel: Channel, request: Publish) -> bool:
+        """Refuse ``request`` if an earlier publish to ``channel`` failed and was not sent
+        again yet; the resend itself lifts the fence."""
+        fence = self._hook_fences.get(channel)
+        if fence is None:
+            return False
+        if request.id == fence:
+            del self._hook_fences[channel]
+            return False
+        self.outbox.offer(fenced_frame(request, fence))
+        self._publishing -= 1
+        self._made_room()
+        return True

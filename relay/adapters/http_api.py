@@ -13,17 +13,20 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import anyio
+import msgspec
 
 from federation.channel_writes import Failed, Result
 from federation.region_log import LogUnavailable
 from federation.vclock import VectorClock
 from relay import __version__
 from relay.adapters import publishing
+from relay.adapters.hooks import ClientInfo, Transport
 from relay.adapters.http_server import (
     HttpRequest,
     HttpResponse,
@@ -34,6 +37,7 @@ from relay.adapters.http_server import (
 from relay.adapters.sse import SseWire
 from relay.core.capabilities import TokenRejected
 from relay.core.channels import Channel, InvalidChannel, validate_channel
+from relay.core.hooks import Rejected, Unavailable
 from relay.protocol import http_api, openapi
 from relay.protocol.errors import ErrorCode, ProtocolError
 from relay.protocol.frames import (
@@ -43,8 +47,9 @@ from relay.protocol.frames import (
     error_frame,
     history_frame,
     parse_position,
+    presence_frame,
 )
-from relay.protocol.session import Audit, Reply, ServerSession
+from relay.protocol.session import Audit, PresenceRequest, Reply, ServerSession
 
 if TYPE_CHECKING:
     from relay.adapters.ws_edge import WsEdge
@@ -79,6 +84,10 @@ class HttpApi:
             if request.method == "GET":
                 return _with(await self._history(request, channel_route.channel), cors)
             return _with(_not_allowed("GET, POST"), cors)
+        if channel_route is not None:  # presence
+            if request.method != "GET":
+                return _with(_not_allowed("GET"), cors)
+            return _with(await self._presence(request, channel_route.channel), cors)
         if request.method not in ("GET", "HEAD"):
             return _not_allowed("GET")
         if path == http_api.SSE_PATH:
@@ -154,8 +163,8 @@ class HttpApi:
             token = http_api.bearer_token(request.header("authorization")) or request.param("token")
         except ProtocolError as exc:
             return session, error_frame(exc.code, exc.message)
-        if token is None or not deps.auth.required:
-            return session, None
+        if token is None or not deps.auth.required or deps.auth.external:
+            return session, None  # hook mode: see _authed_session
         try:
             credentials = session.authenticate(token)
         except TokenRejected as exc:
@@ -164,16 +173,79 @@ class HttpApi:
         self._audit(Audit("authed", op="http", sub=credentials.sub, jti=credentials.jti), who)
         return session, None
 
-    def _run(self, session: ServerSession, frame: bytes, who: str) -> Publish | History | bytes:
+    async def _authed_session(
+        self, request: HttpRequest, who: str, transport: Transport = "http"
+    ) -> tuple[ServerSession, bytes | None]:
+        """``_session``; in hook mode, with the backend's connect hook asked about the
+        request's credentials (a bearer token or ``?token=``) and forwarded headers."""
+        edge = self.edge
+        deps = edge.deps()
+        if not deps.auth.external:
+            return self._session(request, who)
+        session = ServerSession(deps.session_limits, deps.auth)
+        try:
+            token = http_api.bearer_token(request.header("authorization")) or request.param("token")
+        except ProtocolError as exc:
+            return session, error_frame(exc.code, exc.message)
+        hooks = edge.hooks
+        assert hooks is not None  # hook mode has a connect hook (config check)
+        headers = hooks.forwarded(dict(request.headers))
+        if token is None and not headers:
+            return session, None  # no credentials: refused as for a missing token
+        verdict = await hooks.connect(
+            connection_id=who, transport=transport, credentials=token, remote_addr=None,
+            headers=headers,
+        )  # fmt: skip
+        if isinstance(verdict, Rejected):
+            self._audit(Audit("auth_failed", verdict.reason, "http"), who)
+            return session, error_frame(ErrorCode.UNAUTHORIZED, verdict.reason)
+        if isinstance(verdict, Unavailable):
+            return session, error_frame(ErrorCode.UNAVAILABLE, verdict.reason)
+        credentials = verdict.credentials
+        assert credentials is not None  # a connect accept always has them
+        session.grant(credentials)
+        self._audit(Audit("authed", op="http", sub=credentials.sub), who)
+        return session, None
+
+    async def _hook_publish(
+        self, session: ServerSession, frame: Publish, who: str
+    ) -> Publish | bytes:
+        """The publish to store after the namespace's publish hook (its data maybe
+        replaced), or the error frame refusing it."""
+        hooks = self.edge.hooks
+        if hooks is None or not hooks.publishes(frame.channel):
+            return frame
+        if frame.id is None:  # the backend is told the id it will be stored under
+            frame = msgspec.structs.replace(frame, id=os.urandom(12).hex())
+        creds = session.credentials
+        sub = None if creds is None else creds.sub
+        verdict = await hooks.publish(who, sub, frame)
+        if isinstance(verdict, Rejected):
+            jti = None if creds is None else creds.jti
+            self._audit(Audit("denied", verdict.reason, "publish", frame.channel, sub, jti), who)
+            return error_frame(
+                ErrorCode.FORBIDDEN, verdict.reason, channel=frame.channel, id=frame.id
+            )
+        if isinstance(verdict, Unavailable):
+            return error_frame(
+                ErrorCode.UNAVAILABLE, verdict.reason, channel=frame.channel, id=frame.id
+            )
+        if verdict.data is not None:
+            frame = msgspec.structs.replace(frame, data=verdict.data)
+        return frame
+
+    def _run(
+        self, session: ServerSession, frame: bytes, who: str
+    ) -> Publish | History | PresenceRequest | bytes:
         """The session's verdict on ``frame``: the request to carry out, or a reply."""
         reply: bytes | None = None
-        request: Publish | History | None = None
+        request: Publish | History | PresenceRequest | None = None
         for action in session.receive(frame, time.monotonic()):
             if isinstance(action, Audit):
                 self._audit(action, who)
             elif isinstance(action, Reply):
                 reply = action.frame
-            elif isinstance(action, Publish | History):
+            elif isinstance(action, Publish | History | PresenceRequest):
                 request = action
         if request is not None:
             return request
@@ -194,7 +266,7 @@ class HttpApi:
 
     async def _publish(self, request: HttpRequest, channel: str) -> HttpResponse:
         who = f"{self.edge.relay_id}-http-{next(_requests)}"
-        session, refused = self._session(request, who)
+        session, refused = await self._authed_session(request, who)
         if refused is not None:
             return _reply(refused)
         try:
@@ -205,6 +277,10 @@ class HttpApi:
         verdict = self._run(session, frame, who)
         if not isinstance(verdict, Publish):
             return _reply(verdict) if isinstance(verdict, bytes) else _internal()
+        hooked = await self._hook_publish(session, verdict, who)
+        if isinstance(hooked, bytes):
+            return _reply(hooked)
+        verdict = hooked
         answered = anyio.Event()
         outcome: list[tuple[str, Result]] = []
 
@@ -225,7 +301,7 @@ class HttpApi:
 
     async def _history(self, request: HttpRequest, channel: str) -> HttpResponse:
         who = f"{self.edge.relay_id}-http-{next(_requests)}"
-        session, refused = self._session(request, who)
+        session, refused = await self._authed_session(request, who)
         if refused is not None:
             return _reply(refused)
         try:
@@ -243,6 +319,19 @@ class HttpApi:
         except LogUnavailable as exc:
             return _reply(error_frame(ErrorCode.UNAVAILABLE, str(exc), channel=channel))
         return _reply(history_frame(None, verdict.channel, frames, more))
+
+    async def _presence(self, request: HttpRequest, channel: str) -> HttpResponse:
+        who = f"{self.edge.relay_id}-http-{next(_requests)}"
+        session, refused = await self._authed_session(request, who)
+        if refused is not None:
+            return _reply(refused)
+        verdict = self._run(session, http_api.presence_request(channel), who)
+        if isinstance(verdict, bytes):
+            return _reply(verdict)
+        presence = self.edge.presence
+        if not isinstance(verdict, PresenceRequest) or presence is None:
+            return _reply(error_frame(ErrorCode.UNAVAILABLE, "presence is off", channel=channel))
+        return _reply(presence_frame(None, verdict.frame.channel, presence.members(channel)))
 
     # --- SSE
 
@@ -263,14 +352,17 @@ class HttpApi:
         if refused is not None:
             return _with(refused, cors)
         who = f"{edge.relay_id}-sse-{next(_requests)}"
+        client: ClientInfo | None = None
         if edge.deps().auth.required:
             # Checked before the 200: a browser's EventSource gives up on an error status
             # (so its SDK fetches a fresh token) but would retry a stream that ends.
-            check, failed = self._session(request, who)
+            check, failed = await self._authed_session(request, who, "sse")
             if failed is None and check.credentials is None:
                 failed = error_frame(ErrorCode.UNAUTHORIZED, "a token is required: ?token=")
             if failed is not None:
                 return _with(_reply(failed), cors)
+            if edge.deps().auth.external:  # the stream is who the hook just said
+                client = ClientInfo("sse", credentials=check.credentials)
         subscribes = [
             http_api.subscribe_request(c, positions.get(c), ref=i) for i, c in enumerate(channels)
         ]
@@ -283,7 +375,7 @@ class HttpApi:
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_heartbeats, wire, edge.cfg.relay.heartbeat_s)
-                    await edge.serve_wire(wire)
+                    await edge.serve_wire(wire, client)
                     tg.cancel_scope.cancel()
             finally:
                 self.sse_streams -= 1

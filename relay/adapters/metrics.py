@@ -11,7 +11,15 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from relay.adapters.hooks import LATENCY_BUCKETS_S, Hooks
+from relay.core.circuit import BreakerState
 
 if TYPE_CHECKING:
     from federation.service import FederationService
@@ -57,6 +65,8 @@ class RelayCollector:
                 sent.add_metric([*self.labels.values(), reason, target], count)
             yield sent
         if edge is not None:
+            if edge.hooks is not None:
+                yield from self._hooks(edge.hooks)
             yield self._gauge(
                 "relaynet_publishes_waiting_for_context",
                 "Publishes held until their causal context (from another region) arrives.",
@@ -108,6 +118,43 @@ class RelayCollector:
             received.add_metric(values, peer_link.received)
         yield link
         yield received
+
+    def _hooks(self, hooks: Hooks) -> Iterator[Metric]:
+        names = [*self.labels, "hook", "kind"]
+        calls = CounterMetricFamily(
+            "relaynet_hook_calls",
+            "Backend hook calls by outcome: accept, replace (a publish's data replaced), "
+            "reject, error (bad status or answer, unreachable, after retries), timeout, "
+            "circuit_open (refused at once by the open breaker, nothing sent).",
+            labels=[*names, "outcome"],
+        )
+        latency = HistogramMetricFamily(
+            "relaynet_hook_latency_seconds",
+            "Time a hook call took, retries included (calls the breaker refused excluded).",
+            labels=names,
+        )
+        breaker = GaugeMetricFamily(
+            "relaynet_hook_breaker_state",
+            "1 for the state each hook's circuit breaker is in (closed, open, half_open).",
+            labels=[*self.labels, "hook", "state"],
+        )
+        base = list(self.labels.values())
+        for name, endpoint in sorted(hooks.endpoints.items()):
+            for (kind, outcome), count in sorted(endpoint.calls.items()):
+                calls.add_metric([*base, name, kind, outcome], count)
+            for kind, stats in sorted(endpoint.latency.items()):
+                buckets = [
+                    (str(b), n) for b, n in zip(LATENCY_BUCKETS_S, stats.buckets, strict=True)
+                ]
+                latency.add_metric(
+                    [*base, name, kind], [*buckets, ("+Inf", stats.count)], stats.sum_s
+                )
+            state = endpoint.breaker_state()
+            for each in BreakerState:
+                breaker.add_metric([*base, name, each.value], 1.0 if each is state else 0.0)
+        yield calls
+        yield latency
+        yield breaker
 
     def _bad_entries(
         self, feeds: FeedManager | None, fed: FederationService | None

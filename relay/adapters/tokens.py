@@ -231,6 +231,8 @@ def session_auth(
         raise KeyConfigError(f"auth.anonymous: {exc}") from None
     if auth.mode == "anonymous":
         return SessionAuth(None, anonymous)
+    if auth.mode == "hook":  # the backend's connect hook says who clients are
+        return SessionAuth(None, anonymous, external=True, expiry_warning_s=auth.expiry_warning_s)
     return SessionAuth(
         TokenVerifier.from_config(auth, env).verify,
         anonymous,

@@ -30,6 +30,7 @@ from relay.adapters.audit import AuditLog
 from relay.adapters.connection import Connection, ConnectionDeps
 from relay.adapters.directory import EdgeDirectory
 from relay.adapters.feed_manager import FeedManager
+from relay.adapters.hooks import ClientInfo, Hooks
 from relay.adapters.http_api import HttpApi
 from relay.adapters.http_server import (
     HttpConnection,
@@ -38,6 +39,7 @@ from relay.adapters.http_server import (
     text_response,
 )
 from relay.adapters.log_reader import LogReader
+from relay.adapters.presence import PresenceService
 from relay.adapters.tls import server_ssl_context
 from relay.adapters.tokens import session_auth
 from relay.adapters.wire import Wire, WsWire
@@ -94,9 +96,11 @@ class WsEdge:
         self.ssl = server_ssl_context(cfg.relay)
         self.origins = OriginPolicy(cfg.relay.allowed_origins)
         self.per_sub = ConnectionsPerSub(cfg.limits.max_connections_per_sub)
+        self.hooks = Hooks.from_config(cfg)  # hook secrets are read here, once, too
         self.refused_origins = 0  # WebSocket upgrades refused for their Origin
         self.metrics: Callable[[], bytes] | None = None
         self.audit: AuditLog | None = None  # set by the node before run()
+        self.presence: PresenceService | None = None  # ditto
         # What every connection gets of this relay; made once the task group runs.
         self._deps: ConnectionDeps | None = None
         self.directory: EdgeDirectory | None = None
@@ -140,7 +144,9 @@ class WsEdge:
             tasks=tasks,
             auth=self.auth,
             audit=self.audit,
+            presence=self.presence,
             per_sub=self.per_sub,
+            hooks=self.hooks,
         )
 
     def state(self) -> RelayState:
@@ -231,11 +237,26 @@ class WsEdge:
         if len(self.connections) >= self.connection_limit:
             await self._refuse(ws)
             return
-        await self.serve_wire(WsWire(ws))
+        await self.serve_wire(WsWire(ws), self._client_info(ws))
 
-    async def serve_wire(self, wire: Wire) -> None:
+    def _client_info(self, ws: ServerConnection) -> ClientInfo | None:
+        """For the connect hook: the client's address and the headers it forwards, taken
+        before the connection forgets its handshake."""
+        if self.hooks is None:
+            return None
+        forwarded: dict[str, str] = {}
+        if ws.request is not None:
+            headers = ws.request.headers
+            for name in self.hooks.forward_headers:
+                values = headers.get_all(name)
+                if values:
+                    forwarded[name] = ", ".join(values)
+        remote = ws.remote_address
+        return ClientInfo("websocket", None if not remote else str(remote[0]), forwarded)
+
+    async def serve_wire(self, wire: Wire, client: ClientInfo | None = None) -> None:
         """One client connection, WebSocket or SSE, from its start to its end."""
-        conn = Connection(self.deps(), wire)
+        conn = Connection(self.deps(), wire, client)
         self.connections.add(conn)
         try:
             await conn.serve()

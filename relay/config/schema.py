@@ -33,6 +33,7 @@ __all__ = [
     "PATTERN_DESCRIPTIONS",
     "AuthSection",
     "FederationSection",
+    "HookSection",
     "LimitsSection",
     "NamespaceRule",
     "NatsSection",
@@ -46,6 +47,7 @@ REGION_NAME_PATTERN = r"^[a-z](?:[a-z0-9-]{0,30}[a-z0-9])?$"
 RELAY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 NAMESPACE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
 NAMESPACE_PREFIX_PATTERN = r"^[A-Za-z0-9_\-:@/=+!~.,]{0,100}$"
+HOOK_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 
 #: Human-readable text for each pattern, used in error messages and the config reference.
 PATTERN_DESCRIPTIONS: dict[str, str] = {
@@ -58,6 +60,9 @@ PATTERN_DESCRIPTIONS: dict[str, str] = {
     ),
     NAMESPACE_NAME_PATTERN: (
         "a namespace name: 1-32 lowercase letters, digits or '_', starting with a letter"
+    ),
+    HOOK_NAME_PATTERN: (
+        "a hook name: 1-32 lowercase letters, digits, '_' or '-', starting with a letter"
     ),
     NAMESPACE_PREFIX_PATTERN: (
         'a channel prefix: "" or up to 100 letters, digits and characters from "_-:@/=+!~.,"'
@@ -485,6 +490,23 @@ class NamespaceRule(_Section):
             "must agree."
         ),
     )
+    subscribe_hook: str | None = Field(
+        default=None,
+        description=(
+            "Name of a `[[hooks]]` entry asked before a subscription to a channel of the "
+            "namespace is attached (WebSocket and SSE alike): the backend accepts, or rejects "
+            "(the client gets `forbidden` with its reason). Unset: no hook."
+        ),
+    )
+    publish_hook: str | None = Field(
+        default=None,
+        description=(
+            "Name of a `[[hooks]]` entry asked before a publish to the namespace is stored "
+            "(WebSocket and HTTP API alike): the backend accepts, accepts with `data` that "
+            "replaces the message's (what is stored and delivered), or rejects (`forbidden`). "
+            "A connection's publishes to a channel still keep their order. Unset: no hook."
+        ),
+    )
 
     @field_validator("max_bytes")
     @classmethod
@@ -508,12 +530,26 @@ DEFAULT_NAMESPACE = NamespaceRule(name=DEFAULT_NAMESPACE_NAME, prefix="")
 class AuthSection(_Section):
     """``[auth]``: how clients authenticate."""
 
-    mode: Literal["anonymous", "token"] = Field(
+    mode: Literal["anonymous", "token", "hook"] = Field(
         default="anonymous",
         description=(
             '`"anonymous"`: every client gets the `anonymous` capabilities (for local use). '
             '`"token"`: a client must present a JWT (`?token=` or an `auth` frame) before '
-            "anything but `ping`, and may do what the token's `caps` claim allows."
+            "anything but `ping`, and may do what the token's `caps` claim allows. "
+            '`"hook"`: the backend says who a client is and what it may do (`connect_hook`), '
+            "from the credentials string it gives (`?token=`, an `auth` frame, a bearer "
+            "token) and the headers the hook forwards (e.g. its session cookie)."
+        ),
+    )
+    connect_hook: str | None = Field(
+        default=None,
+        description=(
+            'With mode = "hook" (and only then): name of the `[[hooks]]` entry asked when a '
+            "client connects with `?token=` or a forwarded header (else when it sends an "
+            "`auth` frame), and for every HTTP API request. It answers the client's `sub`, "
+            "`caps` (as a JWT's `caps` claim) and optional `exp`, or rejects it (error "
+            "`unauthorized` with its reason, close 4501). While the backend cannot answer, "
+            "clients get `unavailable` (close 4001: they retry)."
         ),
     )
     secret_file: str | None = Field(
@@ -650,6 +686,110 @@ class AuthSection(_Section):
                 "public_key_files, jwks_file",
             )
         return self
+
+
+class HookSection(_Section):
+    """``[[hooks]]``: an HTTP endpoint of the application's backend that relays ask
+    (``auth.connect_hook``, ``namespaces[].subscribe_hook`` / ``publish_hook``)."""
+
+    name: str = Field(
+        pattern=HOOK_NAME_PATTERN,
+        description=(
+            "Name the hook is referred to by; each named hook has its own circuit breaker."
+        ),
+    )
+    url: str = Field(
+        description=(
+            "URL the relay POSTs each request to (`http://` or `https://`, verified with the "
+            "system's CAs): a JSON object whose `hook` is `connect`, `subscribe` or "
+            '`publish`. The backend answers 200 with `{"result": "accept"}` or '
+            '`{"result": "reject", "reason": "..."}`; any other answer is a failure.'
+        ),
+    )
+    timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        allow_inf_nan=False,
+        description="Seconds one attempt may take, connecting included; a timeout is a failure.",
+    )
+    retries: int = Field(
+        default=1,
+        ge=0,
+        le=5,
+        description=(
+            "Attempts after the first when the connection fails or the backend answers 5xx "
+            "(not after a timeout or a bad answer)."
+        ),
+    )
+    retry_backoff_s: float = Field(
+        default=0.1,
+        ge=0,
+        le=10,
+        allow_inf_nan=False,
+        description="Seconds before the first retry, doubling for each next one (with jitter).",
+    )
+    breaker_failures: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description=(
+            "Consecutive failed calls (after their retries) that open the circuit breaker: "
+            "then no request goes to the backend for `breaker_open_s`, and every call fails "
+            "at once; after that one trial call goes, and closes the breaker if it succeeds "
+            "(else it stays open for another `breaker_open_s`)."
+        ),
+    )
+    breaker_open_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="Seconds the breaker stays open before a trial call.",
+    )
+    fail_open: bool = Field(
+        default=False,
+        description=(
+            "What a failed call (timeout, error, bad answer, open breaker) means. `false` "
+            "(fail closed): the request is refused with the temporary error `unavailable` "
+            "(the SDKs retry it). `true`: it is let through as if accepted (the publish "
+            "stored as sent). Not allowed for a connect hook (there is no identity to give)."
+        ),
+    )
+    forward_headers: tuple[str, ...] = Field(
+        default=(),
+        strict=False,  # TOML arrays arrive as lists
+        description=(
+            "Connect calls only: request headers of the client's WebSocket upgrade, SSE or "
+            'HTTP API request passed on in the request\'s `headers` (e.g. `["cookie", '
+            '"origin"]`). They may hold the client\'s session: they go to this URL only, are '
+            "kept in memory only for a connection's renewals, and are never logged."
+        ),
+    )
+    secret_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "File holding a secret (surrounding whitespace ignored) sent as "
+            "`Authorization: Bearer <secret>` with every call, so the backend can tell the "
+            "relay's calls from anyone else's. Read once, at start."
+        ),
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_hook_url(cls, value: str) -> str:
+        return _check_url(value, ("http", "https"))
+
+    @field_validator("forward_headers")
+    @classmethod
+    def _check_forward_headers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}", name):
+                raise PydanticCustomError(
+                    FIELD_ERROR_TYPE, f"HTTP header names (not {name[:40]!r})"
+                )
+        return tuple(name.lower() for name in value)
 
 
 class PeerSection(_Section):
@@ -1006,6 +1146,61 @@ def _peer_nats_problems(i: int, peer: PeerSection) -> list[_Problem]:
     return problems
 
 
+class PresenceSection(_Section):
+    """``[presence]``: who is on a channel, across relays and regions (not stored)."""
+
+    leave_after_s: float = Field(
+        default=15.0,
+        ge=0,
+        le=3600,
+        allow_inf_nan=False,
+        description=(
+            "Seconds after a connection ends unannounced before its members leave: a client "
+            "that reconnects within them does not flicker out of everyone's list."
+        ),
+    )
+    suspect_after_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description=(
+            "Seconds without a beat from a relay (or its region) before its members are "
+            "shown as `unreachable`."
+        ),
+    )
+    remove_after_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=86400,
+        allow_inf_nan=False,
+        description=(
+            "Seconds without a beat from a relay (or its region) before its members are "
+            "removed; they come back with its next snapshot once it is heard again."
+        ),
+    )
+    snapshot_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description=(
+            "Seconds between a relay's snapshots of its members (what repairs a lost "
+            "change, and fills in a region after a partition heals)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_order(self) -> Self:
+        if self.remove_after_s < self.suspect_after_s:
+            raise PydanticCustomError(
+                FIELD_ERROR_TYPE,
+                f"remove_after_s ({self.remove_after_s:g}) at least suspect_after_s "
+                f"({self.suspect_after_s:g})",
+            )
+        return self
+
+
 class RelayConfig(_Section):
     """A whole region config file."""
 
@@ -1024,6 +1219,14 @@ class RelayConfig(_Section):
         ),
     )
     auth: AuthSection = Field(default_factory=AuthSection, description="How clients authenticate.")
+    hooks: tuple[HookSection, ...] = Field(
+        default=(),
+        strict=False,  # TOML arrays arrive as lists
+        description=(
+            "HTTP hooks to the application's backend, referred to by name from "
+            "`auth.connect_hook` and `namespaces[].subscribe_hook` / `publish_hook`."
+        ),
+    )
     peers: tuple[PeerSection, ...] = Field(
         default=(),
         strict=False,  # TOML arrays arrive as lists
@@ -1036,6 +1239,10 @@ class RelayConfig(_Section):
     federation: FederationSection = Field(
         default_factory=FederationSection,
         description="How this region exchanges messages with its peers.",
+    )
+    presence: PresenceSection = Field(
+        default_factory=PresenceSection,
+        description="Who is on a channel: timeouts of the member lists.",
     )
 
     @model_validator(mode="after")
@@ -1096,6 +1303,7 @@ class RelayConfig(_Section):
                 )
             )
         problems += self._store_budget_problems()
+        problems += self._hook_problems()
         problems += _nats_problems(self.nats)
         for i, peer in enumerate(self.peers):
             problems += _peer_nats_problems(i, peer)
@@ -1129,6 +1337,47 @@ class RelayConfig(_Section):
                 {"summary": summary, "problems": tuple(problems)},
             )
         return self
+
+    def _hook_problems(self) -> list[tuple[str, Any, str]]:
+        """Hook names unique and defined; the connect hook exactly in hook mode, and closed."""
+        problems: list[tuple[str, Any, str]] = []
+        named: dict[str, int] = {}
+        for i, hook in enumerate(self.hooks):
+            if hook.name in named:
+                problems.append(
+                    (
+                        f"hooks[{i}].name",
+                        hook.name,
+                        f"a unique hook name (hooks[{named[hook.name]}] has it too)",
+                    )
+                )
+            named.setdefault(hook.name, i)
+        defined = f"one of the [[hooks]] names ({', '.join(named) or 'none defined'})"
+        refs = [
+            (f"namespaces[{i}].{kind}_hook", getattr(rule, f"{kind}_hook"))
+            for i, rule in enumerate(self.namespaces)
+            for kind in ("subscribe", "publish")
+        ]
+        connect = self.auth.connect_hook
+        refs.append(("auth.connect_hook", connect))
+        problems += [(path, ref, defined) for path, ref in refs if ref and ref not in named]
+        if self.auth.mode == "hook" and connect is None:
+            problems.append(("auth.connect_hook", None, 'set with mode = "hook"'))
+        elif self.auth.mode != "hook" and connect is not None:
+            problems.append(("auth.connect_hook", connect, 'unset unless mode = "hook"'))
+        elif connect in named and self.hooks[named[connect]].fail_open:
+            problems.append(
+                (
+                    f"hooks[{named[connect]}].fail_open",
+                    True,
+                    "false for the connect hook (a failed connect has no identity to give)",
+                )
+            )
+        return problems
+
+    def hook(self, name: str | None) -> HookSection | None:
+        """The ``[[hooks]]`` entry named ``name``; None for None."""
+        return next((hook for hook in self.hooks if hook.name == name), None)
 
     def _store_budget_problems(self) -> list[tuple[str, Any, str]]:
         """JetStream reserves every stream's ``max_bytes`` out of the server's store when it

@@ -34,7 +34,10 @@ with ``now`` in token mode also has an authentication deadline
 (``limits.auth_timeout_s``): ``tick`` closes it with ``unauthorized`` (4501) if no
 token was accepted by then; ``deadline`` is the next time
 ``tick`` has something to decide. Tokens are verified by an injected function (the
-relay's PyJWT adapter), so this module stays free of keys and I/O.
+relay's PyJWT adapter), so this module stays free of keys and I/O. In hook mode
+(``SessionAuth.external``) the application's backend checks credentials instead: an
+``auth`` frame becomes an ``AuthRequest`` that the caller carries out and reports back
+with ``auth_accepted`` or ``auth_refused`` (``grant`` for those a connection opened with).
 
 Rate limits: publishes and subscribes each take a token from a per-session
 ``TokenBucket`` (``relay.core.rate``, made at the first request, timed by ``receive``'s
@@ -66,7 +69,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from msgspec import UNSET
+from msgspec import UNSET, UnsetType
 
 from relay.core.capabilities import Capabilities, Credentials, Op, TokenRejected
 from relay.core.channels import Channel
@@ -78,6 +81,10 @@ from relay.protocol.frames import (
     ClientFrame,
     History,
     Ping,
+    PresenceEnter,
+    PresenceGet,
+    PresenceLeave,
+    PresenceUpdate,
     Publish,
     Subscribe,
     Unsubscribe,
@@ -129,10 +136,13 @@ class SessionAuth:
     # A ``token_expiring`` frame this long before ``exp`` (at most half the token's
     # lifetime, so a short-lived token is not warned about the moment it is accepted).
     expiry_warning_s: float = 0.0
+    # Hook mode: credentials are checked outside the session (the backend's connect hook,
+    # which takes I/O): an ``auth`` frame becomes an ``AuthRequest`` for the caller.
+    external: bool = False
 
     @property
     def required(self) -> bool:
-        return self.verify is not None
+        return self.verify is not None or self.external
 
 
 ANONYMOUS = SessionAuth()
@@ -194,11 +204,38 @@ class Detach:
     subscription: Subscription
 
 
-Request = SubscribeRequest | Publish | History
-Action = Request | Detach | Reply | Close | Audit
+@dataclass(frozen=True)
+class PresenceRequest:
+    """A presence op to carry out as ``client_id`` (None: the connection's id, for an
+    anonymous client that named none)."""
+
+    frame: PresenceEnter | PresenceUpdate | PresenceLeave | PresenceGet
+    client_id: str | None
 
 
-_OPS = {Subscribe: Op.SUBSCRIBE, Publish: Op.PUBLISH, History: Op.HISTORY}
+Request = SubscribeRequest | Publish | History | PresenceRequest
+
+
+@dataclass(frozen=True)
+class AuthRequest:
+    """Hook mode: have ``frame.token`` checked, then ``auth_accepted`` or ``auth_refused``
+    (or reply ``unavailable`` when it cannot be checked now)."""
+
+    frame: Auth
+
+
+Action = Request | Detach | Reply | Close | Audit | AuthRequest
+
+
+_OPS = {
+    Subscribe: Op.SUBSCRIBE,
+    Publish: Op.PUBLISH,
+    History: Op.HISTORY,
+    PresenceEnter: Op.PRESENCE,
+    PresenceUpdate: Op.PRESENCE,
+    PresenceLeave: Op.PRESENCE,
+    PresenceGet: Op.PRESENCE,
+}
 # Refusals that go to the audit log.
 _AUDITED = frozenset({ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN})
 
@@ -232,7 +269,7 @@ class ServerSession:
         self._publish_bucket: TokenBucket | None = None
         self._subscribe_bucket: TokenBucket | None = None
         self.credentials: Credentials | None = None
-        self._caps: Capabilities = auth.anonymous if auth.verify is None else Capabilities()
+        self._caps: Capabilities = Capabilities() if auth.required else auth.anonymous
         self._subs: dict[Channel, Subscription] = {}
         # channel -> id of a publish that failed: later publishes there wait for its retry.
         self._fences: dict[Channel, str] = {}
@@ -377,7 +414,29 @@ class ServerSession:
                 )
         return actions
 
+    def grant(self, credentials: Credentials) -> None:
+        """Hook mode: the backend accepted the credentials the client connected with."""
+        self._grant(credentials)
+
+    def auth_accepted(self, frame: Auth, credentials: Credentials, now: float) -> list[Action]:
+        """Hook mode: the backend accepted an ``auth`` frame's credentials."""
+        if self.closed:
+            return []
+        try:
+            return self._authed(frame, credentials)
+        except ProtocolError as exc:
+            return self.auth_refused(frame, exc.message, now)
+
+    def auth_refused(self, frame: Auth, reason: str, now: float) -> list[Action]:
+        """Hook mode: the backend rejected an ``auth`` frame's credentials."""
+        if self.closed:
+            return []
+        exc = ProtocolError(ErrorCode.UNAUTHORIZED, reason, frame.ref)
+        return [*self._error(exc, now), self._refusal(frame, exc)]
+
     def _auth_frame(self, frame: Auth) -> list[Action]:
+        if self._auth.external:
+            return [AuthRequest(frame)]
         verify = self._auth.verify
         if verify is None:
             raise ProtocolError(
@@ -387,6 +446,9 @@ class ServerSession:
             credentials = self._verify(verify, frame.token)
         except TokenRejected as exc:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, exc.reason, frame.ref) from None
+        return self._authed(frame, credentials)
+
+    def _authed(self, frame: Auth, credentials: Credentials) -> list[Action]:
         if self.credentials is not None and credentials.sub != self.credentials.sub:
             raise ProtocolError(
                 ErrorCode.UNAUTHORIZED,
@@ -444,6 +506,19 @@ class ServerSession:
             raise ProtocolError(
                 ErrorCode.FORBIDDEN, f"not allowed to {op} on {channel}", frame.ref, channel=channel
             )
+        if (
+            isinstance(frame, Subscribe)
+            and frame.presence
+            and not self._caps.allows(Op.PRESENCE, channel)
+        ):
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN,
+                f"not allowed to presence on {channel}",
+                frame.ref,
+                channel=channel,
+            )
+        if isinstance(frame, PresenceEnter | PresenceUpdate | PresenceLeave | PresenceGet):
+            return [self._presence(frame, channel)]
         if isinstance(frame, Subscribe):
             if channel in self._subs:
                 raise ProtocolError(
@@ -503,6 +578,31 @@ class ServerSession:
                     self._rate_fenced.discard(channel)
             return [frame]
         return [frame]
+
+    def _presence(
+        self, frame: PresenceEnter | PresenceUpdate | PresenceLeave | PresenceGet, channel: Channel
+    ) -> PresenceRequest:
+        data = frame.data if isinstance(frame, PresenceEnter | PresenceUpdate) else UNSET
+        if not isinstance(data, UnsetType):
+            limit = self._limits.max_message_bytes(channel)
+            if len(data) > limit:
+                raise ProtocolError(
+                    ErrorCode.TOO_LARGE,
+                    f"data is {len(data)} bytes; the limit for {channel} is {limit}",
+                    frame.ref,
+                )
+        credentials = self.credentials
+        if credentials is None:  # anonymous: the client names itself, or is its connection
+            named = frame.client_id if isinstance(frame, PresenceEnter) else None
+            return PresenceRequest(frame, named)
+        if isinstance(frame, PresenceEnter) and frame.client_id not in (None, credentials.sub):
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN,
+                "client_id must be the token's sub (or left out)",
+                frame.ref,
+                channel=channel,
+            )
+        return PresenceRequest(frame, credentials.sub)
 
     def publish_failed(self, channel: Channel, message_id: str) -> None:
         """A publish on ``channel`` was not stored. Until the client sends it again (same

@@ -263,8 +263,8 @@ BAD_CONFIGS = [
     pytest.param(
         'colour = "red"\n' + MINIMAL,
         "colour",
-        "no such field (known fields: region, relay, nats, namespaces, auth, peers, limits, "
-        "federation)",
+        "no such field (known fields: region, relay, nats, namespaces, auth, hooks, peers, "
+        "limits, federation, presence)",
         "red",
         id="unknown-top-level-key",
     ),
@@ -479,7 +479,7 @@ BAD_CONFIGS = [
     pytest.param(
         MINIMAL + '[auth]\nmode = "password"\n',
         "auth.mode",
-        "'anonymous' or 'token'",
+        "'anonymous', 'token' or 'hook'",
         "password",
         id="unknown-auth-mode",
     ),
@@ -803,11 +803,13 @@ def test_reference_lists_every_section_and_field() -> None:
         "[nats]",
         "[[namespaces]]",
         "[auth]",
+        "[[hooks]]",
         "[[peers]]",
         "[limits]",
         "[federation]",
+        "[presence]",
     ]
-    assert text.count("| field | type | default | description |") == 8
+    assert text.count("| field | type | default | description |") == 10
     for model in (RegionSection, RelaySection, NatsSection, NamespaceRule, PeerSection):
         for name in model.model_fields:
             assert f"| `{name}` |" in text
