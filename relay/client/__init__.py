@@ -1,4 +1,5 @@
-"""The Python SDK: one resilient connection to the nearest region, over plain WebSockets.
+"""The Python SDK: one resilient connection to the nearest region, over plain WebSockets
+(or, where WebSocket is blocked, Server-Sent Events and HTTP publishing).
 
 ``async with relay.client.connect(seeds, timeout=10) as client:`` then
 ``client.subscribe``, ``client.publish``, ``client.history`` (README, "Clients").
@@ -10,11 +11,14 @@ Layout, from the pure core outwards (the pure modules do no I/O and read no cloc
                       ``ConnectionState``
 * ``routing.py``      pure: region choice and the move-back rule; ``backoff.py``: full jitter
 * ``directory.py``    pure: ``Directory``, ``Survey``, ``plan()``; ``endpoints.py``: relay URLs
-* ``history.py``      the ``history`` reply's wire Struct
+* ``transport.py``    pure: ``TransportPolicy`` (WebSocket, or SSE when it is blocked)
+* ``history.py``      the ``history`` reply's wire Struct; ``page.py``: ``HistoryPage``
 * ``http.py``         the HTTP/1.1 GET of probes and directory (h11 over anyio)
 * ``probing.py``      fetch the directory, probe the edges, ``survey()``
 * ``subscription.py`` ``Subscription`` (async iterator over a bounded queue)
-* ``client.py``       ``Client`` and ``connect()``: the anyio shell that runs the two machines
+* ``client.py``       ``Client`` and ``connect()``: the anyio shell that runs the machines
+* ``sse_link.py``     an edge over SSE + the HTTP API (``sse.py``: the event stream reader;
+                      ``http_client.py``: ``HttpClient``, HTTP only, for backends)
 * ``errors.py``       what the SDK raises; ``cli.py``, ``running.py``: ``relaynet sub/pub/edges``
 * ``connection.py``   the old single-module API, re-exported
 """

@@ -32,6 +32,14 @@ This module only does the I/O around the two.
 * **Liveness.** A ping every ``keepalive_s`` that must be answered within as
   long (websockets' keepalive): a frozen relay is left and tried last.
 
+* **Transport.** Where a WebSocket cannot be opened to an edge whose plain HTTP
+  answers, ``TransportPolicy`` (``transport.py``) says so, and the connection is an
+  ``SseLink`` (``sse_link.py``) instead: the same session, supervisor, events and
+  ``Subscription`` objects, with subscribes carried by reopening the event streams
+  and publishes by HTTP requests. While on SSE a task tries a WebSocket to the same
+  edge now and then; once one opens, the supervisor leaves SSE for it like a move
+  (``transport_changed``), and the new connection resumes from the positions.
+
 Neither HTTP (``probing.py``) nor the WebSocket goes through an HTTP proxy, so
 that the probes measure the path the connection takes.
 """
@@ -42,10 +50,9 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
-from typing import Any, Final, Generic, TypeVar, cast, overload
+from typing import Any, Final, Generic, TypeVar, cast
 from urllib.parse import urlsplit
 
 import anyio
@@ -53,10 +60,10 @@ import msgspec
 from anyio.abc import TaskGroup
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from relay.client.directory import Dial, Survey, same_url
-from relay.client.endpoints import endpoint, is_secure, with_token
+from relay.client.endpoints import PING_PATH, endpoint, is_secure, with_token
 from relay.client.errors import (
     ClientClosed,
     ClientError,
@@ -65,6 +72,8 @@ from relay.client.errors import (
     PositionExpiredError,
     RequestRefused,
 )
+from relay.client.http import http_get
+from relay.client.page import HistoryPage as HistoryPage  # its old home: still importable
 from relay.client.probing import NETWORK_ERRORS, describe_failure, survey
 from relay.client.routing import Choice, MoveBackPolicy
 from relay.client.session import (
@@ -83,6 +92,7 @@ from relay.client.session import (
     TokenExpiring,
     renewal_delay_s,
 )
+from relay.client.sse_link import LinkLost, OpenFailed, SseLink
 from relay.client.subscription import Subscription
 from relay.client.supervisor import (
     SUSPEND_AFTER_ROUNDS,
@@ -102,8 +112,14 @@ from relay.client.supervisor import (
     Supervisor,
     WatchForMove,
 )
+from relay.client.transport import (
+    DEFAULT_WEBSOCKET_RETRY_S,
+    Transport,
+    TransportPolicy,
+    WebSocketFailure,
+)
 from relay.protocol.errors import CloseCode, ErrorCode
-from relay.protocol.frames import DEFAULT_HISTORY_LIMIT
+from relay.protocol.frames import DEFAULT_HISTORY_LIMIT, ConnectedFrame
 
 log = logging.getLogger("relaynet.client")
 
@@ -111,6 +127,9 @@ log = logging.getLogger("relaynet.client")
 OPEN_TIMEOUT_S: Final = 5.0
 # Waiting for our close frame to be answered when leaving a connection.
 CLOSE_TIMEOUT_S: Final = 2.0
+# On SSE, a stream silent this long is given up, until its `connected` frame says how often
+# the relay sends heartbeats (two of them missed, then).
+SSE_IDLE_TIMEOUT_S: Final = 31.0
 # Frames from the relay can be large (history pages); refuse only the absurd.
 MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_BUFFER: Final = 1024
@@ -123,29 +142,6 @@ T = TypeVar("T")
 def data_of(message: Message) -> Any:
     """The ``data`` of a message, decoded (the same as ``message.data``)."""
     return message.data
-
-
-@dataclass(frozen=True)
-class HistoryPage:
-    """What ``client.history()`` returns: stored messages, oldest first; iterable."""
-
-    channel: str
-    messages: tuple[Message, ...]
-    more: bool
-    """Older messages are still stored: ``history(channel, before=messages[0].position)``."""
-
-    def __iter__(self) -> Iterator[Message]:
-        return iter(self.messages)
-
-    def __len__(self) -> int:
-        return len(self.messages)
-
-    @overload
-    def __getitem__(self, index: int) -> Message: ...
-    @overload
-    def __getitem__(self, index: slice) -> tuple[Message, ...]: ...
-    def __getitem__(self, index: int | slice) -> Message | tuple[Message, ...]:
-        return self.messages[index]
 
 
 class _Waiter(Generic[T]):
@@ -171,6 +167,10 @@ class _Waiter(Generic[T]):
         if self._error is not None:
             raise self._error
         return cast(T, self._value)
+
+
+_Link = ClientConnection | SseLink
+"""The current connection: a WebSocket, or SSE and HTTP."""
 
 
 class _AskAgain(Exception):
@@ -199,6 +199,9 @@ class Client:
         keepalive_s: float = 5.0,
         prefer: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        sse_fallback: bool = True,
+        websocket_retry_s: float = DEFAULT_WEBSOCKET_RETRY_S,
+        on_transport: Callable[[Transport], None] | None = None,
     ) -> None:
         if not seeds:
             raise ValueError("at least one seed URL is needed")
@@ -209,8 +212,9 @@ class Client:
             raise ValueError("buffer must be >= 1")
         if keepalive_s <= 0:
             raise ValueError("keepalive_s must be > 0")
+        self._rng = rng if rng is not None else random.Random()
         self._sup = Supervisor(
-            rng=rng if rng is not None else random.Random(),
+            rng=self._rng,
             backoff_base_s=backoff_base_s,
             backoff_max_s=backoff_max_s,
             reset_after_s=reset_after_s,
@@ -219,6 +223,10 @@ class Client:
             # Seeds all TLS: the user expects TLS, and nothing the network says downgrades it.
             secure_only=all(is_secure(seed) for seed in self._seeds),
         )
+        self._policy = TransportPolicy(
+            rng=self._rng, enabled=sse_fallback, retry_s=websocket_retry_s
+        )
+        self._on_transport = on_transport
         self._ssl_context = ssl_context
         self._probes = probes
         self._on_state = on_state
@@ -245,7 +253,12 @@ class Client:
         self.failures: dict[str, str] = {}
         """Seed or edge URL -> why the last attempt on it failed (cleared on success)."""
 
+        self.transport: Transport | None = None
+        """How the current (or last) connection is carried: ``websocket``, or ``sse`` (Server-
+        Sent Events and HTTP publishing, when WebSocket cannot be opened)."""
         self._ws: ClientConnection | None = None
+        self._sse: SseLink | None = None
+        self._sse_tg: TaskGroup | None = None  # the SSE connection's tasks
         self._send_lock = anyio.Lock()
         self._subs: dict[str, Subscription] = {}
         self._sub_waiters: dict[str, _Waiter[Subscribed]] = {}
@@ -361,6 +374,13 @@ class Client:
         while True:
             self._check_open()
             await self.wait_connected()
+            link = self._sse
+            if link is not None:  # on SSE: the HTTP API
+                try:
+                    return await link.history(channel, limit, before)
+                except LinkLost:
+                    await link.wait_ended()
+                    continue
             waiter: _Waiter[HistoryReceived] = _Waiter()
             async with self._send_lock:
                 if self._ws is None:
@@ -385,6 +405,8 @@ class Client:
         if ws is not None:
             with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
                 await ws.close()
+        if self._sse is not None:
+            await self._sse.close()
         self._scope.cancel()
 
     async def _unsubscribe(self, sub: Subscription) -> None:
@@ -407,6 +429,9 @@ class Client:
         Without a connection (or if it just broke) nothing is lost: the next
         connection starts with ``on_reconnect()``, which covers this frame.
         """
+        if self._sse is not None:
+            self._sse.requested(frame)
+            return
         ws = self._ws
         if ws is None:
             return
@@ -516,7 +541,8 @@ class Client:
             log.debug("survey: order %s; %s", fresh.choice.order, fresh.choice.reasons)
         return fresh
 
-    async def _open(self, url: str) -> ClientConnection | None:
+    async def _open(self, url: str) -> ClientConnection | WebSocketFailure | None:
+        """A WebSocket to ``url``; how it failed; None if it was not even tried."""
         token = None
         if self._token_provider is not None:
             try:
@@ -547,21 +573,27 @@ class Client:
         except (*NETWORK_ERRORS, WebSocketException) as exc:
             self.failures[url] = describe_failure(exc, OPEN_TIMEOUT_S)
             log.info("cannot connect to %s: %s", url, self.failures[url])
-            return None
+            return _failure_of(exc, self.failures[url])
         return ws
 
-    async def _handshake(self, ws: ClientConnection, url: str) -> Connected | Redirected | None:
+    async def _handshake(
+        self, ws: ClientConnection, url: str
+    ) -> Connected | Redirected | WebSocketFailure | None:
         """The relay's first frame: `connected`, or `redirect` from a relay that will not
-        keep us (at its connection limit, or shutting down)."""
+        keep us (at its connection limit, or shutting down); a failure if the WebSocket
+        carries nothing (a proxy may let the upgrade through and then nothing else);
+        None if the relay refused us."""
         try:
             with anyio.fail_after(OPEN_TIMEOUT_S):
                 raw = await ws.recv()
         except TimeoutError:
             self.failures[url] = f"no `connected` frame within {OPEN_TIMEOUT_S:g} s"
-            return None
+            return WebSocketFailure("handshake")
         except ConnectionClosed as exc:
             self.failures[url] = f"closed before `connected`: {exc}"
-            return None
+            if exc.rcvd is not None:
+                return None  # a close frame is the relay's answer (e.g. 1013 when full)
+            return WebSocketFailure("handshake")
         for event in self._session.receive(raw):
             if isinstance(event, Connected | Redirected):
                 return event
@@ -574,14 +606,28 @@ class Client:
         return None
 
     async def _connection(self, region: str, url: str) -> list[Action]:
-        """One connection: open, resume, read until it ends; the supervisor's next actions."""
+        """One connection: open, resume, read until it ends; the supervisor's next actions.
+        WebSocket, or SSE when ``transport.py`` says WebSocket is blocked."""
+        if self._policy.transport == "sse":
+            return await self._sse_connection(region, url)
         ws = await self._open(url)
         if ws is None:
             return self._sup.open_failed()
+        if isinstance(ws, WebSocketFailure):
+            if await self._blocked(url, ws):
+                return await self._sse_connection(region, url)
+            return self._sup.open_failed()
         try:
             hello = await self._handshake(ws, url)
+            if isinstance(hello, WebSocketFailure):
+                with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+                    await ws.close()
+                if await self._blocked(url, hello):
+                    return await self._sse_connection(region, url)
+                return self._sup.open_failed()
             if hello is None:
                 return self._sup.open_failed()
+            self._policy.websocket_opened()
             if isinstance(hello, Redirected):
                 return self._sup.handshake_redirected(hello)
             self._drop_oversized(url)
@@ -597,6 +643,7 @@ class Client:
             self.region, self.relay = hello.region, hello.relay
             self.connection_id, self.url = hello.connection_id, url
             self.connections += 1
+            self._set_transport("websocket")
             log.info("connected to %s (%s, relay %s)", url, hello.region, hello.relay)
             async with anyio.create_task_group() as tg:
                 await self._act(self._sup.connected(hello.region, anyio.current_time()), ws, tg)
@@ -622,6 +669,129 @@ class Client:
             reason = sent.reason
         return self._sup.connection_ended(code, reason, silent=silent, now=anyio.current_time())
 
+    async def _blocked(self, url: str, failure: WebSocketFailure) -> bool:
+        """Whether ``failure`` means WebSocket is blocked on the way to ``url`` (its HTTP
+        still answers), so that the client goes on over SSE."""
+        if not self._policy.websocket_failed(failure):
+            return False
+        dialed = self._dial(url)
+        hostname = urlsplit(url).hostname if is_secure(dialed) else None
+        try:
+            status, body, _ = await http_get(
+                endpoint(dialed).http_base + PING_PATH,
+                timeout_s=self._probe_timeout_s,
+                ssl_context=self._ssl_context,
+                server_hostname=hostname,
+            )
+            ok = status == 200 and body.strip() == b"pong"
+        except NETWORK_ERRORS:
+            ok = False
+        if not self._policy.ping_answered(ok):
+            return False
+        log.warning(
+            "WebSocket to %s failed (%s) while its HTTP answers: going on over SSE and "
+            "HTTP, trying WebSocket again about every %g s",
+            url,
+            self.failures.get(url, failure),
+            self._policy.retry_s,
+        )
+        return True
+
+    async def _sse_connection(self, region: str, url: str) -> list[Action]:
+        """One connection over SSE and the HTTP API (``sse_link.py``): the same session and
+        supervisor as on a WebSocket, and WebSocket tried again now and then."""
+        link = SseLink(
+            url,
+            self._session,
+            self._dispatch_sse,
+            token_provider=self._token_provider,
+            dial=self._dial,
+            ssl_context=self._ssl_context,
+            open_timeout_s=OPEN_TIMEOUT_S,
+            idle_timeout_s=SSE_IDLE_TIMEOUT_S,
+        )
+        try:
+            # Under the lock: a subscribe made meanwhile is either in the streams opened
+            # or reaches the link once it is the client's.
+            async with self._send_lock:
+                hello = await link.open()
+                if not isinstance(hello, Redirected):
+                    self._sse = link
+        except OpenFailed as exc:
+            self.failures[url] = f"SSE: {exc}"
+            log.info("cannot open SSE to %s: %s", url, exc)
+            self._policy.sse_failed()
+            return self._sup.open_failed()
+        if isinstance(hello, Redirected):
+            return self._sup.handshake_redirected(hello)
+        try:
+            if hello is not None:
+                self._drop_oversized(url)
+            link.requested(b'{"op":"publish"}')  # pending publishes: send them again
+            self.failures.clear()
+            self.region = hello.region if hello is not None else region
+            self.relay = hello.relay if hello is not None else None
+            self.connection_id = hello.connection_id if hello is not None else None
+            self.url = url
+            self.connections += 1
+            self.token_exp = link.exp
+            self._set_transport("sse")
+            log.info("connected to %s (%s) over SSE", url, self.region)
+            async with anyio.create_task_group() as tg:
+                self._sse_tg = tg
+                await self._act(self._sup.connected(self.region, anyio.current_time()), link, tg)
+                tg.start_soon(self._try_websocket, link, url)
+                ended = await link.serve()
+                tg.cancel_scope.cancel()
+        finally:
+            self._sse = None
+            self._sse_tg = None
+            await link.close()
+        if self._terminal is not None:
+            return []  # closed by the application
+        return self._sup.connection_ended(
+            ended.code, ended.reason, silent=ended.silent, now=anyio.current_time()
+        )
+
+    async def _dispatch_sse(self, event: Event) -> None:
+        link, tg = self._sse, self._sse_tg
+        if link is not None and tg is not None:
+            await self._dispatch(event, link, tg)
+
+    async def _try_websocket(self, link: SseLink, url: str) -> None:
+        """While on SSE: now and then, whether a WebSocket to the same edge opens; if it
+        does, leave SSE for it (the new connection resumes from the positions)."""
+        while True:
+            await anyio.sleep(self._policy.retry_delay())
+            ws = await self._open(url)
+            if ws is None or isinstance(ws, WebSocketFailure):
+                continue
+            try:
+                with anyio.fail_after(OPEN_TIMEOUT_S):
+                    msgspec.json.decode(await ws.recv(), type=ConnectedFrame)
+                works = True
+            except (TimeoutError, ConnectionClosed, msgspec.DecodeError):
+                works = False
+            finally:
+                with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+                    await ws.close()
+            if works:
+                self._policy.websocket_opened()
+                note = f"WebSocket to {url} works again: leaving SSE for it"
+                actions = self._sup.transport_changed(note)
+                for action in actions:
+                    if isinstance(action, Log):
+                        log.log(action.level, "%s", action.text)
+                    elif isinstance(action, Leave):
+                        await link.close(action.code, action.reason)
+                return
+
+    def _set_transport(self, transport: Transport) -> None:
+        changed = transport != self.transport
+        self.transport = transport
+        if changed and self._on_transport is not None:
+            self._on_transport(transport)
+
     def _drop_oversized(self, url: str) -> None:
         for message_id in self._session.drop_oversized():
             waiter = self._pub_waiters.pop(message_id, None)
@@ -635,7 +805,7 @@ class Client:
                     )
                 )
 
-    async def _act(self, actions: list[Action], ws: ClientConnection, tg: TaskGroup) -> None:
+    async def _act(self, actions: list[Action], ws: _Link, tg: TaskGroup) -> None:
         """Execute what the supervisor decided while a connection is up."""
         for action in actions:
             if isinstance(action, SetState):
@@ -661,7 +831,7 @@ class Client:
         except ConnectionClosed:
             pass
 
-    async def _dispatch(self, event: Event, ws: ClientConnection, tg: TaskGroup) -> None:
+    async def _dispatch(self, event: Event, ws: _Link, tg: TaskGroup) -> None:
         if isinstance(event, Message):
             sub = self._subs.get(event.channel)
             if sub is not None:
@@ -691,6 +861,9 @@ class Client:
             await self._act(self._on_error(event), ws, tg)
         elif isinstance(event, Redirected):
             await self._act(self._sup.redirect_received(event), ws, tg)
+        elif isinstance(event, Connected):  # on SSE: the relay of newly opened streams
+            self.relay, self.connection_id = event.relay, event.connection_id
+            self.token_exp = event.exp
         elif isinstance(event, Authed):
             self.token_exp = event.exp
             self._renewed.set()
@@ -726,7 +899,7 @@ class Client:
             if self.token_exp == exp:  # refused or unanswered: try again shortly
                 await anyio.sleep(1.0)
 
-    async def _leave_after(self, ws: ClientConnection, seconds: float) -> None:
+    async def _leave_after(self, ws: _Link, seconds: float) -> None:
         await anyio.sleep(seconds)
         await ws.close(CloseCode.NORMAL, "redirected")
 
@@ -764,11 +937,14 @@ class Client:
         log.warning("relay error %s: %s (ref %r)", event.code, event.message, event.ref)
         return []
 
-    async def _retry_later(self, ws: ClientConnection, seconds: float) -> None:
+    async def _retry_later(self, ws: _Link, seconds: float) -> None:
         """After a temporary error: publish every pending message again (same ids) and
         subscribe again to channels whose subscribe failed."""
         await anyio.sleep(seconds)
         self._sup.retry_started()
+        if isinstance(ws, SseLink):
+            ws.reopen()  # subscribes again; publishes wait and resend on their own
+            return
         async with self._send_lock:
             if self._ws is not ws:
                 return  # a new connection resends everything anyway
@@ -779,7 +955,7 @@ class Client:
             for frame in frames:
                 await self._send(frame)
 
-    async def _watch_for_move(self, ws: ClientConnection, every_s: float) -> None:
+    async def _watch_for_move(self, ws: _Link, every_s: float) -> None:
         """Move back to a nearer region at a safe point (the supervisor decides)."""
         while True:
             await anyio.sleep(every_s)
@@ -796,6 +972,15 @@ class Client:
                     return
                 elif isinstance(action, Log):
                     log.log(action.level, "%s", action.text)
+
+
+def _failure_of(exc: BaseException, described: str) -> WebSocketFailure:
+    """What ``transport.py`` needs to know of a failed WebSocket open."""
+    if isinstance(exc, InvalidStatus):
+        return WebSocketFailure("refused", exc.response.status_code)
+    if described == "connection refused" or described.startswith("cannot resolve"):
+        return WebSocketFailure("unreachable")  # nothing listens there: the edge is down
+    return WebSocketFailure("handshake")
 
 
 def _seconds(ms: int | None) -> float | None:
@@ -822,6 +1007,9 @@ async def connect(
     keepalive_s: float = 5.0,
     prefer: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    sse_fallback: bool = True,
+    websocket_retry_s: float = DEFAULT_WEBSOCKET_RETRY_S,
+    on_transport: Callable[[Transport], None] | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to the nearest region of the network that ``seeds`` belong to.
 
@@ -852,6 +1040,12 @@ async def connect(
     directory fetch and RTT probes included. The token goes only to edges of the
     directory (a redirect elsewhere is ignored), and when every seed is ``wss://`` or
     ``https://`` never to a plain ``ws://`` edge.
+
+    ``sse_fallback``: when a WebSocket to an edge cannot be opened while its plain HTTP
+    answers (``transport.py`` says exactly when), go on over Server-Sent Events and the
+    HTTP API, with the same API, ids and positions, and try WebSocket again about every
+    ``websocket_retry_s``. ``client.transport`` says which is in use (``websocket`` or
+    ``sse``), and ``on_transport`` is called with it whenever it changes.
     """
     if timeout_s is not None and not timeout_s > 0:
         raise ValueError(f"timeout_s must be > 0 or None, not {timeout_s!r}")
@@ -872,6 +1066,9 @@ async def connect(
         keepalive_s=keepalive_s,
         prefer=prefer,
         ssl_context=ssl_context,
+        sse_fallback=sse_fallback,
+        websocket_retry_s=websocket_retry_s,
+        on_transport=on_transport,
     )
     # Errors of the body (and ConnectionFailed or NoEdgeReachable before the first
     # connection) leave as themselves, not wrapped in the task group's ExceptionGroup.

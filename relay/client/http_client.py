@@ -25,10 +25,10 @@ import h11
 import msgspec
 
 from federation.vclock import ClockError, VectorClock
-from relay.client.client import HistoryPage
 from relay.client.errors import NoEdgeReachable, RequestRefused
 from relay.client.history import history_decoder
 from relay.client.http import HttpError, HttpResult, http_request
+from relay.client.page import HistoryPage
 from relay.client.session import Acked, messages_of, new_publish_id
 from relay.protocol.frames import MAX_HISTORY_LIMIT, AckFrame, ErrorFrame
 

@@ -76,6 +76,7 @@ from relay.protocol.frames import (  # the wire format, defined once
     TokenExpiringFrame,
     Unsubscribe,
 )
+from relay.protocol.http_api import PublishBody
 
 Ref = str | int | None
 ClosePolicy = Literal["reconnect", "stop"]
@@ -281,10 +282,13 @@ def renewal_delay_s(exp: float, now: float) -> float:
     left = exp - now
     if left >= 120.0:
         return left - 30.0
-    return max(0.0, left * 0.75)
+    if left < 0.001:  # now (three quarters of a subnormal float rounds back up to it)
+        return 0.0
+    return left * 0.75
 
 
 _decoder: Final = msgspec.json.Decoder(_ServerFrame)
+_publish_reply_decoder: Final = msgspec.json.Decoder(AckFrame | ErrorFrame)
 
 
 # --- state -------------------------------------------------------------------------------
@@ -474,6 +478,73 @@ class ClientSession:
                 frames.append(self._subscribe_frame(channel, state, self._resume_from(state)))
         frames.extend(self._publish_frame(message_id) for message_id in self._pending)
         return frames
+
+    def on_stream(self, max_channels: int) -> list[StreamPlan]:
+        """Instead of ``on_reconnect()`` on SSE: the streams to open, each naming at most
+        ``max_channels`` channels with the positions to resume them from (its
+        ``Last-Event-ID``). A relay subscribes a stream's channels with refs 0, 1, ...
+        in the order named; ``StreamPlan.first_ref`` turns those into this session's.
+        Pending publishes go over HTTP (``http_publish``), one at a time per channel."""
+        if max_channels < 1:
+            raise ValueError("max_channels must be >= 1")
+        self._requests.clear()
+        wanted: list[tuple[str, _Channel]] = []
+        for channel, state in self._channels.items():
+            state.ref = None
+            if state.wanted:
+                wanted.append((channel, state))
+        plans: list[StreamPlan] = []
+        for start in range(0, len(wanted), max_channels):
+            chunk = wanted[start : start + max_channels]
+            positions: dict[str, VectorClock] = {}
+            first_ref = self._next_ref
+            for channel, state in chunk:
+                state.ref = self._ref()  # contiguous: first_ref + index
+                self._requests[state.ref] = _Request("subscribe", channel)
+                resume = self._resume_from(state)
+                if resume is not None:
+                    positions[channel] = resume
+            plans.append(StreamPlan(tuple(c for c, _ in chunk), positions, first_ref))
+        return plans
+
+    def http_publish(self, message_id: str) -> tuple[str, bytes]:
+        """(channel, body) publishing the pending ``message_id`` over the HTTP API: the
+        same id and data as its frame, its causal context taken again now."""
+        pending = self._with_context(message_id, self._pending[message_id])
+        body = PublishBody(data=msgspec.Raw(pending.data), id=message_id, after=pending.after)
+        return pending.channel, msgspec.json.encode(body)
+
+    def publish_replied(self, message_id: str, reply: bytes) -> list[Event]:
+        """The HTTP API's answer to ``http_publish(message_id)`` (an ``ack`` or ``error``
+        frame): an ``Acked``, or an ``ErrorReceived`` as the WebSocket reply would give
+        (a temporary one keeps the publish pending)."""
+        # The frame publish() made is never answered on SSE: forget its request.
+        for ref in [r for r, q in self._requests.items() if q.publish_id == message_id]:
+            del self._requests[ref]
+        try:
+            frame = _publish_reply_decoder.decode(reply)
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+            return [BadFrame(f"publish reply: {exc}")]
+        try:
+            if isinstance(frame, AckFrame):
+                return self._ack(frame)
+        except ClockError as exc:
+            return [BadFrame(f"ack: {exc}")]
+        channel = self._pending[message_id].channel if message_id in self._pending else None
+        if not frame.temporary:
+            self._pending.pop(message_id, None)  # resending it would be refused again
+        retry_ms = frame.retry_after_ms
+        return [
+            ErrorReceived(
+                frame.code,
+                frame.message,
+                None,
+                frame.temporary,
+                channel,
+                message_id,
+                None if isinstance(retry_ms, msgspec.UnsetType) else min(max(0, retry_ms), 60_000),
+            )
+        ]
 
     def auth(self, token: str) -> bytes:
         """An ``auth`` frame presenting ``token`` (renewal on a live connection)."""
@@ -679,20 +750,36 @@ class ClientSession:
         publish sent again after a failover covers what this client learnt meanwhile: the
         acks of its own earlier publishes above all (pipelined, they were not acked when
         this one was first sent; another region must store this one after them)."""
-        pending = self._pending[message_id]
+        pending = self._with_context(message_id, self._pending[message_id])
         ref = self._ref()
         self._requests[ref] = _Request("publish", pending.channel, message_id)
-        now = self._context(pending.channel)
-        if now is not None:
-            grown = _Pending(
-                pending.channel, pending.data, VectorClock(pending.after or {}).merge(now).to_dict()
-            )
-            limit = self.max_frame_bytes
-            # A frame within a few bytes of the relay's limit keeps the context it was
-            # checked with: it must still be accepted.
-            if limit is None or _publish_size(message_id, grown) <= limit:
-                pending = grown
         return msgspec.json.encode(pending.frame(message_id, ref))
+
+    def _with_context(self, message_id: str, pending: _Pending) -> _Pending:
+        """``pending`` with the channel's causal context as it is now."""
+        now = self._context(pending.channel)
+        if now is None:
+            return pending
+        grown = _Pending(
+            pending.channel, pending.data, VectorClock(pending.after or {}).merge(now).to_dict()
+        )
+        limit = self.max_frame_bytes
+        # A frame within a few bytes of the relay's limit keeps the context it was
+        # checked with: it must still be accepted.
+        if limit is None or _publish_size(message_id, grown) <= limit:
+            return grown
+        return pending
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """One SSE stream to open: its channels, in order, and where to resume them."""
+
+    channels: tuple[str, ...]
+    positions: dict[str, VectorClock]
+    """Channels with a position to resume from (the others start live)."""
+    first_ref: int
+    """This session's ref for the relay's ref 0 on this stream (then +1 per channel)."""
 
 
 @dataclass(frozen=True)

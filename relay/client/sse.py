@@ -10,7 +10,7 @@ comments count).
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Final
@@ -73,10 +73,15 @@ async def sse_stream(
     *,
     headers: Sequence[tuple[str, str]] = (),
     connect_timeout_s: float,
-    idle_timeout_s: float,
+    idle_timeout_s: float | Callable[[], float],
     ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> AsyncIterator[tuple[int, AsyncIterator[SseEvent]]]:
-    """Open ``url``: (status, events). A status other than 200 comes with no events."""
+    """Open ``url``: (status, events). A status other than 200 comes with no events.
+    For https, the certificate is verified against ``server_hostname`` (default: the
+    URL's host; the relay's own name when ``url`` was dialed to another address).
+    ``idle_timeout_s`` may be a function, asked before each wait: a client learns how
+    often the relay sends heartbeats only from the stream's first event."""
     parts = urlsplit(url)
     secure = parts.scheme == "https"
     host = parts.hostname or "127.0.0.1"
@@ -103,6 +108,7 @@ async def sse_stream(
                 host,
                 port,
                 ssl_context=ssl_context or ssl.create_default_context(),
+                tls_hostname=server_hostname or host,
                 tls_standard_compatible=False,
             )
         else:
@@ -129,7 +135,7 @@ async def _status(conn: h11.Connection, stream: ByteStream) -> int:
 
 
 async def _events(
-    conn: h11.Connection, stream: ByteStream, idle_timeout_s: float
+    conn: h11.Connection, stream: ByteStream, idle_timeout_s: float | Callable[[], float]
 ) -> AsyncIterator[SseEvent]:
     parser = EventParser()
     while True:
@@ -138,7 +144,8 @@ async def _events(
         except h11.RemoteProtocolError as exc:
             raise HttpError(f"bad event stream: {exc}") from None
         if event is h11.NEED_DATA:
-            with anyio.fail_after(idle_timeout_s):
+            idle = idle_timeout_s() if callable(idle_timeout_s) else idle_timeout_s
+            with anyio.fail_after(idle):
                 try:
                     data = await stream.receive()
                 except anyio.EndOfStream:

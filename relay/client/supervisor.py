@@ -62,6 +62,9 @@ Policy:
 * **Moving back** (``routing.should_move_back``): with ``move_back`` other than
   ``stay`` a fresh survey every ``refresh_s`` while connected; ``when-idle``
   waits (up to ``refresh_s``) for no publish in flight.
+* **Transport** (``transport.py`` decides WebSocket or SSE): a switch of transport
+  on a working connection leaves it and opens the same edge again at once, like a
+  move (``transport_changed``); the shell reports the same events either way.
 * **Temporary errors** of a publish or subscribe: one ``RetryAfter`` at a time,
   with its own backoff, reset by every new connection; ``rate_limited`` says how
   long to wait (``retry_after_ms``), and that is the pause, without backing off.
@@ -295,6 +298,16 @@ class Supervisor:
             return [Log(logging.WARNING, note)]
         self._follow(target)
         return [Log(logging.INFO, note), LeaveAfter(REDIRECT_GRACE_S)]
+
+    def transport_changed(self, note: str) -> list[Action]:
+        """The shell will open the current edge over another transport (WebSocket works
+        again after SSE): leave now and open the same edge at once, no backoff."""
+        if self.state is not ConnectionState.CONNECTED or self.current is None:
+            return []
+        if self._move_target is not None:
+            return []  # already leaving (redirect, move back): that attempt picks the transport
+        self._move_target = self.current
+        return [Log(logging.INFO, note), Leave(CloseCode.NORMAL, "switching transport")]
 
     def temporary_error(self, retry_after_s: float | None = None) -> list[Action]:
         """A publish or subscribe failed with a temporary error on this connection;

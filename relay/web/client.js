@@ -67,6 +67,17 @@
 //   heartbeat_s without a frame the client sends a protocol ping, and gives the connection up
 //   when heartbeat_s more pass without any frame. Such a relay went silent (frozen, or the path
 //   to it): its kernel may still accept connections, so the next round tries it last.
+// * SSE fallback (TransportPolicy, SseSocket). A page cannot see why a WebSocket did not open;
+//   when one fails while the same relay answers GET /v1/ping, that counts against WebSocket,
+//   and after 2 in a row the client goes on over SSE (the Python SDK's rules): an
+//   EventSource (GET /v1/sse) for the subscribed channels, fetch for publishes (POST, one at a
+//   time per channel, same ids and causal context) and history (GET). Same API, same events,
+//   same failover; client.transport says which ("websocket" or "sse"). A subscribe or
+//   unsubscribe reopens the stream with the new channel set, each channel from its position
+//   (?last_event_id=). options.websocketRetryMs (30 s, ±25 %) after the last failed WebSocket,
+//   a WebSocket is opened beside the stream; once one works the client moves to it, resuming
+//   every channel and sending pending publishes again with their ids. options.sseFallback =
+//   false: WebSocket only.
 //
 // Connection states (client.on("state", (state, info) => ...)):
 //   connecting    an attempt is under way (or the first survey)
@@ -103,6 +114,12 @@ const DEFAULT_OPTIONS = Object.freeze({
   // ?token=) and again before the token expires (sent on the live connection as an `auth`
   // frame). null: no token (anonymous relays).
   tokenProvider: null,
+  // Fall back to SSE + HTTP (GET /v1/sse, POST /v1/channels/…) when WebSocket opens fail
+  // twice in a row while the relay answers GET /v1/ping (a proxy that blocks WebSocket); while
+  // on SSE, try WebSocket again about every websocketRetryMs and move back to it. The Python
+  // SDK's sse_fallback and websocket_retry_s.
+  sseFallback: true,
+  websocketRetryMs: 30000,
 });
 
 // --- vector clocks ---------------------------------------------------------------------------
@@ -594,6 +611,22 @@ export class Session {
     return frames;
   }
 
+  /** [[channel, position or null]]: where onReconnect() would resubscribe each wanted channel
+   * from (an SSE stream names its channels before the relay says `connected`). */
+  resumePlan() {
+    return [...this._channels].filter(([, s]) => s.wanted).map(([channel, s]) => [channel, this._resumeFrom(s)]);
+  }
+
+  /** Subscribe frames for every wanted channel, from where it is now (an SSE stream reopened
+   * with another channel set: every channel is subscribed again on it). */
+  resubscribe() {
+    const frames = [];
+    for (const [channel, state] of this._channels) {
+      if (state.wanted) frames.push(this._subscribeFrame(channel, state, this._resumeFrom(state)));
+    }
+    return frames;
+  }
+
   /**
    * Forget pending publishes too large for the frame limit now in force (a relay with a
    * smaller limit than the one they were made under); returns their ids.
@@ -851,6 +884,154 @@ export function edgeUrls(raw) {
   return { http: `${scheme}//${url.host}${path}`, ws: `${scheme === "https:" ? "wss:" : "ws:"}//${url.host}${path}/v1/ws` };
 }
 
+// --- the SSE fallback: frames as HTTP requests (relay/protocol/http_api.py, in reverse) ------
+
+// GET /v1/sse serves at most this many channels per stream (http_api.MAX_SSE_CHANNELS).
+export const MAX_SSE_CHANNELS = 32;
+const CHANNEL_RE = /^[A-Za-z0-9_\-:@/=+!~.,]{1,200}$/;
+
+function base64url(text) {
+  let binary = "";
+  for (const byte of utf8.encode(text)) binary += String.fromCharCode(byte);
+  return btoa(binary).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+}
+
+/** The SSE event id of a stream at `positions` ({channel: position}): base64url of the JSON
+ * [{channel: position}], as http_api.encode_event_id writes it; sent as ?last_event_id=. */
+export function encodeEventId(positions) {
+  const clocks = {};
+  for (const [channel, position] of Object.entries(positions)) clocks[channel] = sortedClock(position);
+  return base64url(JSON.stringify([clocks]));
+}
+
+/**
+ * Which of `channels` (in order) one SSE stream can carry: {stream, refused: [[channel,
+ * code, message]]}. The relay refuses the whole stream (HTTP 400) for one bad name, and
+ * `channels=a,b` cannot carry a name with a comma: such channels are refused one by one here
+ * instead, as a WebSocket relay would refuse their subscribe.
+ */
+export function sseChannels(channels) {
+  const stream = [];
+  const refused = [];
+  for (const channel of channels) {
+    if (!isStr(channel) || !CHANNEL_RE.test(channel)) {
+      refused.push([channel, "invalid_channel", `invalid channel name ${JSON.stringify(String(channel).slice(0, 60))}`]);
+    } else if (channel.includes(",")) {
+      refused.push([channel, "bad_request", `${channel}: a channel name with a comma cannot be subscribed over SSE`]);
+    } else if (stream.length >= MAX_SSE_CHANNELS) {
+      refused.push([channel, "limit_exceeded", `${channel}: an SSE stream carries at most ${MAX_SSE_CHANNELS} channels`]);
+    } else {
+      stream.push(channel);
+    }
+  }
+  return { stream, refused };
+}
+
+/** The URL of the SSE stream for `channels`, resuming each from `positions` (channels
+ * without one start live), with the token (EventSource cannot send headers). */
+export function sseUrl(http, channels, positions = {}, token = null) {
+  const query = [`channels=${channels.map(encodeURIComponent).join(",")}`];
+  const kept = Object.fromEntries(channels.filter((c) => positions[c] && Object.keys(positions[c]).length).map((c) => [c, positions[c]]));
+  if (Object.keys(kept).length) query.push(`last_event_id=${encodeEventId(kept)}`);
+  if (token !== null && token !== undefined) query.push(`token=${encodeURIComponent(token)}`);
+  return `${http}/v1/sse?${query.join("&")}`;
+}
+
+/**
+ * What a client frame (a string the session made) is over HTTP: {op, ref, channel, ...} with
+ * {method, path, body} for the requests the HTTP API serves (publish: POST, history: GET);
+ * subscribe/unsubscribe change the SSE stream's channels; ping and auth are the client's own.
+ */
+export function httpRequest(text) {
+  const frame = JSON.parse(text);
+  const ref = frame.ref ?? null;
+  const path = (channel) => `/v1/channels/${encodeURIComponent(channel)}/messages`;
+  switch (frame.op) {
+    case "publish": {
+      const body = { data: frame.data, id: frame.id };
+      if (frame.after) body.after = frame.after;
+      return { op: "publish", ref, channel: frame.channel, id: frame.id, method: "POST", path: path(frame.channel), body: JSON.stringify(body) };
+    }
+    case "history": {
+      let query = `?limit=${frame.limit}`;
+      if (frame.before) query += `&before=${encodeURIComponent(JSON.stringify(frame.before))}`;
+      return { op: "history", ref, channel: frame.channel, method: "GET", path: path(frame.channel) + query, body: null };
+    }
+    case "subscribe":
+      return { op: "subscribe", ref, channel: frame.channel, position: frame.position ?? null };
+    case "unsubscribe":
+      return { op: "unsubscribe", ref, channel: frame.channel };
+    case "auth":
+      return { op: "auth", ref, token: frame.token };
+    default:
+      return { op: frame.op, ref };
+  }
+}
+
+// Failed WebSocket opens in a row, each while the relay answered GET /v1/ping, before SSE
+// (transport.py's HANDSHAKE_FAILURES_BEFORE_SSE); the retry's jitter (RETRY_JITTER).
+export const HANDSHAKE_FAILURES_BEFORE_SSE = 2;
+const RETRY_JITTER = 0.25;
+
+/**
+ * When to use which transport (relay/client/transport.py's TransportPolicy; pure: time and
+ * randomness passed in). A page cannot see the HTTP status a WebSocket upgrade was refused
+ * with (nor tell a refused TCP connection from a proxy's 403), so every failed open is a
+ * "handshake" failure here: it counts only when the same relay answered GET /v1/ping (else the
+ * relay is down: ordinary failover), and `handshakeFailures` (2) in a row switch to SSE.
+ * Once on SSE every edge is opened with SSE, and WebSocket is tried again `retryMs` (±25 %)
+ * after the last failed try: in the background while the stream is up, or as the next
+ * attempt after a drop. A WebSocket that opens puts the client back on WebSocket, count
+ * cleared; an edge that SSE cannot open puts the next attempt back on WebSocket first, with
+ * the count kept (a blocked WebSocket falls back again at once).
+ */
+export class TransportPolicy {
+  constructor({ enabled = true, handshakeFailures = HANDSHAKE_FAILURES_BEFORE_SSE, retryMs = 30000, random = Math.random } = {}) {
+    if (!(Number.isInteger(handshakeFailures) && handshakeFailures >= 1)) throw new RangeError(`handshakeFailures must be an integer >= 1, not ${handshakeFailures}`);
+    if (!(Number.isFinite(retryMs) && retryMs > 0)) throw new RangeError(`websocketRetryMs must be a number > 0, not ${retryMs}`);
+    this.enabled = enabled;
+    this.handshakeFailures = handshakeFailures;
+    this.retryMs = retryMs;
+    this._random = random;
+    this.transport = "websocket"; // what the next attempt opens, unless a retry is due
+    this.failuresInARow = 0; // failed opens, each while the relay answered, since the last success
+    this.retryAt = null; // on SSE: when to try a WebSocket again
+  }
+
+  /** The transport of the next connection attempt. */
+  next(nowMs) {
+    return this.transport === "sse" && !this.retryDue(nowMs) ? "sse" : "websocket";
+  }
+
+  /** On SSE, whether to try a WebSocket now. */
+  retryDue(nowMs) {
+    return this.transport === "sse" && nowMs >= this.retryAt;
+  }
+
+  /** A WebSocket did not open; `pingAnswered`: the same relay answered GET /v1/ping meanwhile. */
+  websocketFailed(pingAnswered, nowMs) {
+    if (!this.enabled || !pingAnswered) return; // the relay is down: says nothing about WebSocket
+    this.failuresInARow += 1;
+    if (this.transport === "sse" || this.failuresInARow >= this.handshakeFailures) {
+      this.transport = "sse";
+      this.retryAt = nowMs + this.retryMs * (1 - RETRY_JITTER + 2 * RETRY_JITTER * this._random());
+    }
+  }
+
+  /** An edge could not be opened with SSE: WebSocket first next time, the count kept. */
+  sseFailed() {
+    this.transport = "websocket";
+    this.retryAt = null;
+  }
+
+  /** A WebSocket opened (and the relay spoke on it): back on WebSocket, count cleared. */
+  websocketOpened() {
+    this.transport = "websocket";
+    this.failuresInARow = 0;
+    this.retryAt = null;
+  }
+}
+
 // --- routing: the plan of edges, moving back (relay/client/routing.py, directory.py) ---------
 
 /**
@@ -985,7 +1166,9 @@ export class Client {
     if (!["stay", "when-idle", "immediately"].includes(o.moveBack)) throw new RangeError(`moveBack must be stay, when-idle or immediately: ${o.moveBack}`);
     if (o.prefer != null && !isStr(o.prefer)) throw new RangeError(`prefer must be a region name or null: ${o.prefer}`);
     this._WebSocket = o.WebSocket ?? globalThis.WebSocket;
+    this._EventSource = o.EventSource ?? globalThis.EventSource ?? null;
     this._fetch = o.fetch ?? globalThis.fetch.bind(globalThis);
+    this._transports = new TransportPolicy({ enabled: Boolean(o.sseFallback && this._EventSource), retryMs: o.websocketRetryMs, random: o.random });
     this._backoff = new Backoff({ baseMs: o.baseMs, maxMs: o.maxMs, resetAfterMs: o.resetAfterMs, random: o.random });
     this._roundBackoff = new Backoff({ baseMs: o.maxMs, maxMs: o.maxMs * SUSPENDED_FACTOR, resetAfterMs: o.resetAfterMs, random: o.random });
     this._retryBackoff = new Backoff({ baseMs: o.baseMs, maxMs: o.maxMs, resetAfterMs: 0, random: o.random });
@@ -996,6 +1179,7 @@ export class Client {
     this.relay = null;
     this.connectionId = null;
     this.url = null; // the edge URL of the current (or last) connection
+    this.transport = null; // "websocket" or "sse" (EventSource + fetch): the current (or last) one's
     this.heartbeatS = null;
     this.survey = null; // {directory, samples (per edge URL), choice, candidates, at}
     this.closeCode = null;
@@ -1041,7 +1225,7 @@ export class Client {
 
   /**
    * Listen to "state" (state, info), "error" (RelaynetError), "expired" ({channel, earliest}),
-   * "survey" (client.survey), "retry" ({inMs}), "connected" ({region, relay, ...}) and
+   * "survey" (client.survey), "retry" ({inMs}), "connected" ({region, relay, transport, ...}) and
    * "redirect" ({from, url, region, reason, followed, ignored}: a relay sent us elsewhere;
    * followed false with why in ignored); returns a function that removes the listener.
    */
@@ -1487,13 +1671,46 @@ export class Client {
   /**
    * Open, resume, read until it ends: {code, reason}, with {moveTo, redirected} when it ends to
    * go elsewhere; null if it never got up (no WebSocket, or the first frame within
-   * openTimeoutMs was neither `connected` nor a `redirect` we follow).
+   * openTimeoutMs was neither `connected` nor a `redirect` we follow). Over a WebSocket, or
+   * over SSE when the transport policy says so: a WebSocket on which the relay never spoke,
+   * while it answers GET /v1/ping, counts against WebSocket, and once that has counted enough
+   * (or on SSE already) the same relay is tried over SSE at once.
    */
-  _connection(region, url, token = null) {
+  async _connection(region, url, token = null) {
+    if (this._transports.next(now()) === "sse") return this._sseAttempt(region, url, token);
+    const spoke = { value: false };
+    const outcome = await this._attempt(region, url, token, "websocket", spoke);
+    if (outcome !== null || spoke.value || this._stopped) return outcome;
+    const answered = await this._isRelay(edgeUrls(url));
+    if (this._stopped) return null;
+    this._transports.websocketFailed(answered, now());
+    if (this._transports.next(now()) !== "sse") return null;
+    return this._sseAttempt(region, url, token);
+  }
+
+  async _sseAttempt(region, url, token) {
+    const outcome = await this._attempt(region, url, token, "sse", { value: false });
+    // Never up: SSE does not work here either (or the relay is gone); WebSocket first next.
+    if (outcome === null && !this._stopped) this._transports.sseFailed();
+    return outcome;
+  }
+
+  /** One connection over `kind`; `spoke.value` turns true at the relay's first frame. */
+  _attempt(region, url, token, kind, spoke) {
     return new Promise((resolve) => {
       let ws;
       try {
-        ws = new this._WebSocket(withToken(url, token));
+        ws =
+          kind === "sse"
+            ? new SseSocket(edgeUrls(url).http, {
+                token,
+                plan: this._session.resumePlan(),
+                resubscribe: () => this._session.resubscribe(),
+                EventSource: this._EventSource,
+                fetch: this._fetch,
+                pingTimeoutMs: this.options.probeTimeoutMs,
+              })
+            : new this._WebSocket(withToken(url, token));
       } catch {
         resolve(null);
         return;
@@ -1538,6 +1755,7 @@ export class Client {
       ws.onerror = () => {}; // a close event follows
       ws.onmessage = (event) => {
         if (done) return;
+        spoke.value = true;
         this._lastRx = now();
         if (typeof event.data !== "string") {
           this._emit("error", new RelaynetError("bad_frame", "binary frame from the relay"));
@@ -1622,6 +1840,8 @@ export class Client {
     this.connectionId = hello.connectionId;
     this.heartbeatS = hello.heartbeatS;
     this.url = url;
+    this.transport = ws instanceof SseSocket ? "sse" : "websocket";
+    if (this.transport === "websocket") this._transports.websocketOpened();
     this.connections += 1;
     this._redirectsInARow = 0;
     this._backoff.connected(now());
@@ -1629,12 +1849,13 @@ export class Client {
     this._startLiveness(ws);
     this.tokenExp = hello.exp ?? null;
     this._scheduleRenewal(ws);
-    this._setState("connected", { url, connectionId: hello.connectionId });
-    this._emit("connected", { region: this.region, relay: this.relay, connectionId: this.connectionId, url, listedAs: region });
+    this._setState("connected", { url, connectionId: hello.connectionId, transport: this.transport });
+    this._emit("connected", { region: this.region, relay: this.relay, connectionId: this.connectionId, url, listedAs: region, transport: this.transport });
     this._readyResolve(this);
     // History requests of the last connection (or made while disconnected): asked (again) here.
     for (const request of this._histories) this._askHistory(request);
     if (this.options.moveBack !== "stay") this._watchForMove(ws, hello.region);
+    if (this.transport === "sse") this._retryWebSocket(ws, region, url);
   }
 
   /** Before the token expires, get a fresh one and present it on this connection. If that
@@ -1711,6 +1932,16 @@ export class Client {
         return;
       case "redirected":
         this._onRedirect(event);
+        return;
+      case "connected":
+        // An SSE stream reopened for another channel set (or a renewed token).
+        if (!(this._ws instanceof SseSocket)) return;
+        if (event.relay) this.relay = event.relay;
+        if (event.connectionId) this.connectionId = event.connectionId;
+        if (event.exp !== null) {
+          this.tokenExp = event.exp;
+          this._scheduleRenewal(this._ws);
+        }
         return;
       case "authed":
         this.tokenExp = event.exp;
@@ -1833,6 +2064,7 @@ export class Client {
       const frames = this._session.republishPending();
       for (const channel of this._session.unsubscribed) frames.push(this._session.subscribe(channel));
       for (const frame of frames) this._send(frame);
+      if (ws instanceof SseSocket) ws.retried(this._session.pending); // held publishes go on
     }, retryAfterMs ?? this._retryBackoff.nextDelay());
   }
 
@@ -1847,6 +2079,63 @@ export class Client {
     this._acks.delete(id);
     ack?.reject(error);
     this._emit("error", error);
+  }
+
+  /** On SSE: websocketRetryMs (±25 %) after the last WebSocket that failed, open one to the
+   * same relay beside the stream; once one opens, leave the stream for it (a move: the new
+   * connection resumes every channel and sends pending publishes again, same ids). */
+  async _retryWebSocket(ws, region, url) {
+    const alive = () => this._ws === ws && !this._stopped && this._transports.transport === "sse";
+    while (alive()) {
+      await this._sleep(Math.max(0, this._transports.retryAt - now()));
+      if (!alive()) return;
+      if (!this._transports.retryDue(now())) continue;
+      const works = await this._probeWebSocket(url);
+      if (!alive()) return;
+      if (!works) {
+        this._transports.websocketFailed(true, now()); // the stream is up: the relay answers
+        continue;
+      }
+      this._transports.websocketOpened();
+      this._moveTarget = [region, url];
+      this._interrupt?.({ reason: "WebSocket works again" });
+      return;
+    }
+  }
+
+  /** Whether a WebSocket to `url` opens and the relay speaks on it (then closed). */
+  async _probeWebSocket(url) {
+    let token = null;
+    if (this.options.tokenProvider) {
+      try {
+        token = await this.options.tokenProvider();
+      } catch {
+        return false;
+      }
+    }
+    return new Promise((resolve) => {
+      let ws;
+      try {
+        ws = new this._WebSocket(withToken(url, token));
+      } catch {
+        resolve(false);
+        return;
+      }
+      const done = (works) => {
+        clearTimeout(timer);
+        detach(ws);
+        try {
+          ws.close(1000, "transport probe");
+        } catch {
+          // closing already
+        }
+        resolve(works);
+      };
+      const timer = setTimeout(() => done(false), this.options.openTimeoutMs);
+      ws.onmessage = () => done(true);
+      ws.onclose = () => done(false);
+      ws.onerror = () => {};
+    });
   }
 
   /** Move back to a nearer region at a safe point (options.moveBack). */
@@ -1912,6 +2201,328 @@ export class Client {
     clearInterval(this._liveness);
     this._liveness = null;
   }
+}
+
+// --- the SSE fallback: a WebSocket's shape on EventSource + fetch ---------------------------
+
+const SSE_OPS = ["connected", "subscribed", "message", "error", "redirect", "token_expiring", "end"];
+
+/**
+ * One connection over SSE and the HTTP API, with the WebSocket interface the client drives
+ * (readyState, send, close, onopen/onmessage/onclose), so that every rule of the client
+ * (session, resume, redirects, liveness, failover) runs unchanged on it:
+ *
+ * * the stream (GET /v1/sse?channels=…&last_event_id=…&token=…) delivers the server frames:
+ *   `connected` first, then the `subscribed` replies (their refs, the stream's channel
+ *   indexes, are turned into the session's), messages, redirects, and `end` {code, reason},
+ *   which closes this socket with that code, as a WebSocket close would;
+ * * a subscribe or unsubscribe reopens the stream with the new channel set, every channel
+ *   from the position the session has processed (`last_event_id`): nothing lost, nothing
+ *   repeated (the session drops what its position covers anyway);
+ * * publishes are POSTs, one at a time per channel: requests in flight together have no order
+ *   at the relay. A temporary refusal (rate_limited, unavailable) holds the channel's queue,
+ *   with the refused publish first, until the client sends it again (held), as a relay holds
+ *   a WebSocket's later publishes until the failed id comes again;
+ * * history is a GET; a protocol ping is a GET /v1/ping whose answer is a `pong` frame;
+ * * an `auth` frame (a renewed token) reopens the stream with it and goes on every request.
+ *
+ * The browser's own EventSource reconnect is not used: a stream that fails closes this
+ * socket (1006) and the client's supervisor decides where to go, with backoff and failover,
+ * and resumes from the session's positions. A request that fails on the network does the
+ * same (the relay is likely gone; pending publishes are sent again, same ids); an HTTP 401
+ * closes it with 4003 (a fresh token from the provider on the next connection).
+ */
+export class SseSocket {
+  constructor(http, { token = null, plan = [], resubscribe, EventSource, fetch, pingTimeoutMs = 2000 }) {
+    this.http = http;
+    this.url = `${http}/v1/sse`;
+    this.readyState = 0;
+    this.onopen = null;
+    this.onmessage = null;
+    this.onclose = null;
+    this.onerror = null;
+    this._token = token;
+    this._resubscribe = resubscribe;
+    this._EventSource = EventSource;
+    this._fetch = fetch;
+    this._pingTimeoutMs = pingTimeoutMs;
+    this._es = null;
+    this._channels = []; // the stream's channels: index = the ref the relay gives their replies
+    this._opened = new Map(); // channel -> position JSON: opened with it, its subscribe not seen yet
+    this._refs = new Map(); // channel -> the session's ref of its latest subscribe
+    this._reopenQueued = false;
+    this._queues = new Map(); // channel -> {items: Map(id -> request), busy, held}
+    this._aborts = new Set();
+    const { stream } = sseChannels(plan.map(([channel]) => channel));
+    const positions = Object.fromEntries(plan.filter(([c, p]) => p && stream.includes(c)));
+    // Refused channels are answered when their subscribe frame comes: it has the session's ref.
+    for (const channel of stream) this._opened.set(channel, JSON.stringify(positions[channel] ?? null));
+    this._open(stream, positions, true);
+  }
+
+  send(text) {
+    if (this.readyState !== 1) return;
+    const request = httpRequest(text);
+    switch (request.op) {
+      case "publish":
+        this._enqueue(request);
+        return;
+      case "history":
+        this._request(request).then((reply) => reply !== null && this._deliver(withRef(reply, request.ref)));
+        return;
+      case "subscribe": {
+        this._refs.set(request.channel, request.ref);
+        const { refused } = sseChannels([request.channel]);
+        if (refused.length) {
+          this._refuse(refused[0], request.ref);
+          return;
+        }
+        // The first connection's resubscribes name what the stream was opened with.
+        const opened = this._opened.get(request.channel);
+        this._opened.delete(request.channel);
+        if (opened !== undefined && opened === JSON.stringify(request.position)) return;
+        this._reopenSoon();
+        return;
+      }
+      case "unsubscribe":
+        this._refs.delete(request.channel);
+        this._reopenSoon();
+        return;
+      case "ping":
+        this._ping();
+        return;
+      case "auth":
+        this._token = request.token;
+        this._reopenSoon();
+        return;
+      default:
+    }
+  }
+
+  /** Publishes queued or held on `channel`: let them go, keeping only ids still `pending`
+   * (after a temporary refusal the client sent every pending publish again). */
+  retried(pending) {
+    for (const [channel, queue] of this._queues) {
+      for (const id of [...queue.items.keys()]) if (!Object.hasOwn(pending, id)) queue.items.delete(id);
+      queue.held = false;
+      this._pump(channel);
+    }
+  }
+
+  close() {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    this._es?.close();
+    this._es = null;
+    for (const controller of this._aborts) controller.abort();
+    this._aborts.clear();
+  }
+
+  // --- the stream
+
+  _open(channels, positions, first) {
+    this._es?.close();
+    this._es = null;
+    this._channels = channels;
+    if (!channels.length) {
+      // No channel: nothing to stream (the relay wants at least one). Up once the relay
+      // answers, for publishes and history; its directory says what it is.
+      if (first) this._hello();
+      return;
+    }
+    let es;
+    try {
+      es = new this._EventSource(sseUrl(this.http, channels, positions, this._token));
+    } catch {
+      queueMicrotask(() => this._fail(1006, "could not open an event stream"));
+      return;
+    }
+    this._es = es;
+    es.onopen = () => {
+      if (this._es !== es || this.readyState === 3) return;
+      if (this.readyState === 0) {
+        this.readyState = 1;
+        this.onopen?.();
+      }
+    };
+    // A failed request or a dropped stream; the relay's `error` frames (MessageEvents with
+    // data) come here too and are delivered below.
+    es.onerror = (event) => {
+      if (this._es === es && typeof event?.data !== "string") this._fail(1006, "event stream lost");
+    };
+    for (const op of SSE_OPS) {
+      es.addEventListener(op, (event) => {
+        if (this._es !== es || this.readyState === 3 || typeof event.data !== "string") return;
+        if (op === "end") {
+          let end = {};
+          try {
+            end = JSON.parse(event.data);
+          } catch {
+            // a bad end is still an end
+          }
+          this._fail(Number.isInteger(end.code) ? end.code : 1006, isStr(end.reason) ? end.reason : "stream ended");
+          return;
+        }
+        this._deliver(op === "subscribed" || op === "error" ? this._streamRef(event.data) : event.data);
+      });
+    }
+  }
+
+  /** The relay numbers the stream's subscribes 0, 1, …: the session knows them by its own refs. */
+  _streamRef(text) {
+    let frame;
+    try {
+      frame = JSON.parse(text);
+    } catch {
+      return text;
+    }
+    if (!frame || !Number.isInteger(frame.ref)) return text;
+    const channel = this._channels[frame.ref];
+    return JSON.stringify({ ...frame, ref: channel === undefined ? null : (this._refs.get(channel) ?? null) });
+  }
+
+  _reopenSoon() {
+    if (this._reopenQueued) return;
+    this._reopenQueued = true;
+    queueMicrotask(() => {
+      this._reopenQueued = false;
+      if (this.readyState !== 1) return;
+      this._opened.clear();
+      const wanted = this._resubscribe().map((text) => httpRequest(text));
+      const { stream, refused } = sseChannels(wanted.map((r) => r.channel));
+      for (const r of wanted) this._refs.set(r.channel, r.ref);
+      for (const reason of refused) this._refuse(reason, this._refs.get(reason[0]));
+      const positions = Object.fromEntries(wanted.filter((r) => r.position && stream.includes(r.channel)).map((r) => [r.channel, r.position]));
+      this._open(stream, positions, false);
+    });
+  }
+
+  async _hello() {
+    const reply = await this._request({ method: "GET", path: "/v1/edges", body: null });
+    if (reply === null) return;
+    let doc = null;
+    try {
+      doc = JSON.parse(reply);
+    } catch {
+      // not a directory: refused below
+    }
+    if (!doc || !isStr(doc.region)) {
+      this._fail(1006, `${this.http}/v1/edges is not a relay's directory`);
+      return;
+    }
+    if (this.readyState !== 0) return;
+    this.readyState = 1;
+    this.onopen?.();
+    this._deliver(JSON.stringify({ op: "connected", region: doc.region, relay: isStr(doc.relay) ? doc.relay : "", connection_id: "" }));
+  }
+
+  _refuse([channel, code, message], ref) {
+    const frame = JSON.stringify({ op: "error", code, message, channel, ref: ref ?? null, temporary: false });
+    queueMicrotask(() => this._deliver(frame));
+  }
+
+  _deliver(text) {
+    if (this.readyState !== 3) this.onmessage?.({ data: text });
+  }
+
+  _fail(code, reason) {
+    if (this.readyState === 3) return;
+    this.close();
+    this.onclose?.({ code, reason });
+  }
+
+  // --- requests
+
+  /** The response body of an HTTP API request, or null after closing this socket (network
+   * error, a 401, or an answer that is not the API's). */
+  async _request({ method, path, body }, { timeoutMs = null } = {}) {
+    const controller = new AbortController();
+    this._aborts.add(controller);
+    const timer = timeoutMs === null ? null : setTimeout(() => controller.abort(), timeoutMs);
+    const headers = {};
+    if (this._token !== null && this._token !== undefined) headers.Authorization = `Bearer ${this._token}`;
+    if (body !== null) headers["Content-Type"] = "application/json";
+    try {
+      const response = await this._fetch(`${this.http}${path}`, { method, headers, body, cache: "no-store", credentials: "omit", mode: "cors", redirect: "error", signal: controller.signal });
+      const text = await response.text();
+      if (this.readyState === 3) return null;
+      if (response.status === 401) {
+        this._fail(4003, "the HTTP API refused the token");
+        return null;
+      }
+      const json = (response.headers.get("content-type") ?? "").startsWith("application/json");
+      if (!json && path.startsWith("/v1/channels/")) {
+        this._fail(1006, `HTTP ${response.status} from ${this.http}${path.split("?")[0]}`);
+        return null;
+      }
+      return text;
+    } catch (exc) {
+      if (this.readyState !== 3 && timeoutMs === null) this._fail(1006, `HTTP request failed: ${exc?.message ?? exc}`);
+      return null;
+    } finally {
+      clearTimeout(timer);
+      this._aborts.delete(controller);
+    }
+  }
+
+  async _ping() {
+    const controller = { method: "GET", path: "/v1/ping", body: null };
+    const reply = await this._request(controller, { timeoutMs: this._pingTimeoutMs });
+    if (reply !== null && reply.trim() === "pong") this._deliver('{"op":"pong"}');
+  }
+
+  _enqueue(request) {
+    let queue = this._queues.get(request.channel);
+    if (!queue) {
+      queue = { items: new Map(), busy: false, held: false };
+      this._queues.set(request.channel, queue);
+    }
+    queue.items.set(request.id, request); // sent again: its place stays, its frame is the new one
+    this._pump(request.channel);
+  }
+
+  async _pump(channel) {
+    const queue = this._queues.get(channel);
+    if (!queue || queue.busy || queue.held || this.readyState !== 1) return;
+    const next = queue.items.entries().next();
+    if (next.done) {
+      this._queues.delete(channel);
+      return;
+    }
+    const [id, request] = next.value;
+    queue.items.delete(id);
+    queue.busy = true;
+    const reply = await this._request(request);
+    queue.busy = false;
+    if (reply === null) return;
+    const text = withRef(reply, request.ref);
+    if (/^\{"op":"error"/.test(reply) && temporaryError(reply)) {
+      // First again, and nothing behind it goes before the client sends it again.
+      queue.items = new Map([[id, request], ...queue.items]);
+      queue.held = true;
+    }
+    this._deliver(text);
+    this._pump(channel);
+  }
+}
+
+function temporaryError(text) {
+  try {
+    return JSON.parse(text).temporary === true;
+  } catch {
+    return false;
+  }
+}
+
+/** A reply frame of the HTTP API (no ref: one request, one reply) as the answer to `ref`. */
+function withRef(text, ref) {
+  let frame;
+  try {
+    frame = JSON.parse(text);
+  } catch {
+    return text; // the session reports it as a bad frame
+  }
+  return frame !== null && typeof frame === "object" && !Array.isArray(frame) ? JSON.stringify({ ...frame, ref }) : text;
 }
 
 function detach(ws) {

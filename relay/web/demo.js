@@ -5,7 +5,10 @@
 // Query parameters: ?room=NAME (default lobby), ?seeds=ws://a/v1/ws,ws://b/v1/ws (default:
 // this page's own relay), ?name=NICK, ?prefer=eu-west (that region first while it is usable,
 // the others kept for failover), ?regions=us-east,eu-west (connect only to these, never
-// elsewhere). Tests read window.relaynetDemo and data-testid elements.
+// elsewhere), ?websocket_retry_ms=N (on the SSE fallback, how often to try WebSocket again;
+// default the client's 30 s). The header shows the transport in use: websocket, or sse (EventSource +
+// fetch, when WebSocket cannot be opened). Tests read window.relaynetDemo and data-testid
+// elements.
 
 import { createClient } from "./v1/client.js";
 
@@ -18,6 +21,7 @@ const seeds = (params.get("seeds") || location.origin).split(",").map((s) => s.t
 const regions = params.get("regions")?.split(",").map((s) => s.trim()).filter(Boolean) ?? null;
 // ?prefer=eu-west: that region first, but failing over to the others (what `relaynet demo` prints).
 const prefer = params.get("prefer")?.trim() || null;
+const websocketRetryMs = params.has("websocket_retry_ms") ? Number(params.get("websocket_retry_ms")) : null;
 
 const $ = (id) => document.getElementById(id);
 const el = (tag, props = {}, ...children) => {
@@ -67,7 +71,7 @@ function log(text) {
 
 function showState(state, info) {
   demo.state = state;
-  demo.states.push({ state, at: Date.now(), code: info.code ?? null, reason: info.reason ?? null, region: info.region ?? null });
+  demo.states.push({ state, at: Date.now(), code: info.code ?? null, reason: info.reason ?? null, region: info.region ?? null, transport: info.transport ?? null });
   const badge = $("state");
   badge.textContent = state;
   badge.dataset.state = state;
@@ -78,7 +82,7 @@ function showState(state, info) {
   $("state-detail").textContent = demo.stateDetail;
   // Sending works in every state but the final ones: publishes wait for the next connection.
   $("input").disabled = $("send").disabled = state === "failed" || state === "closed";
-  log(`${state}${detail.length ? ` (${detail.join(", ")})` : ""}`);
+  log(`${state}${info.transport ? ` via ${info.transport}` : ""}${detail.length ? ` (${detail.join(", ")})` : ""}`);
   showWhere();
 }
 
@@ -86,6 +90,7 @@ function showWhere() {
   const c = demo.client;
   $("region").textContent = c?.region ?? "–";
   $("relay").textContent = c?.relay ?? "–";
+  $("transport").textContent = c?.state === "connected" ? c.transport : "–";
   const survey = c?.survey;
   if (!survey) return;
   const { choice, directory, samples, candidates } = survey;
@@ -178,7 +183,11 @@ $("composer").addEventListener("submit", (event) => {
 });
 
 try {
-  const client = createClient(seeds, { ...(regions?.length ? { regions } : {}), ...(prefer ? { prefer } : {}) });
+  const client = createClient(seeds, {
+    ...(regions?.length ? { regions } : {}),
+    ...(prefer ? { prefer } : {}),
+    ...(websocketRetryMs !== null ? { websocketRetryMs } : {}),
+  });
   demo.client = client;
   client.on("state", showState);
   client.on("redirect", (redirect) => {

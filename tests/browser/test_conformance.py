@@ -14,7 +14,9 @@ import random
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import msgspec
 import pytest
 
 from relay.client.backoff import Backoff
@@ -30,6 +32,11 @@ from relay.client.session import (
     new_publish_id,
 )
 from relay.client.supervisor import Supervisor
+from relay.client.transport import TransportPolicy, WebSocketFailure
+from relay.core.channels import InvalidChannel, validate_channel
+from relay.protocol import http_api
+from relay.protocol.frames import History
+from relay.protocol.http_api import MAX_SSE_CHANNELS
 from tests.browser.chromium import chromium
 from tests.support.relays import make_config, running_relays
 
@@ -547,3 +554,173 @@ def _event(event: Any) -> list[Any]:
             value = value.to_dict()
         result[renames.get(key, key)] = value
     return [kinds[name], result]
+
+
+# Channel names the HTTP API and SSE must carry unchanged: every character a name may have
+# (relay/core/channels.py), some that percent-encoding and query parsing treat specially.
+_HTTP_CHANNELS = ["chat:lobby", "a/b", "x+y=z", "a@b!~.", "c,d", "_-:@/=+!~.,", "Z" * 200]
+_NOT_CHANNELS = ["", "with space", "é", "a?b", "a#b", "a&b", "Z" * 201]
+
+
+def _http_cases(rng: random.Random) -> list[dict[str, Any]]:
+    cases: list[dict[str, Any]] = []
+    for _ in range(60):
+        channel = rng.choice(_HTTP_CHANNELS)
+        regions = ["ap-south", "eu-west", "us-east"][: rng.randint(0, 3)]
+        clock = {r: rng.randint(1, 2**53 - 1) for r in regions} or None
+        frame: dict[str, Any]
+        if rng.random() < 0.5:
+            data = rng.choice(["hi", "é\u2028😀", {"k": [1, 2.5, None, True]}, 0, "&=?#%"])
+            frame = {"op": "publish", "channel": channel, "id": f"id-{rng.randint(1, 10**9)}"}
+            frame |= {"data": data, "ref": rng.randint(1, 1000)}
+            if clock:
+                frame["after"] = clock
+        else:
+            frame = {"op": "history", "channel": channel, "limit": rng.randint(1, 1000)}
+            frame["ref"] = rng.randint(1, 1000)
+            if clock:
+                frame["before"] = clock
+        cases.append(frame)
+    return cases
+
+
+def _sse_cases(rng: random.Random) -> list[dict[str, Any]]:
+    cases = []
+    for _ in range(40):
+        names = rng.sample(_HTTP_CHANNELS + _NOT_CHANNELS, rng.randint(0, 8))
+        if rng.random() < 0.2:
+            names += [f"many:{i}" for i in range(40)]
+        positions = {
+            n: {r: rng.randint(1, 2**53 - 1) for r in rng.sample(["eu-west", "us-east"], 2)}
+            for n in names
+            if rng.random() < 0.6
+        }
+        cases.append(
+            {"names": names, "positions": positions, "token": rng.choice([None, "a.b-c_d"])}
+        )
+    return cases
+
+
+def _python_sse(case: dict[str, Any]) -> dict[str, Any]:
+    """What the relay's own parsing makes of the stream a JS client opens for ``case``."""
+    stream: list[str] = []
+    for name in case["names"]:
+        try:
+            validate_channel(name)
+        except InvalidChannel:
+            continue
+        if "," not in name and len(stream) < MAX_SSE_CHANNELS:
+            stream.append(name)
+    positions = {c: p for c, p in case["positions"].items() if c in stream}
+    return {"stream": stream, "positions": positions, "token": case["token"]}
+
+
+async def test_the_js_http_translation_is_the_relays_in_reverse(
+    tmp_path: Path, nats_url: str
+) -> None:
+    """The SSE fallback's pure part: a publish or history frame that the JS core turns into
+    an HTTP request becomes that same frame again through the relay's own translation
+    (relay/protocol/http_api.py); the SSE URL it builds names, for the relay, the channels it
+    kept and their positions (the event id); and the transport policy's rule, step by step."""
+    rng = random.Random(1313)
+    frames = _http_cases(rng)
+    streams = _sse_cases(rng)
+    async with running_relays(make_config(nats_url=nats_url)) as (relay,):
+        async with chromium(tmp_path / "chromium.log") as browser:
+            page = await browser.new_page(f"http://127.0.0.1:{relay.port}/v1/ping")
+            js = await page.evaluate(
+                "(async () => { const m = await import('/v1/client.js');"
+                f" const frames = {json.dumps(frames)};"
+                f" const streams = {json.dumps(streams)};"
+                " const policy = new m.TransportPolicy({retryMs: 100, random: () => 0.5});"
+                f" const steps = {json.dumps(_POLICY_STEPS)};"
+                " return {"
+                "   requests: frames.map((f) => m.httpRequest(JSON.stringify(f))),"
+                "   streams: streams.map(({names, positions, token}) => {"
+                "     const {stream, refused} = m.sseChannels(names);"
+                "     const url = stream.length ? m.sseUrl('http://h', stream, positions, token)"
+                "       : null;"
+                "     return {stream, refused: refused.map((r) => r[0]), url};"
+                "   }),"
+                "   policy: steps.map(([step, arg, t]) => {"
+                "     if (step === 'failed') policy.websocketFailed(arg, t);"
+                "     else if (step === 'opened') policy.websocketOpened();"
+                "     else if (step === 'sse failed') policy.sseFailed();"
+                "     return [policy.next(t), policy.retryDue(t), policy.transport]; }),"
+                " }; })()"
+            )
+    for frame, request in zip(frames, js["requests"], strict=True):
+        path, _, query = request["path"].partition("?")
+        route = http_api.route(path)
+        assert route is not None and route.channel == frame["channel"], request
+        assert request["ref"] == frame["ref"]
+        if frame["op"] == "publish":
+            assert request["method"] == "POST" and not query
+            back = msgspec.json.decode(
+                http_api.publish_request(route.channel, request["body"].encode(), None), type=Any
+            )
+        else:
+            assert request["method"] == "GET" and request["body"] is None
+            history = msgspec.json.decode(
+                http_api.history_request(route.channel, parse_qs(query)), type=History
+            )
+            back = {"op": "history", "channel": history.channel, "limit": history.limit}
+            back["before"] = history.before
+        wanted = {k: v for k, v in frame.items() if k != "ref"}
+        assert {k: v for k, v in back.items() if k != "ref" and v is not None} == wanted
+    for case, got in zip(streams, js["streams"], strict=True):
+        want = _python_sse(case)
+        assert got["stream"] == want["stream"], case
+        assert sorted(got["refused"]) == sorted(set(case["names"]) - set(want["stream"]))
+        if not want["stream"]:
+            continue
+        url = urlsplit(got["url"])
+        assert url.path == http_api.SSE_PATH
+        query = parse_qs(url.query)
+        assert http_api.sse_channels(query) == want["stream"]
+        event_ids = query.get("last_event_id", [])
+        decoded = http_api.decode_event_id(event_ids[0]) if event_ids else {}
+        assert {c: p.to_dict() for c, p in decoded.items()} == want["positions"]
+        assert query.get("token") == ([want["token"]] if want["token"] else None)
+    assert [step[:2] for step in js["policy"]] == [
+        [transport, due] for *_, transport, due in _POLICY_EXPECTED
+    ]
+    assert [step[2] for step in js["policy"]] == _python_transports()
+
+
+def _python_transports() -> list[str]:
+    """The Python SDK's policy through the same steps (a page sees every failure as a
+    handshake failure: it cannot read the upgrade's status); time is its shell's business."""
+    policy = TransportPolicy(rng=random.Random(0))
+    transports: list[str] = []
+    for step, answered, *_ in _POLICY_EXPECTED:
+        if step == "failed" and policy.websocket_failed(WebSocketFailure("handshake")):
+            policy.ping_answered(bool(answered))
+        elif step == "opened":
+            policy.websocket_opened()
+        elif step == "sse failed":
+            policy.sse_failed()
+        transports.append(policy.transport)
+    return transports
+
+
+# The transport policy (relay/client/transport.py's rules, as a page sees failures), one step
+# at a time: 2 failures switch to SSE, WebSocket again 100 ms after the last failure (the
+# jitter's random number fixed at the middle): [step, relay answered, now ms] -> [next
+# transport, retry due].
+_POLICY_EXPECTED: list[tuple[str, bool | None, int, str, bool]] = [
+    ("next", None, 0, "websocket", False),
+    ("failed", False, 10, "websocket", False),  # the relay is down: no evidence
+    ("failed", True, 20, "websocket", False),  # one
+    ("failed", False, 30, "websocket", False),  # still one: a dead relay does not reset it
+    ("failed", True, 40, "sse", False),  # two: SSE, WebSocket again at 140
+    ("next", None, 139, "sse", False),
+    ("next", None, 140, "websocket", True),
+    ("failed", True, 150, "sse", False),  # on SSE one failure is enough: again at 250
+    ("next", None, 249, "sse", False),
+    ("sse failed", None, 255, "websocket", False),  # SSE does not open: WebSocket first
+    ("failed", True, 256, "sse", False),  # the count was kept: back on SSE at once
+    ("opened", None, 260, "websocket", False),
+    ("failed", True, 270, "websocket", False),  # the count starts over
+]
+_POLICY_STEPS = [[step, answered, t] for step, answered, t, _, _ in _POLICY_EXPECTED]
