@@ -94,10 +94,12 @@ def _cmd_relay(args: argparse.Namespace) -> int:
 
 def _auth_usable(path: str, cfg: RelayConfig) -> bool:
     """Check ``[auth]``'s key files before starting; warn about an exposed anonymous relay."""
+    from relay.adapters.hooks import Hooks
     from relay.adapters.tokens import KeyConfigError, session_auth
 
     try:
         session_auth(cfg.auth)
+        Hooks.from_config(cfg)  # reads the hooks' secret files
     except KeyConfigError as exc:
         print(f"{path}: {exc}", file=sys.stderr)
         return False
@@ -483,6 +485,25 @@ def _cmd_bench_chaos(args: argparse.Namespace) -> int:
     return run_async(run_chaos, seconds, args.seed, json_path, args.keep)
 
 
+def _cmd_bench_presence(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from relay.bench.presence import run_presence_bench
+
+    _setup_logging(False)
+    for name in ("relaynet", "federation"):  # in-process LinkProxy lines when links are cut
+        logging.getLogger(name).setLevel(logging.WARNING)
+    timing = {
+        "suspect_after_s": args.suspect_after_s,
+        "remove_after_s": args.remove_after_s,
+        "snapshot_s": args.snapshot_s,
+    }
+    json_path = Path(args.json) if args.json else None
+    return run_async(
+        run_presence_bench, args.latency_ms, args.rounds, args.heal_rounds, timing, json_path
+    )
+
+
 def _cmd_bench_fuzz(args: argparse.Namespace) -> int:
     from relay.bench.fuzz import run_fuzz
 
@@ -490,6 +511,29 @@ def _cmd_bench_fuzz(args: argparse.Namespace) -> int:
     # The SDK's reconnect lines are not the run's business; the report is.
     logging.getLogger("relaynet").setLevel(logging.ERROR)
     return run_async(run_fuzz, args.frames, args.seed, args.connections, args.keep)
+
+
+def _cmd_bench_rollout(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from relay.bench.rollout import run_rollout
+
+    _setup_logging(False)
+    # The SDK's warnings stay visible (the report counts them too); its reconnect lines and
+    # the in-process link proxies' do not.
+    logging.getLogger("relaynet").setLevel(logging.WARNING)
+    logging.getLogger("federation").setLevel(logging.ERROR)
+    json_path = Path(args.json) if args.json else None
+    return run_async(
+        run_rollout,
+        args.region,
+        args.clients,
+        args.rate,
+        args.before_s,
+        args.after_s,
+        json_path,
+        args.keep,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -674,6 +718,63 @@ def build_parser() -> argparse.ArgumentParser:
     fuzz.add_argument("--connections", type=int, default=4, help="hostile connections at once (4)")
     fuzz.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     fuzz.set_defaults(func=_cmd_bench_fuzz)
+    rollout = bench_sub.add_parser(
+        "rollout",
+        help="a rolling deploy under traffic: every relay of a region replaced, nothing lost",
+        description="Starts three regions (a nats-server and two relays each, processes), "
+        "runs SDK clients in every region that publish at a steady rate and subscribe, then "
+        "replaces every relay of a region one by one as an orchestrator would (SIGTERM, wait "
+        "for the exit, start it again on its port, wait until ready and listed by its "
+        "siblings). Checks every history (no loss, no duplicate, publisher, causal and "
+        "region order) and that no client raised an error to its application; prints "
+        "rollout times, reconnects, delivery gaps and publish->ack latency before and during "
+        "the rollout. Exit 1 on any violation.",
+    )
+    rollout.add_argument(
+        "--region",
+        default="us-east",
+        choices=["us-east", "eu-west", "ap-south", "all"],
+        help="the region whose relays are replaced, or all (each region in turn); us-east",
+    )
+    rollout.add_argument("--clients", type=int, default=4, help="SDK clients per region (4)")
+    rollout.add_argument(
+        "--rate", type=float, default=5.0, help="publishes per second per client (5)"
+    )
+    rollout.add_argument(
+        "--before-s", type=float, default=10.0, help="seconds of traffic before the rollout (10)"
+    )
+    rollout.add_argument(
+        "--after-s", type=float, default=5.0, help="seconds of traffic after it (5)"
+    )
+    rollout.add_argument("--json", help="write every figure, error and violation here")
+    rollout.add_argument(
+        "--keep", action="store_true", help="keep the temporary directory (logs, stores)"
+    )
+    rollout.set_defaults(func=_cmd_bench_rollout)
+    presence = bench_sub.add_parser(
+        "presence",
+        help="presence convergence across three regions, through a partition and its heal",
+        description="Starts three regions (a nats-server and a relay process each, a cut/heal "
+        "proxy with latency on every federation link) and a presence watcher in each. Measures "
+        "how long an enter, update and leave in one region take to reach the others; then cuts "
+        "one region off, changes members on both sides, and measures how long until each side "
+        "shows the other's members unreachable and removed, and after the heal until every "
+        "region's presence.get is the truth again (no phantom, none missing). Exit 1 if "
+        "presence does not converge within a bound.",
+    )
+    presence.add_argument("--rounds", type=int, default=5, help="enter/update/leave rounds (5)")
+    presence.add_argument(
+        "--heal-rounds", type=int, default=1, help="partition and heal rounds (1; 0 for none)"
+    )
+    presence.add_argument(
+        "--latency-ms", type=float, default=50.0, help="one-way latency per link (50)"
+    )
+    for option in ("--suspect-after-s", "--remove-after-s", "--snapshot-s"):
+        presence.add_argument(
+            option, type=float, help="the relays' [presence] setting (default: the relay's)"
+        )
+    presence.add_argument("--json", help="write the settings, every sample and failures here")
+    presence.set_defaults(func=_cmd_bench_presence)
     from relay.client.cli import register as register_client_commands
 
     register_client_commands(sub)

@@ -73,8 +73,10 @@ class RegionNats(Protocol):
 
     @property
     def url(self) -> str: ...
+    # On this machine: where its generated passwords are kept. None: a NATS of someone
+    # else's (an operator's own, a test's), taken as it is, without credentials.
     @property
-    def store_dir(self) -> Path: ...  # on this machine: where its passwords are kept
+    def store_dir(self) -> Path | None: ...
     @property
     def running(self) -> bool: ...
     @property
@@ -340,18 +342,13 @@ class Network:
                 "nats_url": proxy_url(self.proxies[(region, peer)])
                 if self.links
                 else self.regions[peer].nats.url,
-                "nats_user": peer_user(region),
-                "nats_password_file": str(self.password_file(peer, peer_user(region))),
+                **self._login(peer, peer_user(region), "nats_"),
             }
             for peer in self.regions
             if peer != region
         ]
         settings = dict(self.settings)
-        settings["nats"] = {
-            **settings.get("nats", {}),
-            "user": RELAY_USER,
-            "password_file": str(self.password_file(region)),
-        }
+        settings["nats"] = {**settings.get("nats", {}), **self._login(region, RELAY_USER, "")}
         return toolkit.relay_config(
             nats_url=self.regions[region].nats.url,
             region=region,
@@ -374,9 +371,22 @@ class Network:
         cfg = toolkit.relay_config(nats_url=somewhere, region=region, peers=peers, **self.settings)
         return region_peer_permissions(cfg)
 
+    def _login(self, region: str, user: str, prefix: str) -> dict[str, str]:
+        """Config fields logging in to ``region``'s NATS as ``user`` (none for a NATS of
+        someone else's)."""
+        if self.region(region).nats.store_dir is None:
+            return {}
+        return {
+            f"{prefix}user": user,
+            f"{prefix}password_file": str(self.password_file(region, user)),
+        }
+
     def password_file(self, region: str, user: str = RELAY_USER) -> Path:
         """Where ``region``'s NATS keeps ``user``'s password (there once it started)."""
-        return password_file(self.region(region).nats.store_dir, user).absolute()
+        store_dir = self.region(region).nats.store_dir
+        if store_dir is None:
+            raise ValueError(f"{region}'s NATS is not one of this network's: no passwords")
+        return password_file(store_dir, user).absolute()
 
     def credentials(self, region: str, user: str = RELAY_USER) -> NatsCredentials:
         """What a tool connects to ``region``'s NATS with (default: as its relays do)."""

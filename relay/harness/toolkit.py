@@ -382,6 +382,7 @@ def relay_config(
     nats: dict[str, Any] | None = None,
     peers: list[dict[str, Any]] | None = None,
     federation: dict[str, Any] | None = None,
+    presence: dict[str, Any] | None = None,
 ) -> RelayConfig:
     """A relay on 127.0.0.1 (``port`` 0: any free one) with a short shutdown grace; the
     other arguments are sections of the config file, merged over that. A relay process
@@ -399,6 +400,7 @@ def relay_config(
     }
     sections = {"namespaces": namespaces, "limits": limits, "peers": peers}
     sections["federation"] = federation
+    sections["presence"] = presence
     data |= {key: value for key, value in sections.items() if value is not None}
     return RelayConfig.model_validate(data)
 

@@ -37,6 +37,7 @@ class AlreadyRunning:
         self.url = url
         self.running = True
         self.pid = None
+        self.store_dir = None  # open: the network logs in without credentials
 
     async def up(self) -> str:
         # Blocking work in a worker thread, as a container's start is: a worker that
