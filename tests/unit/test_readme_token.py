@@ -31,5 +31,5 @@ def test_the_readme_token_commands_issue_a_verifiable_token(tmp_path: Path) -> N
     secret = (tmp_path / "secret").read_bytes().strip()
     claims = jwt.decode(token, secret, algorithms=["HS256"])
     assert claims["sub"] == "alice"
-    assert claims["caps"] == {"chat:*": ["subscribe", "publish", "history"]}
+    assert claims["caps"] == {"chat:*": ["subscribe", "publish", "history", "presence"]}
     assert claims["exp"] - claims["iat"] == 3600
