@@ -363,8 +363,10 @@ class HttpApi:
                 return _with(_reply(failed), cors)
             if edge.deps().auth.external:  # the stream is who the hook just said
                 client = ClientInfo("sse", credentials=check.credentials)
+        presence = http_api.wants_presence(request.query)
         subscribes = [
-            http_api.subscribe_request(c, positions.get(c), ref=i) for i, c in enumerate(channels)
+            http_api.subscribe_request(c, positions.get(c), ref=i, presence=presence)
+            for i, c in enumerate(channels)
         ]
         kept: dict[str, VectorClock] = {c: p for c, p in positions.items() if c in channels}
 

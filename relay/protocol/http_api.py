@@ -213,10 +213,12 @@ def decode_event_id(event_id: str) -> dict[Channel, VectorClock]:
 
 
 def sse_channels(query: dict[str, list[str]]) -> list[str]:
-    """``channels=a,b`` (or repeated ``channel=``), in order, without repeats."""
+    """``channels=a,b`` and/or repeated ``channel=`` (taken whole: a channel name may
+    hold a comma), in order, without repeats."""
     names: list[str] = []
-    for value in query.get("channels", []) + query.get("channel", []):
+    for value in query.get("channels", []):
         names += [n for n in value.split(",") if n]
+    names += [n for n in query.get("channel", []) if n]
     unique = list(dict.fromkeys(names))
     if not unique:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "name the channels: ?channels=a,b")
@@ -225,11 +227,21 @@ def sse_channels(query: dict[str, list[str]]) -> list[str]:
     return unique
 
 
-def subscribe_request(channel: str, position: VectorClock | None, ref: int) -> bytes:
+def subscribe_request(
+    channel: str, position: VectorClock | None, ref: int, *, presence: bool = False
+) -> bytes:
     frame = Subscribe(
-        channel=channel, position=None if position is None else position.to_dict(), ref=ref
+        channel=channel,
+        position=None if position is None else position.to_dict(),
+        ref=ref,
+        presence=presence,
     )
     return _encode(frame)
+
+
+def wants_presence(query: dict[str, list[str]]) -> bool:
+    """``presence=1`` on an SSE stream: every channel's member list and presence events."""
+    return _last(query, "presence") in ("1", "true")
 
 
 def sse_event(event: str, data: bytes, event_id: str | None = None) -> bytes:

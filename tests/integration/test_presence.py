@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 
 from relay.client.http import http_request
+from relay.client.sse import sse_stream
 from relay.simulate.client import ProtocolClient
 from tests.support.regions import (
     link_proxies,
@@ -162,3 +163,25 @@ async def test_a_quiet_member_stays_present_on_its_own_relay(nats_url: str) -> N
         await anyio.sleep(FAST["remove_after_s"] + 1.0)  # past the removal of a silent origin
         got = members(await ann.request({"op": "presence.get", "channel": "quiet"}))
         assert got["ann"]["status"] == "present"
+
+
+async def test_sse_streams_carry_presence_when_asked(nats_url: str) -> None:
+    async with running_relays(make_config(nats_url=nats_url)) as (relay,):
+        url = f"http://127.0.0.1:{relay.port}/v1/sse?channel=room&presence=1"
+        async with (
+            sse_stream(url, connect_timeout_s=10, idle_timeout_s=10) as (status, events),
+            protocol_client(relay.url) as ann,
+        ):
+            assert status == 200
+            seen: list[str] = []
+            with anyio.fail_after(timeout(15)):
+                async for event in events:
+                    seen.append(event.event)
+                    if event.event == "presence":  # the member list: now enter
+                        await ann.request(
+                            {"op": "presence.enter", "channel": "room", "client_id": "ann"}
+                        )
+                    if event.event == "presence_event":
+                        assert json.loads(event.data)["member"]["client_id"] == "ann"
+                        break
+            assert seen.index("subscribed") < seen.index("presence")

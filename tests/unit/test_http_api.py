@@ -111,6 +111,9 @@ def test_event_ids_we_never_sent_are_refused(event_id: str) -> None:
 
 def test_sse_channels_and_events() -> None:
     assert http_api.sse_channels({"channels": ["a,b,a"], "channel": ["c"]}) == ["a", "b", "c"]
+    assert http_api.sse_channels({"channel": ["x,y", "z"]}) == ["x,y", "z"]  # names with commas
+    assert http_api.wants_presence({"presence": ["1"]})
+    assert not http_api.wants_presence({})
     with pytest.raises(ProtocolError, match="name the channels"):
         http_api.sse_channels({})
     with pytest.raises(ProtocolError, match="at most"):
