@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -38,6 +39,7 @@ from relay.adapters.sse import SseWire
 from relay.core.capabilities import TokenRejected
 from relay.core.channels import Channel, InvalidChannel, validate_channel
 from relay.core.hooks import Rejected, Unavailable
+from relay.core.rate import TokenBucket
 from relay.protocol import http_api, openapi
 from relay.protocol.errors import ErrorCode, ProtocolError
 from relay.protocol.frames import (
@@ -49,7 +51,13 @@ from relay.protocol.frames import (
     parse_position,
     presence_frame,
 )
-from relay.protocol.session import Audit, PresenceRequest, Reply, ServerSession
+from relay.protocol.session import (
+    Audit,
+    PresenceRequest,
+    Reply,
+    ServerSession,
+    rate_limited_frame,
+)
 
 if TYPE_CHECKING:
     from relay.adapters.ws_edge import WsEdge
@@ -59,6 +67,7 @@ log = logging.getLogger("relaynet.http")
 WEB_DIR: Final = Path(__file__).resolve().parent.parent / "web"
 STATIC_FILES: Final = {"/": "index.html", "/v1/client.js": "client.js", "/demo.js": "demo.js"}
 WS_PATH: Final = "/v1/ws"
+MAX_RATE_BUCKETS: Final = 65536
 CORS_HEADERS: Final = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
 
 _requests = itertools.count(1)
@@ -69,6 +78,36 @@ class HttpApi:
         self.edge = edge
         self._openapi: bytes | None = None
         self.sse_streams = 0  # open now, for /metrics
+        # HTTP requests have no connection to hold a rate bucket: one per token subject
+        # (or client address when anonymous) and kind, the least recently used dropped.
+        self._buckets: OrderedDict[tuple[str, str], TokenBucket] = OrderedDict()
+        self.rate_limited = 0
+
+    def _rate_limit(
+        self, kind: str, request: HttpRequest, session: ServerSession, channel: str, mid: str | None
+    ) -> bytes | None:
+        """The ``rate_limited`` reply if this client is above the limit for ``kind``
+        (``publish``: limits.publish_rate; reads: limits.subscribe_rate), else None."""
+        limits = self.edge.cfg.limits
+        who = session.credentials.sub if session.credentials else f"ip:{request.remote}"
+        key = (kind, who)
+        now = time.monotonic()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if kind == "publish":
+                bucket = TokenBucket(limits.publish_rate, limits.publish_burst, now)
+            else:
+                bucket = TokenBucket(limits.subscribe_rate, limits.subscribe_burst, now)
+            self._buckets[key] = bucket
+            if len(self._buckets) > MAX_RATE_BUCKETS:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+        wait_s = bucket.take(now)
+        if wait_s <= 0:
+            return None
+        self.rate_limited += 1
+        return rate_limited_frame(kind, wait_s, None, Channel(channel), mid)
 
     async def handle(self, request: HttpRequest) -> HttpResponse | StreamResponse:
         path = request.path
@@ -193,7 +232,7 @@ class HttpApi:
         if token is None and not headers:
             return session, None  # no credentials: refused as for a missing token
         verdict = await hooks.connect(
-            connection_id=who, transport=transport, credentials=token, remote_addr=None,
+            connection_id=who, transport=transport, credentials=token, remote_addr=request.remote,
             headers=headers,
         )  # fmt: skip
         if isinstance(verdict, Rejected):
@@ -277,6 +316,9 @@ class HttpApi:
         verdict = self._run(session, frame, who)
         if not isinstance(verdict, Publish):
             return _reply(verdict) if isinstance(verdict, bytes) else _internal()
+        limited = self._rate_limit("publish", request, session, verdict.channel, verdict.id)
+        if limited is not None:
+            return _reply(limited)
         hooked = await self._hook_publish(session, verdict, who)
         if isinstance(hooked, bytes):
             return _reply(hooked)
@@ -311,6 +353,9 @@ class HttpApi:
         verdict = self._run(session, frame, who)
         if not isinstance(verdict, History):
             return _reply(verdict) if isinstance(verdict, bytes) else _internal()
+        limited = self._rate_limit("read", request, session, verdict.channel, None)
+        if limited is not None:
+            return _reply(limited)
         before = parse_position(verdict.before, None, "before")
         try:
             frames, more = await self.edge.recovery.history(
@@ -328,6 +373,9 @@ class HttpApi:
         verdict = self._run(session, http_api.presence_request(channel), who)
         if isinstance(verdict, bytes):
             return _reply(verdict)
+        limited = self._rate_limit("read", request, session, channel, None)
+        if limited is not None:
+            return _reply(limited)
         presence = self.edge.presence
         if not isinstance(verdict, PresenceRequest) or presence is None:
             return _reply(error_frame(ErrorCode.UNAVAILABLE, "presence is off", channel=channel))

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import h11
 from websockets.asyncio.server import ServerConnection
@@ -39,10 +39,13 @@ SERVER_HEADER: Final = ("Server", "relaynet")
 @dataclass(frozen=True)
 class HttpRequest:
     method: str
-    path: str  # percent-decoded
+    # As sent (percent-encoded): routes split it first, then decode the parts, so an
+    # encoded "/" inside a channel name stays in the name.
+    path: str
     query: dict[str, list[str]]
     headers: tuple[tuple[str, str], ...]  # names lower-cased
     body: bytes = b""
+    remote: str | None = None  # the client's address (the peer's, behind a proxy)
 
     def header(self, name: str) -> str | None:
         name = name.lower()
@@ -215,10 +218,15 @@ class HttpConnection(asyncio.Protocol):
                 request = self._request
                 assert request is not None
                 loop = asyncio.get_running_loop()
-                self._task = loop.create_task(self._answer(_request_of(request, bytes(self._body))))
+                parsed = _request_of(request, bytes(self._body), self._remote())
+                self._task = loop.create_task(self._answer(parsed))
             elif isinstance(event, h11.ConnectionClosed):
                 self._close()
                 return
+
+    def _remote(self) -> str | None:
+        peer = None if self.transport is None else self.transport.get_extra_info("peername")
+        return str(peer[0]) if isinstance(peer, tuple) and peer else None
 
     def _too_large(self, request: h11.Request) -> bool:
         for name, value in request.headers:
@@ -334,7 +342,7 @@ class HttpConnection(asyncio.Protocol):
             self.transport.abort()
 
 
-def _request_of(request: h11.Request, body: bytes) -> HttpRequest:
+def _request_of(request: h11.Request, body: bytes, remote: str | None) -> HttpRequest:
     target = request.target.decode("ascii", "replace")
     parts = urlsplit(target)
     headers = tuple(
@@ -342,10 +350,11 @@ def _request_of(request: h11.Request, body: bytes) -> HttpRequest:
     )
     return HttpRequest(
         method=request.method.decode("ascii", "replace"),
-        path=unquote(parts.path),
+        path=parts.path,
         query=parse_qs(parts.query, keep_blank_values=True),
         headers=headers,
         body=body,
+        remote=remote,
     )
 
 

@@ -192,3 +192,22 @@ async def test_cors_preflight_and_origins(nats_url: str) -> None:
         )
         assert ok.status == 201
         assert ok.header("access-control-allow-origin") == "https://app.example"
+
+
+async def test_http_publishes_and_reads_are_rate_limited_per_client(nats_url: str) -> None:
+    """No connection holds a bucket over HTTP: one per client (here its address) and kind."""
+    limits = {"publish_rate": 1.0, "publish_burst": 2, "subscribe_rate": 1.0, "subscribe_burst": 2}
+    async with running_relays(make_config(nats_url=nats_url, limits=limits)) as (relay,):
+        statuses = [
+            (await call(relay, "POST", "/v1/channels/c/messages", b'{"data":1}')).status
+            for _ in range(3)
+        ]
+        assert statuses == [201, 201, 429]
+        limited = await call(relay, "POST", "/v1/channels/c/messages", b'{"data":1}')
+        assert limited.status == 429 and limited.header("retry-after") == "1"
+        assert json.loads(limited.body)["code"] == "rate_limited"
+        reads = [(await call(relay, "GET", "/v1/channels/c/messages")).status for _ in range(3)]
+        assert reads == [200, 200, 429]  # reads have their own bucket
+        # The SDK's HttpClient waits as told and gets through.
+        ack = await HttpClient(relay.url, timeout_s=timeout(10)).publish("c", 2)
+        assert ack.channel == "c"
