@@ -2,7 +2,8 @@
 (or, where WebSocket is blocked, Server-Sent Events and HTTP publishing).
 
 ``async with relay.client.connect(seeds, timeout=10) as client:`` then
-``client.subscribe``, ``client.publish``, ``client.history`` (README, "Clients").
+``client.subscribe``, ``client.publish``, ``client.history``, ``client.presence``
+(README, "Clients").
 
 Layout, from the pure core outwards (the pure modules do no I/O and read no clock):
 
@@ -13,9 +14,12 @@ Layout, from the pure core outwards (the pure modules do no I/O and read no cloc
 * ``directory.py``    pure: ``Directory``, ``Survey``, ``plan()``; ``endpoints.py``: relay URLs
 * ``transport.py``    pure: ``TransportPolicy`` (WebSocket, or SSE when it is blocked)
 * ``history.py``      the ``history`` reply's wire Struct; ``page.py``: ``HistoryPage``
+* ``presence.py``     pure: ``Member``, presence events, ``MemberView``, ``PresenceBook``
+                      (what was entered, to enter again on every new connection)
 * ``http.py``         the HTTP/1.1 GET of probes and directory (h11 over anyio)
 * ``probing.py``      fetch the directory, probe the edges, ``survey()``
-* ``subscription.py`` ``Subscription`` (async iterator over a bounded queue)
+* ``subscription.py`` ``Subscription`` (async iterator over a bounded queue) and its
+                      ``PresenceEvents``; ``channel_presence.py``: ``client.presence(c)``
 * ``client.py``       ``Client`` and ``connect()``: the anyio shell that runs the machines
 * ``sse_link.py``     an edge over SSE + the HTTP API (``sse.py``: the event stream reader;
                       ``http_client.py``: ``HttpClient``, HTTP only, for backends)
@@ -23,6 +27,7 @@ Layout, from the pure core outwards (the pure modules do no I/O and read no cloc
 * ``connection.py``   the old single-module API, re-exported
 """
 
+from relay.client.channel_presence import Presence
 from relay.client.client import Client, HistoryPage, connect, data_of
 from relay.client.directory import Dial, Directory, DirectoryEdge, Survey
 from relay.client.errors import (
@@ -31,13 +36,15 @@ from relay.client.errors import (
     ConnectionFailed,
     NoEdgeReachable,
     PositionExpiredError,
+    PresenceUnavailable,
     RequestRefused,
 )
 from relay.client.http_client import HttpClient
+from relay.client.presence import Member, MemberView, PresenceChange, PresenceEvent, PresenceSync
 from relay.client.probing import fetch_directory, survey
 from relay.client.routing import Choice, MoveBackPolicy
 from relay.client.session import Acked, FrameTooLarge, Message
-from relay.client.subscription import Subscription
+from relay.client.subscription import PresenceEvents, Subscription
 from relay.client.supervisor import ConnectionState
 
 __all__ = [
@@ -54,10 +61,18 @@ __all__ = [
     "FrameTooLarge",
     "HistoryPage",
     "HttpClient",
+    "Member",
+    "MemberView",
     "Message",
     "MoveBackPolicy",
     "NoEdgeReachable",
     "PositionExpiredError",
+    "Presence",
+    "PresenceChange",
+    "PresenceEvent",
+    "PresenceEvents",
+    "PresenceSync",
+    "PresenceUnavailable",
     "RequestRefused",
     "Subscription",
     "Survey",

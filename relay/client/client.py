@@ -62,6 +62,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from relay.client.channel_presence import Presence, PresenceOp
 from relay.client.directory import Dial, Survey, same_url
 from relay.client.endpoints import PING_PATH, endpoint, is_secure, with_token
 from relay.client.errors import (
@@ -70,10 +71,12 @@ from relay.client.errors import (
     ConnectionFailed,
     NoEdgeReachable,
     PositionExpiredError,
+    PresenceUnavailable,
     RequestRefused,
 )
 from relay.client.http import http_get
 from relay.client.page import HistoryPage as HistoryPage  # its old home: still importable
+from relay.client.presence import Member, PresenceChange, PresenceSync
 from relay.client.probing import NETWORK_ERRORS, describe_failure, survey
 from relay.client.routing import Choice, MoveBackPolicy
 from relay.client.session import (
@@ -85,8 +88,11 @@ from relay.client.session import (
     ErrorReceived,
     Event,
     HistoryReceived,
+    MembersReceived,
     Message,
     PositionExpired,
+    PresenceDone,
+    PresenceRefused,
     Redirected,
     Subscribed,
     TokenExpiring,
@@ -264,6 +270,9 @@ class Client:
         self._sub_waiters: dict[str, _Waiter[Subscribed]] = {}
         self._pub_waiters: dict[str, _Waiter[Acked]] = {}
         self._history_waiters: dict[int, _Waiter[HistoryReceived]] = {}
+        self._members_waiters: dict[int, _Waiter[MembersReceived]] = {}
+        # (channel, version) of a presence op -> its caller, until the op is settled
+        self._presence_waiters: dict[tuple[str, int], _Waiter[None]] = {}
         self._state_changed = anyio.Event()
         self._acked = anyio.Event()
         # The current connection's token: when it expires, and news of a renewal.
@@ -307,12 +316,14 @@ class Client:
     # --- commands -----------------------------------------------------------------------
 
     async def subscribe(
-        self, channel: str, position: Mapping[str, int] | None = None
+        self, channel: str, position: Mapping[str, int] | None = None, *, presence: bool = False
     ) -> Subscription:
         """Subscribe and wait for the relay's ``subscribed`` (however many reconnects it takes).
 
         Without ``position``: live from now. With one: every message it does not cover
-        first, then live. Raises ``RequestRefused`` (e.g. invalid channel),
+        first, then live. With ``presence``: also the channel's members, in
+        ``sub.presence`` (the member list, then each change; the list again after every
+        reconnect or failover). Raises ``RequestRefused`` (e.g. invalid channel),
         ``PositionExpiredError``, or ``ValueError`` if already subscribed.
         """
         self._check_open()
@@ -320,9 +331,10 @@ class Client:
         if old is not None and old.active:
             raise ValueError(f"already subscribed to {channel!r}")
         waiter: _Waiter[Subscribed] = _Waiter()
-        sub = Subscription(channel, self._buffer, self._unsubscribe)
+        sub = Subscription(channel, self._buffer, self._unsubscribe, presence=presence)
         async with self._send_lock:
-            frame = self._session.subscribe(channel, position)  # ValueError on misuse
+            # ValueError on misuse
+            frame = self._session.subscribe(channel, position, presence=presence)
             self._subs[channel] = sub
             self._sub_waiters[channel] = waiter
             await self._send(frame)
@@ -396,6 +408,77 @@ class Client:
                 self._history_waiters.pop(ref, None)
             return HistoryPage(reply.channel, reply.messages, reply.more)
 
+    def presence(self, channel: str) -> Presence:
+        """``channel``'s presence: ``enter``, ``update``, ``leave`` (on SSE the first two
+        raise ``PresenceUnavailable``) and ``members()``. Member events come with
+        ``subscribe(channel, presence=True)``."""
+        return Presence(channel, self._session, self._presence_request, self._presence_members)
+
+    async def _presence_request(self, channel: str, op: PresenceOp, *, leave: bool) -> None:
+        """Make a presence op and wait until the relay applied it: on this connection, or
+        when a new one enters again. Cancelling the wait does not withdraw the op."""
+        self._check_open()
+        async with self._send_lock:
+            if self._sse is not None:
+                if not leave:
+                    raise PresenceUnavailable(channel)
+                # Nothing is entered on SSE: leaving is not entering again on WebSocket.
+                op(self._session)
+                self._presence_on_sse()
+                return
+            made = op(self._session)  # ValueError on misuse
+            if made is None:
+                return
+            version, frame = made
+            waiter: _Waiter[None] = _Waiter()
+            self._presence_waiters[(channel, version)] = waiter
+            await self._send(frame)
+        try:
+            await waiter.wait()
+        finally:
+            self._presence_waiters.pop((channel, version), None)
+
+    async def _presence_members(self, channel: str) -> tuple[Member, ...]:
+        """``presence.get`` (on SSE: ``GET /v1/channels/{c}/presence``), asked again on the
+        next connection if this one ends before the reply."""
+        while True:
+            self._check_open()
+            await self.wait_connected()
+            link = self._sse
+            if link is not None:
+                try:
+                    return await link.members(channel)
+                except LinkLost:
+                    await link.wait_ended()
+                    continue
+            waiter: _Waiter[MembersReceived] = _Waiter()
+            async with self._send_lock:
+                if self._ws is None:
+                    continue  # between two connections: wait for the next
+                ref, frame = self._session.presence_get(channel)
+                self._members_waiters[ref] = waiter
+                await self._send(frame)
+            try:
+                reply = await waiter.wait()
+            except _AskAgain:
+                continue
+            finally:
+                self._members_waiters.pop(ref, None)
+            return reply.members
+
+    def _settle_presence(self) -> None:
+        """Wake the callers of every presence op the session now counts as settled."""
+        for (channel, version), waiter in list(self._presence_waiters.items()):
+            if self._session.presence_done(channel) >= version:
+                waiter.set(None)  # a refused one has failed already: this does nothing
+
+    def _presence_on_sse(self) -> None:
+        for channel, after in self._session.presence_on_sse():
+            for (ch, version), waiter in list(self._presence_waiters.items()):
+                if ch == channel and version > after:
+                    waiter.fail(PresenceUnavailable(channel))
+        self._settle_presence()
+
     async def close(self) -> None:
         """Close the connection (1000) and end the client: pending publishes and
         subscribe calls raise ``ClientClosed``, subscriptions end."""
@@ -460,6 +543,10 @@ class Client:
         self._sub_waiters.clear()
         for history_waiter in self._history_waiters.values():
             history_waiter.fail(error)
+        for members_waiter in self._members_waiters.values():
+            members_waiter.fail(error)
+        for presence_waiter in self._presence_waiters.values():
+            presence_waiter.fail(error)
         for sub in self._subs.values():
             sub._end(None if isinstance(error, ClientClosed) else error)
         self._subs.clear()
@@ -633,6 +720,7 @@ class Client:
             self._drop_oversized(url)
             async with self._send_lock:
                 frames = self._session.on_reconnect()
+                self._settle_presence()  # leaves: the new connection has entered nothing
                 try:
                     for frame in frames:
                         await ws.send(frame, text=True)
@@ -656,6 +744,8 @@ class Client:
             self._ws = None
             for waiter in self._history_waiters.values():
                 waiter.fail(_AskAgain())
+            for members_waiter in self._members_waiters.values():
+                members_waiter.fail(_AskAgain())
             with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
                 await ws.close()
         if self._terminal is not None:
@@ -717,6 +807,7 @@ class Client:
                 hello = await link.open()
                 if not isinstance(hello, Redirected):
                     self._sse = link
+                    self._presence_on_sse()
         except OpenFailed as exc:
             self.failures[url] = f"SSE: {exc}"
             log.info("cannot open SSE to %s: %s", url, exc)
@@ -853,6 +944,18 @@ class Client:
             history_waiter = self._history_waiters.get(event.ref)
             if history_waiter is not None:
                 history_waiter.set(event)
+        elif isinstance(event, PresenceSync | PresenceChange):
+            sub = self._subs.get(event.channel)
+            if sub is not None:
+                sub.presence._offer(event)
+        elif isinstance(event, PresenceDone):
+            self._settle_presence()
+        elif isinstance(event, PresenceRefused):
+            self._presence_refused(event)
+        elif isinstance(event, MembersReceived):
+            members_waiter = self._members_waiters.get(event.ref)
+            if members_waiter is not None:
+                members_waiter.set(event)
         elif isinstance(event, PositionExpired):
             self._end_subscription(
                 event.channel, PositionExpiredError(event.channel, event.earliest.to_dict())
@@ -911,16 +1014,32 @@ class Client:
         if sub is not None:
             sub._end(None if waiter is not None else error)
 
+    def _presence_refused(self, event: PresenceRefused) -> None:
+        refused = RequestRefused(
+            event.code, event.message, event.channel, temporary=event.temporary
+        )
+        # Earlier ops still waiting were folded into this one (entering again on a new
+        # connection sends the newest state): they fail with it.
+        waiting = [
+            waiter
+            for (channel, version), waiter in self._presence_waiters.items()
+            if channel == event.channel and version <= event.version
+        ]
+        for waiter in waiting:
+            waiter.fail(refused)
+        if not waiting:  # entering again on a new connection, with nobody waiting
+            log.warning("presence in %s refused: %s", event.channel, refused)
+
     def _on_error(self, event: ErrorReceived) -> list[Action]:
         refused = RequestRefused(
             event.code, event.message, event.channel, temporary=event.temporary
         )
-        history_waiter = (
-            self._history_waiters.get(event.ref) if isinstance(event.ref, int) else None
-        )
-        if history_waiter is not None:
-            history_waiter.fail(refused)
-            return []
+        waiters: Mapping[int, _Waiter[Any]]
+        for waiters in (self._history_waiters, self._members_waiters):
+            request = waiters.get(event.ref) if isinstance(event.ref, int) else None
+            if request is not None:
+                request.fail(refused)
+                return []
         if event.publish_id is not None:
             if event.temporary:  # the session keeps it pending
                 return self._sup.temporary_error(_seconds(event.retry_after_ms))

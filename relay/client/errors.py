@@ -62,3 +62,18 @@ class PositionExpiredError(ClientError):
         super().__init__(f"{channel}: position expired; earliest still stored is {earliest}")
         self.channel = channel
         self.earliest = earliest
+
+
+class PresenceUnavailable(ClientError):
+    """``enter``/``update``/``leave`` while the client is on SSE (WebSocket is blocked on
+    the way to the relay): that wire carries nothing from client to relay, and the HTTP
+    API has no presence ops. ``members()`` and presence events still work. What was
+    entered before stays wanted: it is entered again once the client is back on a
+    WebSocket."""
+
+    def __init__(self, channel: str) -> None:
+        super().__init__(
+            f"presence in {channel!r}: enter, update and leave need a WebSocket, and this "
+            "client is on SSE (WebSocket is blocked); it tries WebSocket again now and then"
+        )
+        self.channel = channel

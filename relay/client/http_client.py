@@ -11,6 +11,7 @@ forbidden one, a message too large) raise ``RequestRefused`` at once.
     api = HttpClient(["http://127.0.0.1:8701"], token=token)
     ack = await api.publish("orders:42", {"status": "shipped"})
     page = await api.history("orders:42", limit=20)
+    members = await api.presence("chat:lobby")
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from relay.client.errors import NoEdgeReachable, RequestRefused
 from relay.client.history import history_decoder
 from relay.client.http import HttpError, HttpResult, http_request
 from relay.client.page import HistoryPage
+from relay.client.presence import Member, members_of
 from relay.client.session import Acked, messages_of, new_publish_id
-from relay.protocol.frames import MAX_HISTORY_LIMIT, AckFrame, ErrorFrame
+from relay.protocol.frames import MAX_HISTORY_LIMIT, AckFrame, ErrorFrame, PresenceFrame
 
 _ack: Final = msgspec.json.Decoder(AckFrame)
 _error: Final = msgspec.json.Decoder(ErrorFrame)
+_presence: Final = msgspec.json.Decoder(PresenceFrame)
 _encode: Final = msgspec.json.Encoder().encode
 
 FIRST_BACKOFF_S: Final = 0.1
@@ -97,6 +100,16 @@ class HttpClient:
             return HistoryPage(frame.channel, messages_of(frame), frame.more)
         except (msgspec.DecodeError, ClockError) as exc:
             raise RequestRefused("bad_reply", f"history: {exc}", channel) from None
+
+    async def presence(self, channel: str) -> tuple[Member, ...]:
+        """The channel's members now, from every region (``GET .../presence``). Entering
+        needs a connection: see ``client.presence(channel)``."""
+        path = f"/v1/channels/{quote(channel, safe='')}/presence"
+        result = await self._request("GET", path, channel, None)
+        try:
+            return members_of(_presence.decode(result.body))
+        except msgspec.DecodeError as exc:
+            raise RequestRefused("bad_reply", f"presence: {exc}", channel) from None
 
     async def _request(
         self, method: str, path: str, channel: str, body: bytes | None

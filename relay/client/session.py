@@ -17,7 +17,9 @@ Tokens (relays in token mode): the I/O layer puts the token in the connection UR
 unrenewed closes the connection with 4003, and one an operator revoked with 4005: both
 reconnect with a fresh token.
 
-Two things survive a reconnect:
+Three things survive a reconnect (the third, presence, is ``presence.py``'s
+``PresenceBook``: what the application entered is entered again on every new
+connection, and a subscription with ``presence`` gets the member list again):
 
 * **Subscriptions and positions.** For each channel the session keeps the
   position it has processed up to and resubscribes with it, so the relay
@@ -60,6 +62,16 @@ import msgspec
 
 from federation.vclock import ClockError, VectorClock
 from relay.client.history import history_decoder, history_request
+from relay.client.presence import (
+    Entry,
+    Member,
+    PresenceBook,
+    PresenceChange,
+    PresenceSync,
+    action_of,
+    member_of,
+    members_of,
+)
 from relay.protocol.errors import CloseCode, ErrorCode
 from relay.protocol.frames import (  # the wire format, defined once
     AckFrame,
@@ -69,6 +81,12 @@ from relay.protocol.frames import (  # the wire format, defined once
     ErrorFrame,
     HistoryFrame,
     MessageFrame,
+    PresenceEnter,
+    PresenceEventFrame,
+    PresenceFrame,
+    PresenceGet,
+    PresenceLeave,
+    PresenceOkFrame,
     Publish,
     RedirectFrame,
     Subscribe,
@@ -208,6 +226,35 @@ class HistoryReceived:
 
 
 @dataclass(frozen=True)
+class PresenceDone:
+    """The relay applied the presence op of ``version`` (and every earlier one) on
+    ``channel``; ``PresenceBook.done`` says which ops are settled."""
+
+    channel: str
+    version: int
+
+
+@dataclass(frozen=True)
+class PresenceRefused:
+    """The relay refused the presence op of ``version`` on ``channel``."""
+
+    channel: str
+    version: int
+    code: str
+    message: str
+    temporary: bool
+
+
+@dataclass(frozen=True)
+class MembersReceived:
+    """The reply to ``presence_get()``."""
+
+    ref: int
+    channel: str
+    members: tuple[Member, ...]
+
+
+@dataclass(frozen=True)
 class BadFrame:
     reason: str
 
@@ -223,6 +270,11 @@ Event = (
     | ErrorReceived
     | PositionExpired
     | HistoryReceived
+    | PresenceSync
+    | PresenceChange
+    | PresenceDone
+    | PresenceRefused
+    | MembersReceived
     | BadFrame
 )
 
@@ -270,9 +322,24 @@ _ServerFrame = (
     | ErrorFrame
     | AuthedFrame
     | TokenExpiringFrame
+    | PresenceFrame
+    | PresenceEventFrame
+    | PresenceOkFrame
 )
 _HANDLED_OPS: Final = frozenset(
-    {"connected", "redirect", "subscribed", "message", "ack", "error", "authed", "token_expiring"}
+    {
+        "connected",
+        "redirect",
+        "subscribed",
+        "message",
+        "ack",
+        "error",
+        "authed",
+        "token_expiring",
+        "presence",
+        "presence_event",
+        "presence.ok",
+    }
 )
 
 
@@ -304,13 +371,20 @@ class _Channel:
     expired: bool = False
     # Ref of the subscribe sent on the current connection; None when not subscribed on it.
     ref: int | None = None
+    # Subscribed with the channel's presence (its member list, then its events).
+    presence: bool = False
 
 
 @dataclass(frozen=True)
 class _Request:
-    op: Literal["subscribe", "unsubscribe", "publish", "history"]
+    op: Literal["subscribe", "unsubscribe", "publish", "history", "presence", "presence.get"]
     channel: str
     publish_id: str | None = None
+    # presence: the op's version, what it sent (None: a leave), and whether it enters
+    # again on a new connection what was entered before
+    version: int = 0
+    entry: Entry | None = None
+    again: bool = False
 
 
 class ClientSession:
@@ -335,6 +409,7 @@ class ClientSession:
         self._requests: dict[int, _Request] = {}  # ref -> what we sent, on this connection
         # (channel, id, digest of the data), oldest first
         self._seen: dict[tuple[str, str, bytes], None] = {}
+        self._presence = PresenceBook()  # what the application entered, to enter again
         # The relay's limit on a frame from us (from `connected`); None: not announced.
         self.max_frame_bytes: int | None = None
 
@@ -364,13 +439,17 @@ class ClientSession:
 
     # --- commands -------------------------------------------------------------------------
 
-    def subscribe(self, channel: str, position: Mapping[str, int] | None = None) -> bytes:
+    def subscribe(
+        self, channel: str, position: Mapping[str, int] | None = None, *, presence: bool = False
+    ) -> bytes:
         """Frame subscribing to ``channel``.
 
         Without ``position`` the session resumes from where it is in the channel if
         it has been there before (and that position has not expired), else live.
         With ``position`` (a persisted one, or ``earliest`` after ``PositionExpired``)
         it starts there; messages it has already delivered are still dropped.
+        With ``presence`` the channel's member list follows (``PresenceSync``), then its
+        changes (``PresenceChange``), and again on every new connection.
         """
         state = self._channels.get(channel)
         if state is not None and state.wanted and state.ref is not None:
@@ -379,6 +458,7 @@ class ClientSession:
         if state is None:
             state = self._channels[channel] = _Channel()
         state.wanted = True
+        state.presence = presence
         if start is None:
             return self._subscribe_frame(channel, state, self._resume_from(state))
         # Keep what was already delivered covered, so that starting earlier repeats nothing.
@@ -464,7 +544,8 @@ class ClientSession:
         return dropped
 
     def on_reconnect(self) -> list[bytes]:
-        """Frames for a new connection, in any region: resubscribe, then publish again.
+        """Frames for a new connection, in any region: resubscribe, enter the presence
+        sets the application is in again, then publish again.
 
         Subscriptions go first so that the replies to the republished messages do
         not race with the replay; pending publishes keep their order and ids.
@@ -476,6 +557,9 @@ class ClientSession:
             state.ref = None
             if state.wanted:
                 frames.append(self._subscribe_frame(channel, state, self._resume_from(state)))
+        # The relay forgot the old connection's members: be in the channels again.
+        for channel, version, entry in self._presence.reconnected():
+            frames.append(self._presence_enter_frame(channel, version, entry, again=True))
         frames.extend(self._publish_frame(message_id) for message_id in self._pending)
         return frames
 
@@ -504,7 +588,8 @@ class ClientSession:
                 resume = self._resume_from(state)
                 if resume is not None:
                     positions[channel] = resume
-            plans.append(StreamPlan(tuple(c for c, _ in chunk), positions, first_ref))
+            presence = any(state.presence for _, state in chunk)
+            plans.append(StreamPlan(tuple(c for c, _ in chunk), positions, first_ref, presence))
         return plans
 
     def http_publish(self, message_id: str) -> tuple[str, bytes]:
@@ -555,6 +640,77 @@ class ClientSession:
         (after a temporary error such as ``unavailable``); the ids make it safe."""
         return [self._publish_frame(message_id) for message_id in self._pending]
 
+    # --- presence -------------------------------------------------------------------------
+
+    def presence_enter(
+        self, channel: str, data_json: bytes | None = None, client_id: str | None = None
+    ) -> tuple[int, bytes]:
+        """(version, frame) entering ``channel``'s presence set with ``data_json`` (JSON;
+        None: no data) as ``client_id`` (None: the relay's choice; in token mode it is the
+        token's ``sub``). Entered again on every new connection until ``presence_leave``;
+        ``presence_done(channel) >= version`` once the relay has it."""
+        _check_json(data_json)
+        version, entry = self._presence.enter(channel, client_id, data_json)
+        return version, self._presence_enter_frame(channel, version, entry)
+
+    def presence_update(self, channel: str, data_json: bytes | None) -> tuple[int, bytes]:
+        """(version, frame) changing our member's data; ``ValueError`` if not entered.
+        The frame is a ``presence.enter`` with the same client id (entering again is an
+        update to the relay): it means the same whether or not the enter before it was
+        accepted, where a ``presence.update`` after a refused enter would enter under
+        the connection's id."""
+        _check_json(data_json)
+        version, entry = self._presence.update(channel, data_json)
+        return version, self._presence_enter_frame(channel, version, entry)
+
+    def presence_leave(self, channel: str) -> tuple[int, bytes] | None:
+        """(version, frame) leaving ``channel``'s presence set; None if not entered."""
+        version = self._presence.leave(channel)
+        if version is None:
+            return None
+        ref = self._ref()
+        self._requests[ref] = _Request("presence", channel, version=version)
+        return version, msgspec.json.encode(PresenceLeave(channel=channel, ref=ref))
+
+    def presence_get(self, channel: str) -> tuple[int, bytes]:
+        """(ref, frame) asking for the channel's members: a ``MembersReceived`` with this
+        ref, or an ``ErrorReceived``; not resent on a new connection (ask again)."""
+        ref = self._ref()
+        self._requests[ref] = _Request("presence.get", channel)
+        return ref, msgspec.json.encode(PresenceGet(channel=channel, ref=ref))
+
+    def presence_done(self, channel: str) -> int:
+        """Every presence op on ``channel`` up to this version is settled (applied by the
+        relay, refused, or made moot by a new connection)."""
+        return self._presence.done(channel)
+
+    def presence_entry(self, channel: str) -> Entry | None:
+        """What we are (or are becoming) in ``channel``'s presence set; None: not entered."""
+        return self._presence.entered(channel)
+
+    def presence_client_id(self, channel: str) -> str | None:
+        """Our member's client id as the relay confirmed it; None: not entered (yet)."""
+        return self._presence.client_id(channel)
+
+    def presence_on_sse(self) -> list[tuple[str, int]]:
+        """The connection is over SSE, which carries no presence op: (channel, version)
+        after which the channel's ops failed. What was entered before is entered again on
+        the next WebSocket connection."""
+        for ref in [r for r, q in self._requests.items() if q.op == "presence"]:
+            del self._requests[ref]
+        return self._presence.on_sse()
+
+    def _presence_enter_frame(
+        self, channel: str, version: int, entry: Entry, *, again: bool = False
+    ) -> bytes:
+        ref = self._ref()
+        self._requests[ref] = _Request(
+            "presence", channel, version=version, entry=entry, again=again
+        )
+        data = msgspec.UNSET if entry.data is None else msgspec.Raw(entry.data)
+        frame = PresenceEnter(channel=channel, data=data, client_id=entry.client_id, ref=ref)
+        return msgspec.json.encode(frame)
+
     # --- server frames --------------------------------------------------------------------
 
     def receive(self, frame_text: str | bytes) -> list[Event]:
@@ -581,6 +737,8 @@ class ClientSession:
                 return [Authed(frame.sub, frame.exp)]
             if isinstance(frame, TokenExpiringFrame):
                 return [TokenExpiring(frame.exp)]
+            if isinstance(frame, PresenceEventFrame | PresenceFrame | PresenceOkFrame):
+                return self._presence_frame(frame)
             limit = frame.max_frame_bytes
             self.max_frame_bytes = limit if limit is not None and limit > 0 else None
             return [
@@ -661,6 +819,15 @@ class ClientSession:
             return [ErrorReceived(frame.code, frame.message, None, False, channel)]
         if request is None:
             return [ErrorReceived(frame.code, frame.message, _ref_of(frame), frame.temporary)]
+        if request.op == "presence":
+            self._presence.refused(
+                request.channel, request.version, temporary=frame.temporary, again=request.again
+            )
+            return [
+                PresenceRefused(
+                    request.channel, request.version, frame.code, frame.message, frame.temporary
+                )
+            ]
         if request.op == "subscribe":
             state = self._channels.get(request.channel)
             if state is None or not state.wanted or state.ref != frame.ref:
@@ -695,6 +862,34 @@ class ClientSession:
                 None if isinstance(retry_ms, msgspec.UnsetType) else min(max(0, retry_ms), 60_000),
             )
         ]
+
+    def _presence_frame(
+        self, frame: PresenceEventFrame | PresenceFrame | PresenceOkFrame
+    ) -> list[Event]:
+        ref = None if isinstance(frame, PresenceEventFrame) else frame.ref
+        if isinstance(ref, int):  # the answer to a request of ours
+            request = self._requests.pop(ref, None)
+            if request is None:
+                return []  # of an earlier connection
+            if isinstance(frame, PresenceFrame) and request.op == "presence.get":
+                return [MembersReceived(ref, frame.channel, members_of(frame))]
+            if isinstance(frame, PresenceOkFrame) and request.op == "presence":
+                self._presence.accepted(
+                    request.channel, request.version, request.entry, frame.client_id
+                )
+                return [PresenceDone(request.channel, request.version)]
+            return [BadFrame(f"{_op(frame)} does not answer the {request.op} of ref {ref}")]
+        if isinstance(frame, PresenceOkFrame):
+            return []  # answers nothing of ours
+        state = self._channels.get(frame.channel)
+        if state is None or not state.wanted or not state.presence:
+            return []  # not watched (any more), or for another channel of an SSE stream
+        if isinstance(frame, PresenceFrame):
+            return [PresenceSync(frame.channel, members_of(frame))]
+        action = action_of(frame.action)
+        if action is None:
+            return []  # a newer relay's
+        return [PresenceChange(frame.channel, action, member_of(frame.member))]
 
     def _undecodable(self, raw: str | bytes, exc: msgspec.ValidationError) -> list[Event]:
         # A frame that is not one of ours may just be from a newer relay: only a known op
@@ -743,7 +938,9 @@ class ClientSession:
         state.ref = ref
         self._requests[ref] = _Request("subscribe", channel)
         body = position.to_dict() if position is not None else None
-        return msgspec.json.encode(Subscribe(channel=channel, position=body, ref=ref))
+        return msgspec.json.encode(
+            Subscribe(channel=channel, position=body, ref=ref, presence=state.presence)
+        )
 
     def _publish_frame(self, message_id: str) -> bytes:
         """The frame as sent now: its causal context is taken again at every (re)send, so a
@@ -780,6 +977,9 @@ class StreamPlan:
     """Channels with a position to resume from (the others start live)."""
     first_ref: int
     """This session's ref for the relay's ref 0 on this stream (then +1 per channel)."""
+    presence: bool = False
+    """A channel of the stream is subscribed with presence (``presence=1``: the relay
+    then sends every channel's; the session drops the others')."""
 
 
 @dataclass(frozen=True)
@@ -805,6 +1005,19 @@ def _publish_size(message_id: str, pending: _Pending) -> int:
 
 
 _LONGEST_REF: Final = 2**63
+
+
+def _op(frame: msgspec.Struct) -> str:
+    return str(type(frame).__struct_config__.tag)
+
+
+def _check_json(data_json: bytes | None) -> None:
+    if data_json is None:
+        return
+    try:
+        msgspec.json.decode(data_json)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"data is not valid JSON: {exc}") from None
 
 
 def _ref_of(frame: SubscribedFrame | ErrorFrame) -> Ref:

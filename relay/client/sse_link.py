@@ -12,7 +12,9 @@ causal contexts are too; only the wire differs:
   what the application was handed decides where to resume, on any relay of any
   region. Each event's data is a server frame, handled by the session as if it came
   on a WebSocket (the relay numbers a stream's subscribes 0, 1, ...: those refs are
-  mapped to the session's).
+  mapped to the session's). A stream with a channel subscribed with presence asks
+  for presence (``presence=1``: the relay then sends the member list and events of
+  each of its channels; the session keeps those of the channels that asked).
 * **A new channel set reopens every stream** (subscribe, unsubscribe, a retry after
   a temporary subscribe error, a token about to expire, since the token goes with
   each stream's request): the streams are closed once no message is half delivered,
@@ -54,6 +56,7 @@ from relay.client.errors import RequestRefused
 from relay.client.history import history_decoder
 from relay.client.http import HttpResult, http_request
 from relay.client.page import HistoryPage
+from relay.client.presence import Member, members_of
 from relay.client.probing import NETWORK_ERRORS, describe_failure
 from relay.client.session import (
     Acked,
@@ -70,7 +73,7 @@ from relay.client.session import (
 )
 from relay.client.sse import SseEvent, sse_stream
 from relay.protocol.errors import CloseCode
-from relay.protocol.frames import MAX_HISTORY_LIMIT, ErrorFrame
+from relay.protocol.frames import MAX_HISTORY_LIMIT, ErrorFrame, PresenceFrame
 from relay.protocol.http_api import MAX_SSE_CHANNELS, SSE_PATH, encode_event_id
 
 log = logging.getLogger("relaynet.client")
@@ -112,6 +115,7 @@ class _End(msgspec.Struct):
 _head: Final = msgspec.json.Decoder(_Head)
 _end: Final = msgspec.json.Decoder(_End)
 _error: Final = msgspec.json.Decoder(ErrorFrame)
+_presence: Final = msgspec.json.Decoder(PresenceFrame)
 
 
 class SseLink:
@@ -180,7 +184,10 @@ class SseLink:
     async def _open_stream(
         self, stack: AsyncExitStack, plan: StreamPlan, token: str | None
     ) -> tuple[Connected | Redirected, AsyncIterator[SseEvent]]:
-        query = urlencode({"channels": ",".join(plan.channels)})
+        params = {"channels": ",".join(plan.channels)}
+        if plan.presence:
+            params["presence"] = "1"
+        query = urlencode(params)
         headers = self._auth(token)
         if plan.positions:
             headers.append(("Last-Event-ID", encode_event_id(dict(plan.positions))))
@@ -349,13 +356,30 @@ class SseLink:
                 return HistoryPage(frame.channel, messages_of(frame), frame.more)
             except (msgspec.DecodeError, ClockError) as exc:
                 raise RequestRefused("bad_reply", f"history: {exc}", channel) from None
+        raise self._refusal("history", channel, result)
+
+    async def members(self, channel: str) -> tuple[Member, ...]:
+        """``GET /v1/channels/{channel}/presence``; ``LinkLost`` if the edge is gone,
+        ``RequestRefused`` if the relay says no."""
+        path = f"/v1/channels/{quote(channel, safe='')}/presence"
+        result = await self._request("GET", path, None)
+        if result.status == 200:
+            try:
+                return members_of(_presence.decode(result.body))
+            except msgspec.DecodeError as exc:
+                raise RequestRefused("bad_reply", f"presence: {exc}", channel) from None
+        raise self._refusal("presence", channel, result)
+
+    def _refusal(self, what: str, channel: str, result: HttpResult) -> Exception:
+        """What a request's error answer means: ``RequestRefused``; or ``LinkLost`` (and
+        the link ends) when it is not the API answering (a proxy's error page), so that
+        the request is asked again on the next connection."""
         try:
             error = _error.decode(result.body)
         except msgspec.DecodeError:
-            # Not the API answering (a proxy's error page): ask again on the next connection.
-            self.end(ABNORMAL_CLOSURE, f"history answered HTTP {result.status}")
-            raise LinkLost(f"history: HTTP {result.status}") from None
-        raise RequestRefused(error.code, error.message, channel, temporary=error.temporary)
+            self.end(ABNORMAL_CLOSURE, f"{what} answered HTTP {result.status}")
+            return LinkLost(f"{what}: HTTP {result.status}")
+        return RequestRefused(error.code, error.message, channel, temporary=error.temporary)
 
     # --- publishing ---------------------------------------------------------------------
 
