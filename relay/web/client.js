@@ -7,6 +7,8 @@
 //   client.subscribe("chat:lobby", (m) => console.log(m.origin, m.ts, m.data));
 //   const ack = await client.publish("chat:lobby", { text: "hi" });
 //   const { messages, more } = await client.history("chat:lobby", { limit: 50 });
+//   client.subscribe("chat:lobby", onMessage, { presence: true, onPresence: (e) => show(e.members) });
+//   await client.presence("chat:lobby").enter({ name: "Ann" }, { clientId: "ann" });
 //
 // Theory of operation
 // -------------------
@@ -78,6 +80,18 @@
 //   a WebSocket is opened beside the stream; once one works the client moves to it, resuming
 //   every channel and sending pending publishes again with their ids. options.sseFallback =
 //   false: WebSocket only.
+// * Presence (relay/client/presence.py: PresenceBook, MemberView; names as the Python SDK's,
+//   which are Ably's). A relay forgets a connection's members when it ends (after
+//   [presence] leave_after_s), so the session enters what was entered again, with the same
+//   data, on each new connection, right after the resubscribes. Each op has a version per
+//   channel; the relay answers in order, so a presence.ok settles every op up to it, a new
+//   connection settles leaves, and a refusal puts the channel back as last accepted. A
+//   subscription with {presence: true} gets the member list after every `subscribed`, i.e.
+//   a fresh one after each reconnect, failover or transport switch (onPresence action
+//   "sync": replace the view), then each change. Over SSE the stream carries lists and
+//   events (presence=1) and members() is GET /v1/channels/{c}/presence, but the HTTP API
+//   cannot enter or leave: those reject with "presence_unavailable" (temporary), and what
+//   was entered before is entered again once back on a WebSocket.
 //
 // Connection states (client.on("state", (state, info) => ...)):
 //   connecting    an attempt is under way (or the first survey)
@@ -120,6 +134,10 @@ const DEFAULT_OPTIONS = Object.freeze({
   // SDK's sse_fallback and websocket_retry_s.
   sseFallback: true,
   websocketRetryMs: 30000,
+  // Who this client is in presence (client.presence(channel).enter()): null lets the relay
+  // decide (the token's sub; on an anonymous relay the connection id). With a token, only
+  // its sub is allowed.
+  clientId: null,
 });
 
 // --- vector clocks ---------------------------------------------------------------------------
@@ -356,11 +374,160 @@ export function withToken(url, token) {
   return `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
 }
 
+// --- presence (relay/client/presence.py), without I/O ----------------------------------------
+
+/**
+ * A channel's members as its events tell them (MemberView): a sync replaces, a change
+ * applies. A member is one client on one connection: a client that reconnects is, for a
+ * while, two members (its old connection leaves [presence] leave_after_s later); clientIds
+ * is "who is here".
+ */
+export class MemberView {
+  constructor(members = []) {
+    this._members = new Map(members.map((m) => [memberKeyOf(m), m]));
+  }
+
+  /** Apply a "presence_sync" ({members}) or "presence_change" ({action, member}) event. */
+  apply(event) {
+    if (event.type === "presence_sync") {
+      this._members = new Map(event.members.map((m) => [memberKeyOf(m), m]));
+    } else if (event.action === "leave") {
+      this._members.delete(memberKeyOf(event.member));
+    } else {
+      this._members.set(memberKeyOf(event.member), event.member);
+    }
+  }
+
+  /** The members, in the order they entered (a sync: the relay's order). */
+  get members() {
+    return [...this._members.values()];
+  }
+
+  /** Who is here: the client ids of the members (present or unreachable), sorted. */
+  get clientIds() {
+    return [...new Set([...this._members.values()].map((m) => m.clientId))].sort();
+  }
+}
+
+const memberKeyOf = (m) => JSON.stringify([m.clientId, m.connection]);
+
+/**
+ * Per channel, what the application entered and which of its ops are settled
+ * (PresenceBook). Each enter/update/leave gets a version per channel; the relay answers a
+ * connection's ops in order, so its presence.ok for version v settles every op up to v. A
+ * new connection settles the rest: what is entered is sent again (its ok settles it), and a
+ * leave is done already (the new connection entered nothing). A refused op puts the channel
+ * back as the relay last accepted it. SSE carries no op: there, ops fail (onSse) and what
+ * was entered waits for a WebSocket. An entry is {clientId, dataJson} (null: the relay's
+ * choice; no data).
+ */
+export class PresenceBook {
+  constructor() {
+    this._channels = new Map(); // channel -> {wanted, accepted, clientId, made, done}
+  }
+
+  entered(channel) {
+    return this._channels.get(channel)?.wanted ?? null;
+  }
+
+  /** The client id the relay last confirmed for our member (null: not entered). */
+  clientId(channel) {
+    const state = this._channels.get(channel);
+    return state && state.wanted !== null ? state.clientId : null;
+  }
+
+  /** Every op of `channel` up to this version is settled. */
+  done(channel) {
+    return this._channels.get(channel)?.done ?? 0;
+  }
+
+  /** [version, entry] to send. Entering again changes the data (or the client id). */
+  enter(channel, clientId, dataJson) {
+    let state = this._channels.get(channel);
+    if (!state) {
+      state = { wanted: null, accepted: null, clientId: null, made: 0, done: 0 };
+      this._channels.set(channel, state);
+    }
+    state.wanted = { clientId, dataJson };
+    state.made += 1;
+    return [state.made, state.wanted];
+  }
+
+  update(channel, dataJson) {
+    const state = this._channels.get(channel);
+    if (!state || state.wanted === null) throw new Error(`not entered in ${JSON.stringify(channel)}: enter() first`);
+    return this.enter(channel, state.wanted.clientId, dataJson);
+  }
+
+  /** The version of the leave to send; null: not entered, nothing to do. */
+  leave(channel) {
+    const state = this._channels.get(channel);
+    if (!state || state.wanted === null) return null;
+    state.wanted = null;
+    state.made += 1;
+    return state.made;
+  }
+
+  /** The relay said ok to the op of `version`, which sent `entry` (null: a leave). */
+  accepted(channel, version, entry, clientId) {
+    const state = this._channels.get(channel);
+    if (!state || (version <= state.done && version !== state.made)) return; // overtaken by a reconnect's
+    state.accepted = entry;
+    state.done = Math.max(state.done, version);
+    state.clientId = entry !== null ? clientId : null;
+  }
+
+  /** The relay refused the op of `version` (`again`: entering again on a new connection). */
+  refused(channel, version, { temporary, again = false }) {
+    const state = this._channels.get(channel);
+    if (!state) return;
+    state.done = Math.max(state.done, version);
+    if (again) state.accepted = null;
+    if (version !== state.made || (again && temporary)) return;
+    state.wanted = state.accepted;
+    if (state.wanted === null) state.clientId = null;
+  }
+
+  /** A new connection: [[channel, version, entry]] to enter again; leaves are settled. */
+  reconnected() {
+    const again = [];
+    for (const [channel, state] of this._channels) {
+      if (state.wanted === null) {
+        state.accepted = null;
+        state.clientId = null;
+        state.done = state.made;
+      } else {
+        again.push([channel, state.made, state.wanted]);
+      }
+    }
+    return again;
+  }
+
+  /** A connection over SSE: [[channel, version]] after which the channel's ops failed
+   * (undone). Leaves are settled; what was entered before stays wanted. */
+  onSse() {
+    const failed = [];
+    for (const [channel, state] of this._channels) {
+      if (state.wanted === null) {
+        state.accepted = null;
+        state.clientId = null;
+      } else if (state.done < state.made) {
+        failed.push([channel, state.done]);
+        state.wanted = state.accepted;
+      }
+      state.done = state.made;
+    }
+    return failed;
+  }
+}
+
 // --- session (relay/client/session.py), without I/O ------------------------------------------
 
 const HANDLED_OPS = new Set([
   "connected", "redirect", "subscribed", "message", "ack", "error", "history", "authed", "token_expiring",
+  "presence", "presence.ok", "presence_event",
 ]);
+const PRESENCE_ACTIONS = new Set(["enter", "update", "leave"]);
 // What a relay accepts as a publish id (PROTOCOL.md): 1-128 printable ASCII, no spaces.
 const ID_RE = /^[\x21-\x7e]{1,128}$/;
 
@@ -390,6 +557,20 @@ function dataDigest(value) {
 
 const isRef = (ref) => ref === undefined || ref === null || typeof ref === "string" || Number.isInteger(ref);
 const isStr = (v) => typeof v === "string";
+
+function isMember(m) {
+  return m !== null && typeof m === "object" && isStr(m.client_id) && isStr(m.connection) && isStr(m.region) && isStr(m.relay) && isStr(m.status);
+}
+
+/** A member as the API hands it over (camelCase, as the rest of it); data null when the
+ * member entered without any. */
+function memberOf(m) {
+  return { clientId: m.client_id, connection: m.connection, region: m.region, relay: m.relay, status: m.status, data: m.data === undefined ? null : m.data };
+}
+
+function checkJson(dataJson) {
+  if (dataJson !== null) JSON.parse(dataJson); // throws SyntaxError: a bug in the caller
+}
 
 function shapeError(frame) {
   // Which field of a known op has the wrong type (null when the frame is fine).
@@ -441,6 +622,12 @@ function shapeError(frame) {
       );
     case "ack":
       return need(isStr(frame.id), "id") ?? need(isStr(frame.channel), "channel") ?? need(clockish(frame.position), "position") ?? need(isRef(frame.ref), "ref");
+    case "presence":
+      return need(isStr(frame.channel), "channel") ?? need(Array.isArray(frame.members) && frame.members.every(isMember), "members") ?? need(isRef(frame.ref), "ref");
+    case "presence.ok":
+      return need(isStr(frame.channel), "channel") ?? need(isStr(frame.action), "action") ?? need(isStr(frame.client_id), "client_id") ?? need(isRef(frame.ref), "ref");
+    case "presence_event":
+      return need(isStr(frame.channel), "channel") ?? need(isStr(frame.action), "action") ?? need(isMember(frame.member), "member");
     case "error":
       return (
         need(isStr(frame.code), "code") ??
@@ -466,6 +653,12 @@ function shapeError(frame) {
  *
  * defaultMaxFrameBytes: the frame limit assumed while no relay has announced one (null: none,
  * as the Python session); the `max_frame_bytes` of the last `connected` wins over it.
+ *
+ * Presence: the session remembers what the application entered (PresenceBook) and enters
+ * it again on every new connection, after the resubscribes: a relay forgets a connection's
+ * members when it ends. A channel subscribed with `presence` gets "presence_sync" (the
+ * whole list: after every `subscribed`, so again on every new connection) and
+ * "presence_change" events; MemberView builds the list from them.
  */
 export class Session {
   constructor({ newId = newPublishId, idMemory = DEFAULT_OPTIONS.idMemory, defaultMaxFrameBytes = null } = {}) {
@@ -480,6 +673,7 @@ export class Session {
     this._written = new Map();
     this._requests = new Map(); // ref -> {op, channel, publishId}, on this connection
     this._seen = new Map(); // "channel\n id\n digest of the data" -> true, oldest first
+    this._book = new PresenceBook(); // what the application entered, to enter again
     this._defaultMaxFrameBytes = defaultMaxFrameBytes;
     // The relay's limit on a frame from us (from `connected`); null: not announced.
     this.maxFrameBytes = null;
@@ -520,15 +714,18 @@ export class Session {
     return this._pending.size === 0;
   }
 
-  subscribe(channel, position = null) {
+  /** The subscribe frame for `channel`, from `position` (or where it is); `presence`: with
+   * the channel's member list and presence events too. */
+  subscribe(channel, position = null, { presence = false } = {}) {
     let state = this._channels.get(channel);
     if (state && state.wanted && state.ref !== null) throw new Error(`already subscribed to ${JSON.stringify(channel)}`);
     const start = position === null ? null : parseClock(position);
     if (!state) {
-      state = { wanted: true, position: null, expired: false, ref: null };
+      state = { wanted: true, position: null, expired: false, ref: null, presence: false };
       this._channels.set(channel, state);
     }
     state.wanted = true;
+    state.presence = Boolean(presence);
     if (start === null) return this._subscribeFrame(channel, state, this._resumeFrom(state));
     // Keep what was already delivered covered, so that starting earlier repeats nothing.
     state.position = state.position === null ? start : mergePositions(state.position, start);
@@ -599,7 +796,8 @@ export class Session {
     return Object.keys(context).length ? context : null;
   }
 
-  /** Frames for a new connection, in any region: resubscribe, then publish again. */
+  /** Frames for a new connection, in any region: resubscribe, enter presence again, then
+   * publish again. */
   onReconnect() {
     this._requests.clear(); // replies to requests of the old connection will never come
     const frames = [];
@@ -607,14 +805,17 @@ export class Session {
       state.ref = null;
       if (state.wanted) frames.push(this._subscribeFrame(channel, state, this._resumeFrom(state)));
     }
+    // The relay forgot the old connection's members: be in the channels again.
+    for (const [channel, version, entry] of this._book.reconnected()) frames.push(this._presenceEnterFrame(channel, version, entry, true));
     for (const id of this._pending.keys()) frames.push(this._publishFrame(id));
     return frames;
   }
 
-  /** [[channel, position or null]]: where onReconnect() would resubscribe each wanted channel
-   * from (an SSE stream names its channels before the relay says `connected`). */
+  /** [[channel, position or null, presence]]: where onReconnect() would resubscribe each
+   * wanted channel from, and whether with presence (an SSE stream names its channels before
+   * the relay says `connected`). */
   resumePlan() {
-    return [...this._channels].filter(([, s]) => s.wanted).map(([channel, s]) => [channel, this._resumeFrom(s)]);
+    return [...this._channels].filter(([, s]) => s.wanted).map(([channel, s]) => [channel, this._resumeFrom(s), s.presence]);
   }
 
   /** Subscribe frames for every wanted channel, from where it is now (an SSE stream reopened
@@ -625,6 +826,110 @@ export class Session {
       if (state.wanted) frames.push(this._subscribeFrame(channel, state, this._resumeFrom(state)));
     }
     return frames;
+  }
+
+  // --- presence (relay/client/session.py's presence_*; the bookkeeping is PresenceBook)
+
+  /** [version, frame] entering `channel`'s presence set with `dataJson` (JSON text; null:
+   * no data) as `clientId` (null: the relay's choice: the token's sub, else the connection
+   * id). Entered again on every new connection until presenceLeave(); presenceDone(channel)
+   * >= version once the relay has it. Throws RelaynetError("too_large") above the frame
+   * limit (it would close every connection it is sent on). */
+  presenceEnter(channel, dataJson = null, clientId = null) {
+    checkJson(dataJson);
+    if (clientId !== null && !isStr(clientId)) throw new TypeError(`clientId must be a string or null, not ${clientId}`);
+    this._checkPresenceSize(channel, dataJson, clientId);
+    const [version, entry] = this._book.enter(channel, clientId, dataJson);
+    return [version, this._presenceEnterFrame(channel, version, entry)];
+  }
+
+  /** [version, frame] changing our member's data; throws Error if not entered. The frame
+   * is a presence.enter with the same client id (entering again is an update to the relay):
+   * it means the same whether or not the enter before it was accepted, where a
+   * presence.update after a refused enter would enter under the connection's id. */
+  presenceUpdate(channel, dataJson = null) {
+    checkJson(dataJson);
+    const entered = this._book.entered(channel);
+    if (entered !== null) this._checkPresenceSize(channel, dataJson, entered.clientId);
+    const [version, entry] = this._book.update(channel, dataJson);
+    return [version, this._presenceEnterFrame(channel, version, entry)];
+  }
+
+  /** [version, frame] leaving `channel`'s presence set; null if not entered. */
+  presenceLeave(channel) {
+    const version = this._book.leave(channel);
+    if (version === null) return null;
+    const ref = this._ref();
+    this._requests.set(ref, { op: "presence", channel, version, entry: null, again: false });
+    return [version, JSON.stringify({ op: "presence.leave", channel, ref })];
+  }
+
+  /** [ref, frame] asking for `channel`'s members: a "members" event with this ref, or an
+   * "error"; not resent on a new connection (ask again). */
+  presenceGet(channel) {
+    const ref = this._ref();
+    this._requests.set(ref, { op: "presence.get", channel });
+    return [ref, JSON.stringify({ op: "presence.get", channel, ref })];
+  }
+
+  /** Every presence op on `channel` up to this version is settled (applied by the relay,
+   * refused, or made moot by a new connection). */
+  presenceDone(channel) {
+    return this._book.done(channel);
+  }
+
+  /** What we are (or are becoming) in `channel`'s presence set, {clientId, dataJson}; null:
+   * not entered. */
+  presenceEntry(channel) {
+    return this._book.entered(channel);
+  }
+
+  /** Our member's client id as the relay confirmed it; null: not entered (yet). */
+  presenceClientId(channel) {
+    return this._book.clientId(channel);
+  }
+
+  /** The connection is over SSE, which carries no presence op: [[channel, version]] after
+   * which the channel's ops failed. What was entered before is entered again on the next
+   * WebSocket connection. */
+  presenceOnSse() {
+    for (const [ref, request] of [...this._requests]) if (request.op === "presence") this._requests.delete(ref);
+    return this._book.onSse();
+  }
+
+  _presenceEnterFrame(channel, version, entry, again = false) {
+    const ref = this._ref();
+    this._requests.set(ref, { op: "presence", channel, version, entry, again });
+    return enterFrame("presence.enter", channel, entry.dataJson, entry.clientId, ref);
+  }
+
+  _checkPresenceSize(channel, dataJson, clientId) {
+    const limit = this.frameLimit;
+    if (limit === null) return;
+    const size = utf8.encode(enterFrame("presence.enter", channel, dataJson, clientId, LONGEST_REF)).length;
+    if (size > limit) throw new RelaynetError("too_large", `the presence frame is ${size} bytes; the relay accepts frames up to ${limit} bytes`, { size, limit });
+  }
+
+  _presenceFrame(frame) {
+    const ref = frame.op === "presence_event" ? null : (frame.ref ?? null);
+    if (Number.isInteger(ref)) {
+      // The answer to a request of ours.
+      const request = this._requests.get(ref);
+      if (request === undefined) return []; // of an earlier connection
+      this._requests.delete(ref);
+      if (frame.op === "presence" && request.op === "presence.get") return [{ type: "members", ref, channel: frame.channel, members: frame.members.map(memberOf) }];
+      if (frame.op === "presence.ok" && request.op === "presence") {
+        this._book.accepted(request.channel, request.version, request.entry, frame.client_id);
+        return [{ type: "presence_done", channel: request.channel, version: request.version }];
+      }
+      return [{ type: "bad_frame", reason: `${frame.op} does not answer the ${request.op} of ref ${ref}` }];
+    }
+    if (frame.op === "presence.ok") return []; // answers nothing of ours
+    const state = this._channels.get(frame.channel);
+    if (!state || !state.wanted || !state.presence) return []; // not watched (any more), or another channel of an SSE stream
+    if (frame.op === "presence") return [{ type: "presence_sync", channel: frame.channel, members: frame.members.map(memberOf) }];
+    if (!PRESENCE_ACTIONS.has(frame.action)) return []; // a newer relay's
+    return [{ type: "presence_change", channel: frame.channel, action: frame.action, member: memberOf(frame.member) }];
   }
 
   /**
@@ -684,6 +989,10 @@ export class Session {
           return this._history(frame);
         case "redirect":
           return [{ type: "redirected", url: frame.url, region: frame.region ?? null, reason: frame.reason ?? "" }];
+        case "presence":
+        case "presence_event":
+        case "presence.ok":
+          return this._presenceFrame(frame);
         case "authed":
           if (Number.isInteger(frame.ref)) this._requests.delete(frame.ref);
           return [{ type: "authed", sub: frame.sub, exp: frame.exp }];
@@ -790,6 +1099,10 @@ export class Session {
     }
     if (request === undefined) return [{ ...base, channel: null, publishId: null }];
     this._requests.delete(ref);
+    if (request.op === "presence") {
+      this._book.refused(request.channel, request.version, { temporary: base.temporary, again: request.again });
+      return [{ type: "presence_refused", channel: request.channel, version: request.version, code: frame.code, message: base.message, temporary: base.temporary }];
+    }
     if (request.op === "subscribe") {
       const state = this._channels.get(request.channel);
       if (!state || !state.wanted || state.ref !== ref) return [];
@@ -824,6 +1137,7 @@ export class Session {
     this._requests.set(ref, { op: "subscribe", channel });
     const frame = { op: "subscribe", channel, ref };
     if (position !== null) frame.position = position;
+    if (state.presence) frame.presence = true;
     return JSON.stringify(frame);
   }
 
@@ -855,6 +1169,13 @@ const utf8 = new TextEncoder();
 function publishFrame(channel, id, dataJson, ref, after) {
   const context = after ? `,"after":${JSON.stringify(after)}` : "";
   return `{"op":"publish","channel":${JSON.stringify(channel)},"id":${JSON.stringify(id)},"data":${dataJson},"ref":${ref}${context}}`;
+}
+
+/** A presence.enter or presence.update frame; the caller's JSON text spliced in unchanged. */
+function enterFrame(op, channel, dataJson, clientId, ref) {
+  const who = clientId === null ? "" : `,"client_id":${JSON.stringify(clientId)}`;
+  const data = dataJson === null ? "" : `,"data":${dataJson}`;
+  return `{"op":${JSON.stringify(op)},"channel":${JSON.stringify(channel)}${who}${data},"ref":${ref}}`;
 }
 
 /** The size in bytes of the publish frame for (channel, id, dataJson, after), as the relay counts it. */
@@ -928,24 +1249,27 @@ export function sseChannels(channels) {
 }
 
 /** The URL of the SSE stream for `channels`, resuming each from `positions` (channels
- * without one start live), with the token (EventSource cannot send headers). */
-export function sseUrl(http, channels, positions = {}, token = null) {
+ * without one start live), with the token (EventSource cannot send headers); `presence`:
+ * every channel with its member list and presence events (presence=1). */
+export function sseUrl(http, channels, positions = {}, token = null, presence = false) {
   const query = [`channels=${channels.map(encodeURIComponent).join(",")}`];
   const kept = Object.fromEntries(channels.filter((c) => positions[c] && Object.keys(positions[c]).length).map((c) => [c, positions[c]]));
   if (Object.keys(kept).length) query.push(`last_event_id=${encodeEventId(kept)}`);
   if (token !== null && token !== undefined) query.push(`token=${encodeURIComponent(token)}`);
+  if (presence) query.push("presence=1");
   return `${http}/v1/sse?${query.join("&")}`;
 }
 
 /**
  * What a client frame (a string the session made) is over HTTP: {op, ref, channel, ...} with
- * {method, path, body} for the requests the HTTP API serves (publish: POST, history: GET);
- * subscribe/unsubscribe change the SSE stream's channels; ping and auth are the client's own.
+ * {method, path, body} for the requests the HTTP API serves (publish: POST, history and
+ * presence.get: GET); subscribe/unsubscribe change the SSE stream's channels; ping and auth
+ * are the client's own; presence.enter/update/leave have no HTTP request (the API has none).
  */
 export function httpRequest(text) {
   const frame = JSON.parse(text);
   const ref = frame.ref ?? null;
-  const path = (channel) => `/v1/channels/${encodeURIComponent(channel)}/messages`;
+  const path = (channel, kind = "messages") => `/v1/channels/${encodeURIComponent(channel)}/${kind}`;
   switch (frame.op) {
     case "publish": {
       const body = { data: frame.data, id: frame.id };
@@ -957,8 +1281,14 @@ export function httpRequest(text) {
       if (frame.before) query += `&before=${encodeURIComponent(JSON.stringify(frame.before))}`;
       return { op: "history", ref, channel: frame.channel, method: "GET", path: path(frame.channel) + query, body: null };
     }
+    case "presence.get":
+      return { op: "presence.get", ref, channel: frame.channel, method: "GET", path: path(frame.channel, "presence"), body: null };
+    case "presence.enter":
+    case "presence.update":
+    case "presence.leave":
+      return { op: frame.op, ref, channel: frame.channel };
     case "subscribe":
-      return { op: "subscribe", ref, channel: frame.channel, position: frame.position ?? null };
+      return { op: "subscribe", ref, channel: frame.channel, position: frame.position ?? null, presence: frame.presence === true };
     case "unsubscribe":
       return { op: "unsubscribe", ref, channel: frame.channel };
     case "auth":
@@ -1193,6 +1523,9 @@ export class Client {
     this._subs = new Map(); // channel -> {listeners, onError, ready, resolve, reject, settled}
     this._acks = new Map(); // publish id -> {resolve, reject}
     this._histories = new Set(); // history requests waiting for a reply: {channel, limit, before, ref, resolve, reject}
+    this._memberGets = new Set(); // presence.get requests waiting for a reply: {channel, ref, resolve, reject}
+    this._presenceWaiters = new Set(); // presence ops until settled: {channel, version, resolve, reject}
+    this._presences = new Map(); // channel -> the handle client.presence(channel) returned
     this._ackWaiters = new Set(); // resolved at every ack (move back "when-idle")
     this._ws = null;
     this._stopped = false;
@@ -1260,31 +1593,62 @@ export class Client {
    * message once, in the region's order, across reconnects and failovers. options.position
    * starts from a persisted position; options.onError(error) hears why the subscription ended
    * (refused, position expired, client failed). Returns {channel, ready, position(),
-   * unsubscribe()}; ready resolves with the first `subscribed` reply.
+   * members(), unsubscribe()}; ready resolves with the first `subscribed` reply.
+   *
+   * options.presence: true (implied by options.onPresence) also follows who is on the
+   * channel, in every region (the Python SDK's subscribe(channel, presence=True)):
+   * options.onPresence({channel, action,
+   * member, members}) gets action "sync" with the whole list (member null) first and again
+   * after every reconnect, failover or transport switch (replace your view with it), then
+   * "enter", "update" (new data, or status "present"/"unreachable") and "leave" with the
+   * member and the list after the change. A member is {clientId, connection, region, relay,
+   * status, data}; a client that reconnects is two members until its old connection leaves
+   * ([presence] leave_after_s). sub.presence is {members, clientIds, synced} now. A channel
+   * subscribed without presence cannot add it on another subscribe: unsubscribe first.
    */
   subscribe(channel, onMessage, options = {}) {
     if (typeof onMessage !== "function") throw new TypeError("subscribe(channel, onMessage): onMessage must be a function");
+    if (options.onPresence != null && typeof options.onPresence !== "function") throw new TypeError("subscribe: options.onPresence must be a function");
     this._checkOpen();
+    const presence = Boolean(options.presence || options.onPresence);
     let sub = this._subs.get(channel);
     if (sub && options.position) throw new Error(`already subscribed to ${JSON.stringify(channel)}: a start position applies to a new subscription`);
+    if (sub && presence && !sub.presence) throw new Error(`already subscribed to ${JSON.stringify(channel)} without presence: unsubscribe first`);
     if (!sub) {
-      sub = { listeners: new Set(), onErrors: new Set(), settled: false };
+      sub = { listeners: new Set(), onErrors: new Set(), presenceListeners: new Set(), presence, view: new MemberView(), synced: false, settled: false };
       sub.ready = new Promise((resolve, reject) => {
         sub.resolve = resolve;
         sub.reject = reject;
       });
       sub.ready.catch(() => {});
       this._subs.set(channel, sub);
-      this._send(this._session.subscribe(channel, options.position ?? null));
+      this._send(this._session.subscribe(channel, options.position ?? null, { presence }));
+    } else if (typeof options.onPresence === "function" && sub.synced) {
+      // A listener added later starts from the list as it is now.
+      const members = sub.view.members;
+      queueMicrotask(() => sub.presenceListeners.has(options.onPresence) && this._callPresence(options.onPresence, { channel, action: "sync", member: null, members }));
     }
     sub.listeners.add(onMessage);
     if (typeof options.onError === "function") sub.onErrors.add(options.onError);
+    if (typeof options.onPresence === "function") sub.presenceListeners.add(options.onPresence);
     return {
       channel,
       ready: sub.ready,
       position: () => this._session.position(channel),
+      presence: {
+        get members() {
+          return sub.view.members;
+        },
+        get clientIds() {
+          return sub.view.clientIds;
+        },
+        get synced() {
+          return sub.synced; // a list has come: members is the channel's, not just empty
+        },
+      },
       unsubscribe: () => {
         sub.onErrors.delete(options.onError);
+        sub.presenceListeners.delete(options.onPresence);
         if (!sub.listeners.delete(onMessage) || sub.listeners.size || this._subs.get(channel) !== sub) return;
         this._subs.delete(channel);
         if (this._session.channels.includes(channel)) this._send(this._session.unsubscribe(channel));
@@ -1346,6 +1710,102 @@ export class Client {
     this._send(frame);
   }
 
+  /**
+   * Presence on `channel` (the Python SDK's client.presence(channel); Ably's names):
+   * {channel, enter(data, {clientId}), update(data), leave(), members(), entered, clientId}.
+   * enter() makes this client a member (as `clientId`, default options.clientId; null: the
+   * token's sub, else the connection id) with `data` (any JSON value; null: none) and keeps
+   * it one: it enters again, with the same data, on every new connection, in whichever
+   * region, until leave(). Entering again changes the data. update() rejects (Error) if not
+   * entered; leave() does nothing if not entered. Each resolves with {channel, clientId}
+   * once the relay applied it (while disconnected: on the next connection). members()
+   * resolves with the member list from the relay (no subscription needed; over SSE a GET).
+   * Rejections are RelaynetErrors: "forbidden" (a token without the presence capability, or
+   * a clientId other than its sub), "too_large", and "presence_unavailable" on the SSE
+   * fallback, whose HTTP API cannot enter or leave: what was entered before stays wanted
+   * and is entered again once the client is back on a WebSocket.
+   */
+  presence(channel) {
+    if (!isStr(channel)) throw new TypeError("presence(channel): channel must be a string");
+    let handle = this._presences.get(channel);
+    if (handle) return handle;
+    const session = this._session;
+    handle = {
+      channel,
+      enter: (data = null, { clientId = this.options.clientId ?? null } = {}) => this._presenceOp(channel, (s, dataJson) => s.presenceEnter(channel, dataJson, clientId), data),
+      update: (data = null) => this._presenceOp(channel, (s, dataJson) => s.presenceUpdate(channel, dataJson), data),
+      leave: () => this._presenceOp(channel, (s) => s.presenceLeave(channel)),
+      members: () => this._members(channel),
+      /** Entered (or being entered): the client is in the set on every connection. */
+      get entered() {
+        return session.presenceEntry(channel) !== null;
+      },
+      /** Our member's client id as the relay confirmed it; null while not entered. */
+      get clientId() {
+        return session.presenceClientId(channel);
+      },
+    };
+    this._presences.set(channel, handle);
+    return handle;
+  }
+
+  /** Make a presence op with the session and wait until the relay applied it: on this
+   * connection, or when a new one enters again. */
+  _presenceOp(channel, op, data = null) {
+    if (this._stopped) return Promise.reject(new RelaynetError(this.state, `the client is ${this.state}`));
+    if (this._ws instanceof SseSocket && this.state === "connected") {
+      return Promise.reject(presenceUnavailable(channel));
+    }
+    let made;
+    try {
+      let dataJson = null;
+      if (data !== null) {
+        dataJson = JSON.stringify(data);
+        if (dataJson === undefined) throw new TypeError("presence: data must be a JSON value");
+      }
+      made = op(this._session, dataJson);
+    } catch (exc) {
+      return Promise.reject(exc);
+    }
+    if (made === null) return Promise.resolve({ channel, clientId: null }); // a leave, not entered
+    const [version, frame] = made;
+    const promise = new Promise((resolve, reject) => this._presenceWaiters.add({ channel, version, resolve, reject }));
+    this._send(frame);
+    return promise;
+  }
+
+  /** Resolve every presence op the session now counts as settled. */
+  _settlePresence() {
+    for (const waiter of [...this._presenceWaiters]) {
+      if (this._session.presenceDone(waiter.channel) < waiter.version) continue;
+      this._presenceWaiters.delete(waiter);
+      waiter.resolve({ channel: waiter.channel, clientId: this._session.presenceClientId(waiter.channel) });
+    }
+  }
+
+  _members(channel) {
+    if (this._stopped) return Promise.reject(new RelaynetError(this.state, `the client is ${this.state}`));
+    return new Promise((resolve, reject) => {
+      const request = { channel, ref: null, resolve, reject };
+      this._memberGets.add(request);
+      if (this._ws && this._ws.readyState === 1 && this.state === "connected") this._askMembers(request);
+    });
+  }
+
+  _askMembers(request) {
+    let frame;
+    [request.ref, frame] = this._session.presenceGet(request.channel);
+    this._send(frame);
+  }
+
+  _callPresence(fn, event) {
+    try {
+      fn(event);
+    } catch (exc) {
+      this._emit("error", exc);
+    }
+  }
+
   /** Close the connection (1000) and end the client: state "closed"; pending publishes reject. */
   close() {
     this._finish("closed", new RelaynetError("closed", "client closed"));
@@ -1399,6 +1859,10 @@ export class Client {
     this._acks.clear();
     for (const request of this._histories) request.reject(error);
     this._histories.clear();
+    for (const request of this._memberGets) request.reject(error);
+    this._memberGets.clear();
+    for (const waiter of this._presenceWaiters) waiter.reject(error);
+    this._presenceWaiters.clear();
     for (const [channel, sub] of this._subs) this._endSub(channel, sub, state === "closed" ? null : error);
     this._subs.clear();
     this._setState(state, { code: error.closeCode ?? null, reason: error.message });
@@ -1835,6 +2299,17 @@ export class Client {
     // Every connection, the first included, starts with the session's resubscribes and
     // republishes; frames made while disconnected are covered by them.
     for (const frame of this._session.onReconnect()) ws.send(frame);
+    if (ws instanceof SseSocket) {
+      // No presence op goes over SSE (the socket drops them): those not settled fail.
+      for (const [channel, after] of this._session.presenceOnSse()) {
+        for (const waiter of [...this._presenceWaiters]) {
+          if (waiter.channel !== channel || waiter.version <= after) continue;
+          this._presenceWaiters.delete(waiter);
+          waiter.reject(presenceUnavailable(channel));
+        }
+      }
+    }
+    this._settlePresence(); // leaves: the new connection has entered nothing
     this.region = hello.region;
     this.relay = hello.relay;
     this.connectionId = hello.connectionId;
@@ -1854,6 +2329,7 @@ export class Client {
     this._readyResolve(this);
     // History requests of the last connection (or made while disconnected): asked (again) here.
     for (const request of this._histories) this._askHistory(request);
+    for (const request of this._memberGets) this._askMembers(request);
     if (this.options.moveBack !== "stay") this._watchForMove(ws, hello.region);
     if (this.transport === "sse") this._retryWebSocket(ws, region, url);
   }
@@ -1922,6 +2398,39 @@ export class Client {
         if (!request) return;
         this._histories.delete(request);
         request.resolve({ channel: event.channel, messages: event.messages, more: event.more });
+        return;
+      }
+      case "presence_sync":
+      case "presence_change": {
+        const sub = this._subs.get(event.channel);
+        if (!sub) return;
+        sub.view.apply(event);
+        sub.synced ||= event.type === "presence_sync";
+        const change = event.type === "presence_sync" ? { channel: event.channel, action: "sync", member: null } : { channel: event.channel, action: event.action, member: event.member };
+        change.members = sub.view.members;
+        for (const fn of [...sub.presenceListeners]) this._callPresence(fn, change);
+        return;
+      }
+      case "members": {
+        const request = [...this._memberGets].find((r) => r.ref === event.ref);
+        if (!request) return;
+        this._memberGets.delete(request);
+        request.resolve(event.members);
+        return;
+      }
+      case "presence_done":
+        this._settlePresence();
+        return;
+      case "presence_refused": {
+        const error = new RelaynetError(event.code, event.message || event.code, { temporary: event.temporary, channel: event.channel });
+        const waiter = [...this._presenceWaiters].find((w) => w.channel === event.channel && w.version === event.version);
+        if (waiter) {
+          this._presenceWaiters.delete(waiter);
+          waiter.reject(error);
+        } else {
+          this._emit("error", error); // entering again on a new connection: nobody waits for it
+        }
+        this._settlePresence();
         return;
       }
       case "expired":
@@ -2026,6 +2535,12 @@ export class Client {
     if (request) {
       this._histories.delete(request);
       request.reject(error);
+      return;
+    }
+    const get = event.ref === null ? undefined : [...this._memberGets].find((r) => r.ref === event.ref);
+    if (get) {
+      this._memberGets.delete(get);
+      get.reject(error);
       return;
     }
     if (event.publishId) {
@@ -2205,7 +2720,7 @@ export class Client {
 
 // --- the SSE fallback: a WebSocket's shape on EventSource + fetch ---------------------------
 
-const SSE_OPS = ["connected", "subscribed", "message", "error", "redirect", "token_expiring", "end"];
+const SSE_OPS = ["connected", "subscribed", "message", "error", "redirect", "token_expiring", "presence", "presence_event", "end"];
 
 /**
  * One connection over SSE and the HTTP API, with the WebSocket interface the client drives
@@ -2224,6 +2739,11 @@ const SSE_OPS = ["connected", "subscribed", "message", "error", "redirect", "tok
  *   with the refused publish first, until the client sends it again (held), as a relay holds
  *   a WebSocket's later publishes until the failed id comes again;
  * * history is a GET; a protocol ping is a GET /v1/ping whose answer is a `pong` frame;
+ * * presence: the stream is opened with presence=1 when a channel wants its members (the
+ *   relay then sends every channel's list and events: the session keeps those it asked
+ *   for); presence.get is a GET; presence.enter/update/leave are dropped: the HTTP API
+ *   cannot enter anyone (the member would have no connection to leave with), and the
+ *   client fails them itself ("presence_unavailable");
  * * an `auth` frame (a renewed token) reopens the stream with it and goes on every request.
  *
  * The browser's own EventSource reconnect is not used: a stream that fails closes this
@@ -2254,9 +2774,11 @@ export class SseSocket {
     this._queues = new Map(); // channel -> {items: Map(id -> request), busy, held}
     this._aborts = new Set();
     const { stream } = sseChannels(plan.map(([channel]) => channel));
-    const positions = Object.fromEntries(plan.filter(([c, p]) => p && stream.includes(c)));
+    const positions = Object.fromEntries(plan.filter(([c, p]) => p && stream.includes(c)).map(([c, p]) => [c, p]));
+    this._presence = plan.some(([c, , presence]) => presence && stream.includes(c));
+    const presenceOf = Object.fromEntries(plan.map(([c, , presence]) => [c, Boolean(presence)]));
     // Refused channels are answered when their subscribe frame comes: it has the session's ref.
-    for (const channel of stream) this._opened.set(channel, JSON.stringify(positions[channel] ?? null));
+    for (const channel of stream) this._opened.set(channel, openedKey(positions[channel] ?? null, presenceOf[channel]));
     this._open(stream, positions, true);
   }
 
@@ -2268,8 +2790,13 @@ export class SseSocket {
         this._enqueue(request);
         return;
       case "history":
+      case "presence.get":
         this._request(request).then((reply) => reply !== null && this._deliver(withRef(reply, request.ref)));
         return;
+      case "presence.enter":
+      case "presence.update":
+      case "presence.leave":
+        return; // nothing can carry them (the client fails them: presenceOnSse)
       case "subscribe": {
         this._refs.set(request.channel, request.ref);
         const { refused } = sseChannels([request.channel]);
@@ -2280,7 +2807,7 @@ export class SseSocket {
         // The first connection's resubscribes name what the stream was opened with.
         const opened = this._opened.get(request.channel);
         this._opened.delete(request.channel);
-        if (opened !== undefined && opened === JSON.stringify(request.position)) return;
+        if (opened !== undefined && opened === openedKey(request.position, request.presence)) return;
         this._reopenSoon();
         return;
       }
@@ -2332,7 +2859,7 @@ export class SseSocket {
     }
     let es;
     try {
-      es = new this._EventSource(sseUrl(this.http, channels, positions, this._token));
+      es = new this._EventSource(sseUrl(this.http, channels, positions, this._token, this._presence));
     } catch {
       queueMicrotask(() => this._fail(1006, "could not open an event stream"));
       return;
@@ -2393,6 +2920,7 @@ export class SseSocket {
       for (const r of wanted) this._refs.set(r.channel, r.ref);
       for (const reason of refused) this._refuse(reason, this._refs.get(reason[0]));
       const positions = Object.fromEntries(wanted.filter((r) => r.position && stream.includes(r.channel)).map((r) => [r.channel, r.position]));
+      this._presence = wanted.some((r) => r.presence && stream.includes(r.channel));
       this._open(stream, positions, false);
     });
   }
@@ -2504,6 +3032,20 @@ export class SseSocket {
     this._deliver(text);
     this._pump(channel);
   }
+}
+
+// What an SSE stream was opened with for one channel: a subscribe asking for the same needs
+// no new stream.
+function openedKey(position, presence) {
+  return JSON.stringify([position ?? null, Boolean(presence)]);
+}
+
+function presenceUnavailable(channel) {
+  return new RelaynetError(
+    "presence_unavailable",
+    `presence in ${JSON.stringify(channel)}: enter, update and leave need a WebSocket, and this client is on SSE (WebSocket is blocked); it tries WebSocket again now and then, and enters what was entered before once it is back`,
+    { temporary: true, channel },
+  );
 }
 
 function temporaryError(text) {

@@ -1,6 +1,7 @@
 // The demo chat page served by every relay at GET /: one room (channel chat:<room>), the
-// region and relay it is on, the measured RTTs and why it picked its edge, and every message
-// with its origin region and vector timestamp.
+// region and relay it is on, the measured RTTs and why it picked its edge, every message
+// with its origin region and vector timestamp, and who is online in every region (presence:
+// the page enters as its ?name= when it joins and leaves when it is closed).
 //
 // Query parameters: ?room=NAME (default lobby), ?seeds=ws://a/v1/ws,ws://b/v1/ws (default:
 // this page's own relay), ?name=NICK, ?prefer=eu-west (that region first while it is usable,
@@ -55,6 +56,10 @@ const demo = {
   sent: new Set(),
   redirects: [], // every redirect a relay sent: {from, url, region, reason, followed, ignored, at}
   errors: [],
+  members: [], // the room's members as the client last listed them: {clientId, connection, region, relay, status, data}
+  online: [], // the same by person: {name, regions: [{region, status}], status}, as shown
+  presenceNote: "", // why this page is not (yet) listed itself, e.g. on the SSE fallback
+  presenceEvents: [], // the latest 200: {action, clientId (null for a sync), region, count (members after), at}
   send,
 };
 window.relaynetDemo = demo;
@@ -152,6 +157,47 @@ function showMessage(message) {
   chat.scrollTop = chat.scrollHeight;
 }
 
+/**
+ * Who is online, one row per name (a person reconnecting shows once, whatever connections the
+ * relays still list), with the region of each of their connections; a member whose relay or
+ * region is not heard from is "unreachable", greyed. Replaced whole at every change: the
+ * client hands over the list after each one.
+ */
+function showMembers({ action, member, members }) {
+  demo.members = members;
+  demo.presenceEvents.push({ action, clientId: member?.clientId ?? null, region: member?.region ?? null, count: members.length, at: Date.now() });
+  if (demo.presenceEvents.length > 200) demo.presenceEvents.shift();
+  if (member) log(`${member.clientId} (${member.region}) ${action === "update" ? `is ${member.status}` : `${action}s`}`);
+  if (demo.presenceNote && members.some((m) => m.connection === demo.client.connectionId)) {
+    demo.presenceNote = ""; // listed: entered once back on a WebSocket
+    $("presence-note").textContent = "";
+  }
+  const people = new Map();
+  for (const member of members) {
+    const name = typeof member.data?.name === "string" ? member.data.name : member.clientId;
+    if (!people.has(member.clientId)) people.set(member.clientId, { name, regions: [] });
+    const person = people.get(member.clientId);
+    const seen = person.regions.find((r) => r.region === member.region);
+    if (!seen) person.regions.push({ region: member.region, status: member.status });
+    else if (member.status === "present") seen.status = "present";
+  }
+  demo.online = [...people.values()].map((p) => ({ ...p, status: p.regions.some((r) => r.status === "present") ? "present" : "unreachable" }));
+  const list = $("members");
+  list.replaceChildren(
+    ...[...people].map(([clientId, person], i) => {
+      const status = demo.online[i].status;
+      return el(
+        "li",
+        { class: status, title: status === "unreachable" ? "its region or relay is not heard from: shown until it is, or until it times out" : "", dataset: { testid: "member", clientId, status, regions: person.regions.map((r) => r.region).join(",") } },
+        el("span", { class: "who", textContent: person.name + (clientId === name ? " (you)" : "") }),
+        " ",
+        ...person.regions.map((r) => el("span", { class: `region mono ${r.status}`, textContent: r.region, dataset: { testid: "member-region", status: r.status } })),
+      );
+    }),
+  );
+  $("online-count").textContent = String(people.size);
+}
+
 /** Publish one chat line; resolves with the ack (retried across reconnects until acked). */
 function send(text) {
   const promise = demo.client.publish(channel, { text, name });
@@ -173,6 +219,12 @@ function send(text) {
   return promise;
 }
 
+function showPresenceNote(error) {
+  demo.presenceNote = error.message;
+  $("presence-note").textContent = "you are not listed: on SSE a page cannot enter presence (it will once WebSocket works)";
+  log(`presence: ${error.message}`);
+}
+
 $("composer").addEventListener("submit", (event) => {
   event.preventDefault();
   const input = $("input");
@@ -184,6 +236,7 @@ $("composer").addEventListener("submit", (event) => {
 
 try {
   const client = createClient(seeds, {
+    clientId: name,
     ...(regions?.length ? { regions } : {}),
     ...(prefer ? { prefer } : {}),
     ...(websocketRetryMs !== null ? { websocketRetryMs } : {}),
@@ -203,8 +256,27 @@ try {
     demo.errors.push({ code: error.code ?? null, message: String(error.message ?? error) });
     log(`error ${error.code ?? ""}: ${error.message ?? error}`);
   });
-  client.subscribe(channel, showMessage);
-  window.addEventListener("pagehide", () => client.close());
+  client.subscribe(channel, showMessage, { presence: true, onPresence: showMembers });
+  // Joining the chat is entering its presence as ?name=; the client enters again by itself
+  // on every new connection. On the SSE fallback it cannot: once on a WebSocket, enter then.
+  const enter = () =>
+    client.presence(channel).enter({ name }).then(
+      () => log(`entered ${channel} as ${name}`),
+      (error) => {
+        if (error.code === "presence_unavailable") showPresenceNote(error);
+        else if (error.code !== "closed") demo.errors.push({ code: error.code ?? null, message: String(error.message ?? error) });
+      },
+    );
+  enter();
+  client.on("connected", ({ transport }) => {
+    if (transport === "websocket" && !client.presence(channel).entered) enter();
+  });
+  // Leave at once rather than after the relay's leave_after_s (the leave goes out before the
+  // close frame, on the same connection).
+  window.addEventListener("pagehide", () => {
+    client.presence(channel).leave().catch(() => {});
+    client.close();
+  });
 } catch (error) {
   demo.state = "failed";
   demo.errors.push({ code: "setup", message: String(error.message ?? error) });

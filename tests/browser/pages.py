@@ -24,9 +24,14 @@ def ws_url(port: int) -> str:
     return f"ws://127.0.0.1:{port}/v1/ws"
 
 
-def federated_configs(nats_urls: dict[str, str], ports: dict[str, list[int]]) -> list[RelayConfig]:
+def federated_configs(
+    nats_urls: dict[str, str],
+    ports: dict[str, list[int]],
+    presence: dict[str, Any] | None = None,
+) -> list[RelayConfig]:
     """Relays on fixed ports; each peer's edge_url is the first relay of that region, so
-    that GET /v1/edges lists edges a browser can actually reach."""
+    that GET /v1/edges lists edges a browser can actually reach. ``presence``: the
+    ``[presence]`` section."""
     configs = []
     for region, url in nats_urls.items():
         peers = [
@@ -43,6 +48,7 @@ def federated_configs(nats_urls: dict[str, str], ports: dict[str, list[int]]) ->
                     port=port,
                     peers=peers,
                     federation=FAST_FEDERATION,
+                    presence=presence,
                 )
             )
     return configs
@@ -50,12 +56,12 @@ def federated_configs(nats_urls: dict[str, str], ports: dict[str, list[int]]) ->
 
 @asynccontextmanager
 async def regions(
-    tmp_path: Path, relays: dict[str, int]
+    tmp_path: Path, relays: dict[str, int], presence: dict[str, Any] | None = None
 ) -> AsyncIterator[tuple[dict[str, list[RelayNode]], dict[str, list[int]]]]:
     ports_list = free_ports(sum(relays.values()))
     ports = {r: [ports_list.pop() for _ in range(n)] for r, n in relays.items()}
     with region_nats(tmp_path, tuple(relays)) as nats_urls:
-        async with running_regions(federated_configs(nats_urls, ports)) as nodes:
+        async with running_regions(federated_configs(nats_urls, ports, presence)) as nodes:
             yield nodes, ports
 
 

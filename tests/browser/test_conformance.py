@@ -724,3 +724,256 @@ _POLICY_EXPECTED: list[tuple[str, bool | None, int, str, bool]] = [
     ("failed", True, 270, "websocket", False),  # the count starts over
 ]
 _POLICY_STEPS = [[step, answered, t] for step, answered, t, _, _ in _POLICY_EXPECTED]
+
+
+# --- presence: the session's bookkeeping and the member view against relay/client/presence.py
+
+
+def _member(client_id: str, connection: str, region: str = "us-east", **extra: Any) -> Any:
+    return {
+        "client_id": client_id,
+        "connection": connection,
+        "region": region,
+        "relay": f"{region}-1",
+        "status": "present",
+        **extra,
+    }
+
+
+def _presence_script() -> list[tuple[str, Any]]:
+    """Presence ops, the relay's answers, reconnects and an SSE connection: what each
+    session makes of them (frames, events, what it remembers) must be the same."""
+
+    def rx(frame: dict[str, Any]) -> tuple[str, Any]:
+        return ("receive", json.dumps(frame))
+
+    ann = _member("ann", "c1", data={"name": "ann"})
+    bob = _member("bob", "w1", "eu-west", data={"name": "bob"})
+    cy = _member("cy", "s9", "ap-south")
+    return [
+        rx({"op": "connected", "region": "us-east", "relay": "r1", "connection_id": "c1"}),
+        ("subscribe", ["chat:p", True]),  # ref 1
+        ("subscribe", ["chat:q", False]),  # ref 2
+        ("enter", ["chat:p", '{"name":"ann"}', "ann"]),  # ref 3, version 1
+        rx({"op": "subscribed", "ref": 1, "channel": "chat:p", "position": {}}),
+        rx({"op": "presence", "channel": "chat:p", "members": [ann, bob]}),
+        rx({"op": "presence", "channel": "chat:q", "members": [bob]}),  # not watched
+        rx(
+            {
+                "op": "presence.ok",
+                "ref": 3,
+                "channel": "chat:p",
+                "action": "enter",
+                "client_id": "ann",
+            }
+        ),
+        ("state", "chat:p"),
+        rx({"op": "presence_event", "channel": "chat:p", "action": "enter", "member": cy}),
+        rx(
+            {
+                "op": "presence_event",
+                "channel": "chat:p",
+                "action": "update",
+                "member": {**bob, "status": "unreachable"},
+            }
+        ),
+        rx({"op": "presence_event", "channel": "chat:p", "action": "leave", "member": cy}),
+        rx({"op": "presence_event", "channel": "chat:p", "action": "leave", "member": cy}),
+        rx({"op": "presence_event", "channel": "chat:p", "action": "wave", "member": cy}),
+        rx({"op": "presence_event", "channel": "chat:q", "action": "enter", "member": cy}),
+        ("update", ["chat:p", '{"name":"ann","typing":true}']),  # ref 4, version 2
+        ("leave", "chat:x"),  # not entered: nothing to send
+        ("update", ["chat:x", "1"]),  # not entered: refused at once
+        ("get", "chat:p"),  # ref 5
+        rx({"op": "presence", "ref": 5, "channel": "chat:p", "members": [bob, ann]}),
+        rx(
+            {
+                "op": "presence.ok",
+                "ref": 999,
+                "channel": "chat:p",
+                "action": "update",
+                "client_id": "ann",
+            }
+        ),
+        rx({"op": "presence.ok", "channel": "chat:p", "action": "update", "client_id": "ann"}),
+        rx({"op": "presence", "ref": 4, "channel": "chat:p", "members": []}),  # not its answer
+        ("state", "chat:p"),
+        ("enter", ["chat:r", None, "zed"]),  # ref 6: a token's sub is someone else
+        rx(
+            {
+                "op": "error",
+                "ref": 6,
+                "code": "forbidden",
+                "message": "not yours",
+                "temporary": False,
+            }
+        ),
+        ("state", "chat:r"),
+        ("reconnect", None),  # subscribes 7, 8; chat:p entered again with its data: ref 9
+        ("state", "chat:p"),
+        rx({"op": "connected", "region": "eu-west", "relay": "w1", "connection_id": "c2"}),
+        rx({"op": "error", "ref": 9, "code": "unavailable", "message": "later", "temporary": True}),
+        ("state", "chat:p"),  # still meant: entered again on the next connection
+        ("reconnect", None),  # refs 10, 11; entered again: ref 12
+        rx(
+            {
+                "op": "presence.ok",
+                "ref": 12,
+                "channel": "chat:p",
+                "action": "enter",
+                "client_id": "ann",
+            }
+        ),
+        ("state", "chat:p"),
+        ("leave", "chat:p"),  # ref 13, version 3: not answered
+        ("reconnect", None),  # refs 14, 15: the leave is settled (nothing entered again)
+        ("state", "chat:p"),
+        ("enter", ["chat:p", None, None]),  # ref 16, version 4
+        ("sse", None),  # ops not settled fail, and are undone
+        ("state", "chat:p"),
+        rx({"op": "presence", "channel": "chat:p", "members": 3}),
+        rx({"op": "presence_event", "channel": "chat:p", "action": "enter"}),
+        rx({"op": "presence.ok", "ref": 1, "channel": "chat:p", "action": "enter"}),
+    ]
+
+
+def _py_member(m: Any) -> dict[str, Any]:
+    return {
+        "clientId": m.client_id,
+        "connection": m.connection,
+        "region": m.region,
+        "relay": m.relay,
+        "status": m.status,
+        "data": m.data,
+    }
+
+
+def _run_python_presence(script: list[tuple[str, Any]]) -> list[Any]:
+    from relay.client.presence import MemberView, PresenceChange, PresenceSync
+    from relay.client.session import MembersReceived, PresenceDone, PresenceRefused
+
+    session = ClientSession(new_id=lambda: "never")
+    views: dict[str, MemberView] = {}
+    out: list[Any] = []
+
+    def frame(made: tuple[int, bytes] | None) -> Any:
+        return None if made is None else [made[0], json.loads(made[1])]
+
+    for kind, arg in script:
+        if kind == "subscribe":
+            out.append(json.loads(session.subscribe(arg[0], presence=arg[1])))
+        elif kind == "enter":
+            data = None if arg[1] is None else arg[1].encode()
+            out.append(frame(session.presence_enter(arg[0], data, arg[2])))
+        elif kind == "update":
+            try:
+                out.append(frame(session.presence_update(arg[0], arg[1].encode())))
+            except ValueError:
+                out.append("refused")
+        elif kind == "leave":
+            out.append(frame(session.presence_leave(arg)))
+        elif kind == "get":
+            out.append(frame(session.presence_get(arg)))
+        elif kind == "reconnect":
+            out.append([json.loads(f) for f in session.on_reconnect()])
+        elif kind == "sse":
+            out.append([list(f) for f in session.presence_on_sse()])
+        elif kind == "state":
+            entry = session.presence_entry(arg)
+            shown = None if entry is None else [entry.client_id, _text(entry.data)]
+            out.append([session.presence_done(arg), shown, session.presence_client_id(arg)])
+        else:
+            events: list[Any] = []
+            for e in session.receive(arg):
+                if isinstance(e, PresenceSync | PresenceChange):
+                    view = views.setdefault(e.channel, MemberView())
+                    view.apply(e)
+                    if isinstance(e, PresenceSync):
+                        shape: Any = ["presence_sync", [_py_member(m) for m in e.members]]
+                    else:
+                        shape = ["presence_change", e.action, _py_member(e.member)]
+                    shape += [[_py_member(m) for m in view.members], sorted(view.client_ids)]
+                elif isinstance(e, PresenceDone):
+                    shape = ["presence_done", e.channel, e.version]
+                elif isinstance(e, PresenceRefused):
+                    shape = ["presence_refused", e.channel, e.version, e.code, e.temporary]
+                elif isinstance(e, MembersReceived):
+                    shape = ["members", e.ref, e.channel, [_py_member(m) for m in e.members]]
+                else:
+                    shape = [_event(e)[0]]
+                events.append(shape)
+            out.append(events)
+    return out
+
+
+def _text(data: bytes | None) -> str | None:
+    return None if data is None else data.decode()
+
+
+PRESENCE_RUNNER = """(async () => {
+  const m = await import('/v1/client.js');
+  const s = new m.Session({newId: () => 'never'});
+  const script = %s;
+  const views = new Map();
+  const out = [];
+  const frame = (made) => made === null ? null : [made[0], JSON.parse(made[1])];
+  for (const [kind, arg] of script) {
+    if (kind === 'subscribe') out.push(JSON.parse(s.subscribe(arg[0], null, {presence: arg[1]})));
+    else if (kind === 'enter') out.push(frame(s.presenceEnter(arg[0], arg[1], arg[2])));
+    else if (kind === 'update') {
+      try { out.push(frame(s.presenceUpdate(arg[0], arg[1]))); } catch (e) { out.push('refused'); }
+    }
+    else if (kind === 'leave') out.push(frame(s.presenceLeave(arg)));
+    else if (kind === 'get') out.push(frame(s.presenceGet(arg)));
+    else if (kind === 'reconnect') out.push(s.onReconnect().map((f) => JSON.parse(f)));
+    else if (kind === 'sse') out.push(s.presenceOnSse());
+    else if (kind === 'state') {
+      const entry = s.presenceEntry(arg);
+      out.push([s.presenceDone(arg), entry === null ? null : [entry.clientId, entry.dataJson],
+                s.presenceClientId(arg)]);
+    } else {
+      out.push(s.receive(arg).map((e) => {
+        if (e.type === 'presence_sync' || e.type === 'presence_change') {
+          if (!views.has(e.channel)) views.set(e.channel, new m.MemberView());
+          const view = views.get(e.channel);
+          view.apply(e);
+          const shape = e.type === 'presence_sync' ? [e.type, e.members]
+            : [e.type, e.action, e.member];
+          return [...shape, view.members, view.clientIds];
+        }
+        if (e.type === 'presence_done') return [e.type, e.channel, e.version];
+        if (e.type === 'presence_refused')
+          return [e.type, e.channel, e.version, e.code, e.temporary];
+        if (e.type === 'members') return [e.type, e.ref, e.channel, e.members];
+        return [e.type];
+      }));
+    }
+  }
+  return {out, get: m.httpRequest(s.presenceGet('a/b,c')[1]),
+          sse: m.sseUrl('http://h', ['a', 'b'], {}, null, true),
+          plain: m.sseUrl('http://h', ['a'])};
+})()"""
+
+
+async def test_js_presence_follows_the_python_reference(tmp_path: Path, nats_url: str) -> None:
+    """Presence in client.js as in relay/client/presence.py and session.py: the frames for
+    enter/update/leave/get and for entering again on a new connection, the versions that
+    settle, refusals that put a channel back, an SSE connection failing what is not
+    settled, and the member view built from lists and changes (order, updates, a leave of
+    someone not listed, actions of a newer relay). Over SSE, members() is the relay's own
+    GET route and presence=1 is what the relay reads as "with presence"."""
+    script = _presence_script()
+    expected = _run_python_presence(script)
+    async with running_relays(make_config(nats_url=nats_url)) as (relay,):
+        async with chromium(tmp_path / "chromium.log") as browser:
+            page = await browser.new_page(f"http://127.0.0.1:{relay.port}/v1/ping")
+            js = await page.evaluate(PRESENCE_RUNNER % json.dumps(script))
+    for i, (step, want, got) in enumerate(zip(script, expected, js["out"], strict=True)):
+        assert got == want, (i, step)
+    request = js["get"]
+    route = http_api.route(request["path"])
+    assert request["method"] == "GET" and request["body"] is None
+    assert route is not None and (route.channel, route.kind) == ("a/b,c", "presence")
+    query = parse_qs(urlsplit(js["sse"]).query)
+    assert http_api.wants_presence(query) and http_api.sse_channels(query) == ["a", "b"]
+    assert not http_api.wants_presence(parse_qs(urlsplit(js["plain"]).query))
