@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 
 
 class ThrottledLog:
@@ -17,7 +18,14 @@ class ThrottledLog:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def log(self, level: int, key: str, message: str, *args: object) -> None:
+    def log(
+        self,
+        level: int,
+        key: str,
+        message: str,
+        *args: object,
+        extra: Mapping[str, object] | None = None,
+    ) -> None:
         """Log unless a line with the same ``key`` went out within the interval; the next
         line that goes out says how many were held back."""
         now = time.monotonic()
@@ -30,7 +38,7 @@ class ThrottledLog:
         if held:
             message += " (%d more like it in the last %.0f s)"
             args = (*args, held, self.interval_s)
-        self.logger.log(level, message, *args)
+        self.logger.log(level, message, *args, extra=extra)
         if len(self._last) > 1000:  # keys are few in practice; never let them grow unbounded
             self._last.clear()
             self._suppressed.clear()

@@ -32,6 +32,33 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _setup_relay_logging(args: argparse.Namespace, cfg: RelayConfig, relay_id: str) -> None:
+    """A relay's (or federate's) logging: every line stamped with its region and relay."""
+    from relay import logging_setup
+
+    logging_setup.setup(
+        verbose=args.verbose, log_format=args.log_format, region=cfg.region.name, relay=relay_id
+    )
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from relay.client.cli import parse_seeds
+    from relay.status import run_status
+
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as exc:
+        print(f"relaynet status: {exc}", file=sys.stderr)
+        return 2
+    if args.interval <= 0:
+        print("relaynet status: --interval must be above 0", file=sys.stderr)
+        return 2
+    try:
+        return run_async(run_status, seeds, args.watch, args.interval)
+    except KeyboardInterrupt:  # --watch runs until stopped
+        return 0
+
+
 E = TypeVar("E", bound=BaseException)
 
 
@@ -51,7 +78,7 @@ def _cmd_relay(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return 1
-    _setup_logging(args.verbose)
+    _setup_relay_logging(args, cfg, cfg.relay.id)
     if not _auth_usable(args.config, cfg) or not _tls_usable(args.config, cfg):
         return 1
     node = RelayNode(cfg)
@@ -288,7 +315,7 @@ def _cmd_federate(args: argparse.Namespace) -> int:
     if not cfg.peers:
         print(f"{args.config}: no [[peers]]: nothing to federate", file=sys.stderr)
         return 1
-    _setup_logging(args.verbose)
+    _setup_relay_logging(args, cfg, f"{cfg.relay.id}-federate")
     url = cfg.nats.url
     if url == "embedded":  # the region's relay runs the server; connect to it
         url = f"nats://{cfg.nats.embedded_host}:{cfg.nats.embedded_port}"
@@ -536,6 +563,18 @@ def _cmd_bench_rollout(args: argparse.Namespace) -> int:
     )
 
 
+def _log_format_option(parser: argparse.ArgumentParser) -> None:
+    from relay.logging_setup import LOG_FORMATS
+
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text (default), or json: one object per line (time, level, logger, message, "
+        "region, relay, connection, exception) for log pipelines",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relaynet", description=__doc__)
     parser.add_argument("--version", action="version", version=f"relaynet {__version__}")
@@ -544,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     relay = sub.add_parser("relay", help="run one relay of a region")
     relay.add_argument("--config", required=True, help="region config file (TOML)")
     relay.add_argument("-v", "--verbose", action="store_true")
+    _log_format_option(relay)
     relay.set_defaults(func=_cmd_relay)
 
     federate = sub.add_parser(
@@ -551,7 +591,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     federate.add_argument("--config", required=True, help="region config file (TOML)")
     federate.add_argument("-v", "--verbose", action="store_true")
+    _log_format_option(federate)
     federate.set_defaults(func=_cmd_federate)
+
+    status = sub.add_parser(
+        "status",
+        help="regions, relays, connections, link lag and health of a network, as tables",
+        description="Reads /v1/edges from the first seed that answers, then /v1/ready and "
+        "/metrics of every relay it lists. Exit 1 if no seed answers.",
+    )
+    status.add_argument(
+        "--seeds",
+        default="ws://127.0.0.1:8701/v1/ws",
+        help="comma-separated URLs of relays (ws://, wss://, http://, https://)",
+    )
+    status.add_argument("--watch", action="store_true", help="redraw in place until Ctrl-C")
+    status.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between redraws (--watch; 2)"
+    )
+    status.set_defaults(func=_cmd_status)
 
     demo = sub.add_parser("demo", help="three regions on this machine, with demo pages")
     demo.add_argument("--duration", type=float, help="stop after this many seconds")

@@ -211,6 +211,7 @@ class RelayNode:
                 )
                 edge.metrics = lambda: render(registry)
                 edge.available = self.nats.available
+                edge.http.nats_connected = lambda: nc.is_connected
                 edge.audit = AuditLog.from_config(cfg)
                 stack.callback(edge.audit.close)
                 edge.presence = PresenceService(nc, cfg.region.name, cfg.relay.id, cfg.presence)
@@ -334,7 +335,10 @@ class RelayNode:
             try:
                 await nc.drain()
             except Exception:
-                await nc.close()
+                # NATS gone (reset, refused): closing the dead socket raises too, and
+                # must not turn a clean stop into a crash.
+                with contextlib.suppress(Exception):
+                    await nc.close()
         if not nc.is_closed:  # the drain ran out of time: close, or the socket leaks
-            with anyio.move_on_after(2, shield=True):
+            with anyio.move_on_after(2, shield=True), contextlib.suppress(Exception):
                 await nc.close()

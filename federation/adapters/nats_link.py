@@ -81,9 +81,21 @@ class PeerLink:
         self.durable = f"fed-{region}"
         self.connected = False
         self.received = 0
+        # From each delivery's JetStream metadata, for /metrics: messages the peer still
+        # holds for us, per stream, and the peer's store time of the last one read.
+        self.pending: dict[str, int] = {}
+        self.last_stored_at: float | None = None
 
     async def run(self) -> None:
         """Serve the link until cancelled, reconnecting after any failure."""
+        try:
+            await self._serve()
+        finally:
+            # The lease moved on (or we stop): another instance reports the lag now.
+            self.pending.clear()
+            self.last_stored_at = None
+
+    async def _serve(self) -> None:
         delay = 0.1
         while True:
             nc = NatsClient()
@@ -283,8 +295,24 @@ class PeerLink:
             with contextlib.suppress(Exception):
                 await msg.ack()
 
+    @property
+    def pending_messages(self) -> int:
+        """Messages of the peer's log not yet delivered to this link (as of the last one)."""
+        return sum(self.pending.values())
+
+    def lag_s(self, now: float) -> float:
+        """How far behind the peer's log this link reads: 0 when nothing is pending, else
+        the age of the last message read (the oldest unread one is at most that old)."""
+        if not self.pending_messages or self.last_stored_at is None:
+            return 0.0
+        return max(0.0, now - self.last_stored_at)
+
     async def _handle(self, stream: str, msg: Msg, acks: MemoryObjectSendStream[Msg]) -> None:
         self.received += 1
+        with contextlib.suppress(nats.errors.Error, ValueError):
+            meta = msg.metadata
+            self.pending[stream] = meta.num_pending
+            self.last_stored_at = meta.timestamp.timestamp()
         try:
             stored = decode_checked(msg.data, self.regions, known_dependencies=True)
             channel = logformat.channel_of(msg.subject)

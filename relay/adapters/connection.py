@@ -50,6 +50,7 @@ from relay.adapters.hooks import ClientInfo, Hooks
 from relay.adapters.log_reader import LogReader
 from relay.adapters.outbox import Outbox
 from relay.adapters.presence import PresenceService
+from relay.adapters.stats import RelayStats
 from relay.adapters.wire import Wire, WireClosed
 from relay.core.capabilities import TokenRejected
 from relay.core.channels import Channel
@@ -131,6 +132,7 @@ class ConnectionDeps:
     per_sub: ConnectionsPerSub | None = None
     hooks: Hooks | None = None  # the backend's hooks; None: none configured
     presence: PresenceService | None = None  # None: presence ops answer `unavailable`
+    stats: RelayStats | None = None  # what /metrics counts; None: not counted
 
 
 class Connection:
@@ -209,9 +211,9 @@ class Connection:
 
     async def serve(self) -> None:
         if self.deps.auth.external:
-            self.outbox.offer(await self._hook_connected())
+            self._reply(await self._hook_connected())
         else:
-            self.outbox.offer(self._connected())
+            self._reply(self._connected())
         if self.session.deadline is not None:  # token mode: the authentication deadline
             self._watch_expiry()
         try:
@@ -261,13 +263,22 @@ class Connection:
         warning, revocation)."""
         for action in actions:
             if isinstance(action, Reply):
-                self.outbox.offer(action.frame)
+                self._reply(action.frame)
             elif isinstance(action, Close):
                 self.close_with(action.code, action.reason)
             elif isinstance(action, Audit):
                 self._audit(action)
 
+    def _reply(self, frame: bytes) -> None:
+        """A reply to this client (not a delivery): errors are counted for /metrics."""
+        stats = self.deps.stats
+        if stats is not None:
+            stats.reply(frame)
+        self.outbox.offer(frame)
+
     def _audit(self, event: Audit) -> None:
+        if event.event == "auth_failed" and self.deps.stats is not None:
+            self.deps.stats.auth_failures[event.op or "connect"] += 1
         audit = self.deps.audit
         if audit is not None:
             audit.record(
@@ -318,7 +329,7 @@ class Connection:
                     return
                 for action in actions:
                     if isinstance(action, Reply):
-                        self.outbox.offer(action.frame)
+                        self._reply(action.frame)
                     elif isinstance(action, Close):
                         self.close_with(action.code, action.reason)
                         return
@@ -406,8 +417,11 @@ class Connection:
                 self.id,
                 failed_reason,
                 failed_code,
+                extra={"connection": self.id},
             )
         self._flush()
+        if self._close is not None and self.deps.stats is not None:
+            self.deps.stats.closes[self._close[1]] += 1  # the relay's choice, not the client's
         code, reason = self._close or (CloseCode.GOING_AWAY, "going_away")
         with anyio.move_on_after(2, shield=True) as timed_out:
             await self.wire.close(code, reason)
@@ -446,11 +460,15 @@ class Connection:
             what = type(frame).__name__
             _problems.log(logging.WARNING, what, "%s failed: %s", what, exc)
             self._fail_subscribe(request)
-            self.outbox.offer(error_frame(ErrorCode.UNAVAILABLE, str(exc), frame.ref))
+            self._reply(error_frame(ErrorCode.UNAVAILABLE, str(exc), frame.ref))
         except Exception:
-            log.exception("internal error handling %s", type(frame).__name__)
+            log.exception(
+                "internal error handling %s",
+                type(frame).__name__,
+                extra={"connection": self.id},
+            )
             self._fail_subscribe(request)
-            self.outbox.offer(error_frame(ErrorCode.INTERNAL, "internal error", frame.ref))
+            self._reply(error_frame(ErrorCode.INTERNAL, "internal error", frame.ref))
         finally:
             self._requesting -= 1
             self._histories -= isinstance(request, History)
@@ -463,13 +481,14 @@ class Connection:
 
     def _publish(self, request: Publish) -> None:
         channel = Channel(request.channel)
+        started = time.perf_counter()
 
         def done(message_id: str, result: Result) -> None:
             self._publishing -= 1
             self._made_room()
             if isinstance(result, Failed):
                 self.session.publish_failed(channel, result.behind or message_id)
-                self.outbox.offer(
+                self._reply(
                     error_frame(
                         ErrorCode.UNAVAILABLE,
                         result.reason,
@@ -480,6 +499,8 @@ class Connection:
                 )
                 return
             self.outbox.offer(ack_frame(request.ref, message_id, channel, result.position))
+            if self.deps.stats is not None:
+                self.deps.stats.acked(channel, time.perf_counter() - started)
 
         self._publishing += 1
         if self.deps.hooks is not None and self.deps.hooks.publishes(channel):

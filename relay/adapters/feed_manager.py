@@ -8,6 +8,7 @@ so the NATS callback that feeds a ChannelFeed never waits.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ class FeedManager:
         # Told of every live entry the feed took (the writer's hint of the channel's head).
         self.on_stored = on_stored
         self.gaps_lost = 0  # gaps that could not be filled (subscribers were closed)
+        # Deliveries of feeds already closed, by namespace (open feeds count their own).
+        self._delivered_closed: collections.Counter[str] = collections.Counter()
         self._handles: dict[Channel, _Handle] = {}
         self._tg: TaskGroup | None = None
 
@@ -64,6 +67,16 @@ class FeedManager:
     @property
     def channel_count(self) -> int:
         return len(self._handles)
+
+    def delivered(self) -> collections.Counter[str]:
+        """Live frames handed to subscribers since start, by namespace (for /metrics)."""
+        total = collections.Counter(self._delivered_closed)
+        for channel, handle in self._handles.items():
+            total[self._namespace(channel)] += handle.feed.delivered
+        return total
+
+    def _namespace(self, channel: Channel) -> str:
+        return self.broker.cfg.namespace_for(channel).name
 
     def acquire_ready(self, channel: Channel) -> ChannelFeed | None:
         """The channel's feed if it is open already (then acquired), without waiting; None
@@ -122,6 +135,8 @@ class FeedManager:
         if handle.users > 0:
             return
         del self._handles[channel]
+        if handle.feed.delivered:
+            self._delivered_closed[self._namespace(channel)] += handle.feed.delivered
         if handle.sub is not None and self._tg is not None:
             self._tg.start_soon(self._unsubscribe, channel, handle.sub)
 

@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -78,6 +79,8 @@ class HttpApi:
         self.edge = edge
         self._openapi: bytes | None = None
         self.sse_streams = 0  # open now, for /metrics
+        # Whether the relay's NATS connection is up (the node sets it), for /v1/ready.
+        self.nats_connected: Callable[[], bool] = lambda: True
         # HTTP requests have no connection to hold a rate bucket: one per token subject
         # (or client address when anonymous) and kind, the least recently used dropped.
         self._buckets: OrderedDict[tuple[str, str], TokenBucket] = OrderedDict()
@@ -110,6 +113,12 @@ class HttpApi:
         return rate_limited_frame(kind, wait_s, None, Channel(channel), mid)
 
     async def handle(self, request: HttpRequest) -> HttpResponse | StreamResponse:
+        response = await self._route(request)
+        body = response.body if isinstance(response, HttpResponse) else b""
+        self.edge.stats.http_answered(request.path, request.method, response.status, body)
+        return response
+
+    async def _route(self, request: HttpRequest) -> HttpResponse | StreamResponse:
         path = request.path
         if request.method == "OPTIONS":
             return self._preflight(request)
@@ -141,6 +150,8 @@ class HttpApi:
             if not edge.available():
                 return text_response(503, "nats or jetstream unavailable\n")
             return text_response(200, "ok\n")
+        if path == "/v1/ready":
+            return self._ready()
         if path == "/v1/ping":  # the cheapest answer there is: clients time it
             return text_response(200, "pong\n")
         if path == "/v1/edges" and edge.directory is not None:
@@ -291,6 +302,8 @@ class HttpApi:
         return reply or error_frame(ErrorCode.BAD_REQUEST, "nothing to do")
 
     def _audit(self, event: Audit, who: str) -> None:
+        if event.event == "auth_failed":
+            self.edge.stats.auth_failures[event.op or "http"] += 1
         audit = self.edge.audit
         if audit is not None:
             audit.record(
@@ -319,6 +332,7 @@ class HttpApi:
         limited = self._rate_limit("publish", request, session, verdict.channel, verdict.id)
         if limited is not None:
             return _reply(limited)
+        started = time.perf_counter()
         hooked = await self._hook_publish(session, verdict, who)
         if isinstance(hooked, bytes):
             return _reply(hooked)
@@ -339,7 +353,39 @@ class HttpApi:
                 ErrorCode.UNAVAILABLE, result.reason, channel=verdict.channel, id=message_id
             )
             return _reply(failed)
+        self.edge.stats.acked(verdict.channel, time.perf_counter() - started)
         return _reply(ack_frame(None, message_id, verdict.channel, result.position), ok=201)
+
+    def _ready(self) -> HttpResponse:
+        """Readiness: 200 while this relay takes clients (its NATS and JetStream answer and
+        it is not draining), else 503; the body says why either way. Links to peer
+        regions are shown, not required: a region cut off still serves its own clients."""
+        edge = self.edge
+        nats_up = self.nats_connected()
+        jetstream = nats_up and edge.available()
+        draining = edge.state() == "draining"
+        directory = edge.directory
+        links = {
+            peer.region: (
+                "up" if directory is not None and directory.health(peer.region) == "up" else "down"
+            )
+            for peer in edge.cfg.peers
+        }
+        ready = jetstream and not draining
+        body = {
+            "status": "ok" if ready else "unavailable",
+            "nats": nats_up,
+            "jetstream": jetstream,
+            "draining": draining,
+            "links": links,
+            "region": edge.region,
+            "relay": edge.relay_id,
+        }
+        return HttpResponse(
+            200 if ready else 503,
+            json.dumps(body).encode(),
+            (("Content-Type", "application/json"), ("Cache-Control", "no-store")),
+        )
 
     async def _history(self, request: HttpRequest, channel: str) -> HttpResponse:
         who = f"{self.edge.relay_id}-http-{next(_requests)}"

@@ -10,7 +10,9 @@ its predecessor.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncGenerator, Callable
+from datetime import datetime
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -23,6 +25,7 @@ from relay.config.schema import RelayConfig
 from relay.core import channels
 from relay.core.channels import Channel
 from relay.core.feed import LogEntry
+from relay.core.histogram import Histogram
 
 log = logging.getLogger("relaynet.broker")
 
@@ -37,6 +40,9 @@ class NatsBroker:
         self.cfg = cfg
         self.region = cfg.region.name
         self.log = region_log
+        # JetStream's store time of each live message (its Nats-Time-Stamp, the NATS
+        # server's clock) to the end of its fan-out here: the log carries no send time.
+        self.store_to_fanout = Histogram()
 
     async def ensure_streams(self) -> None:
         await self.log.ensure_streams()
@@ -112,6 +118,13 @@ class NatsBroker:
                 self.log.bad_entries.skipped("live", channel, seq, str(exc))
                 return
             on_entry(entry)
+            stamp = headers.get("Nats-Time-Stamp")
+            if stamp is not None:
+                try:
+                    stored = datetime.fromisoformat(stamp).timestamp()
+                except ValueError:
+                    return
+                self.store_to_fanout.observe(time.time() - stored)
 
         # Deep pending limits: a burst must not be dropped by the client library; if it
         # is, the feed sees the gap in Nats-Last-Sequence and refills from the stream.

@@ -100,6 +100,11 @@ class PresenceService:
         view = self._views.get(channel)
         return [] if view is None else view.members()
 
+    def member_count(self) -> tuple[int, int]:
+        """(channels with members, members in them), every region's, for /metrics."""
+        sizes = [len(view.members()) for view in self._views.values()]
+        return sum(1 for n in sizes if n), sum(sizes)
+
     def listen(self, channel: str, sink: Sink) -> None:
         self._listeners.setdefault(channel, set()).add(sink)
 

@@ -40,6 +40,7 @@ from relay.adapters.http_server import (
 )
 from relay.adapters.log_reader import LogReader
 from relay.adapters.presence import PresenceService
+from relay.adapters.stats import RelayStats
 from relay.adapters.tls import server_ssl_context
 from relay.adapters.tokens import session_auth
 from relay.adapters.wire import Wire, WsWire
@@ -114,6 +115,7 @@ class WsEdge:
         self._spread = itertools.count()
         # (reason, "sibling" | "none") -> clients: for /metrics
         self.redirects: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.stats = RelayStats(lambda channel: cfg.namespace_for(channel).name)
         self.http = HttpApi(self)
         self._http_connections: set[HttpConnection] = set()
 
@@ -147,6 +149,7 @@ class WsEdge:
             presence=self.presence,
             per_sub=self.per_sub,
             hooks=self.hooks,
+            stats=self.stats,
         )
 
     def state(self) -> RelayState:

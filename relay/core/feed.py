@@ -179,6 +179,8 @@ class ChannelFeed:
         self._reposition = False
         self._plain: dict[Hashable, Sink] = {}
         self._special: dict[Hashable, _Special] = {}
+        # Live frames handed to subscribers (one per subscriber), for /metrics.
+        self.delivered = 0
 
     # --- the log side ----------------------------------------------------------------
 
@@ -404,8 +406,10 @@ class ChannelFeed:
         if entry.msg.hidden or (not self._plain and not self._special):
             return  # hidden entries (dup, null) only advance the position
         frame = self._encode(entry.channel, entry.msg)
-        for sink in list(self._plain.values()):
+        sinks = list(self._plain.values())
+        for sink in sinks:
             sink.offer(frame)
+        self.delivered += len(sinks)
         for key, sub in list(self._special.items()):
             if sub.floor is not None and entry.covered_by(sub.floor):
                 continue
@@ -416,6 +420,7 @@ class ChannelFeed:
                     sub.sink.overflow()
             else:
                 sub.sink.offer(frame)
+                self.delivered += 1
                 self._maybe_plain(key, sub)
 
     # --- the subscriber side ---------------------------------------------------------
@@ -448,6 +453,7 @@ class ChannelFeed:
         pending, sub.pending = sub.pending, None
         for frame in pending:
             sub.sink.offer(frame)
+        self.delivered += len(pending)
         self._maybe_plain(key, sub)
         return True
 

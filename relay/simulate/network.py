@@ -23,7 +23,7 @@ import logging
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,9 +151,11 @@ class RelayNetwork(Network):
         workdir: Path | None = None,
         relays_in_containers: bool = False,
         networking: str = "host",
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         """``relays_in_containers``: each relay runs in a container of the image built from
         deploy/Dockerfile (``relay_image.ensure_relay_image``) instead of as a process.
+        ``progress(step)`` is told each start-up step as it begins (maybe from a thread).
         ``networking``: ``"host"`` (default: each NATS container on its own loopback port
         of the host's network) or ``"bridge"`` (the NATS containers on a bridge network of
         their own, each published on a loopback port; relays stay local processes)."""
@@ -171,6 +173,7 @@ class RelayNetwork(Network):
         self.bridge: str | None = None
         self.namespaces = list(namespaces)
         self.relays_in_containers = relays_in_containers
+        self._progress = progress or (lambda step: None)
         self.nats_image: str | None = None
         self.relay_image: str | None = None
         self.session = uuid.uuid4().hex[:8]
@@ -195,13 +198,20 @@ class RelayNetwork(Network):
     async def __aenter__(self) -> RelayNetwork:
         try:
             self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)  # here: removed on exit
+            self._progress("checking the Docker engine")
             reason = await anyio.to_thread.run_sync(containers.docker_available)
             if reason is not None:
                 raise RuntimeError(reason)
             self._docker = True
             if self.relays_in_containers:  # before anything starts: its errors leave nothing
-                self.relay_image = await anyio.to_thread.run_sync(relay_image.ensure_relay_image)
+                self.relay_image = await anyio.to_thread.run_sync(
+                    lambda: relay_image.ensure_relay_image(progress=self._progress)
+                )
+            self._progress("getting the NATS image")
             self.nats_image = await anyio.to_thread.run_sync(containers.ensure_nats_image)
+            self._progress(
+                f"starting {len(self.spec.regions)} regions (NATS containers, relays, links)"
+            )
             if self.networking == "bridge":
                 self.bridge = await anyio.to_thread.run_sync(
                     containers.create_bridge_network, self.session

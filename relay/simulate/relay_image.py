@@ -42,7 +42,7 @@ import tempfile
 import time
 import tomllib
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -326,7 +326,13 @@ def _local_image(client: Any, tag: str) -> Any | None:
         raise ImageError(f"Docker cannot look up {tag}: {containers._one_line(e)}") from e
 
 
-def ensure_base_image(client: Any, *, use_official: bool = True, prefix: Path | None = None) -> str:
+def ensure_base_image(
+    client: Any,
+    *,
+    use_official: bool = True,
+    prefix: Path | None = None,
+    progress: Callable[[str], None] = lambda step: None,
+) -> str:
     """A Python base image's tag (see the module's docstring, step 1)."""
     if use_official and sys.version_info[:2] == (3, 11):
         if _local_image(client, OFFICIAL_BASE) is not None:
@@ -346,6 +352,7 @@ def ensure_base_image(client: Any, *, use_official: bool = True, prefix: Path | 
     tag = f"{BASE_REPO}:{full}-{digest[:12]}"
     if _local_image(client, tag) is not None:
         return tag
+    progress(f"making the Python base image {tag} from {home}")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="relaynet-python-base-") as tmp:
         rootfs = Path(tmp) / "rootfs.tar"
@@ -393,7 +400,7 @@ def _cache_dir() -> Path:
     return Path(base) / "relaynet"
 
 
-def ensure_wheels(root: Path) -> Path:
+def ensure_wheels(root: Path, progress: Callable[[str], None] = lambda step: None) -> Path:
     """A directory of wheels for every requirement (step 2), made by this Python's pip and
     reused while pyproject.toml's requirements and the Python version stay the same."""
     wanted = requirements((root / "pyproject.toml").read_text())
@@ -404,6 +411,7 @@ def ensure_wheels(root: Path) -> Path:
     if wheels.is_dir():
         return wheels
     wheels.parent.mkdir(parents=True, exist_ok=True)
+    progress(f"building wheels of {len(wanted)} requirements for the relay image (pip)")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(dir=wheels.parent, prefix=f".{key}-") as tmp:
         cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
@@ -466,19 +474,24 @@ def _context_tar(files: Iterable[tuple[str, Path]], out: Any) -> None:
                 tar.addfile(info, f)
 
 
-def ensure_relay_image(*, use_official: bool = True) -> str:
-    """The tag of the relay image, built if it is not there yet (module docstring)."""
+def ensure_relay_image(
+    *, use_official: bool = True, progress: Callable[[str], None] = lambda step: None
+) -> str:
+    """The tag of the relay image, built if it is not there yet (module docstring);
+    ``progress(step)`` is told each slow step as it begins."""
     containers._configure_testcontainers()
     root = source_root()
     client = containers._client()
     try:
-        base = ensure_base_image(client, use_official=use_official)
+        progress("checking the relay image")
+        base = ensure_base_image(client, use_official=use_official, progress=progress)
         base_id = client.images.get(base).id
-        wheels = ensure_wheels(root)
+        wheels = ensure_wheels(root, progress)
         files = context_files(root, wheels)
         tag = f"{RELAY_REPO}:{context_digest(files, base_id)[:16]}"
         if _local_image(client, tag) is not None:
             return tag
+        progress(f"building {tag} (deploy/Dockerfile on {base})")
         started = time.monotonic()
         with tempfile.TemporaryFile() as context:
             _context_tar(files, context)
