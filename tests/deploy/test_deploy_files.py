@@ -240,7 +240,7 @@ def test_kubernetes_deployment_probes_ports_and_drain_fit_every_region() -> None
     pod = docs["Deployment"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     port = container["ports"][0]["containerPort"]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v1/health"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v1/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v1/ping"
     assert docs["Service"]["spec"]["ports"][0]["targetPort"] == container["ports"][0]["name"]
     for kind in ("PodDisruptionBudget",):
