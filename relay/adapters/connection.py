@@ -52,7 +52,7 @@ from relay.adapters.outbox import Outbox
 from relay.adapters.presence import PresenceService
 from relay.adapters.stats import RelayStats
 from relay.adapters.wire import Wire, WireClosed
-from relay.core.capabilities import TokenRejected
+from relay.core.capabilities import Credentials, TokenRejected
 from relay.core.channels import Channel
 from relay.core.connections_per_sub import ConnectionsPerSub
 from relay.core.feed import AttachedLive
@@ -196,9 +196,15 @@ class Connection:
             self._audit(Audit("auth_failed", exc.reason, "connect"))
             return error_frame(ErrorCode.UNAUTHORIZED, exc.reason)
         self._audit(Audit("authed", op="connect", sub=credentials.sub, jti=credentials.jti))
+        return self._connected_as(credentials)
+
+    def _connected_as(self, credentials: Credentials) -> bytes:
+        """The ``connected`` frame for a client whose identity was just accepted (or the
+        refusal if its ``sub`` holds too many connections here already)."""
         if self._refused_for_sub():
             return self._sub_limit_frame(credentials.sub)
         self._watch_expiry()
+        deps = self.deps
         return connected_frame(
             deps.region,
             deps.relay_id,
@@ -686,18 +692,7 @@ class Connection:
             assert credentials is not None  # a connect accept always has them
         self.session.grant(credentials)
         self._audit(Audit("authed", op="connect", sub=credentials.sub))
-        if self._refused_for_sub():
-            return self._sub_limit_frame(credentials.sub)
-        self._watch_expiry()
-        return connected_frame(
-            deps.region,
-            deps.relay_id,
-            self.id,
-            deps.heartbeat_s,
-            deps.max_frame_bytes,
-            sub=credentials.sub,
-            exp=credentials.exp,
-        )
+        return self._connected_as(credentials)
 
     async def _hook_auth(self, frame: Auth) -> None:
         """Hook mode: an ``auth`` frame, checked by the backend. The reader waits for it,

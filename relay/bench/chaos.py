@@ -885,19 +885,7 @@ class Report:
                 "unexpected_exit_logs": self.exit_logs,
             },
             "exceptions_in_logs": self.crashes,
-            "violations": {
-                "count": sum(history.count_by_kind(self.violations).values()),
-                "by_kind": history.count_by_kind(self.violations),
-                "list": [
-                    {
-                        "kind": v.kind,
-                        "channel": v.channel,
-                        "subscriber": v.subscriber,
-                        "detail": v.detail,
-                    }
-                    for v in self.violations
-                ],
-            },
+            "violations": history.violations_json(self.violations),
             "processes": [
                 {"label": p.label, "pid": p.pid, "start_time": p.started} for p in self.processes
             ],

@@ -48,7 +48,7 @@ import bisect
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 LOST: Final = "lost"
 DUPLICATE: Final = "duplicate"
@@ -172,6 +172,19 @@ def count_by_kind(violations: Iterable[Violation]) -> dict[str, int]:
     for v in violations:
         counts[v.kind] += v.count
     return dict(counts)
+
+
+def violations_json(violations: Sequence[Violation]) -> dict[str, Any]:
+    """What the benchmarks' ``--json`` reports say of the violations found."""
+    by_kind = count_by_kind(violations)
+    return {
+        "count": sum(by_kind.values()),
+        "by_kind": by_kind,
+        "list": [
+            {"kind": v.kind, "channel": v.channel, "subscriber": v.subscriber, "detail": v.detail}
+            for v in violations
+        ],
+    }
 
 
 def check(

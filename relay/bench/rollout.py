@@ -558,19 +558,7 @@ class Report:
             "publish_deliver_latency_other_regions": {
                 phase: s.to_json() for phase, s in self.remote_latency.items()
             },
-            "violations": {
-                "count": sum(history.count_by_kind(self.violations).values()),
-                "by_kind": history.count_by_kind(self.violations),
-                "list": [
-                    {
-                        "kind": v.kind,
-                        "channel": v.channel,
-                        "subscriber": v.subscriber,
-                        "detail": v.detail,
-                    }
-                    for v in self.violations
-                ],
-            },
+            "violations": history.violations_json(self.violations),
             "server_log_problems": self.server_problems,
             "processes": [
                 {"label": p.label, "pid": p.pid, "start_time": p.started} for p in self.processes

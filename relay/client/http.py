@@ -106,16 +106,7 @@ async def http_request(
     except h11.LocalProtocolError as exc:
         raise HttpError(f"cannot request {url!r}: {exc}") from None
     with anyio.fail_after(timeout_s):
-        if secure:
-            stream: ByteStream = await anyio.connect_tcp(
-                host,
-                port,
-                ssl_context=ssl_context or ssl.create_default_context(),
-                tls_hostname=server_hostname or host,
-                tls_standard_compatible=False,
-            )
-        else:
-            stream = await anyio.connect_tcp(host, port)
+        stream = await open_stream(host, port, secure, ssl_context, server_hostname)
         async with stream:
             started = anyio.current_time()
             await stream.send(request)
@@ -156,3 +147,23 @@ async def _read_response(
         elif isinstance(event, h11.ConnectionClosed):
             raise HttpError(f"{url} closed the connection before answering")
         # h11.InformationalResponse (1xx): the real answer follows.
+
+
+async def open_stream(
+    host: str,
+    port: int,
+    secure: bool,
+    ssl_context: ssl.SSLContext | None,
+    server_hostname: str | None,
+) -> ByteStream:
+    """A TCP connection, TLS on top for https (verified against ``server_hostname``,
+    default ``host``: the relay's own name when a URL was dialed to another address)."""
+    if not secure:
+        return await anyio.connect_tcp(host, port)
+    return await anyio.connect_tcp(
+        host,
+        port,
+        ssl_context=ssl_context or ssl.create_default_context(),
+        tls_hostname=server_hostname or host,
+        tls_standard_compatible=False,
+    )

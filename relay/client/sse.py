@@ -20,7 +20,7 @@ import anyio
 import h11
 from anyio.abc import ByteStream
 
-from relay.client.http import USER_AGENT, HttpError
+from relay.client.http import USER_AGENT, HttpError, open_stream
 
 MAX_LINE_BYTES: Final = 1024 * 1024
 
@@ -103,16 +103,7 @@ async def sse_stream(
     )
     request += conn.send(h11.EndOfMessage())
     with anyio.fail_after(connect_timeout_s):
-        if secure:
-            stream: ByteStream = await anyio.connect_tcp(
-                host,
-                port,
-                ssl_context=ssl_context or ssl.create_default_context(),
-                tls_hostname=server_hostname or host,
-                tls_standard_compatible=False,
-            )
-        else:
-            stream = await anyio.connect_tcp(host, port)
+        stream = await open_stream(host, port, secure, ssl_context, server_hostname)
     async with stream:
         with anyio.fail_after(connect_timeout_s):
             await stream.send(request)

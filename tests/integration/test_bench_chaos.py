@@ -14,6 +14,7 @@ import pytest
 from relay.bench.chaos import plan_faults
 from relay.harness.toolkit import start_time
 from relay.simulate.client import timeout
+from tests.support.leftovers import cmdlines_mentioning
 
 pytestmark = pytest.mark.integration
 
@@ -38,19 +39,6 @@ def test_the_plan_is_the_seed_s() -> None:
 
 def _running(pid: int, started: str | None) -> bool:
     return started is not None and start_time(pid) == started
-
-
-def _cmdlines_mentioning(text: str) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if text in cmdline:
-                found.append(f"{entry.name}: {cmdline}")
-    return found
 
 
 @pytest.mark.timeout(240)
@@ -81,7 +69,7 @@ def test_a_short_fault_run_finds_nothing_and_leaves_nothing(tmp_path: Path) -> N
     alive = [p for p in started if _running(p["pid"], p["start_time"])]
     assert alive == []
     workdir = report["workdir"]
-    assert _cmdlines_mentioning(workdir) == []
+    assert cmdlines_mentioning(workdir) == []
     assert not Path(workdir).exists()
 
 

@@ -13,6 +13,7 @@ import pytest
 from relay.bench.presence import MEASURES, Report, _failed, format_report
 from relay.cli import main
 from relay.config.schema import PresenceSection
+from tests.support.leftovers import cmdlines_mentioning
 
 pytestmark = pytest.mark.integration
 
@@ -48,19 +49,6 @@ def _own_listening_sockets() -> set[str]:
         if target.startswith("socket:["):
             mine.add(target[len("socket:[") : -1])
     return mine & _listening_inodes()
-
-
-def _cmdlines_mentioning(text: str) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if text in cmdline:
-                found.append(f"{entry.name}: {cmdline}")
-    return found
 
 
 @pytest.mark.timeout(120)
@@ -111,7 +99,7 @@ def test_a_short_run_converges_with_sane_figures_and_leaves_nothing(
     # no directory.
     assert _children() - children == set()
     assert _own_listening_sockets() - listening == set()
-    assert _cmdlines_mentioning(report["workdir"]) == []
+    assert cmdlines_mentioning(report["workdir"]) == []
     assert not Path(report["workdir"]).exists()
 
 
