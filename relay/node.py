@@ -45,9 +45,6 @@ from relay.protocol.errors import CloseCode
 log = logging.getLogger("relaynet.node")
 
 PROBE_INTERVAL_S = 1.0
-# A NATS that is back within this is a blip (publishes meanwhile get `unavailable` and
-# are retried); longer, and clients are better served by another relay.
-NATS_LOST_GRACE_S = 2.0
 
 
 class NatsUnreachable(Exception):
@@ -127,16 +124,18 @@ class RelayNode:
 
     async def _watch_nats(self, nc: NatsClient, edge: WsEdge) -> None:
         """Probe JetStream every second; once NATS or JetStream has been unavailable for
-        NATS_LOST_GRACE_S, close every client with 4001 (they go to another relay, in this
-        region or the next) and refuse new ones until it is back."""
+        ``[nats] lost_grace_s`` (a NATS back within it is a blip: publishes meanwhile get
+        `unavailable` and are retried), close every client with 4001 (they go to another
+        relay, in this region or the next) and refuse new ones until it is back."""
+        grace_s = self.cfg.nats.lost_grace_s
         while True:
             await self.nats.probe(nc)
-            if self.nats.lost_for(NATS_LOST_GRACE_S) and not self.nats.clients_sent_away:
+            if self.nats.lost_for(grace_s) and not self.nats.clients_sent_away:
                 self.nats.clients_sent_away = True
                 log.error(
                     "NATS/JetStream unavailable for %.0f s (%s): closing %d clients with "
                     "4001 and refusing new ones until it is back",
-                    NATS_LOST_GRACE_S,
+                    grace_s,
                     self.nats.reason,
                     len(edge.connections),
                 )

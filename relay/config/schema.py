@@ -339,6 +339,19 @@ class NatsSection(_Section):
         allow_inf_nan=False,
         description="Seconds to wait for the NATS connection at startup before giving up.",
     )
+    lost_grace_s: float = Field(
+        default=2.0,
+        ge=0.5,
+        le=300,
+        allow_inf_nan=False,
+        description=(
+            "Seconds NATS or JetStream may be unavailable before the relay sends its clients "
+            "away (close 4001: they go to another relay, maybe another region). Shorter "
+            "outages only fail publishes with `unavailable`, which the SDKs retry. A region "
+            "on a NATS cluster, whose JetStream takes a few seconds to elect a new leader "
+            "when a node is lost, wants about 10."
+        ),
+    )
     user: str = Field(
         default="",
         description=(

@@ -140,9 +140,11 @@ async def test_compose_network_loses_a_nats_node_and_no_acked_message(tmp_path: 
                     assert ids == acked, f"{region}: order or duplicates"
                 gap = max(b - a for a, b in itertools.pairwise(ack_times))
                 print(f"longest gap between acks: {gap:.2f} s; publisher in {pub.region}")
-            # The region's relays stayed up and serve clients on two nodes of three. (While
-            # JetStream elects the dead leader's successor a relay may send its clients
-            # away, 4001, and the SDK goes on in another region: the README says so.)
+                # [nats] lost_grace_s = 10 in the compose configs covers the election of
+                # the dead leader's successor: the relays kept their clients (with 2 s they
+                # sent them to another region, and the SDK stays where it went).
+                assert pub.region == "us-east"
+            # The region's relays stayed up and serve clients on two nodes of three.
             for east in (east1, east2):
                 await wait_until(lambda east=east: healthy(east), "us-east relays healthy", 30)
                 async with relay.client.connect(

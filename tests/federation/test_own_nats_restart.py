@@ -33,7 +33,7 @@ async def test_subscriber_survives_its_regions_nats_restart(tmp_path: Path) -> N
                 for n in range(20, 60):
                     acked.append((await pub.publish("chat:bump", n))["id"])
                 # eu-west's relay has seen its NATS go: the restart below is one it lives
-                # through (back within NATS_LOST_GRACE_S, so it keeps its clients).
+                # through (back within [nats] lost_grace_s, so it keeps its clients).
                 await wait_until(lambda: not west.nats.available(), "eu-west's NATS lost")
                 servers["eu-west"].start()
                 await sub.wait_messages("chat:bump", 60, 60)

@@ -15,7 +15,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from relay.node import NATS_LOST_GRACE_S, RelayNode
+from relay.node import RelayNode
 from relay.protocol.errors import CloseCode
 from tests.support.http import http_get
 from tests.support.nats import NatsProcess
@@ -70,7 +70,7 @@ async def test_without_nats_a_relay_says_so_and_sends_clients_elsewhere(tmp_path
             assert (await http_get(relay, "/v1/health"))[0] == 200
             async with protocol_client(relay.url) as client:
                 server.kill()
-                await client.wait_closed(seconds=NATS_LOST_GRACE_S + 10)
+                await client.wait_closed(seconds=relay.cfg.nats.lost_grace_s + 10)
                 assert client.closed_code == CloseCode.UNAVAILABLE
             status, body = await http_get(relay, "/v1/health")
             assert status == 503 and "unavailable" in body
