@@ -15,7 +15,9 @@ from relay.client import HttpClient, RequestRefused, connect
 from relay.client.http import HttpResult, http_request
 from relay.config.schema import AuthSection
 from relay.node import RelayNode
+from tests.support.regions import region_configs, region_nats, running_regions
 from tests.support.relays import make_config, running_relays, timeout
+from tests.support.waiting import wait_until
 from tests.support.wsclient import protocol_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -211,3 +213,33 @@ async def test_http_publishes_and_reads_are_rate_limited_per_client(nats_url: st
         # The SDK's HttpClient waits as told and gets through.
         ack = await HttpClient(relay.url, timeout_s=timeout(10)).publish("c", 2)
         assert ack.channel == "c"
+
+
+async def test_the_same_id_on_two_regions_is_one_message(tmp_path: Path) -> None:
+    """A backend retries a publish on a relay of another region (its first answer was
+    lost): every region shows one message, whichever relay of which region is asked."""
+    with region_nats(tmp_path, ("us-east", "eu-west")) as urls:
+        async with running_regions(region_configs(urls)) as regions:
+            east, west = regions["us-east"][0], regions["eu-west"][0]
+            body = b'{"data": {"invoice": 7}, "id": "invoice-7-paid"}'
+            first = await call(east, "POST", "/v1/channels/billing:7/messages", body)
+            second = await call(west, "POST", "/v1/channels/billing:7/messages", body)
+            assert (first.status, second.status) == (201, 201)
+
+            async def one_everywhere() -> bool:
+                for relay in (east, west):
+                    page = json.loads(
+                        (await call(relay, "GET", "/v1/channels/billing:7/messages")).body
+                    )
+                    if [m["id"] for m in page["messages"]] != ["invoice-7-paid"]:
+                        return False
+                return True
+
+            # Each region stored it once; federation must not add the other's copy.
+            await wait_until(one_everywhere, "one message in each region", timeout(20))
+            async with protocol_client(west.url) as ws:
+                await ws.subscribe("billing:7", position={})
+                await ws.wait_for(lambda: len(ws.messages["billing:7"]) >= 1)
+                await call(east, "POST", "/v1/channels/billing:7/messages", b'{"data": 8}')
+                await ws.wait_messages("billing:7", 2)
+                assert [m["data"] for m in ws.messages["billing:7"]] == [{"invoice": 7}, 8]

@@ -4,6 +4,8 @@ regions through a partition and its heal (issue #13)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,13 @@ from tests.support.regions import (
     region_nats,
     running_regions,
 )
-from tests.support.relays import make_config, running_relays, timeout
+from tests.support.relays import (
+    config_file,
+    make_config,
+    relay_process,
+    running_relays,
+    timeout,
+)
 from tests.support.waiting import wait_until
 from tests.support.wsclient import protocol_client
 
@@ -185,3 +193,45 @@ async def test_sse_streams_carry_presence_when_asked(nats_url: str) -> None:
                         assert json.loads(event.data)["member"]["client_id"] == "ann"
                         break
             assert seen.index("subscribed") < seen.index("presence")
+
+
+async def test_a_dead_relay_takes_its_members_with_it(nats_url: str, tmp_path: Path) -> None:
+    """SIGKILL of the relay a member is on: the other relay of the region shows the member
+    unreachable after suspect_after_s, then removes it after remove_after_s."""
+    base = make_config(nats_url=nats_url)
+    presence = base.presence.model_copy(update=FAST)
+    cfgs = [
+        make_config(nats_url=nats_url, relay_id=name).model_copy(update={"presence": presence})
+        for name in ("one", "two")
+    ]
+    with (
+        relay_process(config_file(tmp_path / "one.toml", cfgs[0]), tmp_path / "1.log") as (
+            doomed,
+            doomed_url,
+        ),
+        relay_process(config_file(tmp_path / "two.toml", cfgs[1]), tmp_path / "2.log") as (
+            _,
+            watcher_url,
+        ),
+    ):
+        async with protocol_client(watcher_url) as watcher:
+            await watch(watcher, "hall")
+            async with protocol_client(doomed_url) as ann:
+                await ann.request({"op": "presence.enter", "channel": "hall", "client_id": "ann"})
+                await watcher.wait_for(lambda: ("enter", "ann") in actions(watcher, "hall"))
+                os.kill(doomed.pid, signal.SIGKILL)
+                doomed.wait()
+                await watcher.wait_for(
+                    lambda: any(
+                        f["member"]["status"] == "unreachable"
+                        for f in watcher.frames
+                        if f["op"] == "presence_event" and f["action"] == "update"
+                    )
+                )
+                await watcher.wait_for(lambda: ("leave", "ann") in actions(watcher, "hall"))
+            got = await watcher.request({"op": "presence.get", "channel": "hall"})
+            assert got["members"] == []
+
+
+def actions(client: ProtocolClient, channel: str) -> list[tuple[str, str]]:
+    return [(a, c) for a, c, _ in events(client, channel)]
