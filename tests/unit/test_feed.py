@@ -122,10 +122,13 @@ class RecordingSink:
         self.losses += 1
 
 
-def started(n: int = 0, *, max_pending: int = 100) -> tuple[Stream, ChannelFeed]:
+def started(
+    n: int = 0, *, max_pending: int = 100, max_unconfirmed: int | None = None
+) -> tuple[Stream, ChannelFeed]:
     stream = Stream()
     stream.grow(n)
-    feed = ChannelFeed(CH, max_pending, encode=message_frame)
+    kwargs = {} if max_unconfirmed is None else {"max_unconfirmed": max_unconfirmed}
+    feed = ChannelFeed(CH, max_pending, encode=message_frame, **kwargs)
     assert feed.start(*stream.head()) is None
     return stream, feed
 
@@ -504,7 +507,9 @@ class FeedMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.stream = Stream()
-        self.feed = ChannelFeed(CH, MAX_PENDING, encode=message_frame)
+        # A tiny memory of unconfirmed live frames: forgetting them (trust by age) must
+        # never repeat or lose a message either (bench chaos found repeats).
+        self.feed = ChannelFeed(CH, MAX_PENDING, encode=message_frame, max_unconfirmed=3)
         self.started = False
         self.in_flight: deque[LogEntry] = deque()  # published live, not yet delivered
         self.passed: list[LogEntry] = []  # delivered or dropped: candidates for duplicates

@@ -257,3 +257,27 @@ ForgeryMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_forged_live_frames = ForgeryMachine.TestCase
+
+
+def test_a_verification_after_a_long_run_of_live_frames_repeats_nothing() -> None:
+    """Found by ``relaynet bench chaos`` (seed 1212): a busy channel applies far more live
+    frames than the feed remembers between two verifications; the ones it forgot were
+    read again from the last confirmed point and delivered a second time."""
+    from relay.core.feed import MAX_UNCONFIRMED
+
+    stream, feed = started(2)
+    sink = Sink()
+    feed.attach("k", sink, None)
+    entries = stream.grow(MAX_UNCONFIRMED + 50)
+    for entry in entries:
+        assert feed.on_live(fresh(entry)) is None  # contiguous: no read
+    # After a NATS reconnect the stored head looks behind what live frames claimed.
+    gap = feed.check_head(entries[-2].seq)
+    assert gap is not None
+    answer(stream, feed, gap)
+    more = stream.grow(3)
+    for entry in more:
+        answer(stream, feed, feed.on_live(fresh(entry)))
+    expected = [sum(e.msg.pos.values()) for e in [*entries, *more]]
+    assert sink.indexes == expected  # each once, in order
+    assert feed.refuted == []
