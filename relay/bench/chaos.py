@@ -660,7 +660,7 @@ class SdkPeer:
         received = self.history[sub.channel]
         try:
             async for message in sub:
-                received.append(_sdk_delivery(message))
+                received.append(sdk_delivery(message))
         except ClientError as exc:
             self.ended = f"{sub.channel}: {exc!r}"
             return
@@ -722,7 +722,8 @@ class SdkPeer:
         return PublisherLog(self.name, publishes, reader=self.name)
 
 
-def _sdk_delivery(message: Message) -> Delivery:
+def sdk_delivery(message: Message) -> Delivery:
+    """What the history checker keeps of a message an SDK client received."""
     try:
         data = data_of(message)
     except ValueError:

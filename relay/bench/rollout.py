@@ -66,11 +66,11 @@ import anyio
 from anyio.abc import TaskGroup
 
 from relay.bench import history
-from relay.bench.chaos import Started, delivery
+from relay.bench.chaos import Started, sdk_delivery
 from relay.bench.fanout import percentile
 from relay.bench.history import Delivery, Publish, PublisherLog, SubscriberLog, Violation
 from relay.bench.report import BenchError, run_and_report
-from relay.client import Client, ConnectionState, Message, Subscription, connect, fetch_directory
+from relay.client import Client, ConnectionState, Subscription, connect, fetch_directory
 from relay.config.schema import RelaySection
 from relay.harness import toolkit
 from relay.harness.network import RELAY_START_TIMEOUT_S, Network, ProcessRelay
@@ -291,7 +291,7 @@ class RollingClient:
         try:
             async for message in sub:
                 at.append(clock())
-                got.append(_delivery(message))
+                got.append(sdk_delivery(message))
         except Exception as exc:
             self._raised(f"subscription {sub.channel}", exc)
             self.ended = self.ended or f"{sub.channel}: {exc!r}"
@@ -346,14 +346,6 @@ class RollingClient:
     def publisher_log(self) -> PublisherLog:
         publishes = [Publish(s.channel, s.n, s.seen, s.id, s.error) for s in self.sent]
         return PublisherLog(self.name, publishes, reader=self.name)
-
-
-def _delivery(message: Message) -> Delivery:
-    try:
-        data = message.data
-    except ValueError:
-        data = None
-    return delivery(message.id, message.origin, message.ts.to_dict(), data)
 
 
 class WarningCount(logging.Handler):
