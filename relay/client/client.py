@@ -143,6 +143,7 @@ DEFAULT_BUFFER: Final = 1024
 ABNORMAL_CLOSURE: Final = 1006
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def data_of(message: Message) -> Any:
@@ -383,30 +384,47 @@ class Client:
         ends before the reply, asks again on the next. Raises ``RequestRefused`` (e.g.
         an invalid channel, or ``unavailable`` with ``temporary=True``), ``ValueError``
         for a bad ``limit`` or ``before``."""
+        return await self._ask(
+            lambda link: link.history(channel, limit, before),
+            lambda: self._session.history(channel, limit=limit, before=before),
+            self._history_waiters,
+            lambda reply: HistoryPage(reply.channel, reply.messages, reply.more),
+        )
+
+    async def _ask(
+        self,
+        over_sse: Callable[[SseLink], Awaitable[R]],
+        request: Callable[[], tuple[int, bytes]],
+        waiters: dict[int, _Waiter[T]],
+        answer: Callable[[T], R],
+    ) -> R:
+        """One request and its reply: over the HTTP API on SSE (``over_sse``), else the
+        frame ``request`` makes, answered through ``waiters``. Asked again on the next
+        connection if this one ends before the reply."""
         while True:
             self._check_open()
             await self.wait_connected()
             link = self._sse
-            if link is not None:  # on SSE: the HTTP API
+            if link is not None:
                 try:
-                    return await link.history(channel, limit, before)
+                    return await over_sse(link)
                 except LinkLost:
                     await link.wait_ended()
                     continue
-            waiter: _Waiter[HistoryReceived] = _Waiter()
+            waiter: _Waiter[T] = _Waiter()
             async with self._send_lock:
                 if self._ws is None:
                     continue  # between two connections: wait for the next
-                ref, frame = self._session.history(channel, limit=limit, before=before)
-                self._history_waiters[ref] = waiter
+                ref, frame = request()
+                waiters[ref] = waiter
                 await self._send(frame)
             try:
                 reply = await waiter.wait()
             except _AskAgain:
                 continue
             finally:
-                self._history_waiters.pop(ref, None)
-            return HistoryPage(reply.channel, reply.messages, reply.more)
+                waiters.pop(ref, None)
+            return answer(reply)
 
     def presence(self, channel: str) -> Presence:
         """``channel``'s presence: ``enter``, ``update``, ``leave`` (on SSE the first two
@@ -441,30 +459,12 @@ class Client:
     async def _presence_members(self, channel: str) -> tuple[Member, ...]:
         """``presence.get`` (on SSE: ``GET /v1/channels/{c}/presence``), asked again on the
         next connection if this one ends before the reply."""
-        while True:
-            self._check_open()
-            await self.wait_connected()
-            link = self._sse
-            if link is not None:
-                try:
-                    return await link.members(channel)
-                except LinkLost:
-                    await link.wait_ended()
-                    continue
-            waiter: _Waiter[MembersReceived] = _Waiter()
-            async with self._send_lock:
-                if self._ws is None:
-                    continue  # between two connections: wait for the next
-                ref, frame = self._session.presence_get(channel)
-                self._members_waiters[ref] = waiter
-                await self._send(frame)
-            try:
-                reply = await waiter.wait()
-            except _AskAgain:
-                continue
-            finally:
-                self._members_waiters.pop(ref, None)
-            return reply.members
+        return await self._ask(
+            lambda link: link.members(channel),
+            lambda: self._session.presence_get(channel),
+            self._members_waiters,
+            lambda reply: reply.members,
+        )
 
     def _settle_presence(self) -> None:
         """Wake the callers of every presence op the session now counts as settled."""
