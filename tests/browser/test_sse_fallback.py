@@ -165,6 +165,10 @@ async def test_a_page_falls_back_to_sse_and_back_to_websocket(
             assert len(set(stored)) == len(stored)
             assert await page.evaluate("side") == ["side 1", "side 2"]
             info = await transport(page)
+            # The page's only relay was down for the restart: a directory refresh then may
+            # find no edge (a temporary error, as it is). Nothing else may have gone wrong.
+            down = {"code": "directory", "message": "no seed or known edge answered"}
+            info["errors"] = [e for e in info["errors"] if e != down]
             assert info == {
                 "transport": "websocket",
                 "state": "connected",
