@@ -28,7 +28,7 @@ from collections.abc import Collection, Mapping
 import msgspec
 
 from federation.logformat import StoredMessage, decode_stored
-from federation.vclock import ClockError, VectorClock
+from federation.vclock import MAX_COUNTER, ClockError, VectorClock, region_name_match
 
 
 class BadEntry(ValueError):
@@ -44,10 +44,11 @@ def check_stored(
     if msg.origin not in regions:
         raise BadEntry(f"origin {_short(msg.origin)} is not a region of this network")
     for name, clock in (("ts", msg.ts), ("pos", msg.pos)):
-        try:
-            VectorClock.parse(clock)
-        except ClockError as exc:
-            raise BadEntry(f"{name} is not a vector clock: {exc}") from None
+        if not _plainly_valid(clock):
+            try:
+                VectorClock.parse(clock)  # says why
+            except ClockError as exc:
+                raise BadEntry(f"{name} is not a vector clock: {exc}") from None
     own = msg.ts.get(msg.origin, 0)
     if own < 1:
         raise BadEntry("ts has no counter for its origin")
@@ -57,6 +58,18 @@ def check_stored(
         unknown = sorted(set(msg.ts) - set(regions))
         if unknown:
             raise BadEntry(f"ts depends on {_short(unknown[0])}, not a region of this network")
+
+
+def _plainly_valid(clock: Mapping[str, int]) -> bool:
+    """What ``VectorClock.parse`` accepts, without building one: every stored message is
+    checked, twice, on the live feed's path (msgspec decoded ``str`` keys and ``int``
+    values already)."""
+    for region, value in clock.items():
+        if type(value) is not int or not 0 <= value <= MAX_COUNTER:
+            return False
+        if region_name_match(region) is None:
+            return False
+    return True
 
 
 def decode_checked(

@@ -24,6 +24,8 @@ from typing import NewType
 RegionId = NewType("RegionId", str)
 
 _REGION_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
+#: A match when ``name`` can be a region in a vector clock, else None.
+region_name_match = _REGION_RE.fullmatch
 # Counters come from JSON; JavaScript clients can only represent integers up to 2**53 exactly.
 MAX_COUNTER = 2**53 - 1
 
@@ -139,6 +141,11 @@ class VectorClock(Mapping[str, int]):
         if isinstance(other, VectorClock):
             return self._entries == other._entries
         return NotImplemented
+
+    def equals(self, raw: Mapping[str, int]) -> bool:
+        """``self == VectorClock(raw)``, without building one in the common case (``raw``
+        as this module writes it: no zero counters)."""
+        return self._entries == raw or self._entries == VectorClock(raw)._entries
 
     def __hash__(self) -> int:
         if self._hash is None:

@@ -152,6 +152,7 @@ class Connection:
         self._loop = asyncio.get_running_loop()
         self._unflushed: list[bytes] = []
         self._unflushed_bytes = 0
+        self._unflushed_room = 0  # what the transport could take at this turn's first frame
         self._close: tuple[int, str] | None = None
         self._writer_done: anyio.Event | None = None  # set once the writer task ended
         # Requests in flight (bounded: past the bound the reader waits), and an event made
@@ -334,7 +335,11 @@ class Connection:
                     self.outbox.offer(self._sub_limit_frame(self.session.credentials.sub))
                     return
                 for action in actions:
-                    if isinstance(action, Reply):
+                    if isinstance(action, Publish):  # first: most frames of a busy client
+                        while self._publishing >= MAX_REQUESTS_IN_FLIGHT:
+                            await self._wait_room()
+                        self._publish(action)
+                    elif isinstance(action, Reply):
                         self._reply(action.frame)
                     elif isinstance(action, Close):
                         self.close_with(action.code, action.reason)
@@ -349,10 +354,6 @@ class Connection:
                         await self._hook_auth(action.frame)
                         if self._close is not None:
                             return
-                    elif isinstance(action, Publish):
-                        while self._publishing >= MAX_REQUESTS_IN_FLIGHT:
-                            await self._wait_room()
-                        self._publish(action)
                     elif isinstance(action, SubscribeRequest) and self._subscribe_now(action):
                         pass  # a live subscribe to a channel this relay serves already
                     else:
@@ -438,15 +439,23 @@ class Connection:
         """What websockets' broadcast() does, but only while the socket keeps up, and one
         write per event-loop turn for everything sent to this client during it (a burst
         of messages costs one system call, not one each)."""
-        wire = self.wire
-        if not wire.writable():
-            return False
-        if wire.buffered() + self._unflushed_bytes > DIRECT_WRITE_LIMIT_BYTES:
-            return False  # backed up: queue it, the writer waits for the socket to drain
-        encoded = wire.encode(frame)
-        if not self._unflushed:
+        unflushed = self._unflushed
+        if unflushed:
+            # The socket was asked at this turn's first frame, and nothing was written to
+            # it since: the fan-out to N subscribers asks N times per message, not N x k.
+            if self._unflushed_bytes > self._unflushed_room:
+                return False
+        else:
+            wire = self.wire
+            if not wire.writable():
+                return False
+            room = DIRECT_WRITE_LIMIT_BYTES - wire.buffered()
+            if room < 0:
+                return False  # backed up: queue it, the writer waits for the socket to drain
+            self._unflushed_room = room
             self._loop.call_soon(self._flush)
-        self._unflushed.append(encoded)
+        encoded = self.wire.encode(frame)
+        unflushed.append(encoded)
         self._unflushed_bytes += len(encoded)
         return True
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from datetime import datetime
 
-from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from federation.adapters.nats_client import NatsClient
 from federation.adapters.nats_region_log import NatsRegionLog
 from federation.entry_checks import BadEntry, decode_checked, sequence_header
 from federation.region_log import LoggedEntry
@@ -28,6 +27,9 @@ from relay.core.feed import LogEntry
 from relay.core.histogram import Histogram
 
 log = logging.getLogger("relaynet.broker")
+
+#: What the live feed reads of the headers JetStream's republish adds.
+_LIVE_HEADERS = ("Nats-Sequence", "Nats-Last-Sequence", "Nats-Time-Stamp")
 
 
 def _entry(channel: Channel, logged: LoggedEntry) -> LogEntry:
@@ -102,14 +104,13 @@ class NatsBroker:
     ) -> Subscription:
         regions = self.log.regions
 
-        async def callback(msg: Msg) -> None:
-            headers = msg.headers or {}
+        def on_message(data: bytes, headers: Mapping[str, str]) -> None:
             try:
                 seq = sequence_header(headers, "Nats-Sequence", minimum=1)
                 last_seq = sequence_header(headers, "Nats-Last-Sequence", minimum=0)
                 if last_seq >= seq:
                     raise BadEntry(f"Nats-Last-Sequence {last_seq} is not before {seq}")
-                entry = LogEntry(seq, last_seq, channel, decode_checked(msg.data, regions))
+                entry = LogEntry(seq, last_seq, channel, decode_checked(data, regions))
             except BadEntry as exc:
                 # The feed never sees it; if it was stored, the next entry's predecessor
                 # shows the hole and a fill reads it (and skips it) from the stream.
@@ -126,11 +127,7 @@ class NatsBroker:
                     return
                 self.store_to_fanout.observe(time.time() - stored)
 
-        # Deep pending limits: a burst must not be dropped by the client library; if it
-        # is, the feed sees the gap in Nats-Last-Sequence and refills from the stream.
-        return await self.nc.subscribe(
-            self.live_subject(channel),
-            cb=callback,
-            pending_msgs_limit=1_000_000,
-            pending_bytes_limit=512 * 1024 * 1024,
-        )
+        # Called in the NATS read loop, with no queue in between: nothing is dropped by the
+        # client library, and a gap (a reconnect) shows in Nats-Last-Sequence, which the
+        # feed refills from the stream.
+        return await self.nc.subscribe_direct(self.live_subject(channel), on_message, _LIVE_HEADERS)

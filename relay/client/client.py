@@ -259,6 +259,9 @@ class Client:
         """How many connections were established so far."""
         self.failures: dict[str, str] = {}
         """Seed or edge URL -> why the last attempt on it failed (cleared on success)."""
+        # Those of ``failures`` a survey wrote: a later survey that reads the directory
+        # clears them, never a refusal of the WebSocket itself (which it does not try).
+        self._survey_failures: dict[str, str] = {}
 
         self.transport: Transport | None = None
         """How the current (or last) connection is carried: ``websocket``, or ``sse`` (Server-
@@ -623,8 +626,12 @@ class Client:
             key = endpoint(url).ws_url
             if key in failures:
                 self.failures[key] = failures[key]
+                self._survey_failures[key] = failures[key]
         if fresh is not None:
-            self.failures.pop(fresh.directory.source, None)
+            source = fresh.directory.source
+            written = self._survey_failures.pop(source, None)
+            if written is not None and self.failures.get(source) == written:
+                del self.failures[source]
             log.debug("survey: order %s; %s", fresh.choice.order, fresh.choice.reasons)
         return fresh
 

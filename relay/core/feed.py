@@ -78,7 +78,7 @@ class Sink(Protocol):
         resumes from its position (a reconnectable close)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class LogEntry:
     seq: int
     last_seq: int  # stream sequence of the previous message on this channel (0: none known)
@@ -219,16 +219,15 @@ class ChannelFeed:
             self._filling = [entry]
             self._trigger = entry
             return FillGap(after_seq=self.verified_seq, before_seq=entry.seq)
-        if not self._follows(entry):
-            return self._verify(entry.seq)  # not what the stream republishes after the head
-        self._apply(entry)
-        return None
-
-    def _follows(self, entry: LogEntry) -> bool:
         if not self.contiguous or self._reposition:
-            return True
+            self._apply(entry)
+            return None
         # Every entry of a causal log moves the applied vector by one, in its origin.
-        return entry.position == self.head_position.increment(entry.msg.origin)
+        following = self.head_position.increment(entry.msg.origin)
+        if not following.equals(entry.msg.pos):
+            return self._verify(entry.seq)  # not what the stream republishes after the head
+        self._apply(entry, following)
+        return None
 
     def _verify(self, claimed_seq: int) -> FillGap:
         """Read the stream from the last point it confirmed, past anything claimed."""
@@ -399,10 +398,13 @@ class ChannelFeed:
         self._trigger = None
         return FillGap(after_seq=self.verified_seq, before_seq=stored_head_seq + 1)
 
-    def _apply(self, entry: LogEntry) -> None:
+    def _apply(self, entry: LogEntry, position: VectorClock | None = None) -> None:
+        """``position``: the head's after ``entry``, when the caller knows it already."""
         self.head_seq = self.verified_seq = entry.seq
         self._reposition = False
-        self.head_position = self.head_position.merge(entry.msg.pos)
+        if position is None:
+            position = self.head_position.merge(entry.msg.pos)
+        self.head_position = position
         self._unconfirmed[entry.seq] = _identity(entry)
         self._positions[entry.seq] = self.head_position
         if len(self._unconfirmed) > self.max_unconfirmed:

@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from federation.entry_checks import BadEntry, decode_checked, sequence_header
+from federation.entry_checks import BadEntry, _plainly_valid, decode_checked, sequence_header
 from federation.logformat import StoredMessage, encode_stored
+from federation.vclock import ClockError, VectorClock
 
 REGIONS = frozenset({"us-east", "eu-west"})
 
@@ -65,3 +66,20 @@ def test_sequence_headers_are_plain_numbers(raw: str | None) -> None:
     with pytest.raises(BadEntry):
         sequence_header(headers, "Nats-Sequence", minimum=1)
     assert sequence_header({"Nats-Sequence": "42"}, "Nats-Sequence", minimum=1) == 42
+
+
+_keys = st.one_of(
+    st.sampled_from(["us-east", "eu-west", "a", "a" * 32, "a" * 33, "US", "x y", "1a", "é", ""]),
+    st.text(max_size=6),
+)
+_counters = st.one_of(st.integers(-3, 3), st.sampled_from([2**53 - 1, 2**53, -(2**60)]))
+
+
+@given(st.dictionaries(_keys, _counters, max_size=4))
+def test_the_quick_clock_check_accepts_exactly_what_parse_accepts(clock: dict[str, int]) -> None:
+    try:
+        VectorClock.parse(clock)
+        parses = True
+    except ClockError:
+        parses = False
+    assert _plainly_valid(clock) == parses

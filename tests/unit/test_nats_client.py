@@ -1,5 +1,6 @@
-"""relaynet's NATS client parses headers exactly as nats-py does, only faster; and nats-py
-still asks the instance for the parser (else the override would do nothing)."""
+"""relaynet's NATS client parses headers exactly as nats-py does, only faster (the whole
+block, or only the names a direct subscription reads); and nats-py still asks the instance
+for the parser (else the override would do nothing)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
 
-from federation.adapters.nats_client import NatsClient
+from federation.adapters.nats_client import NatsClient, pick_headers
 
 _pieces = st.sampled_from(
     [b"Nats-Sequence", b"Nats-Msg-Id", b"a b", b" ", b"\t", b":", b": ", b"\r\n", b"x",
@@ -41,3 +42,25 @@ def test_a_real_header_block() -> None:
         "Nats-Sequence": "123456",
         "Nats-Last-Sequence": "123455",
     }
+
+
+_NAMES = (b"Nats-Sequence", b"Nats-Last-Sequence", b"Nats-Time-Stamp")
+_header_pieces = st.sampled_from(
+    [b"Nats-Sequence", b"Nats-Last-Sequence", b"Nats-Time-Stamp", b"Nats-Msg-Id", b":",
+     b": ", b"\r\n", b"\r", b"\n", b" ", b"\t", b"12", b"x", b"\xff", "é".encode(), b"\x0b"]
+)  # fmt: skip
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_header_pieces, max_size=40).map(b"".join))
+def test_picked_headers_are_what_the_full_parse_holds_for_those_names(raw: bytes) -> None:
+    parsed = Client._parse_header_lines(raw)
+    wanted = {n.decode(): parsed[n.decode()] for n in _NAMES if n.decode() in parsed}
+    assert pick_headers(raw, _NAMES) == wanted
+
+
+def test_a_name_spoofed_in_another_line_is_read_as_nats_py_reads_it() -> None:
+    # The later line wins in nats-py's dict; a search that stopped at the first would not.
+    raw = b"Nats-Sequence: 1\r\nX: y\r\n Nats-Sequence : 99\r\n\r\n"
+    assert pick_headers(raw, _NAMES) == {"Nats-Sequence": "99"}
+    assert Client._parse_header_lines(raw)["Nats-Sequence"] == "99"

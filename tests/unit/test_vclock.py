@@ -78,3 +78,9 @@ def test_covers() -> None:
 def test_parse_rejects_malformed(raw: object) -> None:
     with pytest.raises(ClockError):
         VectorClock.parse(raw)
+
+
+@given(clocks, st.dictionaries(regions, st.integers(min_value=0, max_value=50)))
+def test_equals_a_raw_mapping_as_a_clock_built_from_it(a: VectorClock, raw: dict[str, int]) -> None:
+    assert a.equals(raw) == (a == VectorClock(raw))
+    assert a.equals(a.to_dict())
