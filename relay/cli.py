@@ -488,12 +488,19 @@ def _cmd_bench_compare(args: argparse.Namespace) -> int:
 
     subscribers = numbers(args.subscribers, "--subscribers")
     idle = numbers(args.idle, "--idle")
-    if subscribers is None or idle is None:
+    channels = numbers(args.channels, "--channels")
+    if subscribers is None or idle is None or channels is None:
         return 2
     _setup_logging(False)
     logging.getLogger("relaynet").setLevel(logging.WARNING)
     plan = Plan(
-        names(args.scenarios), subscribers, idle, names(args.systems), args.seconds, args.rounds
+        names(args.scenarios),
+        subscribers,
+        idle,
+        names(args.systems),
+        args.seconds,
+        args.rounds,
+        channels,
     )
     return run_async(run_compare, plan, Path(args.json) if args.json else None)
 
@@ -717,8 +724,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument(
         "--scenarios",
-        default="fanout,latency,idle,publish-rate,connect-rate",
-        help="comma-separated, from fanout,latency,idle,publish-rate,connect-rate (default all)",
+        default="fanout,latency,idle,publish-rate,connect-rate,channels",
+        help="comma-separated, from fanout,latency,idle,publish-rate,connect-rate,channels "
+        "(default all)",
     )
     compare.add_argument(
         "--subscribers", default="10,100,1000", help="fan-out sizes (default 10,100,1000)"
@@ -726,6 +734,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seconds", type=float, default=5.0, help="publishing time per run (5)")
     compare.add_argument(
         "--rounds", type=int, default=3, help="interleaved rounds (3); figures are their medians"
+    )
+    compare.add_argument(
+        "--channels",
+        default="1,4,16",
+        help="channel counts of the channels scenario, relaynet only (default 1,4,16)",
     )
     compare.add_argument(
         "--idle", default="1000,5000,10000", help="idle connection counts (default 1000,5000,10000)"

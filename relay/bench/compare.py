@@ -26,6 +26,10 @@ Scenarios (the multi-region overhead is ``relaynet bench federation``'s):
 - fanout: N subscribers, publishing as fast as the window allows: deliveries/s.
 - latency: 200 msgs/s to 100 subscribers, far below saturation: p50/p99.
 - publish-rate: one channel, one subscriber, as fast as the window allows.
+- channels (relaynet only: the peers have no channels to spread over): K channels
+  at once, one generator per channel (a publisher and a subscriber each, all on
+  the generator's core, the window split between them): aggregate acked
+  publishes/s, and its ratio to one channel's.
 - idle / connect-rate: N silent subscribers; the server's RSS (all its
   processes) after minus before, per connection; and how fast they connected.
 
@@ -75,7 +79,7 @@ from relay.harness.toolkit import (
     terminate,
 )
 
-SCENARIOS = ("fanout", "latency", "idle", "publish-rate", "connect-rate")
+SCENARIOS = ("fanout", "latency", "idle", "publish-rate", "connect-rate", "channels")
 # picows only when installed, and only when --systems names it (the default list is the CLI's).
 HAS_PICOWS = importlib.util.find_spec("picows") is not None
 SYSTEM_KEYS = ("relaynet", "socketio", "ws", "python", *(("picows",) if HAS_PICOWS else ()))
@@ -85,6 +89,8 @@ MIN_WINDOW, MAX_WINDOW = 32, 10_000  # in messages
 CEILING_BATCH = 100  # messages per batch of ready-made frames
 LATENCY_RATE, LATENCY_SUBSCRIBERS = 200, 100
 PUBLISH_RATE_SUBSCRIBERS = 1
+CHANNEL_PREFIX = "bench:compare-"  # the channels scenario's channels: bench:compare-0, -1, ...
+MAX_CHANNELS = 64
 NEAR_CEILING = 0.8  # of the generator's ceiling, above which a figure may be the generator's
 SATURATED = 0.9  # generator CPU, in cores
 CONNECT_CONCURRENCY = 50  # as loadgen.js
@@ -145,16 +151,34 @@ class Point:
     """One load: a scenario with its number of subscribers (and rate)."""
 
     scenario: str  # fanout | latency | publish-rate | idle (idle serves connect-rate too)
-    subscribers: int
+    subscribers: int  # per channel
     rate: int = 0  # msgs/s; 0: as fast as the window allows
+    channels: int = 1  # one generator each, at once
 
     @property
     def window(self) -> int:
-        return max(MIN_WINDOW, min(MAX_WINDOW, IN_FLIGHT_DELIVERIES // self.subscribers))
+        """Per generator: every point has the same deliveries in flight in all."""
+        per_channel = IN_FLIGHT_DELIVERIES // (self.subscribers * self.channels)
+        return max(MIN_WINDOW, min(MAX_WINDOW // self.channels, per_channel))
 
     @property
     def has_ceiling(self) -> bool:
         return self.scenario in ("fanout", "publish-rate")
+
+    @property
+    def size(self) -> int:
+        """What a report row is labelled with: channels, or subscribers."""
+        return self.channels if self.scenario == "channels" else self.subscribers
+
+    @property
+    def label(self) -> str:
+        return f"K={self.channels}" if self.scenario == "channels" else f"N={self.subscribers}"
+
+    def systems(self, wanted: Sequence[str]) -> list[str]:
+        """The systems measured at this point, the generator's ceiling included."""
+        if self.scenario == "channels":
+            return [key for key in wanted if key == "relaynet"]
+        return [*wanted, *(["ceiling"] if self.has_ceiling else [])]
 
 
 @dataclass(frozen=True)
@@ -165,6 +189,7 @@ class Plan:
     systems: tuple[str, ...]
     seconds: float
     rounds: int
+    channels: tuple[int, ...] = (1, 4, 16)
 
     def points(self) -> list[Point]:
         wanted = set(self.scenarios)
@@ -173,12 +198,16 @@ class Plan:
             points.append(Point("latency", LATENCY_SUBSCRIBERS, LATENCY_RATE))
         if "publish-rate" in wanted:
             points.append(Point("publish-rate", PUBLISH_RATE_SUBSCRIBERS))
+        if "channels" in wanted:
+            points += [
+                Point("channels", PUBLISH_RATE_SUBSCRIBERS, channels=k) for k in self.channels
+            ]
         if wanted & {"idle", "connect-rate"}:
             points += [Point("idle", n) for n in self.idle]
         return points
 
     def runs(self) -> int:
-        per_round = sum(len(self.systems) + p.has_ceiling for p in self.points())
+        per_round = sum(len(p.systems(self.systems)) for p in self.points())
         return per_round * self.rounds
 
 
@@ -298,7 +327,62 @@ async def traffic_figures(
         "--rate", point.rate, "--size", PAYLOAD_BYTES, "--window", point.window,
         "--batch", CEILING_BATCH,
     )  # fmt: skip
+    if point.scenario == "channels":
+        return await channels_figures(argv, point, workdir, bench.seconds + GENERATOR_CAP_S)
     return await run_generator(argv, workdir, bench.seconds + GENERATOR_CAP_S)
+
+
+async def channels_figures(
+    argv: list[str], point: Point, workdir: Path, cap_s: float
+) -> dict[str, Any]:
+    """One generator per channel, all at once; their figures added up."""
+    results: dict[int, dict[str, Any]] = {}
+    errors: list[BenchError] = []
+
+    async def one(i: int) -> None:
+        folder = workdir / f"channel-{i}"
+        folder.mkdir()
+        try:
+            results[i] = await run_generator(
+                [*argv, "--channel", f"{CHANNEL_PREFIX}{i}"], folder, cap_s
+            )
+        except BenchError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(point.channels):
+            tg.start_soon(one, i)
+    if errors:
+        raise errors[0]
+    return combined([results[i] for i in range(point.channels)])
+
+
+def combined(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rates, counts and generator CPU added up; latencies the worst channel's (each
+    generator's rates are over its own span, and the spans start within the connect time)."""
+
+    def total(key: str) -> float | None:
+        values = [r.get(key) for r in results]
+        return None if None in values else sum(v for v in values if v is not None)
+
+    def worst(key: str) -> float | None:
+        values = [v for r in results if (v := _get(r, key)) is not None]
+        return max(values) if values else None
+
+    summed = (
+        "published", "acked", "ack_errors", "deliveries", "lost", "disordered", "disconnected",
+        "acks_per_s", "deliveries_per_s", "generator_cpu_cores", "subscribers",
+    )  # fmt: skip
+    return {
+        "ok": True,
+        "channels": len(results),
+        **{key: total(key) for key in summed},
+        "first_error": next((r["first_error"] for r in results if r.get("first_error")), None),
+        "latency_ms": {q: worst(f"latency_ms.{q}") for q in ("p50", "p99", "max")},
+        "ack_ms": {q: worst(f"ack_ms.{q}") for q in ("p50", "p99")},
+        "window": results[0].get("window") if results else None,
+        "per_channel": results,
+    }
 
 
 def _idle_line(out: Path) -> dict[str, Any] | None:
@@ -379,8 +463,7 @@ async def run_rounds(bench: Bench, plan: Plan) -> list[Measurement]:
     total = plan.runs()
     for round_no in range(1, plan.rounds + 1):
         for point in plan.points():
-            keys = [*plan.systems, *(["ceiling"] if point.has_ceiling else [])]
-            for key in _order(keys, round_no):
+            for key in _order(point.systems(plan.systems), round_no):
                 result = await measure(bench, bench.systems[key], point, round_no)
                 done.append(result)
                 line = progress_line(result, bench.systems[key].label)
@@ -412,6 +495,8 @@ def _num(value: float | None, digits: int = 0) -> str:
 def progress_line(r: Measurement, label: str) -> str:
     p, f = r.point, r.figures
     where = f"{p.scenario} N={p.subscribers}" + (f" at {p.rate}/s" if p.rate else "")
+    if p.scenario == "channels":
+        where = f"channels K={p.channels} (N={p.subscribers} per channel)"
     if p.scenario == "idle":
         what = (
             f"{_num(f['kb_per_connection'], 1)} KB per connection, "
@@ -467,6 +552,14 @@ IDLE_COLUMNS = (
     Column("RSS after MiB", "rss_after_mib", 1, 14),
 )
 CONNECT_COLUMNS = (Column("connections/s", "connections_per_s", width=14),)
+CHANNEL_COLUMNS = (
+    Column("acks/s", "acks_per_s"),
+    Column("deliveries/s", "deliveries_per_s"),
+    Column("p50 ms", "latency_ms.p50", 1, 9),
+    Column("p99 ms", "latency_ms.p99", 1, 9),
+    Column("lost", "lost", width=6),
+    Column("gen CPU", "generator_cpu_cores", width=9, percent=True),
+)
 
 
 @dataclass(frozen=True)
@@ -477,6 +570,8 @@ class Section:
     columns: tuple[Column, ...]
     ratio: Column  # relaynet ÷ Socket.IO of this figure
     lower_is_better: bool = False
+    size: str = "N"  # what a row's number counts
+    versus_first: bool = False  # ratio to the first point's figure, not to Socket.IO
 
 
 SECTIONS = (
@@ -506,6 +601,12 @@ SECTIONS = (
         "handshakes at a time",
         CONNECT_COLUMNS, CONNECT_COLUMNS[0],
     ),
+    Section(
+        "channels", "channels",
+        "channels: K channels at once, a publisher and 1 subscriber each (one generator per "
+        "channel), relaynet only; latencies are the worst channel's",
+        CHANNEL_COLUMNS, CHANNEL_COLUMNS[0], size="K", versus_first=True,
+    ),
 )  # fmt: skip
 
 
@@ -529,16 +630,30 @@ class Report:
 
 def _row(report: Report, point: Point, key: str, section: Section) -> str:
     cells = "".join(c.cell(report.median(point, key, c.key)) for c in section.columns)
-    return f"{point.subscribers:>6}  {report.labels[key]:<26}{cells}"
+    return f"{point.size:>6}  {report.labels[key]:<26}{cells}"
 
 
 def _ratio_line(report: Report, section: Section, points: list[Point]) -> str:
+    if section.versus_first:
+        return _versus_first_line(report, section, points)
     title = f"relaynet ÷ Socket.IO, {section.ratio.title}"
     if not {"relaynet", "socketio"} <= set(report.plan.systems):
         return f"{title}: needs relaynet and socketio in --systems"
     better = "lower" if section.lower_is_better else "higher"
     parts = [f"N={p.subscribers} {_num(report.ratio(p, section.ratio.key), 2)}x" for p in points]
     return f"{title} ({better} is better for relaynet): " + "   ".join(parts)
+
+
+def _versus_first_line(report: Report, section: Section, points: list[Point]) -> str:
+    key = section.ratio.key
+    first = report.median(points[0], "relaynet", key) if points else None
+    parts = []
+    for point in points:
+        figure = report.median(point, "relaynet", key)
+        ratio = figure / first if figure is not None and first else None
+        parts.append(f"{section.size}={point.size} {_num(ratio, 2)}x")
+    base = f"{section.size}={points[0].size}" if points else "the first"
+    return f"relaynet {section.ratio.title} ÷ its figure at {base}: " + "   ".join(parts)
 
 
 def _ceiling_warnings(report: Report, section: Section, point: Point) -> list[str]:
@@ -564,15 +679,16 @@ def _saturation_warning(report: Report, point: Point, key: str) -> list[str]:
         return []
     return [
         f"warning: the generator used up to {max(busy):.0%} of its core against "
-        f"{report.labels[key]} at N={point.subscribers} ({len(busy)} of {len(runs)} rounds): "
+        f"{report.labels[key]} at {point.label} ({len(busy)} of {len(runs)} rounds): "
         "that figure may be the generator's limit"
     ]
 
 
 def format_section(report: Report, section: Section) -> str:
     points = [p for p in report.plan.points() if p.scenario == section.scenario]
-    keys = [*report.plan.systems, *(["ceiling"] if points and points[0].has_ceiling else [])]
-    header = f"{'N':>6}  {'system':<26}" + "".join(f"{c.title:>{c.width}}" for c in section.columns)
+    keys = points[0].systems(report.plan.systems) if points else []
+    titles = "".join(f"{c.title:>{c.width}}" for c in section.columns)
+    header = f"{section.size:>6}  {'system':<26}{titles}"
     lines = [f"== {section.title}", header]
     for point in points:
         lines += [_row(report, point, key, section) for key in keys]
@@ -580,6 +696,9 @@ def format_section(report: Report, section: Section) -> str:
     if points and points[0].has_ceiling:
         for point in points:
             lines += _ceiling_warnings(report, section, point)
+    if section.versus_first:
+        for point in points:
+            lines += _saturation_warning(report, point, "relaynet")
     return "\n".join(lines)
 
 
@@ -596,7 +715,8 @@ def _window_line(plan: Plan) -> str:
 
 def _problem_lines(report: Report) -> list[str]:
     lines = []
-    for key in report.plan.systems:
+    measured = {m.system for m in report.measurements}
+    for key in (k for k in report.plan.systems if k in measured):
         found = [line for m in report.measurements if m.system == key for line in m.problems]
         lines += server_log_lines(f"{report.labels[key]} server log: ", found, shown=3)
     return lines
@@ -641,8 +761,7 @@ def report_json(report: Report) -> dict[str, Any]:
     plan = report.plan
     summary = []
     for point in plan.points():
-        keys = [*plan.systems, *(["ceiling"] if point.has_ceiling else [])]
-        for key in keys:
+        for key in point.systems(plan.systems):
             figures = {
                 c.key: report.median(point, key, c.key)
                 for section in SECTIONS
@@ -657,7 +776,7 @@ def report_json(report: Report) -> dict[str, Any]:
             "relaynet_over_socketio": report.ratio(point, section.ratio.key),
         }
         for section in SECTIONS
-        if section.shown_as in plan.scenarios
+        if section.shown_as in plan.scenarios and not section.versus_first
         for point in plan.points()
         if point.scenario == section.scenario
     ]
@@ -693,6 +812,10 @@ def check_plan(plan: Plan) -> str | None:
         return "--subscribers and --idle must be numbers in 1..20000"
     if not plan.subscribers or not plan.idle:
         return "--subscribers and --idle need at least one number"
+    if not plan.channels or not all(1 <= k <= MAX_CHANNELS for k in plan.channels):
+        return f"--channels must be numbers in 1..{MAX_CHANNELS}"
+    if "channels" in plan.scenarios and "relaynet" not in plan.systems:
+        return "the channels scenario measures relaynet only: add it to --systems"
     if not 0 < plan.seconds <= 600:
         return "--seconds must be more than 0 and at most 600"
     if not 1 <= plan.rounds <= 20:

@@ -44,7 +44,8 @@ const { performance } = require('node:perf_hooks');
 const WebSocket = require('ws');
 const { io } = require('socket.io-client');
 
-const CHANNEL = 'bench:compare';
+// The relaynet channel; `bench compare`'s channels scenario runs one generator per channel.
+let channel = 'bench:compare';
 const MAX_MESSAGES = 2_000_000;
 const DRAIN_CAP_MS = 30_000;
 const STALL_MS = 5_000;
@@ -68,6 +69,7 @@ function parseArgs(argv) {
     size: 100,
     window: 1000,
     batch: 100,
+    channel,
   };
   const names = {
     '--system': 'system',
@@ -79,6 +81,7 @@ function parseArgs(argv) {
     '--size': 'size',
     '--window': 'window',
     '--batch': 'batch',
+    '--channel': 'channel',
   };
   for (let i = 2; i < argv.length; i += 2) {
     const key = names[argv[i]];
@@ -443,7 +446,7 @@ const relaynet = {
     const { ws, inbox } = await openWs(url);
     try {
       await nextFrame(inbox, 'connected');
-      ws.send(JSON.stringify({ op: 'subscribe', channel: CHANNEL, ref: 1 }));
+      ws.send(JSON.stringify({ op: 'subscribe', channel, ref: 1 }));
       await nextFrame(inbox, 'subscribed');
     } catch (err) {
       ws.terminate();
@@ -470,7 +473,7 @@ const relaynet = {
       acks: true,
       batch: 1,
       publish(r, n) {
-        ws.send(JSON.stringify({ op: 'publish', channel: CHANNEL, data: r.payload(n), ref: n }));
+        ws.send(JSON.stringify({ op: 'publish', channel, data: r.payload(n), ref: n }));
       },
       close: wsCloser(ws),
     };
@@ -670,6 +673,7 @@ async function main() {
   let options;
   try {
     options = parseArgs(process.argv);
+    channel = options.channel;
   } catch (err) {
     print({ ok: false, error: err.message });
     process.exit(2);
