@@ -11,7 +11,8 @@ random password per user (``relay``: the region's relays and federation, everyth
 ``peer-<region>``: one per peer region, for that region's federation link, read-only on
 the region's streams through its own durable consumer only) and keeps each in
 ``<store_dir>/auth/<user>.password`` (mode 0600, re-used on restart); the server's config
-with the users and their permissions is written next to them. The tools' nats-servers
+with the users, bcrypt hashes of their passwords and their permissions is written next to
+them. The tools' nats-servers
 (``relay.harness.toolkit``) are configured by the same functions.
 """
 
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import bcrypt
 
 from federation.adapters.nats_link import PEER_INBOX_PREFIX
 from federation.logformat import stream_name
@@ -47,6 +49,8 @@ log = logging.getLogger("relaynet.nats")
 # How often the supervisor looks whether the server is still running.
 SUPERVISE_POLL_S = 0.2
 TLS_HANDSHAKE_TIMEOUT_S = 5.0
+BCRYPT_ROUNDS = 4  # the lowest: see password_hash
+BCRYPT_MAX_BYTES = 72
 
 
 class EmbeddedNatsError(RuntimeError):
@@ -206,9 +210,15 @@ def server_config(
     per peer region with its permissions from ``peers`` (by region); no anonymous access.
     ``max_file_store``: JetStream's store budget in bytes (the region's streams reserve
     their max_bytes out of it)."""
-    users: list[dict[str, object]] = [{"user": RELAY_USER, "password": passwords[RELAY_USER]}]
+    users: list[dict[str, object]] = [
+        {"user": RELAY_USER, "password": password_hash(passwords[RELAY_USER])}
+    ]
     users += [
-        {"user": peer_user(r), "password": passwords[peer_user(r)], "permissions": permissions}
+        {
+            "user": peer_user(r),
+            "password": password_hash(passwords[peer_user(r)]),
+            "permissions": permissions,
+        }
         for r, permissions in peers.items()
     ]
     config: dict[str, object] = {"authorization": {"users": users}}
@@ -217,6 +227,19 @@ def server_config(
     if tls is not None:
         config["tls"] = tls_block(*tls)
     return json.dumps(config, indent=2) + "\n"
+
+
+def password_hash(password: str) -> str:
+    """What the server's config holds for ``password``: its bcrypt hash, which nats-server
+    checks a client's password against (and then does not log "Plaintext passwords
+    detected" at every start). ``$2a$``, the prefix every nats-server version takes. The
+    passwords made here are 256-bit random, so the work factor protects nothing and is the
+    lowest (each CONNECT costs the server about a millisecond); one bcrypt cannot take
+    more than 72 bytes, so a longer password (an operator's) stays as it is."""
+    raw = password.encode()
+    if len(raw) > BCRYPT_MAX_BYTES:
+        return password
+    return bcrypt.hashpw(raw, bcrypt.gensalt(rounds=BCRYPT_ROUNDS, prefix=b"2a")).decode()
 
 
 def tls_block(cert_file: str, key_file: str) -> dict[str, object]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import bcrypt
 import pytest
 import yaml
 
@@ -158,7 +159,10 @@ def test_nats_auth_makes_the_users_and_permissions_the_relays_need(tmp_path: Pat
             assert users[peer_user(peer.region)]["permissions"] == permissions[peer.region]
         for user, entry in users.items():
             password = tmp_path / region / "auth" / f"{user}.password"
-            assert password.read_text().strip() == entry["password"]
+            # The config holds a bcrypt hash of the password, never the password itself.
+            secret = password.read_text().strip()
+            assert entry["password"].startswith("$2a$") and secret not in entry["password"]
+            assert bcrypt.checkpw(secret.encode(), entry["password"].encode())
             assert stat.S_IMODE(password.stat().st_mode) == 0o600
         check = subprocess.run(
             [find_nats_server(), "-c", str(conf), "-t"], capture_output=True, text=True

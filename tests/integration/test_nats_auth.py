@@ -81,6 +81,13 @@ async def test_strangers_are_refused_and_peers_only_read(tmp_path: Path) -> None
         south_password = password_file(store, south_user).read_text().strip()
         assert len(relay_password) >= 32
         assert len({relay_password, peer_password, south_password}) == 3
+        # The server's config holds bcrypt hashes, not the passwords, so the server has no
+        # plaintext-password warning to log.
+        server_conf = (auth_dir(store) / "nats-server.conf").read_text()
+        for secret in (relay_password, peer_password, south_password):
+            assert secret not in server_conf
+        assert server_conf.count('"$2a$') == 3
+        assert "Plaintext passwords" not in (store / "nats-server.log").read_text()
 
         # Anonymous, with a wrong password, another user's password, or the old shared
         # "peer" user: refused.
