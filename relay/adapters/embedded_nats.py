@@ -12,8 +12,8 @@ random password per user (``relay``: the region's relays and federation, everyth
 the region's streams through its own durable consumer only) and keeps each in
 ``<store_dir>/auth/<user>.password`` (mode 0600, re-used on restart); the server's config
 with the users, bcrypt hashes of their passwords and their permissions is written next to
-them. The tools' nats-servers
-(``relay.harness.toolkit``) are configured by the same functions.
+them. The tools' nats-servers (``relay.harness.toolkit``) are configured by the same
+functions.
 """
 
 from __future__ import annotations
