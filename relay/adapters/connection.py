@@ -30,7 +30,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import aclosing, suppress
 from dataclasses import dataclass
 
@@ -105,6 +105,20 @@ PublishDone = Callable[[str, Result], None]
 MAX_HISTORY_IN_FLIGHT = 4
 # Above this many bytes waiting in the transport, frames go through the outbox.
 DIRECT_WRITE_LIMIT_BYTES = 64 * 1024
+
+
+def _chunks(frames: list[bytes], limit: int) -> Iterator[list[bytes]]:
+    """``frames`` in order, in runs of at most ``limit`` bytes (a larger frame alone)."""
+    run: list[bytes] = []
+    size = 0
+    for frame in frames:
+        if run and size + len(frame) > limit:
+            yield run
+            run, size = [], 0
+        run.append(frame)
+        size += len(frame)
+    if run:
+        yield run
 
 
 @dataclass(frozen=True)
@@ -395,10 +409,10 @@ class Connection:
         try:
             while batch := await self.outbox.get_batch():
                 self._flush()  # what was written directly goes first
-                for frame in batch:
-                    # Each send waits for the socket to take the one before it.
+                for chunk in _chunks(batch, DIRECT_WRITE_LIMIT_BYTES):
+                    # One write per chunk; each must be taken by the socket in time.
                     with anyio.move_on_after(self.deps.write_timeout_s) as stuck:
-                        await self.wire.send(frame)
+                        await self.wire.send(chunk)
                     if stuck.cancelled_caught:
                         self.outbox.fail(CloseCode.SLOW_CONSUMER, "write_timeout")
                         break

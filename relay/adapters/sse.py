@@ -94,10 +94,10 @@ class SseWire:
     def write(self, data: bytes) -> None:
         self.conn.write(data)
 
-    async def send(self, frame: bytes) -> None:
+    async def send(self, frames: list[bytes]) -> None:
         self._sending = True
         try:
-            await self.writer.send(self.event(frame))
+            await self.writer.send(b"".join([self.event(frame) for frame in frames]))
         except StreamClosed:
             raise WireClosed from None
         finally:
