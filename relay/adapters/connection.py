@@ -39,7 +39,7 @@ import msgspec
 from anyio.abc import TaskGroup
 from msgspec import UnsetType
 
-from federation.adapters.region_writer import RegionWriter
+from federation.adapters.region_writer import MAX_GROUP, RegionWriter
 from federation.channel_writes import Failed, Result
 from federation.region_log import LogUnavailable
 from federation.throttled_log import ThrottledLog
@@ -99,6 +99,13 @@ _problems = ThrottledLog(log)
 _ids = itertools.count(1)
 
 MAX_REQUESTS_IN_FLIGHT = 256
+# Publishes of one connection queued on the writer and not yet answered, and their data's
+# bytes (by count alone, 1 MB frames could hold 256 MB). Twice the writer's group, so
+# that while one group of a pipelining publisher is stored the next fills to the full
+# size: with the window equal to a group, groups alternated 248 and 8, and nats-server
+# pays about 2 ms per atomic batch whatever its size (see federation/DESIGN.md).
+MAX_PUBLISHES_IN_FLIGHT = 2 * MAX_GROUP
+MAX_PUBLISH_BYTES_IN_FLIGHT = 8 * 1024 * 1024
 PublishDone = Callable[[str, Result], None]
 # History reads in flight per connection: each holds a page (up to MAX_HISTORY_LIMIT
 # messages) in memory until the outbox takes it, where it counts against the byte bound.
@@ -173,6 +180,7 @@ class Connection:
         # only when someone waits for one to finish: most connections never do.
         self._requesting = 0  # subscribes and history reads
         self._publishing = 0  # publishes queued on the writer, not yet answered
+        self._publishing_bytes = 0  # and their data
         self._histories = 0  # history reads among the requests
         self._room: anyio.Event | None = None
         self.reader_scope = anyio.CancelScope()
@@ -350,7 +358,10 @@ class Connection:
                     return
                 for action in actions:
                     if isinstance(action, Publish):  # first: most frames of a busy client
-                        while self._publishing >= MAX_REQUESTS_IN_FLIGHT:
+                        while (
+                            self._publishing >= MAX_PUBLISHES_IN_FLIGHT
+                            or self._publishing_bytes >= MAX_PUBLISH_BYTES_IN_FLIGHT
+                        ):
                             await self._wait_room()
                         self._publish(action)
                     elif isinstance(action, Reply):
@@ -511,9 +522,11 @@ class Connection:
     def _publish(self, request: Publish) -> None:
         channel = Channel(request.channel)
         started = time.perf_counter()
+        size = len(request.data)
 
         def done(message_id: str, result: Result) -> None:
             self._publishing -= 1
+            self._publishing_bytes -= size
             self._made_room()
             if isinstance(result, Failed):
                 self.session.publish_failed(channel, result.behind or message_id)
@@ -532,6 +545,7 @@ class Connection:
                 self.deps.stats.acked(channel, time.perf_counter() - started)
 
         self._publishing += 1
+        self._publishing_bytes += size
         if self.deps.hooks is not None and self.deps.hooks.publishes(channel):
             self._queue_hooked(request, done)
             return
@@ -810,8 +824,7 @@ class Connection:
                     ErrorCode.FORBIDDEN, verdict.reason, request.ref, channel=channel, id=request.id
                 )
             )
-            self._publishing -= 1
-            self._made_room()
+            self._publish_ended(request)
         elif isinstance(verdict, Unavailable):
             done(request.id, Failed(verdict.reason))
         elif not self._hook_fenced(channel, request):  # one before it failed meanwhile
@@ -829,6 +842,12 @@ class Connection:
             del self._hook_fences[channel]
             return False
         self.outbox.offer(fenced_frame(request, fence))
-        self._publishing -= 1
-        self._made_room()
+        self._publish_ended(request)
         return True
+
+    def _publish_ended(self, request: Publish) -> None:
+        """Answered here, without the writer (``done`` is not called): the data is the
+        request's as it was queued (a hook's replacement happens after these checks)."""
+        self._publishing -= 1
+        self._publishing_bytes -= len(request.data)
+        self._made_room()
