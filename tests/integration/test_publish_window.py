@@ -5,15 +5,16 @@ answered (the count alone let a client park 512 MB frames per connection)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import anyio
 import pytest
 
-from relay.adapters.connection import MAX_PUBLISH_BYTES_IN_FLIGHT
+from relay.adapters.connection import MAX_PUBLISH_BYTES_IN_FLIGHT, MAX_PUBLISHES_IN_FLIGHT
 from tests.support.relays import make_config, running_relays, timeout
 from tests.support.wsclient import protocol_client
 
-pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+pytestmark = pytest.mark.integration
 
 DATA = "x" * 1_000_000  # about 1 MB of JSON each
 HELD = MAX_PUBLISH_BYTES_IN_FLIGHT // len(DATA) + 1  # the last one crosses the bound
@@ -27,6 +28,7 @@ def held(n: int) -> str:
     return json.dumps(frame)
 
 
+@pytest.mark.anyio
 async def test_past_the_byte_bound_the_relay_stops_reading_until_answers_free_room(
     nats_url: str,
 ) -> None:
@@ -53,3 +55,10 @@ async def test_past_the_byte_bound_the_relay_stops_reading_until_answers_free_ro
         assert len(refused) == HELD and all(f["code"] == "unavailable" for f in refused)
         acks = [f for f in client.frames if f["op"] == "ack"]
         assert [a["channel"] for a in acks] == ["chat:small"]
+
+
+def test_the_protocol_document_states_the_window_the_relay_uses() -> None:
+    text = " ".join((Path(__file__).parents[2] / "relay" / "PROTOCOL.md").read_text().split())
+    count = f"{MAX_PUBLISHES_IN_FLIGHT:,}"
+    megabytes = MAX_PUBLISH_BYTES_IN_FLIGHT // (1024 * 1024)
+    assert f"up to {count} of a connection's publishes (and {megabytes} MB" in text
