@@ -47,10 +47,9 @@ log = logging.getLogger("relaynet.writer")
 # be there; the link turns it into the NATS ack of the peer's copy.
 RemoteAck = Callable[[], None]
 
-# JetStream takes at most 1,000 messages per atomic batch and stages each batch at a fixed
-# cost (~2 ms, federation/DESIGN.md), so groups should be large; 512 keeps one round trip
-# short enough and leaves room below the server's limit.
-MAX_GROUP = 512
+# JetStream takes at most 1,000 messages per atomic batch; a smaller group keeps one
+# round trip short and leaves room for the next group to fill meanwhile.
+MAX_GROUP = 256
 # A channel that keeps refusing us (other writers in the region win every time) fails
 # its local publishes after this many refusals in a row rather than holding them forever.
 MAX_REFUSALS = 200
