@@ -13,6 +13,7 @@ relay keeps every channel's members: ``presence.get`` answers from memory.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -70,6 +71,10 @@ class PresenceService:
         self.cfg = cfg
         self.origin = f"{region}/{relay_id}"
         self.epoch = time.time_ns()
+        # One numbering for every channel's changes in this incarnation: a channel forgotten
+        # once empty and entered again must not number from 1 again (peers would take its
+        # changes for ones older than the snapshot that said it was empty).
+        self._numbering = itertools.count(1).__next__
         self._local: dict[str, LocalPresence] = {}
         self._views: dict[str, ChannelPresence] = {}
         self._listeners: dict[str, set[Sink]] = {}
@@ -154,13 +159,19 @@ class PresenceService:
     async def _snapshot_loop(self) -> None:
         while True:
             await anyio.sleep(self.cfg.snapshot_s)
-            for channel, local in list(self._local.items()):
-                snap = local.snapshot()
-                if not snap.members and snap.version.seq == 0:
-                    continue
-                self._send(encode_presence(_snapshot_message(self.region, channel, snap)))
-                if not snap.members:
-                    del self._local[channel]  # said once that none are left: forget it
+            self.snapshot_once()
+
+    def snapshot_once(self) -> None:
+        """Send a snapshot of every channel with members, or that just lost its last."""
+        for channel, local in list(self._local.items()):
+            snap = local.snapshot()
+            if not snap.members and snap.version.seq == 0:
+                continue
+            self._send(encode_presence(_snapshot_message(self.region, channel, snap)))
+            if not snap.members:
+                # Said once that none are left: forget it. Its next changes are numbered
+                # after this snapshot all the same (``_numbering`` is the process's).
+                del self._local[channel]
 
     async def _tick_loop(self) -> None:
         while True:
@@ -181,7 +192,12 @@ class PresenceService:
         local = self._local.get(channel)
         if local is None:
             local = self._local[channel] = LocalPresence(
-                self.origin, self.epoch, self.region, self.cfg.leave_after_s, self.relay_id
+                self.origin,
+                self.epoch,
+                self.region,
+                self.cfg.leave_after_s,
+                self.relay_id,
+                numbering=self._numbering,
             )
         return local
 

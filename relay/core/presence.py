@@ -5,10 +5,11 @@ Theory of operation
 Every relay process is an *origin*: the only authority on the members entered through
 its own connections. It numbers its changes to a channel's members with a version
 ``(epoch, seq)``: ``epoch`` is the process's incarnation (it starts higher after a
-restart), ``seq`` counts that channel's changes within the incarnation. Origins send
-their changes, and now and then a snapshot of all their members with the version it
-covers, to every other relay (the wire is someone else's business, and may lose,
-repeat or reorder either kind).
+restart), ``seq`` increases with every change within the incarnation (one numbering
+for all of the origin's channels, so a channel it forgot once empty goes on from
+there). Origins send their changes, and now and then a snapshot of all their members
+with the version it covers, to every other relay (the wire is someone else's business,
+and may lose, repeat or reorder either kind).
 
 A receiver keeps, per origin, each member with the ``seq`` of the change that last
 touched it, and a *tombstone* (the seq of the leave) for a member that left. A change
@@ -42,7 +43,8 @@ member new to the view, ``update`` for new data or a change of status, ``leave``
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import itertools
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -274,13 +276,17 @@ class LocalPresence:
         region: str,
         leave_after_s: float,
         relay: str | None = None,
+        numbering: Callable[[], int] | None = None,
     ) -> None:
         self.origin = origin
         self.epoch = epoch
         self.region = region
         self.relay = relay or origin  # what members show as their relay
         self.leave_after_s = leave_after_s
-        self._seq = 0
+        # Where change numbers come from: increasing within the epoch is all that matters,
+        # so an origin that forgets an empty channel shares one numbering among them all.
+        self._numbering = numbering or itertools.count(1).__next__
+        self._seq = 0  # this channel's last change number
         self._members: dict[MemberKey, tuple[int, Member]] = {}
         self._leaving: dict[MemberKey, float] = {}  # key -> when its leave is due
 
@@ -318,7 +324,7 @@ class LocalPresence:
         return sorted((m for _, m in self._members.values()), key=lambda m: m.key)
 
     def _change(self, key: MemberKey, member: Member | None) -> Change:
-        self._seq += 1
+        self._seq = self._numbering()
         if member is None:
             self._members.pop(key, None)
         else:
