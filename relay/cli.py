@@ -18,6 +18,7 @@ from relay import __version__
 from relay.client.running import event_loop_options, run_async
 from relay.config.loader import ConfigError, load_config
 from relay.config.schema import RelayConfig
+from relay.gc_settings import settle_for_serving
 
 DEFAULT_REGIONS = "us-east,eu-west,ap-south"
 
@@ -108,6 +109,7 @@ def _cmd_relay(args: argparse.Namespace) -> int:
                 logging.getLogger("relaynet").error("%s", reason)
                 tg.cancel_scope.cancel()
                 return 1
+            settle_for_serving()
             print(
                 f"relaynet relay {cfg.relay.id} ({cfg.region.name}) ready on {node.url}", flush=True
             )
@@ -344,6 +346,7 @@ def _cmd_federate(args: argparse.Namespace) -> int:
                     cfg.region_settings(), nc, f"{cfg.relay.id}-federate-{os.getpid()}"
                 )
                 await tg.start(service.run)
+                settle_for_serving()
                 print(f"relaynet federate {cfg.region.name} ready: peers "
                       + ", ".join(p.region for p in cfg.peers), flush=True)  # fmt: skip
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
