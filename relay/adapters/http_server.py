@@ -27,6 +27,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import h11
 from websockets.asyncio.server import ServerConnection
+from websockets.frames import Frame, Opcode
+
+from relay.adapters.wsframe import read_with_shortcut
 
 log = logging.getLogger("relaynet.http")
 
@@ -402,13 +405,14 @@ class EdgeConnection(ServerConnection):
     One is named for websockets' version in use by ``_WEBSOCKETS_ATTRIBUTES``; one that a
     later websockets adds still works (it lands in the dict), and a test says so."""
 
-    __slots__ = ("_sniff", *_WEBSOCKETS_ATTRIBUTES)
+    __slots__ = ("_kept", "_sniff", *_WEBSOCKETS_ATTRIBUTES)
     http_factory: Callable[[], HttpConnection]  # set on the subclass edge_connections makes
     head_timeout_s: float
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._sniff: _Sniff | None = None
+        self._kept = b""  # the start of a text frame still arriving (the read shortcut)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Nothing of websockets starts until the head says this is a WebSocket.
@@ -419,7 +423,13 @@ class EdgeConnection(ServerConnection):
     def data_received(self, data: bytes) -> None:
         sniff = self._sniff
         if sniff is None:
-            super().data_received(data)
+            # Plain text frames skip websockets' parser (``wsframe.read_with_shortcut``) and
+            # go straight to its message queue, as its parser would have put them.
+            if self._kept:
+                data = self._kept + data
+            self._kept = read_with_shortcut(
+                self.protocol, data, self._put_text, super().data_received
+            )
             return
         sniff.head += data
         end = sniff.head.find(b"\r\n\r\n")
@@ -437,10 +447,16 @@ class EdgeConnection(ServerConnection):
         http.connection_made(transport)
         http.data_received(head)
 
+    def _put_text(self, payload: bytes) -> None:
+        self.recv_messages.put(Frame(Opcode.TEXT, payload))
+
     def eof_received(self) -> None:
         # Closed before a whole head (nothing to answer), or websockets' own handling;
         # None lets asyncio close the transport.
         if self._sniff is None:
+            kept, self._kept = self._kept, b""
+            if kept:  # a frame cut short by the end: websockets' parser says so
+                super().data_received(kept)
             super().eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
