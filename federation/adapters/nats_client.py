@@ -49,6 +49,7 @@ import nats.errors
 import nkeys
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
+from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
 
 from federation.settings import NatsConnectOptions
 
@@ -174,9 +175,92 @@ class _Direct:
         raise AssertionError("a direct subscription's message reached nats-py's queue")
 
 
+class _MessageFirstParser(Parser):
+    """nats-py's protocol parser, with the messages of a read handled first and in place.
+
+    nats-py tries a regex for MSG, then one for HMSG, on every message, and deletes each
+    message from the front of its buffer (moving the rest of a 64 KiB read each time),
+    then awaits a coroutine per message. Here the (H)MSG messages of a read are split
+    with ``bytes.split`` at offsets into the buffer, which is cut once; a direct
+    subscription's message is handled without a coroutine. Everything else (PING, PONG,
+    +OK, -ERR, INFO, a control line that is not a well-formed (H)MSG) goes to nats-py's
+    own ``parse``, which raises its own errors; a message not all read yet waits, as
+    there, for the next read. tests/unit/test_nats_parser.py holds this to nats-py's
+    parser for any stream of protocol lines cut into reads anywhere.
+    """
+
+    nc: NatsClient
+
+    async def parse(self, data: bytes = b"") -> None:
+        buf = self.buf
+        buf.extend(data)
+        if self.state != AWAITING_CONTROL_LINE:  # nats-py holds half a message
+            await super().parse()
+            return
+        nc = self.nc
+        pos, end = 0, len(buf)
+        rest = False  # something only nats-py's parser reads comes next
+        with memoryview(buf) as view:
+            while pos < end:
+                if buf.startswith(b"HMSG ", pos):
+                    header_at = True
+                elif buf.startswith(b"MSG ", pos):
+                    header_at = False
+                else:
+                    rest = True
+                    break
+                eol = buf.find(b"\r\n", pos)
+                if eol < 0:
+                    break  # the control line is not all here yet
+                line = bytes(view[pos:eol])
+                if b"\r" in line or b"\n" in line:  # nats-py's regexes read those otherwise
+                    rest = True
+                    break
+                parts = line.split()
+                count = len(parts)
+                if header_at:
+                    if count not in (5, 6) or not (parts[-1].isdigit() and parts[-2].isdigit()):
+                        rest = True
+                        break
+                    header_size, size = int(parts[-2]), int(parts[-1])
+                else:
+                    if count not in (4, 5) or not parts[-1].isdigit():
+                        rest = True
+                        break
+                    header_size, size = 0, int(parts[-1])
+                if not parts[2].isdigit() or header_size > size:
+                    rest = True
+                    break
+                start = eol + 2
+                stop = start + size
+                if stop + 2 > end:
+                    break  # the payload is not all here yet
+                sid = int(parts[2])
+                headers = bytes(view[start : start + header_size]) if header_size else None
+                payload = bytes(view[start + header_size : stop])
+                pos = stop + 2
+                direct = nc._direct(sid)
+                if direct is not None and (not headers or headers.startswith(_HEAD_LINE)):
+                    failed = nc._handle_direct(direct, payload, headers)
+                    if failed is not None:
+                        await nc._error_cb(failed)
+                else:
+                    reply = parts[3] if count == (6 if header_at else 5) else b""
+                    await nc._process_msg(sid, parts[1], reply, payload, headers)
+                if self.buf is not buf:  # reset by a reconnect meanwhile: nothing to keep
+                    return
+        del buf[:pos]
+        if rest:
+            await super().parse()
+
+
 class NatsClient(Client):
     #: Set by ``connect_with``: a server that does not require TLS is refused.
     _require_tls = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ps = _MessageFirstParser(self)
 
     async def connect_with(self, options: NatsConnectOptions, **kwargs: Any) -> None:
         """``connect()`` to the servers of ``options`` with its credentials and TLS;
@@ -223,27 +307,49 @@ class NatsClient(Client):
         return await self.subscribe(subject, cb=_Direct(handler, header_names).never_called)
 
     async def _process_msg(
-        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
     ) -> None:
-        sub = self._subs.get(sid)
-        direct = getattr(sub._cb, "__self__", None) if sub is not None else None
-        if not isinstance(direct, _Direct):
-            await super()._process_msg(sid, subject, reply, data, headers)
+        direct = self._direct(sid)
+        if direct is None:
+            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
             return
-        self.stats["in_msgs"] += 1
-        self.stats["in_bytes"] += len(data)
-        handler, names = direct.handler, direct.names
-        if not headers:
-            picked: Mapping[str, str] = {}
-        elif headers.startswith(_HEAD_LINE):
-            picked = pick_headers(headers[len(_HEAD_LINE) :], names)
+        if not headers or headers.startswith(_HEAD_LINE):
+            failed = self._handle_direct(direct, data, headers)
         else:  # an inline status line: nats-py's own path, then the names
             parsed = await self._process_headers(headers) or {}
-            picked = {n: parsed[n] for n in names.values() if n in parsed}
+            picked = {n: parsed[n] for n in direct.names.values() if n in parsed}
+            failed = self._call_direct(direct, data, picked)
+        if failed is not None:
+            await self._error_cb(failed)
+
+    def _direct(self, sid: int) -> _Direct | None:
+        """The direct subscription ``sid`` is, if it is one."""
+        sub = self._subs.get(sid)
+        direct = getattr(sub._cb, "__self__", None) if sub is not None else None
+        return direct if isinstance(direct, _Direct) else None
+
+    def _handle_direct(
+        self, direct: _Direct, data: bytes, headers: bytes | None
+    ) -> Exception | None:
+        """A direct subscription's message whose headers (if any) start with the plain
+        ``NATS/1.0`` line: handled without awaiting anything; returns what the handler
+        raised, for the error callback."""
+        if headers:
+            picked: Mapping[str, str] = pick_headers(headers[len(_HEAD_LINE) :], direct.names)
+        else:
+            picked = {}
+        return self._call_direct(direct, data, picked)
+
+    def _call_direct(
+        self, direct: _Direct, data: bytes, picked: Mapping[str, str]
+    ) -> Exception | None:
+        self.stats["in_msgs"] += 1
+        self.stats["in_bytes"] += len(data)
         try:
-            handler(data, picked)
+            direct.handler(data, picked)
         except Exception as exc:
-            await self._error_cb(exc)
+            return exc
+        return None
 
     async def publish_many(
         self, subject: str, messages: Sequence[tuple[dict[str, str], bytes]]
