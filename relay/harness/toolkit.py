@@ -427,15 +427,21 @@ def start_relay(
 def relay_command(workdir: Path) -> tuple[list[str], list[Path]]:
     """A relay with its embedded nats-server: argv, and its logs besides stderr."""
     store = workdir / "nats"
-    # Port 0 everywhere so that runs never collide; a big outbox because this
-    # measures throughput, not the slow-consumer policy.
+    # Port 0 everywhere so that runs never collide; a big outbox and no publish rate
+    # limit because this measures throughput, not the slow-consumer and rate policies
+    # (the default 10,000 publishes/s per connection capped a pipelining publisher once
+    # the relay stored more than that: bench compare counted its refusals as failures).
     cfg = relay_config(
         nats_url="embedded",
         region="bench",
         relay_id="bench-1",
         relay={"shutdown_grace_s": 5.0},
         nats={"embedded_port": 0, "store_dir": str(store)},
-        limits={"outbox_max_messages": 100_000},
+        limits={
+            "outbox_max_messages": 100_000,
+            "publish_rate": 1_000_000.0,
+            "publish_burst": 1_000_000,
+        },
     )
     config = write_config(workdir / "relay.toml", cfg)
     return relay_argv(config), [store / "nats-server.log"]
