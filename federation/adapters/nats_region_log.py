@@ -42,6 +42,7 @@ from federation.logformat import StoredMessage
 from federation.region_log import Appended, LoggedEntry, LogUnavailable
 from federation.settings import Namespace, RegionSettings
 from federation.vclock import EMPTY, VectorClock
+from federation.written_bodies import WrittenBodies
 
 # Batch ids only need to be unique among this server's batches in flight: a random
 # process prefix and a counter, without a system call per batch (uuid4 was 4% of a publish).
@@ -84,6 +85,8 @@ class NatsRegionLog:
         #: Every region of the network: a stored entry from anywhere else is not ours.
         self.regions = frozenset([self.region, *(peer.region for peer in settings.peers)])
         self.bad_entries = BadEntries(log)
+        #: Bodies this process appended lately (the live feed reads them back: no decode).
+        self.written = WrittenBodies()
 
     def namespace_of(self, channel: str) -> str:
         return self.settings.namespace_for(channel).name
@@ -242,10 +245,10 @@ class NatsRegionLog:
             "Nats-Msg-Id": msg_id,
             "Nats-Expected-Last-Subject-Sequence": str(expected_seq),
         }
+        body = logformat.encode_stored(msg)
+        self.written.remember(body, msg)
         try:
-            ack = await self.js.publish(
-                subject, logformat.encode_stored(msg), stream=stream, headers=headers
-            )
+            ack = await self.js.publish(subject, body, stream=stream, headers=headers)
         except nats.js.errors.APIError as exc:
             if exc.err_code == ERR_WRONG_LAST_SEQUENCE:
                 return None
@@ -277,7 +280,9 @@ class NatsRegionLog:
             }
             if number == 1:  # checked against the stream as it was before the batch
                 headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
-            headed.append((headers, logformat.encode_stored(entry)))
+            body = logformat.encode_stored(entry)
+            self.written.remember(body, entry)
+            headed.append((headers, body))
         commit_headers, commit_body = headed.pop()
         commit_headers["Nats-Batch-Commit"] = "1"
         try:

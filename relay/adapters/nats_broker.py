@@ -103,6 +103,7 @@ class NatsBroker:
         self, channel: Channel, on_entry: Callable[[LogEntry], None]
     ) -> Subscription:
         regions = self.log.regions
+        written = self.log.written.take
 
         def on_message(data: bytes, headers: Mapping[str, str]) -> None:
             try:
@@ -110,7 +111,9 @@ class NatsBroker:
                 last_seq = sequence_header(headers, "Nats-Last-Sequence", minimum=0)
                 if last_seq >= seq:
                     raise BadEntry(f"Nats-Last-Sequence {last_seq} is not before {seq}")
-                entry = LogEntry(seq, last_seq, channel, decode_checked(data, regions))
+                # What this process stored comes back byte for byte: that entry, as built.
+                msg = written(data) or decode_checked(data, regions)
+                entry = LogEntry(seq, last_seq, channel, msg)
             except BadEntry as exc:
                 # The feed never sees it; if it was stored, the next entry's predecessor
                 # shows the hole and a fill reads it (and skips it) from the stream.
