@@ -390,10 +390,16 @@ def pick_headers(raw: bytes, names: Mapping[bytes, str]) -> dict[str, str]:
     parsed as ``NatsClient._parse_header_lines`` does (the last line of a name wins)."""
     out: dict[str, str] = {}
     get = names.get
-    for line in raw.split(b"\r\n"):
+    wanted = len(names)
+    # From the last line back, the first line of a name is the one that wins; JetStream
+    # appends the headers the live feed reads (sequences, time) after the stored ones,
+    # so the walk usually stops after a few of a dozen lines.
+    for line in reversed(raw.split(b"\r\n")):
         # Stripped, as nats-py does: " Nats-Sequence :" is that header to it too.
         name, sep, value = line.partition(b":")
         key = get(name.strip())
-        if key is not None and sep:
+        if key is not None and sep and key not in out:
             out[key] = value.strip().decode("utf-8", "replace")
+            if len(out) == wanted:
+                break
     return out
