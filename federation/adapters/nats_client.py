@@ -9,11 +9,12 @@ input) at about a third of the cost. nats-py looks the parser up on the instance
 overriding it is the whole change; tests/unit/test_nats_client.py fails if that ever
 stops being true.
 
-``publish_many`` writes the messages of an atomic batch (all but its commit) as one
-buffer: nats-py's ``publish`` builds and validates headers with a regex per key, and
+``publish_batch_members`` writes the messages of an atomic batch (all but its commit) as
+one buffer: nats-py's ``publish`` builds and validates headers with a regex per key, and
 queues a flush, per message (15% of a relay's CPU). Our headers are ASCII tokens and
-values we made and checked (channel names and ids are validated), so they are written as
-they are; sizes are checked against the server's limit like nats-py does.
+values we made and checked (channel names and ids are validated), so each header block
+is formatted in one step as it is; sizes are checked against the server's limit like
+nats-py does.
 
 ``_connect_to_server`` closes the socket of a failed attempt before the next one: nats-py
 reuses its transport object and overwrote the stream of an attempt whose TCP connect
@@ -351,10 +352,13 @@ class NatsClient(Client):
             return exc
         return None
 
-    async def publish_many(
-        self, subject: str, messages: Sequence[tuple[dict[str, str], bytes]]
+    async def publish_batch_members(
+        self, subject: str, batch: str, members: Sequence[tuple[str, bytes]], expected_seq: int
     ) -> None:
-        """Publish (headers, payload) pairs to ``subject`` in order, as one write."""
+        """Publish members 1..n of JetStream atomic batch ``batch`` to ``subject``, in
+        order, as one write: each (``Nats-Msg-Id``, payload), the first expecting the
+        subject's last sequence to be ``expected_seq``. The commit is sent apart (it asks
+        for the answer). The header blocks are formatted here in one step each."""
         if self.is_closed:
             raise nats.errors.ConnectionClosedError
         if not self.is_connected or self.is_draining_pubs:
@@ -363,14 +367,9 @@ class NatsClient(Client):
             raise nats.errors.ConnectionReconnectingError
         parts: list[bytes] = []
         target = subject.encode()
-        for headers, payload in messages:
-            block = (
-                b"NATS/1.0\r\n"
-                + b"".join(
-                    b"%s: %s\r\n" % (key.encode(), value.encode()) for key, value in headers.items()
-                )
-                + b"\r\n"
-            )
+        batch_id = batch.encode()
+        for number, (msg_id, payload) in enumerate(members, 1):
+            block = batch_member_block(batch_id, number, msg_id, expected_seq)
             total = len(block) + len(payload)
             if total > self._max_payload:
                 raise nats.errors.MaxPayloadError
@@ -378,6 +377,19 @@ class NatsClient(Client):
             self.stats["out_msgs"] += 1
             self.stats["out_bytes"] += len(payload)
         await self._send_command(b"".join(parts))
+
+
+def batch_member_block(batch: bytes, number: int, msg_id: str, expected_seq: int) -> bytes:
+    """The header block of member ``number`` of atomic batch ``batch``: its id, its place,
+    its ``Nats-Msg-Id`` and, on the first, the subject's expected last sequence."""
+    block = b"NATS/1.0\r\nNats-Batch-Id: %s\r\nNats-Batch-Sequence: %d\r\nNats-Msg-Id: %s\r\n" % (
+        batch,
+        number,
+        msg_id.encode(),
+    )
+    if number == 1:
+        block += b"Nats-Expected-Last-Subject-Sequence: %d\r\n" % expected_seq
+    return block + b"\r\n"
 
 
 def header_names(names: Iterable[str]) -> dict[bytes, str]:

@@ -74,6 +74,15 @@ def _refusal(stream: str, description: str | None) -> str:
     return f"{stream} refused the append: {description}"
 
 
+def _member_headers(batch: str, number: int, msg_id: str, expected_seq: int) -> dict[str, str]:
+    """The headers of member ``number`` of an atomic batch (as
+    ``NatsClient.publish_batch_members`` writes them)."""
+    headers = {"Nats-Batch-Id": batch, "Nats-Batch-Sequence": str(number), "Nats-Msg-Id": msg_id}
+    if number == 1:  # checked against the stream as it was before the batch
+        headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
+    return headers
+
+
 class NatsRegionLog:
     def __init__(self, nc: Client, settings: RegionSettings) -> None:
         self.nc = nc
@@ -151,15 +160,18 @@ class NatsRegionLog:
                     ) from None
                 log.info("stream %s ready", config.name)
 
-    async def _publish_many(
-        self, subject: str, messages: list[tuple[dict[str, str], bytes]]
+    async def _publish_members(
+        self, subject: str, batch: str, members: list[tuple[str, bytes]], expected_seq: int
     ) -> None:
-        if not messages:
+        """Members 1..n of atomic batch ``batch`` (``Nats-Msg-Id``, body), the first
+        expecting ``expected_seq``; the commit is sent apart."""
+        if not members:
             return
         if isinstance(self.nc, NatsClient):
-            await self.nc.publish_many(subject, messages)
+            await self.nc.publish_batch_members(subject, batch, members, expected_seq)
             return
-        for headers, body in messages:  # a plain nats-py client (tools, tests)
+        for number, (msg_id, body) in enumerate(members, 1):  # a plain nats-py client
+            headers = _member_headers(batch, number, msg_id, expected_seq)
             await self.nc.publish(subject, body, headers=headers)
 
     def where(self, channel: str) -> tuple[str, str]:
@@ -271,23 +283,18 @@ class NatsRegionLog:
         """
         stream, subject = self.where(channel)
         batch = next(_batch_ids)
-        headed: list[tuple[dict[str, str], bytes]] = []
-        for number, (entry, msg_id) in enumerate(entries, 1):
-            headers = {
-                "Nats-Batch-Id": batch,
-                "Nats-Batch-Sequence": str(number),
-                "Nats-Msg-Id": msg_id,
-            }
-            if number == 1:  # checked against the stream as it was before the batch
-                headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
+        members: list[tuple[str, bytes]] = []
+        remember = self.written.remember
+        for entry, msg_id in entries:
             body = logformat.encode_stored(entry)
-            self.written.remember(body, entry)
-            headed.append((headers, body))
-        commit_headers, commit_body = headed.pop()
+            remember(body, entry)
+            members.append((msg_id, body))
+        commit_id, commit_body = members.pop()
+        commit_headers = _member_headers(batch, len(entries), commit_id, expected_seq)
         commit_headers["Nats-Batch-Commit"] = "1"
         try:
             # One write for all but the commit; only the commit asks for an answer.
-            await self._publish_many(subject, headed)
+            await self._publish_members(subject, batch, members, expected_seq)
             reply = await self.nc.request(
                 subject, commit_body, timeout=self.timeout_s, headers=commit_headers
             )

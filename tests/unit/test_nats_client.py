@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
 
-from federation.adapters.nats_client import NatsClient, header_names, pick_headers
+from federation.adapters.nats_client import (
+    NatsClient,
+    batch_member_block,
+    header_names,
+    pick_headers,
+)
+from federation.adapters.nats_region_log import _member_headers
 
 _pieces = st.sampled_from(
     [b"Nats-Sequence", b"Nats-Msg-Id", b"a b", b" ", b"\t", b":", b": ", b"\r\n", b"x",
@@ -64,3 +70,20 @@ def test_a_name_spoofed_in_another_line_is_read_as_nats_py_reads_it() -> None:
     raw = b"Nats-Sequence: 1\r\nX: y\r\n Nats-Sequence : 99\r\n\r\n"
     assert pick_headers(raw, _NAMES) == {"Nats-Sequence": "99"}
     assert Client._parse_header_lines(raw)["Nats-Sequence"] == "99"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    number=st.integers(1, 1000),
+    msg_id=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1),
+    expected=st.integers(0, 2**63),
+)
+def test_a_batch_member_block_holds_the_headers_the_plain_client_sends(
+    number: int, msg_id: str, expected: int
+) -> None:
+    """publish_batch_members formats each block itself; what nats-py reads back from it is
+    what a plain nats-py client is given for the same member (``_member_headers``)."""
+    block = batch_member_block(b"b7f3", number, msg_id, expected)
+    assert block.startswith(b"NATS/1.0\r\n") and block.endswith(b"\r\n\r\n")
+    parsed = Client._parse_header_lines(block[len(b"NATS/1.0\r\n") :])
+    assert parsed == _member_headers("b7f3", number, msg_id, expected)
