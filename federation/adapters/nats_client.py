@@ -191,6 +191,7 @@ class _MessageFirstParser(Parser):
     """
 
     nc: NatsClient
+    _handled = 0  # offset in the buffer after the last message handled in this read
 
     async def parse(self, data: bytes = b"") -> None:
         buf = self.buf
@@ -198,9 +199,22 @@ class _MessageFirstParser(Parser):
         if self.state != AWAITING_CONTROL_LINE:  # nats-py holds half a message
             await super().parse()
             return
+        self._handled = 0
+        try:
+            rest = await self._messages(buf)
+        finally:
+            # What was handled leaves the buffer, whatever a handler raised.
+            if self.buf is buf:
+                del buf[: self._handled]
+        if rest and self.buf is buf:
+            await super().parse()
+
+    async def _messages(self, buf: bytearray) -> bool:
+        """Handle the complete (H)MSG messages at the start of ``buf`` (``_handled``: the
+        offset after the last one handled); True if something only nats-py's parser reads
+        comes next."""
         nc = self.nc
         pos, end = 0, len(buf)
-        rest = False  # something only nats-py's parser reads comes next
         with memoryview(buf) as view:
             while pos < end:
                 if buf.startswith(b"HMSG ", pos):
@@ -208,40 +222,35 @@ class _MessageFirstParser(Parser):
                 elif buf.startswith(b"MSG ", pos):
                     header_at = False
                 else:
-                    rest = True
-                    break
+                    return True
                 eol = buf.find(b"\r\n", pos)
                 if eol < 0:
-                    break  # the control line is not all here yet
+                    return False  # the control line is not all here yet
                 line = bytes(view[pos:eol])
                 if b"\r" in line or b"\n" in line:  # nats-py's regexes read those otherwise
-                    rest = True
-                    break
+                    return True
                 parts = line.split()
                 count = len(parts)
                 if header_at:
                     if count not in (5, 6) or not (parts[-1].isdigit() and parts[-2].isdigit()):
-                        rest = True
-                        break
+                        return True
                     header_size, size = int(parts[-2]), int(parts[-1])
                 else:
                     if count not in (4, 5) or not parts[-1].isdigit():
-                        rest = True
-                        break
+                        return True
                     header_size, size = 0, int(parts[-1])
                 if not parts[2].isdigit() or header_size > size:
-                    rest = True
-                    break
+                    return True
                 start = eol + 2
                 stop = start + size
                 if stop + 2 > end:
-                    break  # the payload is not all here yet
+                    return False  # the payload is not all here yet
                 sid = int(parts[2])
                 headers = bytes(view[start : start + header_size]) if header_size else None
                 payload = bytes(view[start + header_size : stop])
-                pos = stop + 2
-                direct = nc._direct(sid)
-                if direct is not None and (not headers or headers.startswith(_HEAD_LINE)):
+                pos = self._handled = stop + 2
+                direct = nc._sync_direct(sid, headers)
+                if direct is not None:
                     failed = nc._handle_direct(direct, payload, headers)
                     if failed is not None:
                         await nc._error_cb(failed)
@@ -249,10 +258,8 @@ class _MessageFirstParser(Parser):
                     reply = parts[3] if count == (6 if header_at else 5) else b""
                     await nc._process_msg(sid, parts[1], reply, payload, headers)
                 if self.buf is not buf:  # reset by a reconnect meanwhile: nothing to keep
-                    return
-        del buf[:pos]
-        if rest:
-            await super().parse()
+                    return False
+        return False
 
 
 class NatsClient(Client):
@@ -310,13 +317,15 @@ class NatsClient(Client):
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
     ) -> None:
-        direct = self._direct(sid)
-        if direct is None:
-            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
-            return
-        if not headers or headers.startswith(_HEAD_LINE):
+        direct = self._sync_direct(sid, headers)
+        if direct is not None:
             failed = self._handle_direct(direct, data, headers)
-        else:  # an inline status line: nats-py's own path, then the names
+        else:
+            direct = self._direct(sid)
+            if direct is None:
+                await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
+                return
+            # An inline status line: nats-py's own header path, then the names.
             parsed = await self._process_headers(headers) or {}
             picked = {n: parsed[n] for n in direct.names.values() if n in parsed}
             failed = self._call_direct(direct, data, picked)
@@ -328,6 +337,13 @@ class NatsClient(Client):
         sub = self._subs.get(sid)
         direct = getattr(sub._cb, "__self__", None) if sub is not None else None
         return direct if isinstance(direct, _Direct) else None
+
+    def _sync_direct(self, sid: int, headers: bytes | None) -> _Direct | None:
+        """The direct subscription ``sid`` is, if its message can be handled without
+        awaiting anything (no headers, or the plain ``NATS/1.0`` line)."""
+        if headers and not headers.startswith(_HEAD_LINE):
+            return None
+        return self._direct(sid)
 
     def _handle_direct(
         self, direct: _Direct, data: bytes, headers: bytes | None

@@ -30,8 +30,8 @@ class _Recorder:
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
     ) -> None:
-        direct = self._direct(sid)
-        if direct is not None and (not headers or headers.startswith(_HEAD_LINE)):
+        direct = self._sync_direct(sid, headers)
+        if direct is not None:
             # As NatsClient._process_msg: nats-py's own parser (after a PING, say) hands
             # a direct subscription's message over the same way.
             self._handle_direct(direct, data, headers)
@@ -53,7 +53,10 @@ class _Recorder:
     async def _error_cb(self, exc: Exception) -> None:
         raise AssertionError(exc)
 
-    def _direct(self, sid: int) -> object | None:
+    def _sync_direct(self, sid: int, headers: bytes | None) -> object | None:
+        """As NatsClient's: a direct sid whose message needs no awaiting."""
+        if headers and not headers.startswith(_HEAD_LINE):
+            return None
         return sid if sid in self.direct else None
 
     def _handle_direct(self, direct: object, data: bytes, headers: bytes | None) -> None:
@@ -155,3 +158,25 @@ async def test_a_burst_of_messages_is_read_in_place() -> None:
         await parser.parse(stream[start : start + 1000])
     assert parser.nc.calls == [("direct", 1, b"{}", block)] * 100  # type: ignore[attr-defined]
     assert parser.buf == bytearray()
+
+
+@pytest.mark.anyio
+async def test_a_handler_that_raises_leaves_only_what_was_not_handled() -> None:
+    """nats-py deletes each message before dispatching it; so does this parser, for the
+    read as a whole: a raising handler never makes an earlier message come again."""
+
+    class Raising(_Recorder):
+        async def _process_msg(
+            self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+        ) -> None:
+            await super()._process_msg(sid, subject, reply, data, headers)
+            if data == b"two":
+                raise RuntimeError("handler failed")
+
+    parser = _MessageFirstParser(Raising())  # type: ignore[arg-type]
+    stream = b"MSG s 1 3\r\none\r\nMSG s 1 3\r\ntwo\r\nMSG s 1 5\r\nthree\r\n"
+    with pytest.raises(RuntimeError):
+        await parser.parse(stream)
+    assert bytes(parser.buf) == b"MSG s 1 5\r\nthree\r\n"
+    await parser.parse(b"")
+    assert [call[4] for call in parser.nc.calls] == [b"one", b"two", b"three"]  # type: ignore[attr-defined]
