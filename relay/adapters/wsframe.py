@@ -152,13 +152,14 @@ def read_with_shortcut(
             deliver(payload)
         if used:
             data = data[used:]
-        size = frame_size(data) if data else 0
+            if not data:
+                break
+        size = frame_size(data)
         if size is None or len(data) < size <= KEEP_MAX_BYTES:
-            return data
-        if size > len(data):
+            return data  # a frame still arriving: read it whole next time
+        if size > len(data):  # large: websockets reads it as it comes
             parse(data)
             return b""
-        if size:
-            parse(data[:size])
-            data = data[size:]
+        parse(data[:size])  # a whole frame the shortcut does not take
+        data = data[size:]
     return b""
