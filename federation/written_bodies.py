@@ -6,6 +6,8 @@ relay of a region sees one order), and decoding and checking each body again was
 5% of its CPU per publish at 10 subscribers (py-spy). The bytes JetStream republishes
 are the bytes we sent, so a body equal to one we encoded is that entry, checked when it
 was built: the live feed takes it from here (once) and decodes only what others wrote.
+Only a process with a live feed keeps one (the relay's ``NatsBroker`` gives its region
+log one); ``relaynet federate`` reads nothing back.
 
 Bounded and O(1): two generations of at most ``limit`` bodies each; when the newer one
 is full it becomes the older one and the older one is dropped. A body that was never

@@ -94,8 +94,9 @@ class NatsRegionLog:
         #: Every region of the network: a stored entry from anywhere else is not ours.
         self.regions = frozenset([self.region, *(peer.region for peer in settings.peers)])
         self.bad_entries = BadEntries(log)
-        #: Bodies this process appended lately (the live feed reads them back: no decode).
-        self.written = WrittenBodies()
+        #: Bodies this process appended lately, kept when a live feed here reads them back
+        #: (a relay sets it; ``relaynet federate`` reads nothing back and keeps none).
+        self.written: WrittenBodies | None = None
 
     def namespace_of(self, channel: str) -> str:
         return self.settings.namespace_for(channel).name
@@ -258,7 +259,8 @@ class NatsRegionLog:
             "Nats-Expected-Last-Subject-Sequence": str(expected_seq),
         }
         body = logformat.encode_stored(msg)
-        self.written.remember(body, msg)
+        if self.written is not None:
+            self.written.remember(body, msg)
         try:
             ack = await self.js.publish(subject, body, stream=stream, headers=headers)
         except nats.js.errors.APIError as exc:
@@ -283,12 +285,10 @@ class NatsRegionLog:
         """
         stream, subject = self.where(channel)
         batch = next(_batch_ids)
-        members: list[tuple[str, bytes]] = []
-        remember = self.written.remember
-        for entry, msg_id in entries:
-            body = logformat.encode_stored(entry)
-            remember(body, entry)
-            members.append((msg_id, body))
+        members = [(msg_id, logformat.encode_stored(entry)) for entry, msg_id in entries]
+        if self.written is not None:
+            for (_, body), (entry, _) in zip(members, entries, strict=True):
+                self.written.remember(body, entry)
         commit_id, commit_body = members.pop()
         commit_headers = _member_headers(batch, len(entries), commit_id, expected_seq)
         commit_headers["Nats-Batch-Commit"] = "1"

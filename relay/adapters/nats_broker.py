@@ -20,6 +20,7 @@ from federation.adapters.nats_client import NatsClient
 from federation.adapters.nats_region_log import NatsRegionLog
 from federation.entry_checks import BadEntry, decode_checked, sequence_header
 from federation.region_log import LoggedEntry
+from federation.written_bodies import WrittenBodies
 from relay.config.schema import RelayConfig
 from relay.core import channels
 from relay.core.channels import Channel
@@ -42,6 +43,10 @@ class NatsBroker:
         self.cfg = cfg
         self.region = cfg.region.name
         self.log = region_log
+        # The live feed reads back every entry this process stores: keep their bodies.
+        if region_log.written is None:
+            region_log.written = WrittenBodies()
+        self.written = region_log.written
         # JetStream's store time of each live message (its Nats-Time-Stamp, the NATS
         # server's clock) to the end of its fan-out here: the log carries no send time.
         self.store_to_fanout = Histogram()
@@ -103,7 +108,7 @@ class NatsBroker:
         self, channel: Channel, on_entry: Callable[[LogEntry], None]
     ) -> Subscription:
         regions = self.log.regions
-        written = self.log.written.take
+        written = self.written.take
 
         def on_message(data: bytes, headers: Mapping[str, str]) -> None:
             try:
