@@ -34,7 +34,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, RePublish, StorageType, StreamConfig
 
 from federation import logformat
-from federation.adapters.nats_client import NatsClient
+from federation.adapters.nats_client import NatsClient, batch_member_headers
 from federation.bad_entries import BadEntries
 from federation.channel_writes import Head
 from federation.entry_checks import BadEntry, decode_checked, sequence_header
@@ -72,15 +72,6 @@ def _refusal(stream: str, description: str | None) -> str:
     if description == MAX_BYTES_EXCEEDED:
         return f"{stream} is out of space (its namespace's max_bytes is reached): {description}"
     return f"{stream} refused the append: {description}"
-
-
-def _member_headers(batch: str, number: int, msg_id: str, expected_seq: int) -> dict[str, str]:
-    """The headers of member ``number`` of an atomic batch (as
-    ``NatsClient.publish_batch_members`` writes them)."""
-    headers = {"Nats-Batch-Id": batch, "Nats-Batch-Sequence": str(number), "Nats-Msg-Id": msg_id}
-    if number == 1:  # checked against the stream as it was before the batch
-        headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
-    return headers
 
 
 class NatsRegionLog:
@@ -172,7 +163,7 @@ class NatsRegionLog:
             await self.nc.publish_batch_members(subject, batch, members, expected_seq)
             return
         for number, (msg_id, body) in enumerate(members, 1):  # a plain nats-py client
-            headers = _member_headers(batch, number, msg_id, expected_seq)
+            headers = batch_member_headers(batch, number, msg_id, expected_seq)
             await self.nc.publish(subject, body, headers=headers)
 
     def where(self, channel: str) -> tuple[str, str]:
@@ -290,7 +281,7 @@ class NatsRegionLog:
             for (_, body), (entry, _) in zip(members, entries, strict=True):
                 self.written.remember(body, entry)
         commit_id, commit_body = members.pop()
-        commit_headers = _member_headers(batch, len(entries), commit_id, expected_seq)
+        commit_headers = batch_member_headers(batch, len(entries), commit_id, expected_seq)
         commit_headers["Nats-Batch-Commit"] = "1"
         try:
             # One write for all but the commit; only the commit asks for an answer.

@@ -13,10 +13,10 @@ from nats.aio.client import Client
 from federation.adapters.nats_client import (
     NatsClient,
     batch_member_block,
+    batch_member_headers,
     header_names,
     pick_headers,
 )
-from federation.adapters.nats_region_log import _member_headers
 
 _pieces = st.sampled_from(
     [b"Nats-Sequence", b"Nats-Msg-Id", b"a b", b" ", b"\t", b":", b": ", b"\r\n", b"x",
@@ -82,8 +82,8 @@ def test_a_batch_member_block_holds_the_headers_the_plain_client_sends(
     number: int, msg_id: str, expected: int
 ) -> None:
     """publish_batch_members formats each block itself; what nats-py reads back from it is
-    what a plain nats-py client is given for the same member (``_member_headers``)."""
+    what a plain nats-py client is given for the same member (``batch_member_headers``)."""
     block = batch_member_block(b"b7f3", number, msg_id, expected)
     assert block.startswith(b"NATS/1.0\r\n") and block.endswith(b"\r\n\r\n")
     parsed = Client._parse_header_lines(block[len(b"NATS/1.0\r\n") :])
-    assert parsed == _member_headers("b7f3", number, msg_id, expected)
+    assert parsed == batch_member_headers("b7f3", number, msg_id, expected)
