@@ -159,7 +159,7 @@ class HookEndpoint:
             self.calls[(kind, outcome)] += 1
             return decided
         except _Failure as failure:
-            breaker.failed(self._clock())
+            breaker.failed(self._clock(), trial=trial)
             settled = True
             self.calls[(kind, failure.outcome)] += 1
             _problems.log(
@@ -172,8 +172,8 @@ class HookEndpoint:
             )
             return failure
         finally:
-            if not settled and trial:  # cancelled: says nothing about the backend
-                breaker.abandoned()
+            if not settled:  # cancelled: says nothing about the backend
+                breaker.abandoned(trial=trial)
             self.latency[kind].observe(self._clock() - started)
 
     async def _post(self, body: bytes) -> HookAnswer:

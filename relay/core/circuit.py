@@ -15,8 +15,11 @@ Three states, one transition table:
 
 Time is passed in (``now``, any monotonic seconds), so tests need no clock. A call
 that ``allow`` let through must end in exactly one of ``succeeded``, ``failed`` or
-``abandoned``; results of calls let through before the breaker opened still count
-(a late success closes it: the backend answered).
+``abandoned``, saying whether it was the trial (``allow`` let it through half-open);
+results of calls let through before the breaker opened still count (a late success
+closes it: the backend answered; a late failure after the pause opens it again), but
+only the trial's own end lets another trial go: a straggler that ends while the trial
+is in flight must not let a second one through.
 """
 
 from __future__ import annotations
@@ -65,15 +68,17 @@ class CircuitBreaker:
         self.opened_at = None
         self.trial = False
 
-    def failed(self, now: float) -> None:
+    def failed(self, now: float, *, trial: bool) -> None:
         if self.opened_at is None:
             self.failures += 1
             if self.failures >= self.failure_threshold:
                 self.opened_at = now
-        elif self.trial or self.state(now) is not BreakerState.OPEN:
+        elif trial or self.state(now) is not BreakerState.OPEN:
             self.opened_at = now  # the trial (or a straggler after the pause) failed
-        self.trial = False
+        if trial:
+            self.trial = False
 
-    def abandoned(self) -> None:
+    def abandoned(self, *, trial: bool) -> None:
         """A call let through ended without a verdict: it says nothing about the backend."""
-        self.trial = False
+        if trial:
+            self.trial = False

@@ -13,12 +13,12 @@ def test_opens_after_consecutive_failures_then_one_trial_closes_it() -> None:
     breaker = CircuitBreaker(failure_threshold=3, open_s=10.0)
     for now in (0.0, 1.0):
         assert breaker.allow(now)
-        breaker.failed(now)
+        breaker.failed(now, trial=False)
     assert breaker.allow(2.0)
     breaker.succeeded()  # a success in between: the count starts again
     for now in (3.0, 4.0, 5.0):
         assert breaker.allow(now)
-        breaker.failed(now)
+        breaker.failed(now, trial=False)
     assert breaker.state(5.0) is BreakerState.OPEN
     assert not breaker.allow(14.9)
     assert breaker.state(15.0) is BreakerState.HALF_OPEN
@@ -30,18 +30,33 @@ def test_opens_after_consecutive_failures_then_one_trial_closes_it() -> None:
 
 def test_a_failed_trial_opens_it_for_another_period() -> None:
     breaker = CircuitBreaker(failure_threshold=1, open_s=5.0)
-    breaker.failed(0.0)
+    breaker.failed(0.0, trial=False)
     assert breaker.allow(5.0)
-    breaker.failed(6.0)
+    breaker.failed(6.0, trial=True)
     assert not breaker.allow(10.9) and breaker.allow(11.0)
 
 
 def test_an_abandoned_trial_lets_the_next_call_try() -> None:
     breaker = CircuitBreaker(failure_threshold=1, open_s=1.0)
-    breaker.failed(0.0)
+    breaker.failed(0.0, trial=False)
     assert breaker.allow(1.0)
-    breaker.abandoned()
+    breaker.abandoned(trial=True)
     assert breaker.allow(1.0)
+
+
+def test_a_straggler_ending_does_not_let_a_second_trial_go() -> None:
+    """Found by the state machine below: a call let through before the breaker opened,
+    abandoned (or failing) while the trial is in flight, let another trial through."""
+    breaker = CircuitBreaker(failure_threshold=1, open_s=1.0)
+    assert breaker.allow(0.0) and breaker.allow(0.0) and breaker.allow(0.0)  # closed
+    breaker.failed(0.0, trial=False)  # the first of them fails: open
+    assert breaker.allow(1.0)  # half-open: the trial
+    breaker.abandoned(trial=False)  # the second gives up
+    assert not breaker.allow(1.0)
+    breaker.failed(1.5, trial=False)  # the third fails after the pause: open again
+    assert not breaker.allow(2.6)  # half-open once more, but the trial is still out
+    breaker.succeeded()  # the trial's verdict
+    assert breaker.allow(2.7)
 
 
 def test_bad_parameters_are_refused() -> None:
@@ -86,14 +101,14 @@ class BreakerMachine(RuleBasedStateMachine):
     def settle(self, index: int, ok: bool, abandon: bool) -> None:
         was_trial = self.in_flight.pop(index % len(self.in_flight))
         if abandon:
-            self.breaker.abandoned()
+            self.breaker.abandoned(trial=was_trial)
         elif ok:
             self.breaker.succeeded()
             self.streak, self.opened_at = 0, None
             assert self.breaker.state(self.now) is BreakerState.CLOSED
         else:
             before = self.breaker.state(self.now)
-            self.breaker.failed(self.now)
+            self.breaker.failed(self.now, trial=was_trial)
             if before is BreakerState.CLOSED:
                 self.streak += 1
                 if self.streak >= self.THRESHOLD:
