@@ -25,6 +25,9 @@ from typing import Literal, Protocol
 from federation.channel_writes import Head
 from federation.logformat import StoredMessage
 
+# JetStream's default `max_msgs` per atomic batch: a longer group is refused whole.
+MAX_BATCH = 1000
+
 
 class LogUnavailable(Exception):
     """The log did not answer in time or refused for a temporary reason; retry later."""
@@ -80,7 +83,8 @@ class RegionLog(Protocol):
         self, channel: str, entries: Sequence[tuple[StoredMessage, str]], expected_seq: int
     ) -> int | Literal["moved", "duplicate"]:
         """Append all entries atomically if the head is still ``expected_seq``: the last
-        entry's sequence, else "moved" or "duplicate" (an id is stored; nothing was)."""
+        entry's sequence, else "moved" or "duplicate" (an id is stored; nothing was).
+        More than MAX_BATCH entries: LogUnavailable, nothing stored."""
         ...
 
     # --- reading (the delivery log) -------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Literal
 
 from federation.channel_writes import Head
 from federation.logformat import StoredMessage
-from federation.region_log import Appended, LoggedEntry, LogUnavailable
+from federation.region_log import MAX_BATCH, Appended, LoggedEntry, LogUnavailable
 from federation.settings import RegionSettings
 from federation.vclock import EMPTY, VectorClock
 
@@ -108,6 +108,8 @@ class MemoryRegionLog:
     async def append_group(
         self, channel: str, entries: Sequence[tuple[StoredMessage, str]], expected_seq: int
     ) -> int | Literal["moved", "duplicate"]:
+        if len(entries) > MAX_BATCH:
+            raise LogUnavailable(f"batch of {len(entries)} refused: at most {MAX_BATCH}")
         stream = self._stream(channel, False)
         if self._last_seq(stream, channel) != expected_seq:
             return "moved"

@@ -47,9 +47,13 @@ log = logging.getLogger("relaynet.writer")
 # be there; the link turns it into the NATS ack of the peer's copy.
 RemoteAck = Callable[[], None]
 
-# JetStream takes at most 1,000 messages per atomic batch; a smaller group keeps one
-# round trip short and leaves room for the next group to fill meanwhile.
-MAX_GROUP = 256
+# A group's size, in entries. nats-server stages every atomic batch of a one-replica file
+# stream in a file store of its own, about 2 ms whatever the batch's size, so the larger
+# the group the cheaper each entry; JetStream takes at most 1,000 messages per batch.
+# But a group that takes everything waiting leaves nothing to fill meanwhile (see
+# group_size). Figures in federation/DESIGN.md.
+MIN_GROUP = 256
+MAX_GROUP = 960
 # A channel that keeps refusing us (other writers in the region win every time) fails
 # its local publishes after this many refusals in a row rather than holding them forever.
 MAX_REFUSALS = 200
@@ -57,6 +61,14 @@ MAX_REFUSALS = 200
 MAX_IDLE_CHANNELS = 10_000
 # How often publishes waiting for their causal context look at the head again.
 WAITING_CHECK_S = 1.0
+
+
+def group_size(waiting: int) -> int:
+    """The most entries the next group may take when ``waiting`` entries wait:
+    at most half of them, so that the rest fill the next group while this one is stored
+    (a pipelining publisher's whole window in one group leaves the round trip idle), but
+    never fewer than MIN_GROUP nor more than MAX_GROUP."""
+    return min(MAX_GROUP, max(MIN_GROUP, waiting // 2))
 
 
 @dataclass
@@ -227,7 +239,7 @@ class RegionWriter:
                     if writes.head is None:
                         writes.set_head(await self.log.head(channel))
                         self._send_acks(writes)
-                    plan = writes.plan(MAX_GROUP)
+                    plan = writes.plan(group_size(len(writes.locals) + writes.waiting_remote))
                     if plan is None:
                         break  # remote messages wait for predecessors
                     outcome = await self._commit(channel, writes, plan)
@@ -319,4 +331,4 @@ class RegionWriter:
                 log.debug("ack of a remote message failed: %r", exc)
 
 
-__all__ = ["RegionWriter", "RemoteAck", "WriterStats"]
+__all__ = ["MAX_GROUP", "MIN_GROUP", "RegionWriter", "RemoteAck", "WriterStats", "group_size"]

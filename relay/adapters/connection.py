@@ -100,11 +100,12 @@ _ids = itertools.count(1)
 
 MAX_REQUESTS_IN_FLIGHT = 256
 # Publishes of one connection queued on the writer and not yet answered, and their data's
-# bytes (by count alone, 1 MB frames could hold 256 MB). Twice the writer's group, so
-# that while one group of a pipelining publisher is stored the next fills to the full
-# size: with the window equal to a group, groups alternated 248 and 8, and nats-server
-# pays about 2 ms per atomic batch whatever its size (see federation/DESIGN.md).
-MAX_PUBLISHES_IN_FLIGHT = 2 * MAX_GROUP
+# bytes (by count alone, 1 MB frames could hold 2.8 GB). Three of the writer's largest
+# groups: a group takes at most half of what waits (group_size), so a pipelining
+# publisher's groups settle at a third of this window, the largest. nats-server pays
+# about 2 ms per atomic batch whatever its size (see federation/DESIGN.md); with a window
+# equal to one group, groups alternated 248 and 8.
+MAX_PUBLISHES_IN_FLIGHT = 3 * MAX_GROUP
 MAX_PUBLISH_BYTES_IN_FLIGHT = 8 * 1024 * 1024
 PublishDone = Callable[[str, Result], None]
 # History reads in flight per connection: each holds a page (up to MAX_HISTORY_LIMIT

@@ -16,8 +16,9 @@ from msgspec.structs import replace as struct_replace
 
 from federation.adapters.nats_client import NatsClient
 from federation.adapters.nats_region_log import NatsRegionLog
+from federation.adapters.region_writer import MAX_GROUP
 from federation.logformat import StoredMessage, entry_key
-from federation.region_log import LoggedEntry, RegionLog
+from federation.region_log import MAX_BATCH, LoggedEntry, LogUnavailable, RegionLog
 from federation.region_log_memory import MemoryRegionLog
 from federation.settings import Namespace, RegionSettings
 from tests.support.nats import nats_server
@@ -162,3 +163,20 @@ async def test_total_namespaces_read_the_delivery_log(kind: str, tmp_path: Path)
         assert ordered is not None
         last = await log.last_entry("feed:a")
         assert last is not None and last.msg.id == "m1"
+
+
+async def test_the_writers_largest_group_is_one_batch(kind: str, tmp_path: Path) -> None:
+    """JetStream refuses atomic batches above its `max_msgs` (1,000 by default), whole:
+    the largest group the writer plans must still be stored."""
+    assert MAX_GROUP < MAX_BATCH
+    group = [(message(n), f"id-{n}") for n in range(1, MAX_GROUP + 1)]
+    too_long = [(message(n), f"id-{n}") for n in range(1, MAX_BATCH + 2)]
+    async with region_log(kind, tmp_path) as log:
+        with pytest.raises(LogUnavailable):
+            await log.append_group("c", too_long, 0)
+        assert await all_entries(log, "c") == []
+        last = await log.append_group("c", group, 0)
+        assert isinstance(last, int)
+        assert [e.msg.id for e in await all_entries(log, "c")] == [
+            f"m{n}" for n in range(1, MAX_GROUP + 1)
+        ]

@@ -10,8 +10,10 @@ import anyio
 import anyio.lowlevel
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from federation.adapters.region_writer import RegionWriter
+from federation.adapters.region_writer import MAX_GROUP, MIN_GROUP, RegionWriter, group_size
 from federation.channel_writes import Failed, Result, Stored
 from federation.logformat import StoredMessage
 from federation.region_log import LoggedEntry
@@ -116,3 +118,34 @@ async def test_a_failing_log_fails_the_publish_and_what_queued_behind_it() -> No
         tg.cancel_scope.cancel()
     assert all(isinstance(r, Stored) for _, r in answers[3:])
     assert [e.msg.id for e in await entries(log)] == ["m0", "m1", "m2"]
+
+
+@given(st.integers(min_value=0, max_value=100_000))
+def test_a_group_leaves_half_of_what_waits_within_its_bounds(waiting: int) -> None:
+    size = group_size(waiting)
+    assert MIN_GROUP <= size <= MAX_GROUP
+    if waiting >= 2 * MAX_GROUP:
+        assert size == MAX_GROUP
+    elif waiting >= 2 * MIN_GROUP:
+        assert size == waiting // 2  # the other half fills the next group meanwhile
+
+
+async def test_a_long_queue_is_committed_in_the_largest_groups_in_order() -> None:
+    log = MemoryRegionLog(SETTINGS)
+    await log.ensure_streams()
+    writer = RegionWriter(log, max_buffered=1000)
+    answered: list[str] = []
+    count = 3 * MAX_GROUP + 7
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.run)
+        for n in range(count):  # all queued before the first group is planned
+            mid = f"p-{n}"
+            writer.publish(
+                CHANNEL, mid, msgspec.Raw(b"1"), "conn", lambda r, mid=mid: answered.append(mid)
+            )
+        await wait_until(lambda: len(answered) == count, "every publish answered")
+        tg.cancel_scope.cancel()
+    assert [e.msg.id for e in await entries(log)] == [f"p-{n}" for n in range(count)]
+    assert answered == [f"p-{n}" for n in range(count)]
+    # 2,887 waiting: groups of 960, 960, 483 (half of 967), 256 and the last 228
+    assert (writer.stats.groups, writer.stats.group_entries) == (5, count)
