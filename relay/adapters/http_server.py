@@ -405,7 +405,7 @@ class EdgeConnection(ServerConnection):
     One is named for websockets' version in use by ``_WEBSOCKETS_ATTRIBUTES``; one that a
     later websockets adds still works (it lands in the dict), and a test says so."""
 
-    __slots__ = ("_kept", "_sniff", *_WEBSOCKETS_ATTRIBUTES)
+    __slots__ = ("_kept", "_sniff", "pongs", *_WEBSOCKETS_ATTRIBUTES)
     http_factory: Callable[[], HttpConnection]  # set on the subclass edge_connections makes
     head_timeout_s: float
 
@@ -413,6 +413,12 @@ class EdgeConnection(ServerConnection):
         super().__init__(*args, **kwargs)
         self._sniff: _Sniff | None = None
         self._kept = b""  # the start of a text frame still arriving (the read shortcut)
+        self.pongs = 0  # every pong the client sent: the relay's keepalive pings are not
+        # websockets' (``WsWire.keepalive``), so websockets ignores their pongs
+
+    def acknowledge_pings(self, data: bytes) -> None:
+        self.pongs += 1
+        super().acknowledge_pings(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Nothing of websockets starts until the head says this is a WebSocket.

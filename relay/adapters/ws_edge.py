@@ -34,6 +34,7 @@ from relay.adapters.feed_manager import FeedManager
 from relay.adapters.hooks import ClientInfo, Hooks
 from relay.adapters.http_api import HttpApi
 from relay.adapters.http_server import (
+    EdgeConnection,
     HttpConnection,
     HttpResponse,
     edge_connections,
@@ -242,6 +243,7 @@ class WsEdge:
         if len(self.connections) >= self.connection_limit:
             await self._refuse(ws)
             return
+        assert isinstance(ws, EdgeConnection)  # serve() makes only these (create_connection)
         await self.serve_wire(WsWire(ws), self._client_info(ws))
 
     def _client_info(self, ws: ServerConnection) -> ClientInfo | None:
@@ -310,7 +312,7 @@ class WsEdge:
             # backed-up sockets) run in this one task group, not one per connection.
             self._deps = self._connection_deps(tasks)
             self._server = server
-            tasks.start_soon(self._keepalive, tasks, heartbeat)
+            tasks.start_soon(self._keepalive, heartbeat)
             self.port = server.sockets[0].getsockname()[1]
             log.info(
                 "relay %s (%s) listening on %s (at most %d connections)",
@@ -325,11 +327,11 @@ class WsEdge:
             tasks.cancel_scope.cancel()  # request tasks of connections that did not close
         self.stopped.set()
 
-    async def _keepalive(self, tasks: TaskGroup, interval_s: float) -> None:
-        """websockets' keepalive, from one task: every WebSocket is pinged once per
-        ``interval_s`` (in slices, one a second or so, not all at once) and closed with
-        1011 when its pong is not back within as long. websockets' own runs a task per
-        connection for its whole life: 1.4 KB of every idle connection (tracemalloc)."""
+    async def _keepalive(self, interval_s: float) -> None:
+        """Every WebSocket is pinged once per ``interval_s`` (in slices, one a second or
+        so, not all at once) and closed with 1011 when its pong is not back by its next
+        turn (``WsWire.keepalive``). websockets' own keepalive runs a task per connection
+        for its whole life: 1.4 KB of every idle connection (tracemalloc)."""
         slices = max(1, math.ceil(interval_s))
         turn = 0
         while True:
@@ -337,24 +339,12 @@ class WsEdge:
             turn = (turn + 1) % slices
             for conn in list(self.connections):
                 wire = conn.wire
-                if isinstance(wire, WsWire) and (id(conn) >> 4) % slices == turn:
-                    tasks.start_soon(self._ping, wire, interval_s)
-
-    @staticmethod
-    async def _ping(wire: WsWire, timeout_s: float) -> None:
-        ws = wire.ws
-        try:
-            # Waits only while the socket drains: a backed-up client is the writer's
-            # problem (write_timeout_s), and its pong comes after what it still reads.
-            pong = await ws.ping()
-            with anyio.move_on_after(timeout_s):
-                await pong
-                return
-            await ws.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
-        except ConnectionClosed:
-            pass
-        except Exception:  # never a reason to stop the edge's task group
-            log.exception("keepalive ping of a connection failed")
+                if (
+                    isinstance(wire, WsWire)
+                    and (id(conn) >> 4) % slices == turn
+                    and not wire.keepalive()
+                ):
+                    conn.close_with(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
 
     def _new_http(self) -> HttpConnection:
         conn = HttpConnection(
