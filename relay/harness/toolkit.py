@@ -23,6 +23,7 @@ import inspect
 import json
 import math
 import os
+import random
 import re
 import resource
 import signal
@@ -459,17 +460,42 @@ _handed_out: collections.deque[int] = collections.deque(maxlen=1024)
 _handed_out_lock = threading.Lock()
 
 
+# Where the kernel picks a connection's local port (Linux); a server's port outside it is
+# never taken by an outgoing connection while that server is down for a restart.
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+# How many ports below that range are handed out (a server's port is drawn from them).
+SERVER_PORT_SPAN = 12_000
+
+
+def server_port_range() -> range:
+    """Ports for servers the harness starts: just below the kernel's ephemeral range, or
+    empty when that range is unknown or leaves no room (then the kernel picks, port 0)."""
+    try:
+        low = int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return range(0)
+    start = max(1024, low - SERVER_PORT_SPAN)
+    return range(start, low) if low - start >= 1000 else range(0)
+
+
 def free_ports(count: int) -> list[int]:
     """Ports free on 127.0.0.1 right now, distinct, and none handed out here recently (two
     calls in a row never return the same port): for servers that must come back on the
-    same port after a restart, or that a container binds later."""
+    same port after a restart, or that a container binds later. They are drawn below the
+    kernel's ephemeral range: a port in it can be taken as the local port of any outgoing
+    connection while its server is down (bench chaos once found a killed relay's port so
+    taken, and the relay could not start again)."""
+    candidates = server_port_range()
     with _handed_out_lock, contextlib.ExitStack() as stack:
         ports: list[int] = []
         for _ in range(count + 100):
             sock = stack.enter_context(socket.socket())
-            sock.bind(("127.0.0.1", 0))  # held until all are found: distinct
+            try:  # held until all are found: distinct
+                sock.bind(("127.0.0.1", random.choice(candidates) if candidates else 0))
+            except OSError:
+                continue  # in use
             port: int = sock.getsockname()[1]
-            if port not in _handed_out:
+            if port not in _handed_out and port not in ports:
                 ports.append(port)
                 if len(ports) == count:
                     _handed_out.extend(ports)
@@ -518,8 +544,9 @@ class NatsServerProcess:
 
     ``spawn`` forks it (call it from the event loop's thread: it uses
     ``relay.adapters.child_process.spawn``, so the server gets SIGKILL if we die, frozen
-    or not) in its own session; ``wait_ready`` waits for its ports file. The first start
-    may use any free port; every later one uses the port the first one got. Signals go
+    or not) in its own session; ``wait_ready`` waits for its ports file. Every start
+    uses the same port: ``port``, or one from ``free_ports`` (below the kernel's
+    ephemeral range, so nothing takes it while the server is down). Signals go
     only to a process we started and have not reaped, so never to a reused pid.
 
     ``peers`` (permissions by peer region, ``embedded_nats.region_peer_permissions``)
@@ -539,7 +566,7 @@ class NatsServerProcess:
     ) -> None:
         self.store_dir = store_dir
         self.name = name or store_dir.name
-        self.port = port
+        self.port = port if port != -1 else free_port()
         # A JetStream store limit in bytes (a full store is a failure tests cause).
         self.max_file_store = max_file_store
         self.peers = None if peers is None else dict(peers)
