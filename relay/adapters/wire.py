@@ -75,13 +75,13 @@ class WsWire:
         """Ping the client; False if the last ping (a keepalive turn ago) is unanswered.
 
         websockets' own ``ping()`` costs a task, a future, a timer and an awaited drain per
-        ping here: with 10,000 connections and a 15 s heartbeat that was 8-22% of the
-        relay's CPU while clients connected. The ping frame goes straight to the socket
+        ping here: a relay holding 10,000 idle connections (15 s heartbeat) spent about 7%
+        of a core on them, 3.3% this way. The ping frame goes straight to the socket
         instead and the pong is counted (``EdgeConnection.acknowledge_pings``). A client
         whose socket is backed up is not pinged (its pong would wait behind what it has
         not read yet): the writer's deadline, ``write_timeout_s``, judges it."""
         ws = self.ws
-        if ws.protocol.state is not State.OPEN:
+        if ws.protocol.state is not State.OPEN or ws.transport.is_closing():
             return True
         pongs = ws.pongs
         if self.pinged is not None and self.pinged == pongs:

@@ -339,12 +339,13 @@ class WsEdge:
             turn = (turn + 1) % slices
             for conn in list(self.connections):
                 wire = conn.wire
-                if (
-                    isinstance(wire, WsWire)
-                    and (id(conn) >> 4) % slices == turn
-                    and not wire.keepalive()
-                ):
-                    conn.close_with(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+                if not isinstance(wire, WsWire) or (id(conn) >> 4) % slices != turn:
+                    continue
+                try:
+                    if not wire.keepalive():
+                        conn.close_with(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+                except Exception:  # one connection's socket is never a reason to stop pinging
+                    log.exception("keepalive ping of a connection failed")
 
     def _new_http(self) -> HttpConnection:
         conn = HttpConnection(
