@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from federation.channel_writes import Head
 from federation.logformat import StoredMessage
@@ -37,6 +37,20 @@ class LogUnavailable(Exception):
 class Appended:
     seq: int
     duplicate: bool  # the id was already in the log; nothing was stored
+
+
+class Group(NamedTuple):
+    """One channel's part of an atomic batch: its entries (message, ``Nats-Msg-Id``),
+    stored only if the channel's head is still ``expected_seq``."""
+
+    channel: str
+    entries: Sequence[tuple[StoredMessage, str]]
+    expected_seq: int
+
+
+# A batch's answer: the sequence of its last entry (its entries have consecutive
+# sequences, in order), or why nothing of it was stored.
+GroupAnswer = int | Literal["moved", "duplicate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +95,21 @@ class RegionLog(Protocol):
 
     async def append_group(
         self, channel: str, entries: Sequence[tuple[StoredMessage, str]], expected_seq: int
-    ) -> int | Literal["moved", "duplicate"]:
+    ) -> GroupAnswer:
         """Append all entries atomically if the head is still ``expected_seq``: the last
         entry's sequence, else "moved" or "duplicate" (an id is stored; nothing was).
         More than MAX_BATCH entries: LogUnavailable, nothing stored."""
+        ...
+
+    def batch_scope(self, channel: str) -> str:
+        """Channels with the same scope share a stream, so their groups may share a batch."""
+        ...
+
+    async def append_groups(self, groups: Sequence[Group]) -> GroupAnswer:
+        """``append_group`` for several channels of one ``batch_scope`` (each at most once)
+        in one atomic batch: everything is stored, in order, if every channel's head is
+        still its group's ``expected_seq``; else "moved" or "duplicate" for the whole
+        batch (which group caused it is not said), and nothing is stored."""
         ...
 
     # --- reading (the delivery log) -------------------------------------------------------

@@ -14,11 +14,17 @@ from __future__ import annotations
 import bisect
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 from federation.channel_writes import Head
 from federation.logformat import StoredMessage
-from federation.region_log import MAX_BATCH, Appended, LoggedEntry, LogUnavailable
+from federation.region_log import (
+    MAX_BATCH,
+    Appended,
+    Group,
+    GroupAnswer,
+    LoggedEntry,
+    LogUnavailable,
+)
 from federation.settings import RegionSettings
 from federation.vclock import EMPTY, VectorClock
 
@@ -107,18 +113,32 @@ class MemoryRegionLog:
 
     async def append_group(
         self, channel: str, entries: Sequence[tuple[StoredMessage, str]], expected_seq: int
-    ) -> int | Literal["moved", "duplicate"]:
-        if len(entries) > MAX_BATCH:
-            raise LogUnavailable(f"batch of {len(entries)} refused: at most {MAX_BATCH}")
-        stream = self._stream(channel, False)
-        if self._last_seq(stream, channel) != expected_seq:
+    ) -> GroupAnswer:
+        return await self.append_groups([Group(channel, entries, expected_seq)])
+
+    def batch_scope(self, channel: str) -> str:
+        return self.settings.namespace_for(channel).name
+
+    async def append_groups(self, groups: Sequence[Group]) -> GroupAnswer:
+        size = sum(len(group.entries) for group in groups)
+        if size > MAX_BATCH:
+            raise LogUnavailable(f"batch of {size} refused: at most {MAX_BATCH}")
+        channels = [group.channel for group in groups]
+        scopes = {self.batch_scope(channel) for channel in channels}
+        if not groups or not all(group.entries for group in groups) or len(scopes) != 1:
+            raise ValueError("a batch is non-empty groups of channels of one scope")
+        if len(set(channels)) != len(channels):
+            raise ValueError("a batch holds at most one group per channel")
+        stream = self._stream(channels[0], False)
+        if any(self._last_seq(stream, g.channel) != g.expected_seq for g in groups):
             return "moved"
-        ids = [msg_id for _, msg_id in entries]
+        ids = [msg_id for group in groups for _, msg_id in group.entries]
         if len(set(ids)) != len(ids) or any(msg_id in stream.ids for msg_id in ids):
             return "duplicate"
-        seq = expected_seq
-        for msg, msg_id in entries:
-            seq = self._store(stream, channel, msg, msg_id)
+        seq = 0
+        for group in groups:
+            for msg, msg_id in group.entries:
+                seq = self._store(stream, group.channel, msg, msg_id)
         return seq
 
     async def last_entry(self, channel: str) -> LoggedEntry | None:

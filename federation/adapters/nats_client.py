@@ -44,7 +44,7 @@ import re
 import ssl
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import nats.errors
 import nkeys
@@ -368,13 +368,11 @@ class NatsClient(Client):
             return exc
         return None
 
-    async def publish_batch_members(
-        self, subject: str, batch: str, members: Sequence[tuple[str, bytes]], expected_seq: int
-    ) -> None:
-        """Publish members 1..n of JetStream atomic batch ``batch`` to ``subject``, in
-        order, as one write: each (``Nats-Msg-Id``, payload), the first expecting the
-        subject's last sequence to be ``expected_seq``. The commit is sent apart (it asks
-        for the answer). The header blocks are formatted here in one step each."""
+    async def publish_batch_members(self, batch: str, members: Sequence[BatchMember]) -> None:
+        """Publish members 1..n of JetStream atomic batch ``batch``, in order, as one write:
+        each (subject, ``Nats-Msg-Id``, payload, expected last sequence of its subject or
+        None). The commit is sent apart (it asks for the answer). The header blocks are
+        formatted here in one step each."""
         if self.is_closed:
             raise nats.errors.ConnectionClosedError
         if not self.is_connected or self.is_draining_pubs:
@@ -382,31 +380,43 @@ class NatsClient(Client):
             # than a clear failure that the writer retries whole.
             raise nats.errors.ConnectionReconnectingError
         parts: list[bytes] = []
-        target = subject.encode()
         batch_id = batch.encode()
-        for number, (msg_id, payload) in enumerate(members, 1):
+        for number, (subject, msg_id, payload, expected_seq) in enumerate(members, 1):
             block = batch_member_block(batch_id, number, msg_id, expected_seq)
             total = len(block) + len(payload)
             if total > self._max_payload:
                 raise nats.errors.MaxPayloadError
-            parts.append(b"HPUB %s %d %d\r\n%s%s\r\n" % (target, len(block), total, block, payload))
+            size = len(block)
+            parts.append(b"HPUB %s %d %d\r\n%s%s\r\n" % (subject, size, total, block, payload))
             self.stats["out_msgs"] += 1
             self.stats["out_bytes"] += len(payload)
         await self._send_command(b"".join(parts))
 
 
-def batch_member_headers(batch: str, number: int, msg_id: str, expected_seq: int) -> dict[str, str]:
+class BatchMember(NamedTuple):
+    """A message of an atomic batch as ``publish_batch_members`` writes it."""
+
+    subject: bytes
+    msg_id: str
+    payload: bytes
+    expected_seq: int | None  # the subject's expected last sequence, if checked
+
+
+def batch_member_headers(
+    batch: str, number: int, msg_id: str, expected_seq: int | None
+) -> dict[str, str]:
     """The headers of member ``number`` of atomic batch ``batch``: its id, its place, its
-    ``Nats-Msg-Id`` and, on the first, the subject's expected last sequence (checked
-    against the stream as it was before the batch). For nats-py's ``publish`` and the
-    commit's request; ``batch_member_block`` is the same as bytes."""
+    ``Nats-Msg-Id`` and, if given, its subject's expected last sequence (checked against
+    the stream as it was before the batch; the first member of each subject carries it).
+    For nats-py's ``publish`` and the commit's request; ``batch_member_block`` is the
+    same as bytes."""
     headers = {"Nats-Batch-Id": batch, "Nats-Batch-Sequence": str(number), "Nats-Msg-Id": msg_id}
-    if number == 1:
+    if expected_seq is not None:
         headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
     return headers
 
 
-def batch_member_block(batch: bytes, number: int, msg_id: str, expected_seq: int) -> bytes:
+def batch_member_block(batch: bytes, number: int, msg_id: str, expected_seq: int | None) -> bytes:
     """``batch_member_headers`` as the header block ``publish_batch_members`` writes,
     formatted in one step (a test holds the two to each other)."""
     block = b"NATS/1.0\r\nNats-Batch-Id: %s\r\nNats-Batch-Sequence: %d\r\nNats-Msg-Id: %s\r\n" % (
@@ -414,7 +424,7 @@ def batch_member_block(batch: bytes, number: int, msg_id: str, expected_seq: int
         number,
         msg_id.encode(),
     )
-    if number == 1:
+    if expected_seq is not None:
         block += b"Nats-Expected-Last-Subject-Sequence: %d\r\n" % expected_seq
     return block + b"\r\n"
 

@@ -25,7 +25,6 @@ import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Sequence
-from typing import Literal
 
 import nats.errors
 import nats.js.errors
@@ -34,12 +33,12 @@ from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, RePublish, StorageType, StreamConfig
 
 from federation import logformat
-from federation.adapters.nats_client import NatsClient, batch_member_headers
+from federation.adapters.nats_client import BatchMember, NatsClient, batch_member_headers
 from federation.bad_entries import BadEntries
 from federation.channel_writes import Head
 from federation.entry_checks import BadEntry, decode_checked, sequence_header
 from federation.logformat import StoredMessage
-from federation.region_log import Appended, LoggedEntry, LogUnavailable
+from federation.region_log import Appended, Group, GroupAnswer, LoggedEntry, LogUnavailable
 from federation.settings import Namespace, RegionSettings
 from federation.vclock import EMPTY, VectorClock
 from federation.written_bodies import WrittenBodies
@@ -152,19 +151,16 @@ class NatsRegionLog:
                     ) from None
                 log.info("stream %s ready", config.name)
 
-    async def _publish_members(
-        self, subject: str, batch: str, members: list[tuple[str, bytes]], expected_seq: int
-    ) -> None:
-        """Members 1..n of atomic batch ``batch`` (``Nats-Msg-Id``, body), the first
-        expecting ``expected_seq``; the commit is sent apart."""
+    async def _publish_members(self, batch: str, members: list[BatchMember]) -> None:
+        """Members 1..n of atomic batch ``batch``; the commit is sent apart."""
         if not members:
             return
         if isinstance(self.nc, NatsClient):
-            await self.nc.publish_batch_members(subject, batch, members, expected_seq)
+            await self.nc.publish_batch_members(batch, members)
             return
-        for number, (msg_id, body) in enumerate(members, 1):  # a plain nats-py client
+        for number, (subject, msg_id, body, expected_seq) in enumerate(members, 1):
             headers = batch_member_headers(batch, number, msg_id, expected_seq)
-            await self.nc.publish(subject, body, headers=headers)
+            await self.nc.publish(subject.decode(), body, headers=headers)  # plain nats-py
 
     def where(self, channel: str) -> tuple[str, str]:
         namespace = self.namespace_of(channel)
@@ -266,28 +262,49 @@ class NatsRegionLog:
 
     async def append_group(
         self, channel: str, entries: Sequence[tuple[StoredMessage, str]], expected_seq: int
-    ) -> int | Literal["moved", "duplicate"]:
+    ) -> GroupAnswer:
         """Append entries (body, ``Nats-Msg-Id``) as one JetStream atomic batch, if the
         channel's head is still ``expected_seq``. Returns the last entry's sequence;
         "moved" if someone appended first, "duplicate" if an id is stored already (nothing
-        of the group is stored in either case).
+        of the group is stored in either case)."""
+        return await self.append_groups([Group(channel, entries, expected_seq)])
 
-        One round trip for the whole group: only the commit asks for an answer.
-        """
-        stream, subject = self.where(channel)
+    def batch_scope(self, channel: str) -> str:
+        return self.where(channel)[0]
+
+    async def append_groups(self, groups: Sequence[Group]) -> GroupAnswer:
+        """The groups of channels of one stream as one atomic batch: the first entry of
+        each channel expects that channel's head (JetStream checks every expectation
+        against the stream as it was before the batch, and refuses the whole batch if
+        one fails). One round trip for all of it: only the commit asks for an answer."""
+        streams = {self.where(group.channel)[0] for group in groups}
+        if len(streams) != 1 or not all(group.entries for group in groups):
+            raise ValueError("a batch is non-empty groups of channels of one stream")
+        stream = streams.pop()
         batch = next(_batch_ids)
-        members = [(msg_id, logformat.encode_stored(entry)) for entry, msg_id in entries]
-        if self.written is not None:
-            for (_, body), (entry, _) in zip(members, entries, strict=True):
-                self.written.remember(body, entry)
-        commit_id, commit_body = members.pop()
-        commit_headers = batch_member_headers(batch, len(entries), commit_id, expected_seq)
+        members: list[BatchMember] = []
+        for channel, entries, expected_seq in groups:
+            subject = self.where(channel)[1].encode()
+            first: int | None = expected_seq
+            for entry, msg_id in entries:
+                body = logformat.encode_stored(entry)
+                if self.written is not None:
+                    self.written.remember(body, entry)
+                members.append(BatchMember(subject, msg_id, body, first))
+                first = None
+        commit = members.pop()
+        commit_headers = batch_member_headers(
+            batch, len(members) + 1, commit.msg_id, commit.expected_seq
+        )
         commit_headers["Nats-Batch-Commit"] = "1"
         try:
             # One write for all but the commit; only the commit asks for an answer.
-            await self._publish_members(subject, batch, members, expected_seq)
+            await self._publish_members(batch, members)
             reply = await self.nc.request(
-                subject, commit_body, timeout=self.timeout_s, headers=commit_headers
+                commit.subject.decode(),
+                commit.payload,
+                timeout=self.timeout_s,
+                headers=commit_headers,
             )
         except nats.errors.Error as exc:  # timeout, no responders, reconnecting, closed …
             raise LogUnavailable(f"batch to {stream} failed: {exc!r}") from exc
@@ -304,7 +321,7 @@ class NatsRegionLog:
                 return "duplicate"
             raise LogUnavailable(_refusal(stream, str(error.get("description"))))
         seq = answer.get("seq") if isinstance(answer, dict) else None
-        if not isinstance(seq, int) or answer.get("count") != len(entries):
+        if not isinstance(seq, int) or answer.get("count") != len(members) + 1:
             raise LogUnavailable(f"batch to {stream}: unexpected answer {answer!r}")
         return seq
 

@@ -7,7 +7,8 @@ their channel's ``ChannelWrites``. One task per channel with work commits what
 is queued: a group of one is a plain compare-and-set append, a larger group one
 JetStream atomic batch whose first entry expects the head's sequence, so a
 channel carries as many publishes per round trip as arrive during one. While a
-group is in flight, the next one fills.
+group is in flight, the next one fills. The groups of channels that share a stream
+leave together, as one batch (``shared_batches``), when many channels are busy.
 
 Refusals are decided by ``ChannelWrites`` (see its theory of operation); this
 module only reads heads, appends, and reports what happened. When NATS fails,
@@ -27,6 +28,7 @@ import anyio.abc
 import msgspec
 from anyio.abc import TaskStatus
 
+from federation.adapters.shared_batches import SharedBatches, SharingStats
 from federation.channel_writes import (
     BufferFull,
     ChannelWrites,
@@ -94,12 +96,14 @@ class RegionWriter:
         self._channels: dict[str, ChannelWrites[RemoteAck]] = {}
         self._running: set[str] = set()
         self._tg: anyio.abc.TaskGroup | None = None
+        self._batches: SharedBatches | None = None
         self._problems = ThrottledLog(log)
         self.stats = WriterStats()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            self._batches = SharedBatches(self.log, tg)
             task_status.started()
             try:
                 await self._watch_waiting()
@@ -281,7 +285,8 @@ class RegionWriter:
         if len(plan) == 1:
             outcome = await self._commit_one(channel, writes, plan)
         else:
-            answer = await self.log.append_group(
+            assert self._batches is not None  # set before any channel can be kicked
+            answer = await self._batches.append_group(
                 channel, [(p.entry, p.msg_id) for p in plan.entries], plan.head.seq
             )
             if answer == "moved":
@@ -318,6 +323,11 @@ class RegionWriter:
         else:
             writes.duplicate_progress(plan)
         return "duplicate"
+
+    @property
+    def sharing(self) -> SharingStats:
+        """How the groups of channels sharing a stream shared batches."""
+        return self._batches.stats if self._batches is not None else SharingStats()
 
     @staticmethod
     def _send_acks(writes: ChannelWrites[RemoteAck]) -> None:

@@ -18,7 +18,7 @@ from federation.adapters.nats_client import NatsClient
 from federation.adapters.nats_region_log import NatsRegionLog
 from federation.adapters.region_writer import MAX_GROUP
 from federation.logformat import StoredMessage, entry_key
-from federation.region_log import MAX_BATCH, LoggedEntry, LogUnavailable, RegionLog
+from federation.region_log import MAX_BATCH, Group, LoggedEntry, LogUnavailable, RegionLog
 from federation.region_log_memory import MemoryRegionLog
 from federation.settings import Namespace, RegionSettings
 from tests.support.nats import nats_server
@@ -117,6 +117,56 @@ async def test_groups_are_all_or_nothing(kind: str, tmp_path: Path) -> None:
         after = await log.append_group("c", [(message(3), "c3"), (message(4), "c4")], last)
         assert isinstance(after, int) and after > last
         assert [e.msg.id for e in await all_entries(log, "c")] == ["m1", "m2", "m3", "m4"]
+
+
+async def test_channels_of_one_stream_share_a_batch(kind: str, tmp_path: Path) -> None:
+    """Groups of several channels in one batch: each checks its own channel's head, the
+    batch is stored whole or not at all, and its entries get consecutive sequences in
+    order (``shared_batches`` computes each group's last sequence from that)."""
+    async with region_log(kind, tmp_path) as log:
+        assert log.batch_scope("a") == log.batch_scope("b") != log.batch_scope("short:x")
+        first = await log.append_groups(
+            [
+                Group("a", [(message(1), "a1"), (message(2), "a2")], 0),
+                Group("b", [(message(1), "b1")], 0),
+                Group("c", [(message(1), "c1"), (message(2), "c2"), (message(3), "c3")], 0),
+            ]
+        )
+        assert isinstance(first, int)
+        assert [e.seq for e in await all_entries(log, "a")] == [first - 5, first - 4]
+        assert [e.seq for e in await all_entries(log, "b")] == [first - 3]
+        assert [e.seq for e in await all_entries(log, "c")] == [first - 2, first - 1, first]
+        heads = {ch: (await log.head(ch)).seq for ch in "abc"}
+        # One channel's head is stale: nothing of the batch is stored.
+        stale = [Group("a", [(message(3), "a3")], heads["a"]), Group("b", [(message(2), "b2")], 0)]
+        assert await log.append_groups(stale) == "moved"
+        # One id is stored already (or twice in the batch): nothing is stored.
+        stored_id = [
+            Group("a", [(message(3), "a3")], heads["a"]),
+            Group("b", [(message(2), "c1")], heads["b"]),
+        ]
+        assert await log.append_groups(stored_id) == "duplicate"
+        twice = [
+            Group("a", [(message(3), "a3")], heads["a"]),
+            Group("b", [(message(2), "a3")], heads["b"]),
+        ]
+        assert await log.append_groups(twice) == "duplicate"
+        assert {ch: (await log.head(ch)).seq for ch in "abc"} == heads
+        # A channel with no entries yet expects 0, next to channels that have some.
+        last = await log.append_groups(
+            [Group("a", [(message(3), "a3")], heads["a"]), Group("d", [(message(1), "d1")], 0)]
+        )
+        assert isinstance(last, int) and last == first + 2
+        assert [e.msg.id for e in await all_entries(log, "a")] == ["m1", "m2", "m3"]
+        # The batch limit counts every group's entries.
+        half = MAX_BATCH // 2 + 1
+        too_long = [
+            Group("e", [(message(n), f"e{n}") for n in range(1, half + 1)], 0),
+            Group("f", [(message(n), f"f{n}") for n in range(1, half + 1)], 0),
+        ]
+        with pytest.raises(LogUnavailable):
+            await log.append_groups(too_long)
+        assert await all_entries(log, "e") == [] and await all_entries(log, "f") == []
 
 
 async def test_reads(kind: str, tmp_path: Path) -> None:
