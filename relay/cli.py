@@ -492,7 +492,8 @@ def _cmd_bench_compare(args: argparse.Namespace) -> int:
     subscribers = numbers(args.subscribers, "--subscribers")
     idle = numbers(args.idle, "--idle")
     channels = numbers(args.channels, "--channels")
-    if subscribers is None or idle is None or channels is None:
+    spread = numbers(args.spread, "--spread")
+    if subscribers is None or idle is None or channels is None or spread is None:
         return 2
     _setup_logging(False)
     logging.getLogger("relaynet").setLevel(logging.WARNING)
@@ -504,6 +505,7 @@ def _cmd_bench_compare(args: argparse.Namespace) -> int:
         args.seconds,
         args.rounds,
         channels,
+        spread,
     )
     return run_async(run_compare, plan, Path(args.json) if args.json else None)
 
@@ -727,9 +729,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument(
         "--scenarios",
-        default="fanout,latency,idle,publish-rate,connect-rate,channels",
-        help="comma-separated, from fanout,latency,idle,publish-rate,connect-rate,channels "
-        "(default all)",
+        default="fanout,latency,idle,publish-rate,connect-rate,channels,spread",
+        help="comma-separated, from fanout,latency,idle,publish-rate,connect-rate,channels,"
+        "spread (default all)",
     )
     compare.add_argument(
         "--subscribers", default="10,100,1000", help="fan-out sizes (default 10,100,1000)"
@@ -742,6 +744,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--channels",
         default="1,4,16",
         help="channel counts of the channels scenario, relaynet only (default 1,4,16)",
+    )
+    compare.add_argument(
+        "--spread",
+        default="1,16,256",
+        help="channel counts of the spread scenario, relaynet only (default 1,16,256)",
     )
     compare.add_argument(
         "--idle", default="1000,5000,10000", help="idle connection counts (default 1000,5000,10000)"

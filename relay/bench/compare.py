@@ -30,6 +30,9 @@ Scenarios (the multi-region overhead is ``relaynet bench federation``'s):
   at once, one generator per channel (a publisher and a subscriber each, all on
   the generator's core, the window split between them): aggregate acked
   publishes/s, and its ratio to one channel's.
+- spread (relaynet only): one publisher sending its messages to K channels in
+  turn, one subscriber of all of them (traffic over many rooms, each moderately
+  busy): aggregate acked publishes/s, and its ratio to K = 1.
 - idle / connect-rate: N silent subscribers; the server's RSS (all its
   processes) after minus before, per connection; and how fast they connected.
 
@@ -79,7 +82,7 @@ from relay.harness.toolkit import (
     terminate,
 )
 
-SCENARIOS = ("fanout", "latency", "idle", "publish-rate", "connect-rate", "channels")
+SCENARIOS = ("fanout", "latency", "idle", "publish-rate", "connect-rate", "channels", "spread")
 # picows only when installed, and only when --systems names it (the default list is the CLI's).
 HAS_PICOWS = importlib.util.find_spec("picows") is not None
 SYSTEM_KEYS = ("relaynet", "socketio", "ws", "python", *(("picows",) if HAS_PICOWS else ()))
@@ -91,6 +94,8 @@ LATENCY_RATE, LATENCY_SUBSCRIBERS = 200, 100
 PUBLISH_RATE_SUBSCRIBERS = 1
 CHANNEL_PREFIX = "bench:compare-"  # the channels scenario's channels: bench:compare-0, -1, ...
 MAX_CHANNELS = 64
+MAX_SPREAD = 1000  # channels one spread publisher writes to
+CHANNEL_SCENARIOS = ("channels", "spread")  # relaynet only; their points' size is K
 NEAR_CEILING = 0.8  # of the generator's ceiling, above which a figure may be the generator's
 SATURATED = 0.9  # generator CPU, in cores
 CONNECT_CONCURRENCY = 50  # as loadgen.js
@@ -153,13 +158,14 @@ class Point:
     scenario: str  # fanout | latency | publish-rate | idle (idle serves connect-rate too)
     subscribers: int  # per channel
     rate: int = 0  # msgs/s; 0: as fast as the window allows
-    channels: int = 1  # one generator each, at once
+    channels: int = 1  # channels: one generator each, at once; spread: one publisher's
 
     @property
     def window(self) -> int:
         """Per generator: every point has the same deliveries in flight in all."""
-        per_channel = IN_FLIGHT_DELIVERIES // (self.subscribers * self.channels)
-        return max(MIN_WINDOW, min(MAX_WINDOW // self.channels, per_channel))
+        generators = self.channels if self.scenario == "channels" else 1
+        per_generator = IN_FLIGHT_DELIVERIES // (self.subscribers * generators)
+        return max(MIN_WINDOW, min(MAX_WINDOW // generators, per_generator))
 
     @property
     def has_ceiling(self) -> bool:
@@ -168,15 +174,17 @@ class Point:
     @property
     def size(self) -> int:
         """What a report row is labelled with: channels, or subscribers."""
-        return self.channels if self.scenario == "channels" else self.subscribers
+        return self.channels if self.scenario in CHANNEL_SCENARIOS else self.subscribers
 
     @property
     def label(self) -> str:
-        return f"K={self.channels}" if self.scenario == "channels" else f"N={self.subscribers}"
+        if self.scenario in CHANNEL_SCENARIOS:
+            return f"K={self.channels}"
+        return f"N={self.subscribers}"
 
     def systems(self, wanted: Sequence[str]) -> list[str]:
         """The systems measured at this point, the generator's ceiling included."""
-        if self.scenario == "channels":
+        if self.scenario in CHANNEL_SCENARIOS:
             return [key for key in wanted if key == "relaynet"]
         return [*wanted, *(["ceiling"] if self.has_ceiling else [])]
 
@@ -190,6 +198,7 @@ class Plan:
     seconds: float
     rounds: int
     channels: tuple[int, ...] = (1, 4, 16)
+    spread: tuple[int, ...] = (1, 16, 256)
 
     def points(self) -> list[Point]:
         wanted = set(self.scenarios)
@@ -202,6 +211,8 @@ class Plan:
             points += [
                 Point("channels", PUBLISH_RATE_SUBSCRIBERS, channels=k) for k in self.channels
             ]
+        if "spread" in wanted:
+            points += [Point("spread", PUBLISH_RATE_SUBSCRIBERS, channels=k) for k in self.spread]
         if wanted & {"idle", "connect-rate"}:
             points += [Point("idle", n) for n in self.idle]
         return points
@@ -329,6 +340,8 @@ async def traffic_figures(
     )  # fmt: skip
     if point.scenario == "channels":
         return await channels_figures(argv, point, workdir, bench.seconds + GENERATOR_CAP_S)
+    if point.scenario == "spread":
+        argv += ["--spread", str(point.channels)]
     return await run_generator(argv, workdir, bench.seconds + GENERATOR_CAP_S)
 
 
@@ -497,6 +510,8 @@ def progress_line(r: Measurement, label: str) -> str:
     where = f"{p.scenario} N={p.subscribers}" + (f" at {p.rate}/s" if p.rate else "")
     if p.scenario == "channels":
         where = f"channels K={p.channels} (N={p.subscribers} per channel)"
+    if p.scenario == "spread":
+        where = f"spread over K={p.channels} channels (N={p.subscribers} of all)"
     if p.scenario == "idle":
         what = (
             f"{_num(f['kb_per_connection'], 1)} KB per connection, "
@@ -605,6 +620,12 @@ SECTIONS = (
         "channels", "channels",
         "channels: K channels at once, a publisher and 1 subscriber each (one generator per "
         "channel), relaynet only; latencies are the worst channel's",
+        CHANNEL_COLUMNS, CHANNEL_COLUMNS[0], size="K", versus_first=True,
+    ),
+    Section(
+        "spread", "spread",
+        "spread: 1 publisher sending to K channels in turn, 1 subscriber of all of them, "
+        "relaynet only",
         CHANNEL_COLUMNS, CHANNEL_COLUMNS[0], size="K", versus_first=True,
     ),
 )  # fmt: skip
@@ -814,8 +835,11 @@ def check_plan(plan: Plan) -> str | None:
         return "--subscribers and --idle need at least one number"
     if not plan.channels or not all(1 <= k <= MAX_CHANNELS for k in plan.channels):
         return f"--channels must be numbers in 1..{MAX_CHANNELS}"
-    if "channels" in plan.scenarios and "relaynet" not in plan.systems:
-        return "the channels scenario measures relaynet only: add it to --systems"
+    if not plan.spread or not all(1 <= k <= MAX_SPREAD for k in plan.spread):
+        return f"--spread must be numbers in 1..{MAX_SPREAD}"
+    for scenario in CHANNEL_SCENARIOS:
+        if scenario in plan.scenarios and "relaynet" not in plan.systems:
+            return f"the {scenario} scenario measures relaynet only: add it to --systems"
     if not 0 < plan.seconds <= 600:
         return "--seconds must be more than 0 and at most 600"
     if not 1 <= plan.rounds <= 20:

@@ -1,6 +1,6 @@
 """``relaynet bench compare`` end to end with tiny parameters, through the CLI as a
 subprocess: every system and the generator's ceiling are measured, the ratio lines are
-printed (and the channels scenario's, relaynet only), the JSON is written, exit 0, and
+printed (and the channels and spread scenarios', relaynet only), the JSON is written, exit 0, and
 nothing it started is left running. The first run installs the pinned npm packages (into
 the ignored .relaynet/bench-node). Timings are not asserted."""
 
@@ -44,8 +44,8 @@ def test_bench_compare_measures_every_system_and_exits_0(tmp_path: Path) -> None
     marker = f"TMPDIR={tmp_path}"
     argv = [
         sys.executable, "-m", "relay.cli", "bench", "compare",
-        "--scenarios", "fanout,idle,channels", "--subscribers", "10", "--idle", "100",
-        "--channels", "2",
+        "--scenarios", "fanout,idle,channels,spread", "--subscribers", "10", "--idle", "100",
+        "--channels", "2", "--spread", "3",
         "--seconds", "1", "--rounds", "1", "--systems", "relaynet,socketio,ws,python",
         "--json", str(report),
     ]  # fmt: skip
@@ -73,6 +73,7 @@ def test_bench_compare_measures_every_system_and_exits_0(tmp_path: Path) -> None
     assert "relaynet ÷ Socket.IO, KB/conn" in out, out
     assert "generator ceiling" in out, out
     assert "relaynet acks/s ÷ its figure at K=2: K=2 1.00x" in out, out
+    assert "relaynet acks/s ÷ its figure at K=3: K=3 1.00x" in out, out
 
     figures = json.loads(report.read_text())
     runs = {(run["scenario"], run["system"]): run["figures"] for run in figures["runs"]}
@@ -80,6 +81,7 @@ def test_bench_compare_measures_every_system_and_exits_0(tmp_path: Path) -> None
         *(("fanout", system) for system in ("relaynet", "socketio", "ws", "python", "ceiling")),
         *(("idle", system) for system in ("relaynet", "socketio", "ws", "python")),
         ("channels", "relaynet"),
+        ("spread", "relaynet"),
     }
     assert runs["fanout", "relaynet"]["lost"] == 0
     assert runs["fanout", "relaynet"]["deliveries"] > 0
@@ -87,6 +89,10 @@ def test_bench_compare_measures_every_system_and_exits_0(tmp_path: Path) -> None
     spread = runs["channels", "relaynet"]
     assert spread["channels"] == 2 and spread["lost"] == 0 and spread["ack_errors"] == 0
     assert all(one["acked"] > 0 for one in spread["per_channel"])
+    # One publisher over 3 channels, one subscriber of all three: each channel in order.
+    over = runs["spread", "relaynet"]
+    assert over["acked"] > 0 and over["deliveries"] == over["acked"]
+    assert (over["lost"], over["disordered"], over["ack_errors"]) == (0, 0, 0)
     assert {r["metric"] for r in figures["ratios"]} == {"deliveries_per_s", "kb_per_connection"}
 
 

@@ -46,6 +46,9 @@ const { io } = require('socket.io-client');
 
 // The relaynet channel; `bench compare`'s channels scenario runs one generator per channel.
 let channel = 'bench:compare';
+// relaynet only: message n goes to channel `${channel}-${n % spread}` (`bench compare`'s
+// spread scenario), and every subscriber subscribes to all of them.
+let spread = 1;
 const MAX_MESSAGES = 2_000_000;
 const DRAIN_CAP_MS = 30_000;
 const STALL_MS = 5_000;
@@ -70,6 +73,7 @@ function parseArgs(argv) {
     window: 1000,
     batch: 100,
     channel,
+    spread: 1,
   };
   const names = {
     '--system': 'system',
@@ -82,6 +86,7 @@ function parseArgs(argv) {
     '--window': 'window',
     '--batch': 'batch',
     '--channel': 'channel',
+    '--spread': 'spread',
   };
   for (let i = 2; i < argv.length; i += 2) {
     const key = names[argv[i]];
@@ -94,6 +99,12 @@ function parseArgs(argv) {
   }
   if (!(options.window >= 1 && options.batch >= 1 && options.subscribers >= 1)) {
     throw new Error('--window, --batch and --subscribers must be at least 1');
+  }
+  if (!(Number.isInteger(options.spread) && options.spread >= 1)) {
+    throw new Error('--spread must be a whole number of at least 1');
+  }
+  if (options.spread > 1 && options.system !== 'relaynet') {
+    throw new Error('--spread needs channels: relaynet only');
   }
   options.batch = Math.min(options.batch, options.window);
   return options;
@@ -150,7 +161,8 @@ class SendTimes {
 
 class Subscriber {
   constructor() {
-    this.next = 0; // the number expected next
+    this.next = 0; // the number expected next (with --spread: the lowest of nextIn's)
+    this.nextIn = Array.from({ length: spread }, (_, c) => c); // per channel (n % spread)
     this.received = 0; // distinct messages, in order
     this.disordered = 0; // numbered below `next`: duplicate or late
     this.closed = false;
@@ -196,12 +208,16 @@ class Run {
     this.lastDelivery = now;
     const n = data.n;
     this.latency.add(now - data.t);
-    if (n < sub.next || n >= this.sent) {
+    // One order per channel: with --spread, channel n % spread carries n, n + spread, ...
+    const c = n % spread;
+    const expected = sub.nextIn[c];
+    if (n < expected || n >= this.sent) {
       sub.disordered++;
       return;
     }
-    for (let m = sub.next; m <= n; m++) this.passed[m % this.window]++;
-    sub.next = n + 1;
+    for (let m = expected; m <= n; m += spread) this.passed[m % this.window]++;
+    sub.nextIn[c] = n + spread;
+    sub.next = spread === 1 ? n + 1 : Math.min(...sub.nextIn);
     sub.received++;
     this.advance();
   }
@@ -441,13 +457,19 @@ function wsCloser(ws) {
     });
 }
 
+function channelOf(c) {
+  return spread === 1 ? channel : `${channel}-${c}`;
+}
+
 const relaynet = {
   async subscriber(url, onData, onClose) {
     const { ws, inbox } = await openWs(url);
     try {
       await nextFrame(inbox, 'connected');
-      ws.send(JSON.stringify({ op: 'subscribe', channel, ref: 1 }));
-      await nextFrame(inbox, 'subscribed');
+      for (let c = 0; c < spread; c++) {
+        ws.send(JSON.stringify({ op: 'subscribe', channel: channelOf(c), ref: c + 1 }));
+        await nextFrame(inbox, 'subscribed');
+      }
     } catch (err) {
       ws.terminate();
       throw err;
@@ -473,7 +495,8 @@ const relaynet = {
       acks: true,
       batch: 1,
       publish(r, n) {
-        ws.send(JSON.stringify({ op: 'publish', channel, data: r.payload(n), ref: n }));
+        const to = channelOf(n % spread);
+        ws.send(JSON.stringify({ op: 'publish', channel: to, data: r.payload(n), ref: n }));
       },
       close: wsCloser(ws),
     };
@@ -674,6 +697,7 @@ async function main() {
   try {
     options = parseArgs(process.argv);
     channel = options.channel;
+    spread = options.spread;
   } catch (err) {
     print({ ok: false, error: err.message });
     process.exit(2);
