@@ -95,6 +95,20 @@ class RelayCollector:
                 "Publishes held until their causal context (from another region) arrives.",
                 edge.writer.waiting_for_context(),
             )
+            sharing = edge.writer.sharing
+            for name, doc, count in (
+                ("writer_batches", "JetStream atomic batches the writer sent (groups of two "
+                 "entries or more; a refused shared batch's groups sent again count too).",
+                 sharing.batches),
+                ("writer_shared_batches", "Batches that held the groups of several channels "
+                 "of one stream.", sharing.shared),
+                ("writer_shared_refused", "Shared batches refused whole (a head had moved or "
+                 "an id was stored already), whose groups were then sent again one by one.",
+                 sharing.refused_shared),
+            ):  # fmt: skip
+                c = CounterMetricFamily(f"relaynet_{name}", doc, labels=list(self.labels))
+                c.add_metric(list(self.labels.values()), count)
+                yield c
         if feeds is not None:
             yield self._gauge(
                 "relaynet_channels",

@@ -6,6 +6,8 @@ names the position its message was delivered at."""
 
 from __future__ import annotations
 
+import urllib.request
+
 import anyio
 import pytest
 
@@ -77,5 +79,24 @@ async def test_channels_sharing_batches_keep_every_guarantee(nats_url: str) -> N
             for ack in acks:
                 assert ack is not None
                 assert delivered[(ack["channel"], ack["id"])] == ack["position"]
-            sharing = [node.edge.writer.sharing for node in (a, b) if node.edge is not None]
-            assert sum(s.shared for s in sharing) > 0, "no batch was shared"
+            # What the writers did shows in /metrics: batches were shared.
+            shared = 0.0
+            for node in (a, b):
+                text = await anyio.to_thread.run_sync(metrics, node.url)
+                shared += counter(text, "relaynet_writer_shared_batches_total")
+                assert counter(text, "relaynet_writer_batches_total") >= 1
+                counter(text, "relaynet_writer_shared_refused_total")
+            assert shared > 0, "no batch was shared"
+
+
+def metrics(ws_url: str) -> str:
+    url = ws_url.replace("ws://", "http://").replace("/v1/ws", "/metrics")
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
+def counter(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
