@@ -277,14 +277,15 @@ class NatsRegionLog:
         each channel expects that channel's head (JetStream checks every expectation
         against the stream as it was before the batch, and refuses the whole batch if
         one fails). One round trip for all of it: only the commit asks for an answer."""
-        streams = {self.where(group.channel)[0] for group in groups}
+        places = [self.where(group.channel) for group in groups]
+        streams = {stream for stream, _ in places}
         if len(streams) != 1 or not all(group.entries for group in groups):
             raise ValueError("a batch is non-empty groups of channels of one stream")
         stream = streams.pop()
         batch = next(_batch_ids)
         members: list[BatchMember] = []
-        for channel, entries, expected_seq in groups:
-            subject = self.where(channel)[1].encode()
+        for (_, entries, expected_seq), (_, subject_text) in zip(groups, places, strict=True):
+            subject = subject_text.encode()
             first: int | None = expected_seq
             for entry, msg_id in entries:
                 body = logformat.encode_stored(entry)
