@@ -22,6 +22,7 @@ from federation.channel_writes import Result, Stored
 from federation.logformat import StoredMessage
 from federation.region_log import MAX_BATCH, Group, GroupAnswer, LogUnavailable
 from federation.region_log_memory import MemoryRegionLog
+from federation.service import RECHECK_INTERVAL_S
 from federation.settings import Namespace, RegionSettings
 from federation.vclock import VectorClock
 from tests.support.waiting import wait_until
@@ -201,7 +202,7 @@ async def test_relays_writing_many_channels_everything_once_in_order(
 
     async def recheck() -> None:
         while True:
-            await anyio.sleep(0.5)
+            await anyio.sleep(RECHECK_INTERVAL_S)
             for writer in writers:
                 writer.recheck()
 
