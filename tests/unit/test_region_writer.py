@@ -18,10 +18,10 @@ from federation.channel_writes import Failed, Result, Stored
 from federation.logformat import StoredMessage
 from federation.region_log import LoggedEntry
 from federation.region_log_memory import MemoryRegionLog
-from federation.service import RECHECK_INTERVAL_S
 from federation.settings import Namespace, RegionSettings
 from federation.vclock import VectorClock
 from tests.support.waiting import wait_until
+from tests.support.writers import running_writers
 
 pytestmark = pytest.mark.anyio
 
@@ -54,16 +54,7 @@ async def test_two_writers_one_channel_everything_once_in_order(seed: int) -> No
     acked: list[int] = []
     sources = [(w, f"conn{w}{s}") for w in range(2) for s in range(3)]
 
-    async def recheck() -> None:
-        while True:
-            await anyio.sleep(RECHECK_INTERVAL_S)
-            for writer in writers:
-                writer.recheck()
-
-    async with anyio.create_task_group() as tg:
-        for writer in writers:
-            await tg.start(writer.run)
-        tg.start_soon(recheck)
+    async with running_writers(writers):
         sent = 0
         remotes = list(range(1, 41))
         while sent < 300 or remotes:
@@ -84,7 +75,6 @@ async def test_two_writers_one_channel_everything_once_in_order(seed: int) -> No
                 await anyio.lowlevel.checkpoint()
         await wait_until(lambda: sum(map(len, results.values())) == 300, "every publish answered")
         await wait_until(lambda: set(acked) >= set(range(1, 41)), "every remote acked")
-        tg.cancel_scope.cancel()
     stored = await entries(log)
     ids = [e.msg.id for e in stored]
     assert len(ids) == len(set(ids)), "an id stored twice"

@@ -22,10 +22,10 @@ from federation.channel_writes import Result, Stored
 from federation.logformat import StoredMessage
 from federation.region_log import MAX_BATCH, Group, GroupAnswer, LogUnavailable
 from federation.region_log_memory import MemoryRegionLog
-from federation.service import RECHECK_INTERVAL_S
 from federation.settings import Namespace, RegionSettings
 from federation.vclock import VectorClock
 from tests.support.waiting import wait_until
+from tests.support.writers import running_writers
 
 pytestmark = pytest.mark.anyio
 
@@ -200,16 +200,7 @@ async def test_relays_writing_many_channels_everything_once_in_order(
         ts = {"eu-west": n}
         return StoredMessage(f"eu-{n}", msgspec.Raw(b"1"), "eu-west", ts, ts)
 
-    async def recheck() -> None:
-        while True:
-            await anyio.sleep(RECHECK_INTERVAL_S)
-            for writer in writers:
-                writer.recheck()
-
-    async with anyio.create_task_group() as tg:
-        for writer in writers:
-            await tg.start(writer.run)
-        tg.start_soon(recheck)
+    async with running_writers(writers):
         sent = 0
         while sent < 1500 or remotes:
             if remotes and rng.random() < 0.1:
@@ -235,7 +226,6 @@ async def test_relays_writing_many_channels_everything_once_in_order(
         await wait_until(lambda: sum(map(len, results.values())) == 1500, "every publish answered")
         want = {(ch, n) for n in range(1, 11) for ch in channels[:4]}
         await wait_until(lambda: acked >= want, "every remote acked")
-        tg.cancel_scope.cancel()
     shared = [b for b in log.batches if len(b) > 1]
     # Alone, a relay's batches are mostly shared; two relays refuse each other's often.
     assert len(shared) >= (len(log.batches) // 2 if relays == 1 else 1), log.batches
